@@ -1,0 +1,1 @@
+//! Benchmarks and the regression gate. Filled by the loadgen and storage issues.

@@ -1,0 +1,360 @@
+//! The node's configuration: one serde struct, every field defaulted and
+//! documented, loaded from TOML, then `EDGE_*` environment overrides, then
+//! CLI flags (merged by the binary), then [`Config::validate`].
+//!
+//! Each shard gets its own immutable copy (an `Arc<Config>` cloned at start);
+//! nothing here changes after the node starts.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::JwtAlgorithm;
+
+/// Which io driver the shards run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring only: start fails when it is unavailable.
+    #[value(name = "io_uring", alias = "iouring")]
+    IoUring,
+    /// epoll (monoio's legacy driver).
+    Epoll,
+}
+
+/// Every setting of an edge node. Units are in the names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT, one listener per shard).
+    pub listen: String,
+    /// Number of shards (one pinned thread each); 0 means one per core.
+    pub cores: usize,
+    /// io driver: auto, io_uring or epoll.
+    pub driver: DriverChoice,
+    /// Pin each shard thread to a core.
+    pub pin_threads: bool,
+    /// Directory of the embedded store (used once the storage issue lands).
+    pub data_dir: PathBuf,
+    /// This node's id, shown in `welcome.node`.
+    pub node_id: String,
+    /// JWT algorithm, pinned: hs256, rs256 or eddsa.
+    pub jwt_algorithm: JwtAlgorithm,
+    /// Shared secret for HS256. Empty with no public key means dev mode.
+    pub jwt_secret: String,
+    /// PEM file with the public key for RS256 / EdDSA.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` / `nbf`, in seconds.
+    pub jwt_leeway_s: u64,
+    /// Origins allowed to upgrade (exact match); empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// Time a new socket has to send a complete upgrade request.
+    pub handshake_timeout_ms: u64,
+    /// Time a client upgraded without `?token=` has to send its `auth` frame.
+    pub auth_timeout_ms: u64,
+    /// Largest HTTP request head accepted, in bytes (then 431).
+    pub max_head_bytes: usize,
+    /// Largest WebSocket frame payload accepted (then close 1009).
+    pub max_frame_bytes: usize,
+    /// Largest assembled WebSocket message accepted (then close 1009).
+    pub max_message_bytes: usize,
+    /// Largest `send.body`, in characters (then `too_large`).
+    pub max_body_chars: usize,
+    /// Rooms one connection may be in at once (then `forbidden`).
+    pub max_rooms_per_conn: usize,
+    /// Sustained client frames per second per connection (GCRA).
+    pub max_msgs_per_s: f64,
+    /// Burst of client frames above the sustained rate.
+    pub msgs_burst: u32,
+    /// Rate-limit hits in a row before the connection is closed 4029.
+    pub rate_limit_strikes: u32,
+    /// Bytes queued for one socket before it is closed 4008 (slow consumer).
+    pub outbound_queue_max_bytes: usize,
+    /// Frames queued for one socket before it is closed 4008.
+    pub outbound_queue_max_frames: usize,
+    /// Interval at which clients should ping; advertised in `welcome`.
+    pub heartbeat_ms: u64,
+    /// A connection silent for this long is closed (1001); 0 disables.
+    pub idle_timeout_ms: u64,
+    /// Capacity of each cross-core ring, in frames (rounded to a power of two).
+    pub mesh_ring_capacity: usize,
+    /// Rooms one shard keeps state for (seq, epoch, dedupe); empty rooms
+    /// beyond it are evicted and come back with a new epoch.
+    pub max_rooms_per_shard: usize,
+    /// `client_id`s remembered per room for idempotent retries.
+    pub dedupe_per_room: usize,
+    /// Recent messages kept in memory per room.
+    pub recent_per_room: usize,
+    /// Upper bound of the jittered `reconnect.retry_ms` sent on drain.
+    pub drain_retry_ms_max: u64,
+    /// Time allowed for a drain (SIGTERM) before the node exits anyway.
+    pub drain_timeout_ms: u64,
+    /// Path of the conformance echo endpoint (Autobahn); off when unset.
+    pub echo_path: Option<String>,
+    /// Largest message on the echo endpoint (Autobahn sends 16 MiB).
+    pub echo_max_message_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            cores: 0,
+            driver: DriverChoice::Auto,
+            pin_threads: true,
+            data_dir: PathBuf::from("data"),
+            node_id: "edge-1".into(),
+            jwt_algorithm: JwtAlgorithm::Hs256,
+            jwt_secret: String::new(),
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_s: 5,
+            allowed_origins: Vec::new(),
+            handshake_timeout_ms: 5_000,
+            auth_timeout_ms: 5_000,
+            max_head_bytes: 8 * 1024,
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_body_chars: 4096,
+            max_rooms_per_conn: 64,
+            max_msgs_per_s: 50.0,
+            msgs_burst: 100,
+            rate_limit_strikes: 20,
+            outbound_queue_max_bytes: 1024 * 1024,
+            outbound_queue_max_frames: 8192,
+            heartbeat_ms: 25_000,
+            idle_timeout_ms: 90_000,
+            mesh_ring_capacity: 8192,
+            max_rooms_per_shard: 200_000,
+            dedupe_per_room: 1024,
+            recent_per_room: 256,
+            drain_retry_ms_max: 5_000,
+            drain_timeout_ms: 5_000,
+            echo_path: None,
+            echo_max_message_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), then applies `EDGE_*` overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let base = match path {
+            Some(p) => Self::from_file(p)?,
+            None => Self::default(),
+        };
+        base.with_env(std::env::vars())
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies `EDGE_<FIELD>` variables: the field's name upper-cased. Values
+    /// are parsed as TOML values when they parse, else taken as strings; list
+    /// fields take comma-separated strings.
+    pub fn with_env(self, vars: impl Iterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::try_from(&self).map_err(|e| ConfigError::Env {
+            var: "EDGE_*".into(),
+            message: e.to_string(),
+        })?;
+        let fields = field_names();
+        let mut touched = false;
+        for (var, raw) in vars {
+            let Some(name) = var.strip_prefix("EDGE_") else { continue };
+            let key = name.to_ascii_lowercase();
+            if !fields.contains(&key) {
+                continue;
+            }
+            let is_list = matches!(table.get(&key), Some(toml::Value::Array(_)));
+            table.insert(key, env_value(&raw, is_list));
+            touched = true;
+        }
+        if !touched {
+            return Ok(self);
+        }
+        Self::deserialize(table).map_err(|e| ConfigError::Env {
+            var: "EDGE_*".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every bound; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("listen", "must be an IP:port address");
+        }
+        if self.cores > 1024 {
+            return invalid("cores", "must be at most 1024");
+        }
+        if self.max_frame_bytes < 125 || self.max_message_bytes < self.max_frame_bytes.min(125) {
+            return invalid("max_frame_bytes", "must be at least 125");
+        }
+        if self.max_message_bytes < self.max_frame_bytes {
+            return invalid("max_message_bytes", "must be >= max_frame_bytes");
+        }
+        if self.max_body_chars == 0 {
+            return invalid("max_body_chars", "must be positive");
+        }
+        if self.max_head_bytes < 512 {
+            return invalid("max_head_bytes", "must be at least 512");
+        }
+        if !(self.max_msgs_per_s.is_finite() && self.max_msgs_per_s > 0.0) {
+            return invalid("max_msgs_per_s", "must be a positive number");
+        }
+        if self.mesh_ring_capacity < 64 {
+            return invalid("mesh_ring_capacity", "must be at least 64");
+        }
+        if self.outbound_queue_max_frames == 0 || self.outbound_queue_max_bytes < self.max_frame_bytes {
+            return invalid("outbound_queue_max_bytes", "must be >= max_frame_bytes");
+        }
+        if let Some(p) = &self.echo_path {
+            if !p.starts_with('/') || p == "/ws" {
+                return invalid("echo_path", "must start with '/' and differ from /ws");
+            }
+        }
+        if self.node_id.is_empty() || self.node_id.len() > 64 {
+            return invalid("node_id", "must be 1..=64 bytes");
+        }
+        Ok(())
+    }
+
+    /// The number of shards to run: `cores`, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        if self.cores > 0 {
+            return self.cores;
+        }
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
+fn field_names() -> Vec<String> {
+    match toml::Table::try_from(Config::default()) {
+        Ok(t) => t.keys().cloned().collect(),
+        Err(_) => Vec::new(),
+    }
+    .into_iter()
+    .chain(["jwt_public_key_file", "jwt_issuer", "jwt_audience", "echo_path"].map(String::from))
+    .collect()
+}
+
+fn env_value(raw: &str, is_list: bool) -> toml::Value {
+    if is_list {
+        let items = raw.split(',').map(str::trim).filter(|s| !s.is_empty());
+        return toml::Value::Array(items.map(|s| toml::Value::String(s.into())).collect());
+    }
+    let probe = format!("v = {raw}");
+    match probe.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn env_overrides_numbers_strings_lists_and_enums() {
+        let c = Config::default()
+            .with_env(env(&[
+                ("EDGE_LISTEN", "0.0.0.0:9000"),
+                ("EDGE_CORES", "3"),
+                ("EDGE_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+                ("EDGE_DRIVER", "epoll"),
+                ("EDGE_JWT_ISSUER", "me"),
+                ("EDGE_ECHO_PATH", "/echo"),
+                ("OTHER", "x"),
+            ]))
+            .expect("env applies");
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.cores, 3);
+        assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(c.driver, DriverChoice::Epoll);
+        assert_eq!(c.jwt_issuer.as_deref(), Some("me"));
+        assert_eq!(c.echo_path.as_deref(), Some("/echo"));
+    }
+
+    #[test]
+    fn bad_env_value_names_the_problem() {
+        let err = Config::default()
+            .with_env(env(&[("EDGE_CORES", "many")]))
+            .expect_err("not a number");
+        assert!(err.to_string().contains("cores"), "{err}");
+    }
+
+    #[test]
+    fn toml_file_round_trip_and_unknown_field() {
+        let text = toml::to_string(&Config::default()).expect("serializes");
+        let back: Config = toml::from_str(&text).expect("parses");
+        assert_eq!(back.listen, "127.0.0.1:8080");
+        let err = toml::from_str::<Config>("listne = \"x\"").expect_err("unknown field");
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let c = Config {
+            listen: "nope".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().expect_err("bad").to_string().contains("listen"));
+        let c = Config {
+            max_message_bytes: 10,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            max_msgs_per_s: 0.0,
+            ..Config::default()
+        };
+        assert!(c.validate().expect_err("bad").to_string().contains("max_msgs_per_s"));
+    }
+}

@@ -1,0 +1,182 @@
+//! The `edge` binary: `serve` runs a node, `token` mints a JWT.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use edge::auth::{self, AuthSettings, JwtAlgorithm, Verifier};
+use edge::config::{Config, DriverChoice};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "edge", version, about = "Real-time chat edge node (io_uring, thread-per-core)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an edge node.
+    Serve(ServeArgs),
+    /// Print a signed HS256 JWT for a user.
+    Token(TokenArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// TOML config file; every field has a default (see docs/CONFIG.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Shards (threads); 0 = one per core.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Data directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HS256 secret; without one (and no public key) the node runs in dev mode.
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// io driver.
+    #[arg(long, value_enum)]
+    driver: Option<DriverChoice>,
+    /// Serve the conformance echo endpoint at this path (e.g. /echo).
+    #[arg(long)]
+    echo_path: Option<String>,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<String>,
+}
+
+#[derive(Parser)]
+struct TokenArgs {
+    /// User id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_s: u64,
+    /// Allowed room patterns, comma-separated (`*` suffix wildcard).
+    #[arg(long)]
+    rooms: Option<String>,
+    /// Display name claim.
+    #[arg(long)]
+    name: Option<String>,
+    /// HS256 secret (else EDGE_JWT_SECRET or the config's).
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// TOML config file to read the secret from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Token(a) => token(a),
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    merge_flags(&mut cfg, a);
+    cfg.validate()?;
+    let dev_secret = dev_mode(&mut cfg)?;
+    let verifier = Verifier::new(&auth_settings(&cfg)?).context("JWT settings")?;
+    let node = edge::node::start(cfg.clone(), verifier)?;
+    if let Some(secret) = dev_secret {
+        let token = auth::mint_hs256(&secret, "dev", 24 * 3600, None, None, now_s())?;
+        tracing::warn!("DEV MODE: no jwt_secret configured; a random secret was generated for this run only");
+        eprintln!("DEV MODE token for user \"dev\" (24 h): {token}");
+        eprintln!("  try: websocat 'ws://{}/ws?token={token}'", node.local_addr);
+    }
+    println!(
+        "edge listening on ws://{}/ws shards={} driver={} node={}",
+        node.local_addr,
+        cfg.shard_count(),
+        node.driver,
+        cfg.node_id
+    );
+    tracing::info!(addr = %node.local_addr, shards = cfg.shard_count(), driver = node.driver, "edge node started");
+    node.run_until_signal()?;
+    tracing::info!("edge node stopped");
+    Ok(())
+}
+
+fn merge_flags(cfg: &mut Config, a: ServeArgs) {
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.cores {
+        cfg.cores = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.jwt_secret {
+        cfg.jwt_secret = v;
+    }
+    if let Some(v) = a.driver {
+        cfg.driver = v;
+    }
+    if let Some(v) = a.echo_path {
+        cfg.echo_path = Some(v);
+    }
+    if let Some(v) = a.node_id {
+        cfg.node_id = v;
+    }
+}
+
+/// Generates a secret when HS256 has none; returns it so a token can be shown.
+fn dev_mode(cfg: &mut Config) -> anyhow::Result<Option<String>> {
+    if cfg.jwt_algorithm != JwtAlgorithm::Hs256 || !cfg.jwt_secret.is_empty() {
+        return Ok(None);
+    }
+    cfg.jwt_secret = auth::generate_dev_secret();
+    Ok(Some(cfg.jwt_secret.clone()))
+}
+
+fn auth_settings(cfg: &Config) -> anyhow::Result<AuthSettings> {
+    let public_key_pem = match &cfg.jwt_public_key_file {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("jwt_public_key_file {}", p.display()))?),
+        None => None,
+    };
+    Ok(AuthSettings {
+        algorithm: cfg.jwt_algorithm,
+        secret: (!cfg.jwt_secret.is_empty()).then(|| cfg.jwt_secret.clone()),
+        public_key_pem,
+        issuer: cfg.jwt_issuer.clone(),
+        audience: cfg.jwt_audience.clone(),
+        leeway_s: cfg.jwt_leeway_s,
+    })
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(a.config.as_deref())?;
+    let secret = a.jwt_secret.unwrap_or(cfg.jwt_secret);
+    if secret.is_empty() {
+        bail!("--jwt-secret is required (or EDGE_JWT_SECRET, or jwt_secret in --config)");
+    }
+    let rooms = a
+        .rooms
+        .map(|r| r.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
+    let token =
+        auth::mint_hs256(&secret, &a.user, a.ttl_s, rooms, a.name, now_s()).map_err(|e| anyhow::anyhow!("--user {:?}: {e}", a.user))?;
+    println!("{token}");
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Starting and stopping a node: choose the driver, bind one SO_REUSEPORT
+//! listener per shard, build the mesh, start the pinned shard threads, wait
+//! for SIGTERM/SIGINT, drain, exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use router::Frame;
+
+use crate::auth::Verifier;
+use crate::config::{Config, DriverChoice};
+use crate::metrics::ShardStats;
+use crate::shard::{self, ShardSetup};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("io_uring was requested (--driver io_uring) but is not available on this kernel or is blocked (seccomp?)")]
+    NoUring,
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start shard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Resolves `auto` to the driver this machine supports.
+pub fn resolve_driver(choice: DriverChoice) -> Result<&'static str, NodeError> {
+    let uring = monoio::utils::detect_uring();
+    match (choice, uring) {
+        (DriverChoice::Epoll, _) | (DriverChoice::Auto, false) => Ok("epoll"),
+        (DriverChoice::IoUring, false) => Err(NodeError::NoUring),
+        (_, true) => Ok("io_uring"),
+    }
+}
+
+/// A started node; `wait` blocks until it has drained.
+pub struct Node {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    control: router::Endpoint,
+    shards: usize,
+    cfg: Arc<Config>,
+    /// The address the shards listen on (the real port when 0 was asked).
+    pub local_addr: SocketAddr,
+    /// "io_uring" or "epoll".
+    pub driver: &'static str,
+}
+
+/// Binds and starts every shard.
+pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
+    let driver = resolve_driver(cfg.driver)?;
+    let shards = cfg.shard_count();
+    let listeners = bind_all(&cfg.listen, shards)?;
+    let local_addr = listeners[0].local_addr().map_err(|e| NodeError::Bind {
+        addr: cfg.listen.clone(),
+        source: e,
+    })?;
+    let cfg = Arc::new(cfg);
+    let stats: Arc<Vec<ShardStats>> = Arc::new((0..shards).map(|_| ShardStats::default()).collect());
+    let mut endpoints = router::mesh(shards + 1, cfg.mesh_ring_capacity);
+    let control = endpoints.pop().ok_or(NodeError::Thread(std::io::Error::other("empty mesh")))?;
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::with_capacity(shards);
+    for (id, (mesh, listener)) in endpoints.into_iter().zip(listeners).enumerate() {
+        let setup = ShardSetup {
+            id,
+            shards,
+            cfg: cfg.clone(),
+            verifier: verifier.clone(),
+            mesh,
+            stats: stats.clone(),
+            driver,
+        };
+        let core = if cfg.pin_threads && !cores.is_empty() {
+            Some(cores[id % cores.len()])
+        } else {
+            None
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                shard::run(setup, listener);
+            })
+            .map_err(NodeError::Thread)?;
+        threads.push(handle);
+    }
+    Ok(Node {
+        threads,
+        control,
+        shards,
+        cfg,
+        local_addr,
+        driver,
+    })
+}
+
+/// One listener per shard on the same port (port 0 resolves once, then the
+/// other shards bind the port the first one got).
+fn bind_all(listen: &str, shards: usize) -> Result<Vec<std::net::TcpListener>, NodeError> {
+    let bind_err = |source| NodeError::Bind {
+        addr: listen.to_owned(),
+        source,
+    };
+    let mut addr: SocketAddr = listen.parse().map_err(|_| bind_err(std::io::Error::other("not an IP:port")))?;
+    let mut out = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let l = shard::bind_listener(addr).map_err(bind_err)?;
+        addr = l.local_addr().map_err(bind_err)?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+impl Node {
+    /// Asks every shard to drain (reconnect hints, close 1012).
+    pub fn shutdown(&self) {
+        let frame = router::encode(&Frame::Shutdown {
+            retry_ms_max: self.cfg.drain_retry_ms_max.min(u64::from(u32::MAX)) as u32,
+        });
+        for to in 0..self.shards {
+            let mut f = frame.clone();
+            // The control thread is not a runtime: retry briefly if a ring is full.
+            for _ in 0..1000 {
+                match self.control.try_send(to, f) {
+                    Ok(()) => break,
+                    Err(full) => {
+                        f = full.0;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT, drains, and returns once every shard
+    /// stopped or the drain timeout passed.
+    pub fn run_until_signal(self) -> Result<(), NodeError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(NodeError::Signals)?;
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "draining on signal");
+        }
+        self.shutdown();
+        self.join();
+        Ok(())
+    }
+
+    /// Joins the shard threads, giving up after the drain timeout + 2 s.
+    pub fn join(self) {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms) + Duration::from_secs(2);
+        for t in self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+use super::*;
+
+const LIM: ParseLimits = ParseLimits {
+    max_body_chars: 10,
+    max_client_id_bytes: 8,
+};
+
+fn ok(t: &str) -> Envelope<'_> {
+    parse(t, &LIM).unwrap_or_else(|e| panic!("{t}: {}", e.message))
+}
+
+fn err(t: &str) -> ParseError {
+    match parse(t, &LIM) {
+        Ok(e) => panic!("{t} parsed: {:?}", e.request),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn every_type_parses() {
+    assert!(matches!(ok(r#"{"type":"auth","token":"t"}"#).request, Request::Auth { .. }));
+    assert_eq!(
+        ok(r#"{"type":"join","room":"r","since":4}"#).request,
+        Request::Join {
+            room: "r".into(),
+            since: Some(4)
+        }
+    );
+    assert_eq!(ok(r#"{"type":"leave","room":"r"}"#).request, Request::Leave { room: "r".into() });
+    assert_eq!(
+        ok(r#"{"type":"typing","room":"r","state":"stop"}"#).request,
+        Request::Typing {
+            room: "r".into(),
+            state: TypingState::Stop
+        }
+    );
+    assert_eq!(
+        ok(r#"{"type":"read","room":"r","seq":3}"#).request,
+        Request::Read { room: "r".into(), seq: 3 }
+    );
+    assert!(matches!(
+        ok(r#"{"type":"react","room":"r","seq":3,"emoji":"+1","op":"add"}"#).request,
+        Request::React { op: ReactOp::Add, .. }
+    ));
+    assert_eq!(
+        ok(r#"{"type":"history","room":"r"}"#).request,
+        Request::History {
+            room: "r".into(),
+            before: None,
+            limit: 50
+        }
+    );
+    assert_eq!(
+        ok(r#"{"type":"presence","room":"r"}"#).request,
+        Request::Presence { room: "r".into() }
+    );
+    assert_eq!(ok(r#"{"type":"sync"}"#).request, Request::Sync);
+    let p = ok(r#"{"type":"ping","id":7,"future_field":[1,2]}"#);
+    assert_eq!((p.request, p.id.map(|i| i.get())), (Request::Ping, Some("7")));
+    assert_eq!(type_name(&Request::Sync), "sync");
+}
+
+#[test]
+fn send_variants() {
+    let Request::Send(s) = ok(r#"{"type":"send","room":"r","body":"hi","client_id":"c1","reply_to":2}"#).request else {
+        panic!()
+    };
+    assert_eq!(s.target, Target::Room("r".into()));
+    assert_eq!((s.client_id.as_deref(), s.reply_to, s.kind), (Some("c1"), Some(2), Kind::Text));
+    let Request::Send(s) =
+        ok(r#"{"type":"send","to":"bob","body":"x","kind":"file","file":{"url":"u","name":"n","size":1,"mime":"m"}}"#).request
+    else {
+        panic!()
+    };
+    assert_eq!(s.target, Target::User("bob".into()));
+    assert_eq!(s.file.map(|f| f.size), Some(1));
+}
+
+#[test]
+fn strings_borrow_unless_escaped() {
+    let Request::Join { room, .. } = ok(r#"{"type":"join","room":"plain"}"#).request else {
+        panic!()
+    };
+    assert!(matches!(room, Cow::Borrowed("plain")));
+    let Request::Join { room, .. } = ok(r#"{"type":"join","room":"a\"b"}"#).request else {
+        panic!()
+    };
+    assert!(matches!(room, Cow::Owned(ref s) if s == "a\"b"));
+}
+
+#[test]
+fn errors_name_the_problem_and_keep_the_id() {
+    let e = err(r#"{"type":"join","id":"q1"}"#);
+    assert_eq!((e.code, e.id.as_ref().map(|i| i.get())), (ErrorCode::BadRequest, Some("\"q1\"")));
+    assert!(e.message.contains("room"), "{}", e.message);
+    let e = err(r#"{"type":"join","id":5,"room":"r","since":-1}"#);
+    assert_eq!(e.id.as_ref().map(|i| i.get()), Some("5"));
+    assert!(err(r#"{"type":"nope"}"#).message.contains("unknown type"));
+    assert!(err(r#"{"id":1}"#).message.contains("type"));
+    assert_eq!(err(r#"{"type":"send","room":"r","body":"12345678901"}"#).code, ErrorCode::TooLarge);
+    assert!(ok(r#"{"type":"send","room":"r","body":"éééééééééé"}"#).id.is_none()); // 10 chars, 20 bytes
+    assert!(err(r#"{"type":"send","room":"r","to":"u","body":"x"}"#)
+        .message
+        .contains("exactly one"));
+    assert!(err(r#"{"type":"send","body":"x"}"#).message.contains("exactly one"));
+    assert!(err(r#"{"type":"send","room":"r","body":"x","client_id":"123456789"}"#)
+        .message
+        .contains("client_id"));
+    assert!(err(r#"{"type":"send","room":"r","body":"x","kind":"file"}"#)
+        .message
+        .contains("file"));
+    assert!(
+        err(r#"{"type":"send","room":"r","body":"x","file":{"url":"u","name":"n","size":1,"mime":"m"}}"#)
+            .message
+            .contains("kind")
+    );
+    assert!(err(r#"{"type":"send","room":"r","body":"x","kind":"gif"}"#)
+        .message
+        .contains("kind"));
+    assert!(err(r#"{"type":"history","room":"r","limit":101}"#).message.contains("limit"));
+    assert!(err(r#"{"type":"typing","room":"r","state":"maybe"}"#).message.contains("state"));
+    assert!(err(r#"{"type":"ping","id":{"a":1}}"#).message.contains("id"));
+    assert!(err(r#"{"type":"ping","id":1.5}"#).message.contains("id"));
+    let long_id = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65));
+    assert!(err(&long_id).message.contains("id"));
+    assert!(err("[1,2]").message.contains("object"));
+    assert!(err("").message.contains("object"));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let alphabet = br#"{}[]":,0123456789-.etypasndroombdy\u "#;
+    let mut x: u64 = 88172645463325252;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 48) as usize;
+        let s: String = (0..len)
+            .map(|i| alphabet[((x >> (i % 50)) as usize + i * 7) % alphabet.len()] as char)
+            .collect();
+        let _ = parse(&format!("{{\"type\":\"send\",{s}"), &LIM);
+        let _ = parse(&s, &LIM);
+    }
+}

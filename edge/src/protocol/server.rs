@@ -1,0 +1,291 @@
+//! Server frames out, rendered straight into one `Bytes` each. `message` is
+//! rendered once per message and shared by every recipient. `id` arguments
+//! are the raw JSON text of the request's id, inserted verbatim.
+
+use std::io::Write;
+
+use bytes::Bytes;
+
+use super::ErrorCode;
+
+/// Limits advertised in `welcome`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdvertisedLimits {
+    /// Largest frame payload accepted.
+    pub max_frame_bytes: u64,
+    /// Longest `body` in characters.
+    pub max_body_chars: u64,
+    /// Rooms one connection may join.
+    pub max_rooms_per_conn: u64,
+    /// Sustained requests per second per connection.
+    pub max_msgs_per_s: f64,
+}
+
+/// A message as fanned out.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageOut<'a> {
+    /// Room.
+    pub room: &'a str,
+    /// Its seq in the room.
+    pub seq: u64,
+    /// Stable message id.
+    pub msg_id: &'a str,
+    /// Sender's user id.
+    pub from: &'a str,
+    /// Sequencing time, ms since the epoch.
+    pub ts: u64,
+    /// Text.
+    pub body: &'a str,
+    /// `text` or `file`.
+    pub kind: &'a str,
+    /// With kind `file`.
+    pub file: Option<FileOut<'a>>,
+    /// Seq this replies to.
+    pub reply_to: Option<u64>,
+}
+
+/// A file reference as fanned out.
+#[derive(Debug, Clone, Copy)]
+pub struct FileOut<'a> {
+    /// Where the file is.
+    pub url: &'a str,
+    /// Display name.
+    pub name: &'a str,
+    /// Size in bytes.
+    pub size: u64,
+    /// MIME type.
+    pub mime: &'a str,
+}
+
+/// A JSON object being written.
+struct Obj(Vec<u8>);
+
+impl Obj {
+    fn new(ty: &str, cap: usize) -> Self {
+        let mut v = Vec::with_capacity(cap + 16);
+        v.extend_from_slice(b"{\"type\":\"");
+        v.extend_from_slice(ty.as_bytes());
+        v.push(b'"');
+        Self(v)
+    }
+
+    fn key(&mut self, k: &str) -> &mut Self {
+        self.0.extend_from_slice(b",\"");
+        self.0.extend_from_slice(k.as_bytes());
+        self.0.extend_from_slice(b"\":");
+        self
+    }
+
+    fn str(&mut self, k: &str, v: &str) -> &mut Self {
+        self.key(k);
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.0, v);
+        self
+    }
+
+    fn num(&mut self, k: &str, v: u64) -> &mut Self {
+        self.key(k);
+        let _ = write!(self.0, "{v}");
+        self
+    }
+
+    fn raw(&mut self, k: &str, v: &str) -> &mut Self {
+        self.key(k);
+        self.0.extend_from_slice(v.as_bytes());
+        self
+    }
+
+    fn id(&mut self, id: Option<&str>) -> &mut Self {
+        if let Some(id) = id {
+            self.raw("id", id);
+        }
+        self
+    }
+
+    fn done(&mut self) -> Bytes {
+        self.0.push(b'}');
+        Bytes::from(std::mem::take(&mut self.0))
+    }
+}
+
+/// `welcome`: the first frame after authentication.
+pub fn welcome(user: &str, conn: &str, node: &str, shard: u16, heartbeat_ms: u64, limits: &AdvertisedLimits) -> Bytes {
+    let rate = if limits.max_msgs_per_s.is_finite() {
+        format!("{:?}", limits.max_msgs_per_s)
+    } else {
+        "null".into()
+    };
+    let l = format!(
+        "{{\"max_frame_bytes\":{},\"max_body_chars\":{},\"max_rooms_per_conn\":{},\"max_msgs_per_s\":{rate}}}",
+        limits.max_frame_bytes, limits.max_body_chars, limits.max_rooms_per_conn
+    );
+    Obj::new("welcome", 256)
+        .str("user", user)
+        .str("conn", conn)
+        .str("node", node)
+        .num("shard", u64::from(shard))
+        .num("heartbeat_ms", heartbeat_ms)
+        .raw("limits", &l)
+        .done()
+}
+
+/// `error` for request `id`.
+pub fn error(id: Option<&str>, code: ErrorCode, message: &str, retry_ms: Option<u64>) -> Bytes {
+    let mut o = Obj::new("error", 64 + message.len());
+    o.id(id).str("code", code.as_str()).str("message", message);
+    if let Some(r) = retry_ms {
+        o.num("retry_ms", r);
+    }
+    o.done()
+}
+
+/// `pong`.
+pub fn pong(id: Option<&str>, ts: u64) -> Bytes {
+    Obj::new("pong", 48).id(id).num("ts", ts).done()
+}
+
+/// `joined`.
+pub fn joined(id: Option<&str>, room: &str, seq: u64, epoch: u64, members: u64) -> Bytes {
+    Obj::new("joined", 96 + room.len())
+        .id(id)
+        .str("room", room)
+        .num("seq", seq)
+        .num("epoch", epoch)
+        .num("members", members)
+        .done()
+}
+
+/// `left`.
+pub fn left(id: Option<&str>, room: &str) -> Bytes {
+    Obj::new("left", 32 + room.len()).id(id).str("room", room).done()
+}
+
+/// `ack` of a send.
+pub fn ack(id: Option<&str>, room: &str, seq: u64, msg_id: &str, ts: u64) -> Bytes {
+    Obj::new("ack", 96 + room.len() + msg_id.len())
+        .id(id)
+        .str("room", room)
+        .num("seq", seq)
+        .str("msg_id", msg_id)
+        .num("ts", ts)
+        .done()
+}
+
+/// `message`: rendered once, shared by all recipients.
+pub fn message(m: &MessageOut<'_>) -> Bytes {
+    let cap = 128 + m.room.len() + m.msg_id.len() + m.from.len() + m.body.len() + m.file.map_or(0, |f| 64 + f.url.len() + f.name.len());
+    let mut o = Obj::new("message", cap);
+    o.str("room", m.room)
+        .num("seq", m.seq)
+        .str("msg_id", m.msg_id)
+        .str("from", m.from)
+        .num("ts", m.ts);
+    o.str("body", m.body).str("kind", m.kind);
+    if let Some(f) = m.file {
+        o.key("file");
+        o.0.push(b'{');
+        o.0.extend_from_slice(b"\"url\":");
+        let _ = serde_json::to_writer(&mut o.0, f.url);
+        o.str("name", f.name).num("size", f.size).str("mime", f.mime);
+        o.0.push(b'}');
+    }
+    if let Some(r) = m.reply_to {
+        o.num("reply_to", r);
+    }
+    o.done()
+}
+
+/// `gap`: seqs `from..=to` are no longer held.
+pub fn gap(room: &str, from: u64, to: u64) -> Bytes {
+    Obj::new("gap", 48 + room.len())
+        .str("room", room)
+        .num("from", from)
+        .num("to", to)
+        .done()
+}
+
+/// `reconnect`: the server asks the client to come back after `retry_ms`.
+pub fn reconnect(retry_ms: u64, reason: &str) -> Bytes {
+    Obj::new("reconnect", 48).num("retry_ms", retry_ms).str("reason", reason).done()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn j(b: &Bytes) -> Value {
+        serde_json::from_slice(b).expect("valid JSON")
+    }
+
+    #[test]
+    fn message_escapes_and_omits_absent_fields() {
+        let body = "quote \" backslash \\ nl \n ctrl \u{1} é 😀";
+        let m = MessageOut {
+            room: "r\"1",
+            seq: 7,
+            msg_id: "m",
+            from: "u",
+            ts: 9,
+            body,
+            kind: "text",
+            file: None,
+            reply_to: None,
+        };
+        let v = j(&message(&m));
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["room"], "r\"1");
+        assert_eq!(v["body"], body);
+        assert_eq!(v["seq"], 7);
+        assert!(v.get("file").is_none() && v.get("reply_to").is_none());
+        let f = FileOut {
+            url: "https://x/y",
+            name: "a b",
+            size: 10,
+            mime: "image/png",
+        };
+        let v = j(&message(&MessageOut {
+            file: Some(f),
+            reply_to: Some(3),
+            kind: "file",
+            ..m
+        }));
+        assert_eq!(v["file"]["url"], "https://x/y");
+        assert_eq!(v["file"]["size"], 10);
+        assert_eq!(v["reply_to"], 3);
+    }
+
+    #[test]
+    fn ids_are_echoed_verbatim() {
+        let v = j(&error(Some("\"a\\\"1\""), ErrorCode::RateLimited, "slow down", Some(250)));
+        assert_eq!(v["id"], "a\"1");
+        assert_eq!(v["code"], "rate_limited");
+        assert_eq!(v["retry_ms"], 250);
+        assert_eq!(j(&pong(Some("42"), 5))["id"], 42);
+        assert!(j(&pong(None, 5)).get("id").is_none());
+    }
+
+    #[test]
+    fn every_frame_is_valid_json() {
+        let lim = AdvertisedLimits {
+            max_frame_bytes: 1,
+            max_body_chars: 2,
+            max_rooms_per_conn: 3,
+            max_msgs_per_s: 20.0,
+        };
+        let w = j(&welcome("u", "c", "n", 1, 25_000, &lim));
+        assert_eq!(w["limits"]["max_msgs_per_s"], 20.0);
+        assert_eq!(w["shard"], 1);
+        let inf = AdvertisedLimits {
+            max_msgs_per_s: f64::INFINITY,
+            ..lim
+        };
+        assert!(j(&welcome("u", "c", "n", 1, 1, &inf))["limits"]["max_msgs_per_s"].is_null());
+        assert_eq!(j(&joined(Some("1"), "r", 5, 6, 7))["members"], 7);
+        assert_eq!(j(&left(None, "r"))["room"], "r");
+        assert_eq!(j(&ack(None, "r", 5, "m", 6))["msg_id"], "m");
+        assert_eq!(j(&gap("r", 1, 4))["to"], 4);
+        assert_eq!(j(&reconnect(100, "drain"))["retry_ms"], 100);
+    }
+}

@@ -1,0 +1,221 @@
+//! The listener side of a shard: accept, read the HTTP request head (bounded
+//! in size and time), route it (`/ws`, the echo path, `/healthz`, `/readyz`,
+//! `/metrics`), check origin and token, hand the socket to the room's owner
+//! shard when `?room=` names a room owned elsewhere, and upgrade.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::{TcpListener, TcpStream};
+use router::Frame;
+
+use super::{conn, Shard};
+use crate::metrics::ShardStats;
+use crate::ws::handshake::{self, Request};
+
+/// Binds one SO_REUSEPORT listener (each shard binds its own).
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+pub(super) async fn run_accept(shard: Rc<Shard>, listener: std::net::TcpListener) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(shard = shard.id, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    loop {
+        let accepted = monoio::select! {
+            r = listener.accept() => Some(r),
+            _ = shard.drain_requested() => None,
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => {
+                ShardStats::inc(&shard.stats().accepted_total);
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(serve_socket(shard.clone(), stream, peer, BytesMut::new(), false));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A socket handed over by another shard: the upgrade continues here.
+pub(super) fn adopt(shard: &Rc<Shard>, fd: i32, head: &[u8], peer: &str) {
+    // SAFETY: the sending shard dup'ed this fd for us and gave up its copy's
+    // ownership in the Handoff frame; nothing else closes it.
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let peer = peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    match TcpStream::from_std(std_stream) {
+        Ok(stream) => {
+            let buf = BytesMut::from(head);
+            monoio::spawn(serve_socket(shard.clone(), stream, peer, buf, true));
+        }
+        Err(e) => tracing::warn!(shard = shard.id, error = %e, "cannot adopt handed-off socket"),
+    }
+}
+
+async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, buf: BytesMut, handed: bool) {
+    let limit = Duration::from_millis(shard.cfg.handshake_timeout_ms);
+    let head = monoio::time::timeout(limit, read_head(&mut stream, buf, shard.cfg.max_head_bytes)).await;
+    let (req, buf) = match head {
+        Ok(Ok(Some(v))) => v,
+        Ok(Ok(None)) => return, // closed before a full head
+        Ok(Err(status)) => return reject(&shard, stream, status, "bad request").await,
+        Err(_) => return reject(&shard, stream, 408, "handshake timeout").await,
+    };
+    match req.path.as_str() {
+        "/ws" => upgrade(shard, stream, peer, req, buf, handed).await,
+        "/healthz" => respond(stream, 200, "ok").await,
+        "/readyz" if shard.is_draining() => respond(stream, 503, "draining").await,
+        "/readyz" => respond(stream, 200, "ready").await,
+        "/metrics" => {
+            let body = crate::metrics::render(&shard.all_stats, shard.driver);
+            respond(stream, 200, &body).await;
+        }
+        p if shard.cfg.echo_path.as_deref() == Some(p) => upgrade_echo(shard, stream, req, buf).await,
+        _ => respond(stream, 404, "not found").await,
+    }
+}
+
+/// Reads until a complete request head; `Err(status)` for a bad one.
+async fn read_head(stream: &mut TcpStream, mut buf: BytesMut, max: usize) -> Result<Option<(Request, BytesMut)>, u16> {
+    loop {
+        if !buf.is_empty() {
+            match handshake::parse_request(&buf, max) {
+                Ok(Some(req)) => return Ok(Some((req, buf))),
+                Ok(None) => {}
+                Err(e) => return Err(e.status()),
+            }
+        }
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(1024.min(max + 1));
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        let (res, slice) = stream.read(buf.slice_mut(len..cap)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, req: Request, buf: BytesMut, handed: bool) {
+    if shard.is_draining() {
+        return reject(&shard, stream, 503, "draining").await;
+    }
+    if let Some(room) = req.query_param("room") {
+        let owner = crate::room::owner(room, shard.shards);
+        if owner != shard.id && !handed && crate::auth::is_valid_room_id(room) {
+            return hand_off(&shard, stream, peer, buf, owner).await;
+        }
+    }
+    if !origin_allowed(&shard, &req) {
+        return reject(&shard, stream, 403, "origin not allowed").await;
+    }
+    let claims = match req.query_param("token") {
+        Some(token) => match shard.verifier.verify(token, Shard::now_ms() / 1000) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::debug!(shard = shard.id, %peer, error = %e, "upgrade refused: bad token");
+                return reject(&shard, stream, 401, "invalid token").await;
+            }
+        },
+        None => None,
+    };
+    let key = match handshake::validate_upgrade(&req) {
+        Ok(k) => k.to_owned(),
+        Err(e) => return reject(&shard, stream, e.status(), "not a websocket upgrade").await,
+    };
+    let (res, _) = stream.write_all(handshake::switching_protocols(&key)).await;
+    if res.is_err() {
+        return;
+    }
+    let mut rest = buf;
+    let _ = rest.split_to(req.head_len);
+    let room = req.query_param("room").map(str::to_owned);
+    conn::run_connection(shard, stream, claims, room, rest).await;
+}
+
+async fn upgrade_echo(shard: Rc<Shard>, mut stream: TcpStream, req: Request, buf: BytesMut) {
+    let key = match handshake::validate_upgrade(&req) {
+        Ok(k) => k.to_owned(),
+        Err(e) => return reject(&shard, stream, e.status(), "not a websocket upgrade").await,
+    };
+    let (res, _) = stream.write_all(handshake::switching_protocols(&key)).await;
+    if res.is_err() {
+        return;
+    }
+    let mut rest = buf;
+    let _ = rest.split_to(req.head_len);
+    conn::run_echo(shard, stream, rest).await;
+}
+
+async fn hand_off(shard: &Shard, stream: TcpStream, peer: SocketAddr, buf: BytesMut, owner: usize) {
+    // SAFETY: dup(2) on our own open socket; the new fd is owned by the frame
+    // until the owner shard adopts it (or we close it below on failure).
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        return reject(shard, stream, 503, "cannot hand off").await;
+    }
+    let frame = Frame::Handoff {
+        fd,
+        head: buf.to_vec(),
+        peer: peer.to_string(),
+    };
+    if shard.try_request(owner, &frame) {
+        ShardStats::inc(&shard.stats().handoffs_total);
+        drop(stream); // the owner's copy of the fd keeps the socket open
+        return;
+    }
+    // SAFETY: the frame was not sent, so `fd` is still ours to close.
+    unsafe { libc::close(fd) };
+    ShardStats::inc(&shard.stats().overloaded_total);
+    let extra = [("Retry-After", "1")];
+    let (_, _) = stream_write(stream, handshake::http_response(503, "overloaded", &extra)).await;
+}
+
+fn origin_allowed(shard: &Shard, req: &Request) -> bool {
+    let allowed = &shard.cfg.allowed_origins;
+    if allowed.is_empty() {
+        return true;
+    }
+    req.origin.as_deref().is_some_and(|o| allowed.iter().any(|a| a == o))
+}
+
+async fn reject(shard: &Shard, stream: TcpStream, status: u16, body: &str) {
+    ShardStats::inc(&shard.stats().handshake_rejected_total);
+    let extra: &[(&str, &str)] = if status == 426 { &[("Sec-WebSocket-Version", "13")] } else { &[] };
+    let _ = stream_write(stream, handshake::http_response(status, body, extra)).await;
+}
+
+async fn respond(stream: TcpStream, status: u16, body: &str) {
+    let _ = stream_write(stream, handshake::http_response(status, body, &[])).await;
+}
+
+async fn stream_write(mut stream: TcpStream, bytes: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+    let r = stream.write_all(bytes).await;
+    let (_, w) = stream.into_split();
+    drop(w); // shutdown(write) so the client sees the end of the response
+    r
+}

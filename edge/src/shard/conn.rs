@@ -1,0 +1,243 @@
+//! A connection after its upgrade: the reader loop that turns socket bytes
+//! into WebSocket messages and requests, the echo mode for conformance tests,
+//! the idle/heartbeat sweep, and the drain on shutdown.
+//!
+//! Memory: an idle connection holds no read buffer. The reader waits for
+//! readiness (a poll op, no buffer), reads into a fresh 4 KiB buffer, and
+//! frees it as soon as every complete frame in it is decoded.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
+use monoio::net::TcpStream;
+
+use super::outbox::{self, Outbox};
+use super::{Conn, Shard};
+use crate::auth::Claims;
+use crate::limits::gcra::Gcra;
+use crate::metrics::ShardStats;
+use crate::ws::codec::{self, Decoder, Limits, Message};
+
+const READ_CHUNK: usize = 4096;
+/// Close code and reason when a client stays silent past `idle_timeout_ms`.
+const CLOSE_IDLE: (u16, &str) = (1001, "idle timeout");
+
+pub(super) async fn run_connection(shard: Rc<Shard>, stream: TcpStream, claims: Option<Claims>, room: Option<String>, rest: BytesMut) {
+    let conn = shard.open_conn(&stream);
+    let (rd, wr) = stream.into_split();
+    monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
+    match claims {
+        Some(c) => shard.authenticated(&conn, c, room.as_deref()),
+        None => {
+            *conn.pending_room.borrow_mut() = room;
+            monoio::spawn(auth_deadline(shard.clone(), conn.clone()));
+        }
+    }
+    let limits = Limits {
+        max_frame_bytes: shard.cfg.max_frame_bytes,
+        max_message_bytes: shard.cfg.max_message_bytes,
+    };
+    read_loop(&shard, &conn, rd, rest, limits, Mode::Chat).await;
+    conn.out.reader_finished();
+    shard.close_conn(&conn);
+}
+
+/// The conformance endpoint: echoes every message through the same framing path.
+pub(super) async fn run_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
+    let conn = shard.open_conn(&stream);
+    let (rd, wr) = stream.into_split();
+    monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
+    let max = shard.cfg.echo_max_message_bytes;
+    let limits = Limits {
+        max_frame_bytes: max,
+        max_message_bytes: max,
+    };
+    read_loop(&shard, &conn, rd, rest, limits, Mode::Echo).await;
+    conn.out.reader_finished();
+    shard.close_conn(&conn);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Chat,
+    Echo,
+}
+
+async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<TcpStream>, mut buf: BytesMut, limits: Limits, mode: Mode) {
+    let mut dec = Decoder::new(limits);
+    loop {
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(msg)) => {
+                    if !on_message(shard, conn, msg, mode) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(v) => {
+                    tracing::debug!(conn = conn.id, code = v.code, reason = v.reason, "protocol violation");
+                    conn.out.close(v.code, v.reason);
+                    return;
+                }
+            }
+        }
+        if buf.is_empty() {
+            buf = BytesMut::new(); // release the buffer while idle
+                                   // SAFETY: the read half is used by this task only; `readable` takes
+                                   // `&self` and only polls the fd, which outlives this borrow.
+            let stream = unsafe { &*rd.0.get() };
+            if stream.readable(true).await.is_err() {
+                return;
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = rd.read(buf.slice_mut(len..cap)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => conn.last_seen_ms.set(Shard::now_ms()),
+        }
+    }
+}
+
+/// Handles one message; false when the connection is done reading.
+fn on_message(shard: &Rc<Shard>, conn: &Rc<Conn>, msg: Message, mode: Mode) -> bool {
+    match msg {
+        Message::Text(bytes) if mode == Mode::Echo => {
+            conn.out.push_text(bytes);
+        }
+        Message::Binary(bytes) if mode == Mode::Echo => {
+            conn.out.push_shared(codec::binary_header(bytes.len()), bytes);
+        }
+        Message::Text(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(text) => shard.handle_text(conn, text),
+            Err(_) => conn.out.close(1007, "invalid utf-8"),
+        },
+        Message::Binary(_) => shard.reply_error(
+            conn,
+            None,
+            crate::protocol::ErrorCode::BadRequest,
+            "binary frames are not supported: send JSON text frames",
+            None,
+        ),
+        Message::Ping(p) => {
+            conn.out.push_frame(codec::control_frame(codec::ControlKind::Pong, &p));
+        }
+        Message::Pong(_) => {}
+        Message::Close(frame) => {
+            let code = frame.map_or(1000, |f| f.code);
+            conn.out.close(code, "");
+            return false;
+        }
+    }
+    true
+}
+
+async fn auth_deadline(shard: Rc<Shard>, conn: Rc<Conn>) {
+    monoio::time::sleep(Duration::from_millis(shard.cfg.auth_timeout_ms)).await;
+    if conn.claims.borrow().is_none() && !conn.out.is_closing() {
+        conn.out.close(1008, "auth timeout");
+    }
+}
+
+/// Every second: ping connections silent for `heartbeat_ms`, close those
+/// silent for `idle_timeout_ms`.
+pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
+    let idle_ms = shard.cfg.idle_timeout_ms;
+    let beat_ms = shard.cfg.heartbeat_ms;
+    if idle_ms == 0 {
+        return;
+    }
+    let ping = codec::control_frame(codec::ControlKind::Ping, b"hb");
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        let now = Shard::now_ms();
+        for conn in shard.conns.borrow().values() {
+            let silent = now.saturating_sub(conn.last_seen_ms.get());
+            if silent > idle_ms {
+                conn.out.close(CLOSE_IDLE.0, CLOSE_IDLE.1);
+            } else if silent > beat_ms && now.saturating_sub(conn.last_ping_ms.get()) > beat_ms {
+                conn.last_ping_ms.set(now);
+                conn.out.push_frame(ping.clone());
+            }
+        }
+    }
+}
+
+impl Shard {
+    fn open_conn(&self, stream: &TcpStream) -> Rc<Conn> {
+        let cfg = &self.cfg;
+        let out = Outbox::new(stream.as_raw_fd(), cfg.outbound_queue_max_bytes, cfg.outbound_queue_max_frames);
+        let now = Self::now_ms();
+        let conn = Rc::new(Conn {
+            id: self.new_conn_id(),
+            out: Rc::new(out),
+            claims: RefCell::new(None),
+            rooms: RefCell::new(Vec::new()),
+            pending_room: RefCell::new(None),
+            last_seen_ms: Cell::new(now),
+            last_ping_ms: Cell::new(now),
+            rate: RefCell::new(Gcra::new(cfg.max_msgs_per_s, cfg.msgs_burst)),
+            strikes: Cell::new(0),
+        });
+        self.conns.borrow_mut().insert(conn.id, conn.clone());
+        ShardStats::set(&self.stats().connections_open, self.conns.borrow().len() as u64);
+        conn
+    }
+
+    fn close_conn(&self, conn: &Rc<Conn>) {
+        if conn.out.was_slow() {
+            ShardStats::inc(&self.stats().slow_consumer_total);
+        }
+        self.leave_all(conn);
+        self.conns.borrow_mut().remove(&conn.id);
+        ShardStats::set(&self.stats().connections_open, self.conns.borrow().len() as u64);
+    }
+
+    /// Resolves once a drain was requested.
+    pub(super) async fn drain_requested(&self) {
+        std::future::poll_fn(|cx| {
+            if self.draining.get() {
+                return std::task::Poll::Ready(());
+            }
+            self.drain_waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        })
+        .await;
+    }
+
+    /// Starts the drain: the accept loop stops, then [`Shard::drain`] runs.
+    pub(super) fn begin_drain(&self, retry_ms_max: u64) {
+        self.drain_retry_ms_max.set(retry_ms_max);
+        self.draining.set(true);
+        if let Some(w) = self.drain_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Tells every client to reconnect (jittered), closes them 1012, and
+    /// waits for them to go, at most `drain_timeout_ms`.
+    pub(super) async fn drain(&self) {
+        let max = self.drain_retry_ms_max.get().max(1);
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        tracing::info!(shard = self.id, connections = conns.len(), "draining");
+        for conn in &conns {
+            let retry_ms = rand::random_range(0..max);
+            conn.out.push_text(crate::protocol::server::reconnect(retry_ms, "drain"));
+            conn.out.close(1012, "service restart");
+        }
+        drop(conns);
+        let deadline = monoio::time::Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms);
+        while !self.conns.borrow().is_empty() && monoio::time::Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Frames in from the other threads, and frames out to them.
+//!
+//! Inbound: one task drains the shard's inboxes in batches and dispatches each
+//! frame. Payloads of Deliver/Reply/Joined frames are zero-copy slices of the
+//! received buffer.
+//!
+//! Outbound: frames produced while handling other frames (responses, fan-out)
+//! never wait: when the ring is full they go to a per-destination spill queue
+//! that a second task flushes in order as the ring frees up. Client requests
+//! never spill: `try_request` refuses (the client gets `overloaded`) once a
+//! ring is half full, so requests can fill at most half of any ring and
+//! responses always find room to make progress (no cross-shard deadlock).
+
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use router::{ArchivedFrame, Frame};
+
+use super::owner::SendArgs;
+use super::Shard;
+use crate::metrics::ShardStats;
+
+/// Frames handled per wake-up before yielding to connection tasks.
+const DRAIN_BATCH: usize = 256;
+
+pub(super) async fn run_inbox(shard: Rc<Shard>) {
+    loop {
+        shard.mesh.readable().await;
+        let n = shard.mesh.drain(DRAIN_BATCH, |_from, buf| shard.on_frame(buf));
+        if n == DRAIN_BATCH {
+            monoio::time::sleep(std::time::Duration::ZERO).await;
+        }
+    }
+}
+
+pub(super) async fn run_spill(shard: Rc<Shard>) {
+    loop {
+        let (to, frame) = poll_fn(|cx| match shard.spill_front() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                shard.spill_waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        // The frame stays at the front of its queue until the ring took it,
+        // so frames sent meanwhile queue behind it and order is kept.
+        shard.mesh.send(to, frame).await;
+        shard.spill.borrow_mut()[to].pop_front();
+        ShardStats::inc(&shard.stats().mesh_frames_out_total);
+    }
+}
+
+impl Shard {
+    fn spill_front(&self) -> Option<(usize, Bytes)> {
+        let spill = self.spill.borrow();
+        spill.iter().enumerate().find_map(|(to, q)| q.front().map(|f| (to, f.clone())))
+    }
+
+    /// Sends a frame that must not be lost; spills when the ring is full.
+    pub(super) fn send_frame(&self, to: usize, frame: &Frame) {
+        let bytes = router::encode(frame);
+        let mut spill = self.spill.borrow_mut();
+        if spill[to].is_empty() {
+            match self.mesh.try_send(to, bytes) {
+                Ok(()) => {
+                    ShardStats::inc(&self.stats().mesh_frames_out_total);
+                    return;
+                }
+                Err(full) => spill[to].push_back(full.0),
+            }
+        } else {
+            spill[to].push_back(bytes);
+        }
+        ShardStats::inc(&self.stats().mesh_spilled_total);
+        drop(spill);
+        if let Some(w) = self.spill_waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Sends a client request unless the ring to `to` is congested.
+    pub(super) fn try_request(&self, to: usize, frame: &Frame) -> bool {
+        if !self.spill.borrow()[to].is_empty() || self.mesh.free_slots(to) < self.cfg.mesh_ring_capacity / 2 {
+            return false;
+        }
+        match self.mesh.try_send(to, router::encode(frame)) {
+            Ok(()) => {
+                ShardStats::inc(&self.stats().mesh_frames_out_total);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Dispatches one frame from another thread.
+    fn on_frame(self: &Rc<Self>, buf: Bytes) {
+        let frame = match router::decode(&buf) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "invalid mesh frame dropped");
+                return;
+            }
+        };
+        match frame {
+            ArchivedFrame::Handoff { fd, head, peer } => {
+                super::accept::adopt(self, fd.to_native(), head.as_slice(), peer.as_str());
+            }
+            ArchivedFrame::Join {
+                room,
+                shard,
+                conn,
+                req,
+                since,
+                ..
+            } => {
+                let since = since.as_ref().map(|s| s.to_native());
+                let req = req.as_ref().map(|r| r.as_str());
+                self.owner_join(room.as_str(), usize::from(shard.to_native()), conn.to_native(), req, since);
+            }
+            ArchivedFrame::Joined { room, conn, payload } => {
+                self.on_joined(room.as_str(), conn.to_native(), router::payload_bytes(&buf, payload.as_slice()));
+            }
+            ArchivedFrame::Leave { room, shard, .. } => self.owner_leave(room.as_str(), usize::from(shard.to_native())),
+            ArchivedFrame::Send { .. } => self.on_send_frame(frame),
+            ArchivedFrame::Reply { conn, payload } => {
+                if let Some(c) = self.conn(conn.to_native()) {
+                    c.out.push_text(router::payload_bytes(&buf, payload.as_slice()));
+                }
+            }
+            ArchivedFrame::Deliver { room, payload, .. } => {
+                self.deliver_local(room.as_str(), &router::payload_bytes(&buf, payload.as_slice()));
+            }
+            ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
+        }
+    }
+
+    fn on_send_frame(&self, frame: &ArchivedFrame) {
+        let ArchivedFrame::Send {
+            room,
+            shard,
+            conn,
+            user,
+            req,
+            client_id,
+            body,
+            kind,
+            file,
+            reply_to,
+        } = frame
+        else {
+            return;
+        };
+        let args = SendArgs {
+            room: room.as_str(),
+            shard: usize::from(shard.to_native()),
+            conn: conn.to_native(),
+            user: user.as_str(),
+            req: req.as_ref().map(|r| r.as_str()),
+            client_id: client_id.as_ref().map(|c| c.as_str()),
+            body: body.as_str(),
+            kind: kind.as_str(),
+            file: file
+                .as_ref()
+                .map(|f| (f.url.as_str(), f.name.as_str(), f.size.to_native(), f.mime.as_str())),
+            reply_to: reply_to.as_ref().map(|r| r.to_native()),
+        };
+        self.owner_send(&args);
+    }
+}

@@ -1,0 +1,195 @@
+//! A shard: one monoio runtime on one pinned thread, owning its listener,
+//! its connections and the rooms whose hash maps to it.
+//!
+//! Nothing is shared with other shards but the mesh (bounded SPSC rings of
+//! rkyv frames) and the shard's own stats line. All state below lives in
+//! `RefCell`s touched by this thread's tasks only; no borrow is ever held
+//! across an `.await`.
+//!
+//! Files: `accept` (listener, HTTP routing, upgrade, handoff), `conn` (a
+//! connection's reader: WebSocket frames to requests), `requests` (client
+//! requests on the member side), `owner` (sequencing and fan-out on the
+//! owner side), `mesh_io` (frames in from other shards, spill out),
+//! `outbox` (the writer side of a connection).
+
+mod accept;
+mod conn;
+mod mesh_io;
+pub mod outbox;
+mod owner;
+mod requests;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use router::Endpoint;
+
+use crate::auth::{Claims, Verifier};
+use crate::config::Config;
+use crate::limits::gcra::Gcra;
+use crate::metrics::ShardStats;
+use crate::room::{MemberIndex, OwnedRoom};
+use outbox::Outbox;
+
+pub use accept::bind_listener;
+
+/// What every shard is started with.
+pub struct ShardSetup {
+    /// Index of this shard, `0..shards`.
+    pub id: usize,
+    /// Number of shards of the node.
+    pub shards: usize,
+    /// The node's configuration (immutable).
+    pub cfg: Arc<Config>,
+    /// JWT verifier with the pinned algorithm.
+    pub verifier: Verifier,
+    /// This thread's end of the mesh.
+    pub mesh: Endpoint,
+    /// Every shard's stats; this shard writes `stats[id]` only.
+    pub stats: Arc<Vec<ShardStats>>,
+    /// Driver in use, for logs and metrics ("io_uring" or "epoll").
+    pub driver: &'static str,
+}
+
+/// One connection as its shard sees it.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) out: Rc<Outbox>,
+    pub(crate) claims: RefCell<Option<Rc<Claims>>>,
+    /// Rooms joined or being joined (the owner has not answered yet).
+    pub(crate) rooms: RefCell<Vec<String>>,
+    /// `?room=` of a connection still waiting for its `auth` frame.
+    pub(crate) pending_room: RefCell<Option<String>>,
+    pub(crate) last_seen_ms: Cell<u64>,
+    pub(crate) last_ping_ms: Cell<u64>,
+    pub(crate) rate: RefCell<Gcra>,
+    pub(crate) strikes: Cell<u32>,
+}
+
+impl Conn {
+    fn user(&self) -> Option<Rc<Claims>> {
+        self.claims.borrow().clone()
+    }
+
+    fn in_room(&self, room: &str) -> bool {
+        self.rooms.borrow().iter().any(|r| r == room)
+    }
+}
+
+/// A shard's state, shared by its tasks through `Rc`.
+pub(crate) struct Shard {
+    pub(crate) id: usize,
+    pub(crate) shards: usize,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) verifier: Verifier,
+    pub(crate) mesh: Endpoint,
+    pub(crate) all_stats: Arc<Vec<ShardStats>>,
+    pub(crate) driver: &'static str,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    members: RefCell<MemberIndex>,
+    owned: RefCell<HashMap<String, OwnedRoom>>,
+    next_conn: Cell<u64>,
+    draining: Cell<bool>,
+    drain_waker: Cell<Option<std::task::Waker>>,
+    drain_retry_ms_max: Cell<u64>,
+    /// Frames whose ring was full, per destination, oldest first.
+    spill: RefCell<Vec<VecDeque<Bytes>>>,
+    spill_waker: Cell<Option<std::task::Waker>>,
+}
+
+impl Shard {
+    fn new(s: ShardSetup) -> Self {
+        let threads = s.mesh.threads();
+        Self {
+            id: s.id,
+            shards: s.shards,
+            cfg: s.cfg,
+            verifier: s.verifier,
+            mesh: s.mesh,
+            all_stats: s.stats,
+            driver: s.driver,
+            conns: RefCell::new(HashMap::new()),
+            members: RefCell::new(MemberIndex::default()),
+            owned: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            draining: Cell::new(false),
+            drain_waker: Cell::new(None),
+            drain_retry_ms_max: Cell::new(0),
+            spill: RefCell::new(vec![VecDeque::new(); threads]),
+            spill_waker: Cell::new(None),
+        }
+    }
+
+    /// This shard's stats line.
+    pub(crate) fn stats(&self) -> &ShardStats {
+        &self.all_stats[self.id]
+    }
+
+    /// Wall-clock milliseconds, read by the io shell and passed to the core.
+    pub(crate) fn now_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn new_conn_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        ((self.id as u64) << 48) | n
+    }
+
+    /// The shard a connection id was issued by.
+    pub(crate) fn shard_of(conn: u64) -> usize {
+        (conn >> 48) as usize
+    }
+
+    fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+}
+
+/// Runs one shard on the current thread until it has drained.
+pub fn run(setup: ShardSetup, listener: std::net::TcpListener) {
+    let shard = Rc::new(Shard::new(setup));
+    let id = shard.id;
+    let driver = shard.driver;
+    let result = match driver {
+        "io_uring" => block_on_uring(shard, listener),
+        _ => block_on_legacy(shard, listener),
+    };
+    if let Err(e) = result {
+        tracing::error!(shard = id, driver, error = %e, "shard runtime failed to start");
+    }
+}
+
+fn block_on_uring(shard: Rc<Shard>, l: std::net::TcpListener) -> std::io::Result<()> {
+    let entries = 4096;
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(entries)
+        .enable_timer()
+        .build()?;
+    rt.block_on(main_task(shard, l));
+    Ok(())
+}
+
+fn block_on_legacy(shard: Rc<Shard>, l: std::net::TcpListener) -> std::io::Result<()> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
+    rt.block_on(main_task(shard, l));
+    Ok(())
+}
+
+async fn main_task(shard: Rc<Shard>, listener: std::net::TcpListener) {
+    monoio::spawn(mesh_io::run_inbox(shard.clone()));
+    monoio::spawn(mesh_io::run_spill(shard.clone()));
+    monoio::spawn(conn::run_idle_sweep(shard.clone()));
+    tracing::info!(shard = shard.id, driver = shard.driver, "shard started");
+    accept::run_accept(shard.clone(), listener).await;
+    shard.drain().await;
+    tracing::info!(shard = shard.id, "shard stopped");
+}

@@ -1,0 +1,272 @@
+//! Client requests on the connection's own shard (the member side): parse,
+//! rate-limit, authorize, then either answer locally or forward to the room's
+//! owner shard. Requests that would have to queue behind a full mesh ring are
+//! answered `overloaded` with a retry hint instead of buffering.
+
+use std::rc::Rc;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use bytes::Bytes;
+use router::Frame;
+
+use super::owner::SendArgs;
+use super::{Conn, Shard};
+use crate::auth::{self, Claims};
+use crate::metrics::ShardStats;
+use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target};
+use crate::protocol::server::{self, AdvertisedLimits};
+use crate::protocol::ErrorCode;
+
+/// Retry hint sent with `overloaded` when a mesh ring is congested.
+const OVERLOADED_RETRY_MS: u64 = 100;
+/// Close code for a client that keeps exceeding its rate.
+const CLOSE_RATE_LIMIT: u16 = 4029;
+
+fn mono_ns() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl Shard {
+    /// One text frame from a client.
+    pub(super) fn handle_text(&self, conn: &Rc<Conn>, text: &str) {
+        ShardStats::inc(&self.stats().frames_in_total);
+        let limits = ParseLimits {
+            max_body_chars: self.cfg.max_body_chars,
+            max_client_id_bytes: 64,
+        };
+        let env = match client::parse(text, &limits) {
+            Ok(env) => env,
+            Err(e) => {
+                let id = e.id.as_deref().map(|r| r.get());
+                return self.reply_error(conn, id, e.code, &e.message, None);
+            }
+        };
+        let id = env.id.map(|r| r.get());
+        if !self.rate_ok(conn, id) {
+            return;
+        }
+        if conn.claims.borrow().is_none() {
+            return match env.request {
+                Request::Auth { token } => self.on_auth(conn, id, &token),
+                _ => {
+                    self.reply_error(
+                        conn,
+                        id,
+                        ErrorCode::Unauthorized,
+                        "authenticate first with {\"type\":\"auth\",\"token\":...}",
+                        None,
+                    );
+                    conn.out.close(1008, "not authenticated");
+                }
+            };
+        }
+        self.dispatch(conn, id, env.request);
+    }
+
+    fn dispatch(&self, conn: &Rc<Conn>, id: Option<&str>, req: Request<'_>) {
+        match req {
+            Request::Auth { .. } => self.reply_error(conn, id, ErrorCode::BadRequest, "already authenticated", None),
+            Request::Join { room, since } => self.on_join(conn, id, &room, since),
+            Request::Leave { room } => self.on_leave(conn, id, &room),
+            Request::Send(s) => self.on_send(conn, id, s),
+            Request::Ping => {
+                conn.out.push_text(server::pong(id, Self::now_ms()));
+            }
+            other => {
+                let msg = format!("{} is not available yet on this server", client::type_name(&other));
+                self.reply_error(conn, id, ErrorCode::BadRequest, &msg, None);
+            }
+        }
+    }
+
+    /// GCRA per connection; repeated violations close the socket 4029.
+    fn rate_ok(&self, conn: &Conn, id: Option<&str>) -> bool {
+        let verdict = conn.rate.borrow_mut().check(mono_ns());
+        match verdict {
+            Ok(()) => {
+                conn.strikes.set(0);
+                true
+            }
+            Err(retry_ms) => {
+                ShardStats::inc(&self.stats().rate_limited_total);
+                let strikes = conn.strikes.get() + 1;
+                conn.strikes.set(strikes);
+                if strikes >= self.cfg.rate_limit_strikes {
+                    conn.out.close(CLOSE_RATE_LIMIT, "rate limit exceeded repeatedly");
+                } else {
+                    self.reply_error(conn, id, ErrorCode::RateLimited, "too many requests", Some(retry_ms));
+                }
+                false
+            }
+        }
+    }
+
+    fn on_auth(&self, conn: &Rc<Conn>, id: Option<&str>, token: &str) {
+        match self.verifier.verify(token, Self::now_ms() / 1000) {
+            Ok(claims) => {
+                let room = conn.pending_room.borrow_mut().take();
+                self.authenticated(conn, claims, room.as_deref());
+            }
+            Err(e) => {
+                self.reply_error(conn, id, ErrorCode::Unauthorized, &format!("invalid token: {e}"), None);
+                conn.out.close(1008, "authentication failed");
+            }
+        }
+    }
+
+    /// The connection proved who it is: `welcome`, then the `?room=` join.
+    pub(super) fn authenticated(&self, conn: &Rc<Conn>, claims: Claims, room: Option<&str>) {
+        let limits = AdvertisedLimits {
+            max_frame_bytes: self.cfg.max_frame_bytes as u64,
+            max_body_chars: self.cfg.max_body_chars as u64,
+            max_rooms_per_conn: self.cfg.max_rooms_per_conn as u64,
+            max_msgs_per_s: self.cfg.max_msgs_per_s,
+        };
+        let conn_id = format!("{:x}", conn.id);
+        let welcome = server::welcome(
+            &claims.sub,
+            &conn_id,
+            &self.cfg.node_id,
+            self.id as u16,
+            self.cfg.heartbeat_ms,
+            &limits,
+        );
+        *conn.claims.borrow_mut() = Some(Rc::new(claims));
+        conn.out.push_text(welcome);
+        if let Some(room) = room {
+            self.on_join(conn, None, room, None);
+        }
+    }
+
+    fn on_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
+        let Some(claims) = conn.user() else { return };
+        if let Err(denied) = auth::may_join(&claims, room) {
+            let code = if denied.code() == "bad_request" {
+                ErrorCode::BadRequest
+            } else {
+                ErrorCode::Forbidden
+            };
+            return self.reply_error(conn, id, code, &denied.to_string(), None);
+        }
+        if conn.in_room(room) {
+            return self.reply_error(conn, id, ErrorCode::BadRequest, &format!("already joined {room}"), None);
+        }
+        if conn.rooms.borrow().len() >= self.cfg.max_rooms_per_conn {
+            let msg = format!("at most {} rooms per connection", self.cfg.max_rooms_per_conn);
+            return self.reply_error(conn, id, ErrorCode::Forbidden, &msg, None);
+        }
+        let owner = crate::room::owner(room, self.shards);
+        if owner == self.id {
+            conn.rooms.borrow_mut().push(room.to_owned());
+            return self.owner_join(room, self.id, conn.id, id, since);
+        }
+        let frame = Frame::Join {
+            room: room.to_owned(),
+            shard: self.id as u16,
+            conn: conn.id,
+            user: claims.sub.clone(),
+            req: id.map(str::to_owned),
+            since,
+        };
+        if !self.try_request(owner, &frame) {
+            return self.overloaded(conn, id);
+        }
+        conn.rooms.borrow_mut().push(room.to_owned());
+    }
+
+    fn on_leave(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
+        if !self.leave_room(conn, room) {
+            return self.reply_error(conn, id, ErrorCode::NotFound, &format!("not in room {room}"), None);
+        }
+        conn.out.push_text(server::left(id, room));
+    }
+
+    /// Removes `conn` from `room` here and at the owner; false if not a member.
+    fn leave_room(&self, conn: &Conn, room: &str) -> bool {
+        let pos = conn.rooms.borrow().iter().position(|r| r == room);
+        let Some(pos) = pos else { return false };
+        conn.rooms.borrow_mut().swap_remove(pos);
+        self.members.borrow_mut().remove(room, conn.id);
+        let owner = crate::room::owner(room, self.shards);
+        if owner == self.id {
+            self.owner_leave(room, self.id);
+        } else {
+            let frame = Frame::Leave {
+                room: room.to_owned(),
+                shard: self.id as u16,
+                conn: conn.id,
+            };
+            self.send_frame(owner, &frame);
+        }
+        true
+    }
+
+    /// Leaves every room (the connection is gone).
+    pub(super) fn leave_all(&self, conn: &Conn) {
+        let rooms: Vec<String> = conn.rooms.borrow().clone();
+        for room in rooms {
+            self.leave_room(conn, &room);
+        }
+    }
+
+    fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, s: SendReq<'_>) {
+        let Some(claims) = conn.user() else { return };
+        let room = match s.target {
+            Target::Room(r) if conn.in_room(&r) => r.into_owned(),
+            Target::Room(r) => {
+                return self.reply_error(conn, id, ErrorCode::Forbidden, &format!("join {r} before sending to it"), None);
+            }
+            Target::User(to) if auth::is_valid_user_id(&to) => auth::dm_room(&claims.sub, &to),
+            Target::User(_) => return self.reply_error(conn, id, ErrorCode::BadRequest, "send: invalid user id in to", None),
+        };
+        let args = SendArgs {
+            room: &room,
+            shard: self.id,
+            conn: conn.id,
+            user: &claims.sub,
+            req: id,
+            client_id: s.client_id.as_deref(),
+            body: &s.body,
+            kind: s.kind.as_str(),
+            file: s.file.as_ref().map(|f| (f.url.as_ref(), f.name.as_ref(), f.size, f.mime.as_ref())),
+            reply_to: s.reply_to,
+        };
+        let owner = crate::room::owner(&room, self.shards);
+        if owner == self.id {
+            return self.owner_send(&args);
+        }
+        if !self.try_request(owner, &args.to_frame()) {
+            self.overloaded(conn, id);
+        }
+    }
+
+    fn overloaded(&self, conn: &Conn, id: Option<&str>) {
+        ShardStats::inc(&self.stats().overloaded_total);
+        self.reply_error(conn, id, ErrorCode::Overloaded, "server busy, retry", Some(OVERLOADED_RETRY_MS));
+    }
+
+    /// Sends an `error` frame for request `id`.
+    pub(super) fn reply_error(&self, conn: &Conn, id: Option<&str>, code: ErrorCode, msg: &str, retry_ms: Option<u64>) {
+        conn.out.push_text(server::error(id, code, msg, retry_ms));
+    }
+
+    /// Queues a rendered frame for a connection that may live on any shard.
+    pub(super) fn to_conn(&self, conn: u64, payload: Bytes) {
+        let shard = Self::shard_of(conn);
+        if shard == self.id {
+            if let Some(c) = self.conn(conn) {
+                c.out.push_text(payload);
+            }
+            return;
+        }
+        self.send_frame(
+            shard,
+            &Frame::Reply {
+                conn,
+                payload: payload.to_vec(),
+            },
+        );
+    }
+}

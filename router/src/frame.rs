@@ -1,0 +1,450 @@
+//! Versioned rkyv frames exchanged between shards (and later between nodes).
+//!
+//! A frame on the wire is one version byte ([`FRAME_VERSION`]) followed by
+//! the rkyv archive of a [`Frame`]. [`decode`] validates the archive and reads
+//! it in place; [`payload_bytes`] turns a payload inside a received frame
+//! into a `Bytes` view without copying.
+//!
+//! What must stay true:
+//! - Any change to [`Frame`] or [`FileRef`] that changes the archive layout
+//!   bumps [`FRAME_VERSION`].
+//! - The archive has alignment 1 (rkyv's `unaligned` feature), so a frame
+//!   can be read at any offset of any buffer, such as just past the version
+//!   byte.
+//! - Decoding never panics and never reads outside the buffer, whatever the
+//!   bytes: everything goes through rkyv's validation.
+
+use bytes::Bytes;
+use rkyv::rancor;
+
+/// The version byte that starts every encoded frame.
+pub const FRAME_VERSION: u8 = 1;
+
+/// A message between shards.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum Frame {
+    /// A connection handed to the room owner's shard before the 101: dup'ed fd, bytes already read.
+    Handoff {
+        /// The duplicated socket, now owned by the receiving shard.
+        fd: i32,
+        /// Bytes already read from the socket (the request head and any more).
+        head: Vec<u8>,
+        /// The peer address, for logs.
+        peer: String,
+    },
+    /// A member shard asks the room owner to add one of its connections.
+    Join {
+        /// The room.
+        room: String,
+        /// The member shard.
+        shard: u16,
+        /// The connection on the member shard.
+        conn: u64,
+        /// The authenticated user.
+        user: String,
+        /// The client's request id, echoed in the answer.
+        req: Option<String>,
+        /// Replay messages after this seq, if given.
+        since: Option<u64>,
+    },
+    /// The owner's answer to a join: the rendered `joined` message.
+    Joined {
+        /// The room.
+        room: String,
+        /// The connection on the member shard.
+        conn: u64,
+        /// Rendered JSON for the client.
+        payload: Vec<u8>,
+    },
+    /// A member shard's connection left a room.
+    Leave {
+        /// The room.
+        room: String,
+        /// The member shard.
+        shard: u16,
+        /// The connection on the member shard.
+        conn: u64,
+    },
+    /// A member shard forwards a client's message to the room owner.
+    Send {
+        /// The room.
+        room: String,
+        /// The member shard.
+        shard: u16,
+        /// The sending connection on the member shard.
+        conn: u64,
+        /// The authenticated user.
+        user: String,
+        /// The client's request id, echoed in the answer.
+        req: Option<String>,
+        /// The client's dedupe id.
+        client_id: Option<String>,
+        /// The message text.
+        body: String,
+        /// The message kind.
+        kind: String,
+        /// An attached file, if any.
+        file: Option<FileRef>,
+        /// The seq this message replies to, if any.
+        reply_to: Option<u64>,
+    },
+    /// The owner's answer to one connection: rendered JSON.
+    Reply {
+        /// The connection on the member shard.
+        conn: u64,
+        /// Rendered JSON for the client.
+        payload: Vec<u8>,
+    },
+    /// A sequenced room message for the receiving shard's members.
+    Deliver {
+        /// The room.
+        room: String,
+        /// The message's seq in the room.
+        seq: u64,
+        /// Rendered JSON, sent as is to every member.
+        payload: Vec<u8>,
+    },
+    /// The node is draining: close connections with a reconnect hint.
+    Shutdown {
+        /// Upper bound of the random reconnect delay to suggest.
+        retry_ms_max: u32,
+    },
+}
+
+/// A file attached to a message.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct FileRef {
+    /// Where the file can be fetched.
+    pub url: String,
+    /// The file's name.
+    pub name: String,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The file's MIME type.
+    pub mime: String,
+}
+
+/// Why a buffer is not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The buffer has no bytes at all.
+    #[error("empty frame")]
+    Empty,
+    /// The version byte is not [`FRAME_VERSION`].
+    #[error("frame version {got}, expected {FRAME_VERSION}")]
+    Version {
+        /// The version byte found.
+        got: u8,
+    },
+    /// The archive failed validation (or, from [`try_encode`], serialization).
+    #[error("invalid frame: {0}")]
+    Invalid(String),
+}
+
+/// Encodes `frame`: the version byte, then the rkyv archive.
+///
+/// Serialization only fails if a field exceeds rkyv's 32-bit offsets (about
+/// 4 GiB), far beyond the node's limits. Should it happen, the result is a
+/// bare version byte, which [`decode`] rejects as invalid; use
+/// [`try_encode`] to see the error instead.
+pub fn encode(frame: &Frame) -> Bytes {
+    try_encode(frame).unwrap_or_else(|_| Bytes::from_static(&[FRAME_VERSION]))
+}
+
+/// Encodes `frame` like [`encode`], reporting a serialization failure.
+pub fn try_encode(frame: &Frame) -> Result<Bytes, FrameError> {
+    let mut buf = Vec::with_capacity(size_hint(frame));
+    buf.push(FRAME_VERSION);
+    // Positions in the archive are relative, so serializing after the
+    // version byte yields the same bytes as serializing alone.
+    let buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(frame, buf).map_err(|e| FrameError::Invalid(e.to_string()))?;
+    Ok(Bytes::from(buf))
+}
+
+/// Checks the version byte and validates the archive, then gives read
+/// access to the frame in place (no copy, no allocation on success).
+pub fn decode(buf: &[u8]) -> Result<&ArchivedFrame, FrameError> {
+    let (&version, archive) = buf.split_first().ok_or(FrameError::Empty)?;
+    if version != FRAME_VERSION {
+        return Err(FrameError::Version { got: version });
+    }
+    rkyv::access::<ArchivedFrame, rancor::Error>(archive).map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+/// Returns `payload` as a zero-copy view into `frame_buf`, the buffer the
+/// frame was decoded from, so it can be written to sockets as is.
+///
+/// If `payload` does not lie inside `frame_buf` (a caller bug), it is copied
+/// rather than panicking.
+pub fn payload_bytes(frame_buf: &Bytes, payload: &[u8]) -> Bytes {
+    let outer = frame_buf.as_ptr_range();
+    let inner = payload.as_ptr_range();
+    if outer.start <= inner.start && inner.end <= outer.end {
+        frame_buf.slice_ref(payload)
+    } else {
+        Bytes::copy_from_slice(payload)
+    }
+}
+
+/// A rough upper estimate of the encoded size, to allocate once.
+fn size_hint(frame: &Frame) -> usize {
+    fn opt(s: &Option<String>) -> usize {
+        s.as_ref().map_or(0, String::len)
+    }
+    let variable = match frame {
+        Frame::Handoff { head, peer, .. } => head.len() + peer.len(),
+        Frame::Join { room, user, req, .. } => room.len() + user.len() + opt(req),
+        Frame::Joined { room, payload, .. } | Frame::Deliver { room, payload, .. } => room.len() + payload.len(),
+        Frame::Leave { room, .. } => room.len(),
+        Frame::Send {
+            room,
+            user,
+            req,
+            client_id,
+            body,
+            kind,
+            file,
+            ..
+        } => {
+            let file = file.as_ref().map_or(0, |f| 64 + f.url.len() + f.name.len() + f.mime.len());
+            room.len() + user.len() + opt(req) + opt(client_id) + body.len() + kind.len() + file
+        }
+        Frame::Reply { payload, .. } => payload.len(),
+        Frame::Shutdown { .. } => 0,
+    };
+    1 + 160 + variable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Handoff {
+                fd: 17,
+                head: b"GET /ws?room=a HTTP/1.1\r\n\r\n".to_vec(),
+                peer: "127.0.0.1:5555".into(),
+            },
+            Frame::Join {
+                room: "lobby".into(),
+                shard: 3,
+                conn: 42,
+                user: "ann".into(),
+                req: Some("r1".into()),
+                since: Some(9),
+            },
+            Frame::Join {
+                room: "a-much-longer-room-name".into(),
+                shard: 0,
+                conn: u64::MAX,
+                user: String::new(),
+                req: None,
+                since: None,
+            },
+            Frame::Joined {
+                room: "lobby".into(),
+                conn: 42,
+                payload: br#"{"type":"joined","seq":9}"#.to_vec(),
+            },
+            Frame::Leave {
+                room: "lobby".into(),
+                shard: 65535,
+                conn: 1,
+            },
+            Frame::Send {
+                room: "lobby".into(),
+                shard: 2,
+                conn: 7,
+                user: "bob".into(),
+                req: Some("r2".into()),
+                client_id: Some("c-123".into()),
+                body: "hello, world — ünïcode".into(),
+                kind: "text".into(),
+                file: Some(FileRef {
+                    url: "https://files.example/x".into(),
+                    name: "x.png".into(),
+                    size: 1234,
+                    mime: "image/png".into(),
+                }),
+                reply_to: Some(5),
+            },
+            Frame::Send {
+                room: "r".into(),
+                shard: 0,
+                conn: 0,
+                user: "u".into(),
+                req: None,
+                client_id: None,
+                body: String::new(),
+                kind: "text".into(),
+                file: None,
+                reply_to: None,
+            },
+            Frame::Reply {
+                conn: 99,
+                payload: vec![b'x'; 5000],
+            },
+            Frame::Deliver {
+                room: "lobby".into(),
+                seq: 10,
+                payload: br#"{"type":"message"}"#.to_vec(),
+            },
+            Frame::Deliver {
+                room: String::new(),
+                seq: 0,
+                payload: Vec::new(),
+            },
+            Frame::Shutdown { retry_ms_max: 30_000 },
+        ]
+    }
+
+    fn round_trip(buf: &[u8]) -> Frame {
+        let archived = decode(buf).unwrap();
+        rkyv::deserialize::<Frame, rancor::Error>(archived).unwrap()
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        for frame in samples() {
+            let buf = encode(&frame);
+            assert_eq!(buf[0], FRAME_VERSION);
+            assert_eq!(round_trip(&buf), frame);
+            assert_eq!(try_encode(&frame).unwrap(), buf);
+        }
+    }
+
+    #[test]
+    fn encoding_matches_a_plain_rkyv_archive() {
+        for frame in samples() {
+            let plain = rkyv::to_bytes::<rancor::Error>(&frame).unwrap();
+            assert_eq!(&encode(&frame)[1..], &plain[..]);
+        }
+    }
+
+    #[test]
+    fn archived_fields_read_in_place() {
+        let buf = encode(&Frame::Join {
+            room: "lobby".into(),
+            shard: 3,
+            conn: 42,
+            user: "ann".into(),
+            req: None,
+            since: Some(9),
+        });
+        let ArchivedFrame::Join {
+            room,
+            shard,
+            conn,
+            since,
+            req,
+            ..
+        } = decode(&buf).unwrap()
+        else {
+            panic!("wrong variant");
+        };
+        assert_eq!(room.as_str(), "lobby");
+        assert_eq!(shard.to_native(), 3);
+        assert_eq!(conn.to_native(), 42);
+        assert_eq!(since.as_ref().map(|s| s.to_native()), Some(9));
+        assert!(req.is_none());
+    }
+
+    #[test]
+    fn decodes_at_odd_offsets() {
+        for frame in samples() {
+            let enc = encode(&frame);
+            for offset in [1, 3, 7] {
+                let mut big = vec![0xAA; offset];
+                big.extend_from_slice(&enc);
+                big.extend_from_slice(&[0x55; 5]);
+                let buf = &big[offset..offset + enc.len()];
+                assert_eq!(round_trip(buf), frame, "offset {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn payload_bytes_is_a_view_into_the_frame() {
+        let payload = br#"{"type":"message","body":"hi"}"#.to_vec();
+        let buf = encode(&Frame::Deliver {
+            room: "lobby".into(),
+            seq: 1,
+            payload: payload.clone(),
+        });
+        let ArchivedFrame::Deliver { payload: archived, .. } = decode(&buf).unwrap() else {
+            panic!("wrong variant");
+        };
+        let view = payload_bytes(&buf, archived.as_slice());
+        assert_eq!(&view[..], &payload[..]);
+        let range = buf.as_ptr_range();
+        assert!(range.start <= view.as_ptr() && view.as_ptr_range().end <= range.end);
+    }
+
+    #[test]
+    fn payload_bytes_copies_foreign_slices() {
+        let buf = encode(&Frame::Shutdown { retry_ms_max: 1 });
+        let other = b"elsewhere".to_vec();
+        let view = payload_bytes(&buf, &other);
+        assert_eq!(&view[..], b"elsewhere");
+        assert!(payload_bytes(&buf, &[]).is_empty());
+    }
+
+    #[test]
+    fn rejects_empty_and_bad_version() {
+        assert_eq!(decode(&[]).unwrap_err(), FrameError::Empty);
+        let mut buf = encode(&Frame::Shutdown { retry_ms_max: 5 }).to_vec();
+        buf[0] = 2;
+        assert_eq!(decode(&buf).unwrap_err(), FrameError::Version { got: 2 });
+        assert!(matches!(decode(&[FRAME_VERSION]), Err(FrameError::Invalid(_))));
+    }
+
+    /// Decoding must not panic; when it succeeds, reading the frame must not either.
+    fn decode_does_not_panic(buf: &[u8]) {
+        if let Ok(archived) = decode(buf) {
+            let _ = rkyv::deserialize::<Frame, rancor::Error>(archived);
+        }
+    }
+
+    #[test]
+    fn truncated_frames_are_rejected_or_harmless() {
+        for frame in samples() {
+            let enc = encode(&frame);
+            for len in 0..enc.len() {
+                decode_does_not_panic(&enc[..len]);
+            }
+            // Most truncations must be caught outright.
+            let ok = (1..enc.len()).filter(|&len| decode(&enc[..len]).is_ok()).count();
+            assert!(ok * 2 < enc.len(), "{ok} of {} truncations of {frame:?} decoded", enc.len());
+        }
+    }
+
+    #[test]
+    fn corrupted_and_random_bytes_never_panic() {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for frame in samples() {
+            let enc = encode(&frame).to_vec();
+            for i in 1..enc.len() {
+                let mut bad = enc.clone();
+                bad[i] ^= (next() as u8) | 1;
+                decode_does_not_panic(&bad);
+            }
+        }
+        for _ in 0..20_000 {
+            let len = (next() % 300) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(b) = buf.first_mut() {
+                *b = FRAME_VERSION;
+            }
+            decode_does_not_panic(&buf);
+        }
+    }
+}

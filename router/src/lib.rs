@@ -1,0 +1,19 @@
+//! How messages move between the threads of one node, and later between
+//! nodes.
+//!
+//! - [`spsc`]: the bounded lock-free single-producer single-consumer ring
+//!   everything else is built on.
+//! - [`mesh()`]: one ring per ordered pair of shard threads, with async
+//!   wake-ups, so every shard can hand frames to every other shard.
+//! - [`frame`](Frame): the versioned rkyv frames carried over the mesh. The
+//!   same bytes will cross nodes through a Redis bridge (not built yet).
+//!
+//! What must stay true: nothing here blocks a thread, every queue is
+//! bounded, and no input bytes can make decoding panic.
+
+mod frame;
+mod mesh;
+pub mod spsc;
+
+pub use frame::{decode, encode, payload_bytes, try_encode, ArchivedFileRef, ArchivedFrame, FileRef, Frame, FrameError, FRAME_VERSION};
+pub use mesh::{mesh, Endpoint, Full};

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh checkout, installing what it needs
+# (on Debian/Ubuntu, as root or with sudo): fmt, clippy, unit and integration
+# tests on both io drivers, and the Autobahn conformance run.
+#
+#   scripts/test.sh            # everything CI runs
+#   SKIP_AUTOBAHN=1 scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@"
+}
+
+if ! need cargo; then
+  echo "== cargo not found: installing Debian's rust toolchain"
+  apt_install cargo rustc
+fi
+need cc || apt_install build-essential
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (unit + integration, both drivers)"
+cargo test --workspace --locked
+if [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
+  echo "== Autobahn|Testsuite (cases 1-10) against the echo endpoint"
+  scripts/autobahn.sh
+fi

@@ -1,0 +1,1 @@
+//! The message store. Filled by the storage issue (#3); see DESIGN.md "Storage".
