@@ -12,8 +12,9 @@ PYDIR=target/autobahn-py
 OUT=target/autobahn
 
 py2=""
-for c in python2.7 "$HOME"/.pyenv/versions/2.7*/bin/python2.7; do
-  if command -v "$c" >/dev/null 2>&1; then py2=$(command -v "$c"); break; fi
+for c in "$HOME"/.pyenv/versions/2.7*/bin/python2.7 python2.7; do
+  # pyenv shims exist for every installed version but fail outside it: run it.
+  if "$c" -c pass >/dev/null 2>&1; then py2=$(command -v "$c"); break; fi
 done
 if [ -z "$py2" ]; then
   echo "autobahn: no python2.7 found (pyenv 2.7.x or Debian python2.7 needed)" >&2
@@ -43,7 +44,10 @@ cat > "$OUT/spec.json" <<JSON
  "cases": ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "8.*", "9.*", "10.*"],
  "exclude-cases": [], "exclude-agent-cases": {}}
 JSON
-(cd "$OUT" && PYTHONPATH="$OLDPWD/$PYDIR" timeout 1200 "$py2" -c \
-  'import sys; from autobahntestsuite import wstest; sys.argv=["wstest","-m","fuzzingclient","-s","spec.json"]; wstest.run()' \
+# addsitedir (not PYTHONPATH) so the *-nspkg.pth files of namespace packages (zope) load.
+(cd "$OUT" && timeout 1200 "$py2" -c \
+  'import sys, site; site.addsitedir(sys.argv[1]); from autobahntestsuite import wstest; sys.argv=["wstest","-m","fuzzingclient","-s","spec.json"]; wstest.run()' \
+  "$OLDPWD/$PYDIR" \
   >wstest.log 2>&1) || { tail -20 "$OUT/wstest.log"; exit 1; }
+mkdir -p results
 python3 scripts/autobahn_summary.py "$OUT/report/index.json" "edge-$DRIVER" results/autobahn-$DRIVER.json

@@ -28,5 +28,6 @@ echo "== cargo test (unit + integration, both drivers)"
 cargo test --workspace --locked
 if [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
   echo "== Autobahn|Testsuite (cases 1-10) against the echo endpoint"
-  scripts/autobahn.sh
+  DRIVER=io_uring scripts/autobahn.sh
+  DRIVER=epoll scripts/autobahn.sh
 fi

@@ -28,7 +28,7 @@ const READ_CHUNK: usize = 4096;
 const CLOSE_IDLE: (u16, &str) = (1001, "idle timeout");
 
 pub(super) async fn run_connection(shard: Rc<Shard>, stream: TcpStream, claims: Option<Claims>, room: Option<String>, rest: BytesMut) {
-    let conn = shard.open_conn(&stream);
+    let conn = shard.open_conn(&stream, shard.cfg.outbound_queue_max_bytes);
     let (rd, wr) = stream.into_split();
     monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
     match claims {
@@ -49,10 +49,12 @@ pub(super) async fn run_connection(shard: Rc<Shard>, stream: TcpStream, claims: 
 
 /// The conformance endpoint: echoes every message through the same framing path.
 pub(super) async fn run_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
-    let conn = shard.open_conn(&stream);
+    let max = shard.cfg.echo_max_message_bytes;
+    // An echo peer may have a whole large message in flight while it is
+    // still sending the next: the queue holds a few of the largest.
+    let conn = shard.open_conn(&stream, max.saturating_mul(4));
     let (rd, wr) = stream.into_split();
     monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
-    let max = shard.cfg.echo_max_message_bytes;
     let limits = Limits {
         max_frame_bytes: max,
         max_message_bytes: max,
@@ -173,9 +175,9 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
 }
 
 impl Shard {
-    fn open_conn(&self, stream: &TcpStream) -> Rc<Conn> {
+    fn open_conn(&self, stream: &TcpStream, max_queued_bytes: usize) -> Rc<Conn> {
         let cfg = &self.cfg;
-        let out = Outbox::new(stream.as_raw_fd(), cfg.outbound_queue_max_bytes, cfg.outbound_queue_max_frames);
+        let out = Outbox::new(stream.as_raw_fd(), max_queued_bytes, cfg.outbound_queue_max_frames);
         let now = Self::now_ms();
         let conn = Rc::new(Conn {
             id: self.new_conn_id(),
