@@ -97,7 +97,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     merge_flags(&mut cfg, a);
     cfg.validate()?;
     let dev_secret = dev_mode(&mut cfg)?;
-    let verifier = Verifier::new(&auth_settings(&cfg)?).context("JWT settings")?;
+    let verifier = Verifier::new(&auth_settings(&cfg)?).context("JWT settings (--jwt-secret, EDGE_JWT_SECRET or jwt_* in --config)")?;
     let node = edge::node::start(cfg.clone(), verifier)?;
     if let Some(secret) = dev_secret {
         let token = auth::mint_hs256(&secret, "dev", 24 * 3600, None, None, now_s())?;
