@@ -25,6 +25,17 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// How admission control refuses an upgrade.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionRefusal {
+    /// HTTP 503 before the upgrade, with `Retry-After` and `Retry-Ms`.
+    #[default]
+    Http503,
+    /// Upgrade, then close 1013 with reason `retry_ms=N`.
+    Close1013,
+}
+
 /// Every setting of an edge node. Units are in the names.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -92,6 +103,17 @@ pub struct Config {
     pub dedupe_per_room: usize,
     /// Recent messages kept in memory per room.
     pub recent_per_room: usize,
+    /// New WebSocket upgrades admitted per second per shard (token bucket);
+    /// over it, upgrades are refused with `retry_ms`. 0 admits everything.
+    pub admission_rate_per_shard: f64,
+    /// Upgrades a shard admits back to back before the rate applies.
+    pub admission_burst: u32,
+    /// How a refused upgrade is answered: `http503` (before the upgrade, with
+    /// `Retry-After` and `Retry-Ms` headers) or `close1013` (upgrade, then
+    /// close 1013 "try again later" with reason `retry_ms=N`).
+    pub admission_refusal: AdmissionRefusal,
+    /// Largest `retry_ms` hint given to a refused client.
+    pub admission_retry_max_ms: u64,
     /// Upper bound of the jittered `reconnect.retry_ms` sent on drain.
     pub drain_retry_ms_max: u64,
     /// Time allowed for a drain (SIGTERM) before the node exits anyway.
@@ -136,6 +158,10 @@ impl Default for Config {
             max_rooms_per_shard: 200_000,
             dedupe_per_room: 1024,
             recent_per_room: 256,
+            admission_rate_per_shard: 0.0,
+            admission_burst: 256,
+            admission_refusal: AdmissionRefusal::Http503,
+            admission_retry_max_ms: 10_000,
             drain_retry_ms_max: 5_000,
             drain_timeout_ms: 5_000,
             echo_path: None,
@@ -246,6 +272,12 @@ impl Config {
             if !p.starts_with('/') || p == "/ws" {
                 return invalid("echo_path", "must start with '/' and differ from /ws");
             }
+        }
+        if !(self.admission_rate_per_shard.is_finite() && self.admission_rate_per_shard >= 0.0) {
+            return invalid("admission_rate_per_shard", "must be a number >= 0 (0 admits everything)");
+        }
+        if self.admission_burst == 0 {
+            return invalid("admission_burst", "must be at least 1");
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return invalid("node_id", "must be 1..=64 bytes");

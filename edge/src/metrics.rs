@@ -35,6 +35,8 @@ stats! {
     accepted_total: "counter",
     /// Upgrades refused (bad request, auth, origin, timeout).
     handshake_rejected_total: "counter",
+    /// Upgrades refused by admission control (over the handshake rate).
+    admission_refused_total: "counter",
     /// Connections handed to the room's owner shard before the upgrade.
     handoffs_total: "counter",
     /// Client frames received.

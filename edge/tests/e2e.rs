@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{drivers, http_get, Client, Raw, Server};
+use common::{close_code_u16, drivers, http_get, token, Client, Raw, Server};
 use serde_json::json;
 
 /// Runs `f` once per io driver.
@@ -154,7 +154,7 @@ fn bad_tokens_get_401_before_any_upgrade() {
 fn auth_frame_then_welcome_and_other_frames_refused_before_it() {
     on_both_drivers(&[], |s| {
         let mut c = Client::connect_raw_query(&s.addr, "").expect("upgrade");
-        c.send(json!({"type": "auth", "token": common::token("carol"), "id": 1}));
+        c.send(json!({"type": "auth", "token": token("carol"), "id": 1}));
         let w = c.recv();
         assert_eq!(w["type"], "welcome", "{w}");
         assert_eq!(w["user"], "carol");
@@ -212,7 +212,7 @@ fn dm_rooms_admit_only_their_two_users() {
 #[test]
 fn frame_over_the_limit_is_closed_1009() {
     on_both_drivers(&[], |s| {
-        let mut r = Raw::connect(&s.addr, &format!("token={}", common::token("big")));
+        let mut r = Raw::connect(&s.addr, &format!("token={}", token("big")));
         r.write(&Raw::frame(0x1, true, &vec![b'a'; 70 * 1024], true));
         assert_eq!(r.close_code(), Some(1009));
     });
@@ -221,7 +221,7 @@ fn frame_over_the_limit_is_closed_1009() {
 #[test]
 fn invalid_utf8_is_closed_1007() {
     on_both_drivers(&[], |s| {
-        let mut r = Raw::connect(&s.addr, &format!("token={}", common::token("u")));
+        let mut r = Raw::connect(&s.addr, &format!("token={}", token("u")));
         r.write(&Raw::frame(0x1, true, b"{\"type\":\"ping\xff\xfe\"}", true));
         assert_eq!(r.close_code(), Some(1007));
     });
@@ -230,7 +230,7 @@ fn invalid_utf8_is_closed_1007() {
 #[test]
 fn unmasked_client_frame_is_closed_1002() {
     on_both_drivers(&[], |s| {
-        let mut r = Raw::connect(&s.addr, &format!("token={}", common::token("u")));
+        let mut r = Raw::connect(&s.addr, &format!("token={}", token("u")));
         r.write(&Raw::frame(0x1, true, b"{\"type\":\"ping\"}", false));
         assert_eq!(r.close_code(), Some(1002));
     });
@@ -244,7 +244,7 @@ fn a_client_that_never_reads_is_closed_4008_while_others_keep_receiving() {
         ("EDGE_MSGS_BURST", "100000"),
     ];
     on_both_drivers(&envs, |s| {
-        let mut slow = Raw::connect(&s.addr, &format!("token={}&room=busy", common::token("slow")));
+        let mut slow = Raw::connect(&s.addr, &format!("token={}&room=busy", token("slow")));
         let mut fast = Client::connect(&s.addr, "fast", "&room=busy");
         fast.recv_type("joined");
         let mut sender = Client::connect(&s.addr, "sender", "&room=busy");
@@ -300,5 +300,67 @@ fn health_ready_and_metrics_endpoints_answer() {
         let m = http_get(&s.addr, "/metrics");
         assert!(m.starts_with("HTTP/1.1 200") && m.contains("edge_connections_open"), "{m}");
         assert!(http_get(&s.addr, "/nope").starts_with("HTTP/1.1 404"));
+    });
+}
+
+#[test]
+fn admission_control_refuses_over_the_rate_with_a_retry_hint() {
+    let envs = [("EDGE_ADMISSION_RATE_PER_SHARD", "0.5"), ("EDGE_ADMISSION_BURST", "2")];
+    on_both_drivers(&envs, |s| {
+        let mut first = Client::connect(&s.addr, "early", "");
+        let mut refused = None;
+        for i in 0..20 {
+            match Client::connect_raw_query(&s.addr, &format!("token={}", token(&format!("u{i}")))) {
+                Ok(c) => drop(c),
+                Err(tungstenite::Error::Http(resp)) => {
+                    refused = Some(resp);
+                    break;
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        let resp = refused.expect("a 503 within 20 upgrades at 0.5/s with burst 2 per shard");
+        assert_eq!(resp.status(), 503);
+        let retry_ms: u64 = resp.headers()["Retry-Ms"].to_str().expect("ascii").parse().expect("number");
+        assert!((1..=10_000).contains(&retry_ms), "retry_ms {retry_ms}");
+        assert!(resp.headers().contains_key("Retry-After"));
+        let body = String::from_utf8(resp.body().clone().unwrap_or_default()).expect("utf8");
+        assert!(body.contains("\"code\":\"overloaded\""), "{body}");
+        // the established connection is not affected
+        let pong = first.request(json!({"type": "ping"}), "p1");
+        assert_eq!(pong["type"], "pong");
+        let metrics = http_get(&s.addr, "/metrics");
+        assert!(metrics.contains("admission_refused_total"), "metric exported");
+    });
+}
+
+#[test]
+fn admission_control_can_refuse_with_close_1013() {
+    let envs = [
+        ("EDGE_ADMISSION_RATE_PER_SHARD", "0.5"),
+        ("EDGE_ADMISSION_BURST", "1"),
+        ("EDGE_ADMISSION_REFUSAL", "close1013"),
+    ];
+    on_both_drivers(&envs, |s| {
+        let mut held = Vec::new();
+        let mut reason = None;
+        for i in 0..20 {
+            let mut c = Client::connect_raw_query(&s.addr, &format!("token={}", token(&format!("u{i}")))).expect("upgrade");
+            match c.ws.read().expect("first frame") {
+                tungstenite::Message::Close(Some(f)) => {
+                    assert_eq!(close_code_u16(f.code), 1013);
+                    reason = Some(f.reason.to_string());
+                    break;
+                }
+                tungstenite::Message::Text(t) => {
+                    assert!(t.contains("welcome"), "{t}");
+                    held.push(c);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let reason = reason.expect("a 1013 within 20 upgrades");
+        let ms: u64 = reason.strip_prefix("retry_ms=").expect("retry_ms=N").parse().expect("number");
+        assert!(ms >= 1, "{reason}");
     });
 }

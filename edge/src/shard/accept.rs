@@ -15,7 +15,9 @@ use monoio::net::{TcpListener, TcpStream};
 use router::Frame;
 
 use super::{conn, Shard};
+use crate::config::AdmissionRefusal;
 use crate::metrics::ShardStats;
+use crate::ws::codec::close_frame;
 use crate::ws::handshake::{self, Request};
 
 /// Binds one SO_REUSEPORT listener (each shard binds its own).
@@ -124,6 +126,14 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, req:
     if shard.is_draining() {
         return reject(&shard, stream, 503, "draining").await;
     }
+    // A handed-off socket was admitted by the shard that accepted it.
+    if !handed {
+        let admitted = shard.admission.borrow_mut().check(shard.mono_ns(), rand::random::<f64>());
+        if let Err(retry_ms) = admitted {
+            ShardStats::inc(&shard.stats().admission_refused_total);
+            return refuse_admission(&shard, stream, &req, retry_ms).await;
+        }
+    }
     if let Some(room) = req.query_param("room") {
         let owner = crate::room::owner(room, shard.shards);
         if owner != shard.id && !handed && crate::auth::is_valid_room_id(room) {
@@ -193,6 +203,26 @@ async fn hand_off(shard: &Shard, stream: TcpStream, peer: SocketAddr, buf: Bytes
     ShardStats::inc(&shard.stats().overloaded_total);
     let extra = [("Retry-After", "1")];
     let (_, _) = stream_write(stream, handshake::http_response(503, "overloaded", &extra)).await;
+}
+
+/// Refuses an upgrade over the admission rate, telling the client when to retry.
+async fn refuse_admission(shard: &Shard, stream: TcpStream, req: &Request, retry_ms: u64) {
+    match shard.cfg.admission_refusal {
+        AdmissionRefusal::Http503 => {
+            let (secs, ms) = (retry_ms.div_ceil(1000).to_string(), retry_ms.to_string());
+            let extra = [("Retry-After", secs.as_str()), ("Retry-Ms", ms.as_str())];
+            let body = format!(r#"{{"type":"error","code":"overloaded","message":"too many new connections","retry_ms":{retry_ms}}}"#);
+            let _ = stream_write(stream, handshake::http_response(503, &body, &extra)).await;
+        }
+        AdmissionRefusal::Close1013 => {
+            let Ok(key) = handshake::validate_upgrade(req) else {
+                return reject(shard, stream, 503, "overloaded").await;
+            };
+            let mut out = handshake::switching_protocols(key);
+            out.extend_from_slice(&close_frame(1013, &format!("retry_ms={retry_ms}")));
+            let _ = stream_write(stream, out).await;
+        }
+    }
 }
 
 fn origin_allowed(shard: &Shard, req: &Request) -> bool {

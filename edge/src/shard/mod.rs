@@ -30,6 +30,7 @@ use router::Endpoint;
 
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
+use crate::limits::admission::Admission;
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
 use crate::room::{MemberIndex, OwnedRoom};
@@ -99,11 +100,16 @@ pub(crate) struct Shard {
     /// Frames whose ring was full, per destination, oldest first.
     spill: RefCell<Vec<VecDeque<Bytes>>>,
     spill_waker: Cell<Option<std::task::Waker>>,
+    /// Token bucket on new upgrades.
+    pub(crate) admission: RefCell<Admission>,
+    /// Monotonic clock origin of this shard (admission control runs on it).
+    started: std::time::Instant,
 }
 
 impl Shard {
     fn new(s: ShardSetup) -> Self {
         let threads = s.mesh.threads();
+        let admission = Admission::new(s.cfg.admission_rate_per_shard, s.cfg.admission_burst, s.cfg.admission_retry_max_ms);
         Self {
             id: s.id,
             shards: s.shards,
@@ -121,6 +127,8 @@ impl Shard {
             drain_retry_ms_max: Cell::new(0),
             spill: RefCell::new(vec![VecDeque::new(); threads]),
             spill_waker: Cell::new(None),
+            admission: RefCell::new(admission),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -132,6 +140,11 @@ impl Shard {
     /// Wall-clock milliseconds, read by the io shell and passed to the core.
     pub(crate) fn now_ms() -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// Monotonic nanoseconds since the shard started.
+    pub(crate) fn mono_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
     }
 
     fn new_conn_id(&self) -> u64 {

@@ -1,0 +1,283 @@
+//! loadgen against a real edge on loopback: the real binaries, real sockets.
+//!
+//! The edge binary is the workspace's own (`target/<profile>/edge`), built
+//! here when it is missing. `stress_*` tests are ignored by default (they
+//! open 10k connections); scripts/test.sh runs them in their own step.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const SECRET: &str = "loadgen-test-secret-0123456789abcdef";
+
+fn edge_binary() -> PathBuf {
+    // target/<profile>/deps/against_edge-xxxx -> target/<profile>/edge
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let edge = profile_dir.join("edge");
+    if !edge.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "edge", "--bin", "edge"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p edge failed");
+    }
+    edge
+}
+
+struct Edge {
+    child: Child,
+    url: String,
+}
+
+impl Edge {
+    fn start(envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(edge_binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--cores", "2", "--jwt-secret", SECRET])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn edge");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("banner");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("no URL in banner {line:?}"))
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .env("EDGE_JWT_SECRET", SECRET)
+        .output()
+        .expect("run loadgen")
+}
+
+fn run_json(args: &[&str], name: &str) -> (Output, Value) {
+    let path = std::env::temp_dir().join(format!("loadgen-it-{}-{name}.json", std::process::id()));
+    let mut all: Vec<&str> = args.to_vec();
+    let p = path.to_string_lossy().into_owned();
+    all.extend(["--json", &p]);
+    let out = loadgen(&all);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "no JSON written; stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let _ = std::fs::remove_file(&path);
+    (out, serde_json::from_str(&text).expect("JSON"))
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn fanout_over_a_few_hundred_connections_is_correct() {
+    let edge = Edge::start(&[]);
+    let args = [
+        "fanout",
+        "--url",
+        &edge.url,
+        "--rooms",
+        "5",
+        "--members",
+        "60",
+        "--senders",
+        "2",
+        "--rate-per-sender",
+        "20",
+        "--warmup-s",
+        "1",
+        "--duration-s",
+        "2",
+    ];
+    let (out, v) = run_json(&args, "fanout");
+    assert!(out.status.success(), "{}", show(&out));
+    let r = &v["results"];
+    assert_eq!(r["members_joined"], 300, "{}", show(&out));
+    for k in ["lost", "duplicated", "out_of_order"] {
+        assert_eq!(r[k], 0, "{k}: {}", show(&out));
+    }
+    // 5 rooms x 2 senders x 20/s x 60 members = 12,000 deliveries/s offered
+    let d = r["deliveries_per_s"].as_f64().expect("deliveries_per_s");
+    assert!((9_000.0..15_000.0).contains(&d), "deliveries/s {d}: {}", show(&out));
+    let sent = r["sent_total"].as_u64().expect("sent_total");
+    let delivered = r["delivered_total"].as_u64().expect("delivered_total");
+    assert_eq!(delivered, sent * 60, "every sent message reached all 60 members of its room");
+    assert!(r["latency_ms"]["count"].as_u64().expect("count") > 1000);
+    assert_eq!(v["scenario"], "fanout");
+    assert!(v["machine"]["kernel"].is_string() && v["git_commit"].is_string());
+    assert_eq!(v["machine"]["server_driver"], "io_uring");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lost 0, duplicated 0, out of order 0"));
+}
+
+#[test]
+fn idle_then_compare() {
+    let edge = Edge::start(&[]);
+    let pid = edge.child.id().to_string();
+    let args = [
+        "idle",
+        "--url",
+        &edge.url,
+        "--conns",
+        "300",
+        "--duration-s",
+        "1",
+        "--settle-s",
+        "0",
+        "--server-pid",
+        &pid,
+    ];
+    let (out, a) = run_json(&args, "idle-a");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(a["results"]["open"], 300);
+    assert_eq!(a["results"]["errors"], 0);
+    assert!(a["results"]["server_rss_bytes_per_conn"].as_f64().is_some());
+    let (_, b) = run_json(&args, "idle-b");
+    let dir = std::env::temp_dir();
+    let (pa, pb) = (dir.join(format!("cmp-a-{pid}.json")), dir.join(format!("cmp-b-{pid}.json")));
+    std::fs::write(&pa, a.to_string()).expect("write");
+    std::fs::write(&pb, b.to_string()).expect("write");
+    let out = loadgen(&["compare", &pa.to_string_lossy(), &pb.to_string_lossy()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("open ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.trim_end().ends_with("1.000"), "same count, ratio 1: {line}");
+}
+
+#[test]
+fn storm_recovers_every_connection_and_loses_nothing() {
+    let edge = Edge::start(&[]);
+    let args = [
+        "storm",
+        "--url",
+        &edge.url,
+        "--conns",
+        "300",
+        "--rooms",
+        "10",
+        "--rate-per-room",
+        "20",
+        "--hold-s",
+        "1",
+    ];
+    let (out, v) = run_json(&args, "storm");
+    assert!(out.status.success(), "{}", show(&out));
+    let r = &v["results"];
+    assert_eq!(r["reconnected"], 300, "{}", show(&out));
+    assert_eq!(r["caught_up"], 300, "{}", show(&out));
+    assert_eq!(r["messages_lost"], 0, "{}", show(&out));
+    assert_eq!(r["messages_duplicated"], 0, "{}", show(&out));
+    assert!(r["messages_delivered"].as_u64().expect("delivered") > 0);
+    assert!(r["time_to_all_caught_up_s"].as_f64().is_some());
+}
+
+#[test]
+fn storm_against_admission_control_is_refused_then_recovers() {
+    // 2 shards x 100/s: 300 connections cannot all be admitted at once.
+    let edge = Edge::start(&[("EDGE_ADMISSION_RATE_PER_SHARD", "100"), ("EDGE_ADMISSION_BURST", "20")]);
+    let args = [
+        "storm",
+        "--url",
+        &edge.url,
+        "--conns",
+        "300",
+        "--rooms",
+        "10",
+        "--rate-per-room",
+        "10",
+        "--hold-s",
+        "1",
+        "--backoff-base-ms",
+        "50",
+    ];
+    let (out, v) = run_json(&args, "storm-admission");
+    assert!(out.status.success(), "{}", show(&out));
+    let r = &v["results"];
+    assert!(
+        r["storm_outcomes"]["http_503"].as_u64().unwrap_or(0) > 0,
+        "admission control refused some: {}",
+        show(&out)
+    );
+    assert_eq!(r["storm_outcomes"]["101"], 300);
+    assert_eq!(r["reconnected"], 300);
+    assert_eq!(r["messages_lost"], 0, "{}", show(&out));
+}
+
+#[test]
+fn bad_flags_get_a_clear_error() {
+    for (args, needle) in [
+        (vec!["fanout", "--rooms", "0"], "--rooms"),
+        (vec!["fanout", "--url", "wss://127.0.0.1:1/ws"], "only ws://"),
+        (vec!["idle", "--cpus", "999"], "--cpus"),
+        (vec!["storm", "--conns", "10", "--rooms", "20"], "--rooms"),
+        (vec!["idle", "--first-source", "nope"], "--first-source"),
+    ] {
+        let out = loadgen(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["idle", "--jwt-secret", "short"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--jwt-secret"));
+}
+
+#[test]
+#[ignore = "stress: 10k connections; run by scripts/test.sh in its own step"]
+fn stress_idle_10k_then_storm_10k() {
+    let edge = Edge::start(&[]);
+    let pid = edge.child.id().to_string();
+    let (out, v) = run_json(
+        &[
+            "idle",
+            "--url",
+            &edge.url,
+            "--conns",
+            "10000",
+            "--duration-s",
+            "2",
+            "--server-pid",
+            &pid,
+        ],
+        "stress-idle",
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(v["results"]["open"], 10_000);
+    let (out, v) = run_json(
+        &["storm", "--url", &edge.url, "--conns", "10000", "--rooms", "100", "--hold-s", "2"],
+        "stress-storm",
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(v["results"]["reconnected"], 10_000);
+    assert_eq!(v["results"]["messages_lost"], 0);
+}
