@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh checkout, installing what it needs
 # (on Debian/Ubuntu, as root or with sudo): fmt, clippy, unit and integration
-# tests on both io drivers, and the Autobahn conformance run.
+# tests on both io drivers, the stress tests (loadgen against a release edge),
+# and the Autobahn conformance run.
 #
 #   scripts/test.sh            # everything CI runs
 #   SKIP_AUTOBAHN=1 scripts/test.sh
@@ -26,6 +27,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit + integration, both drivers)"
 cargo test --workspace --locked
+echo "== stress tests (10k idle connections + a 10k reconnect storm, release build)"
+cargo test --release --locked -p loadgen --test against_edge -- --ignored
 if [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
   echo "== Autobahn|Testsuite (cases 1-10) against the echo endpoint"
   DRIVER=io_uring scripts/autobahn.sh

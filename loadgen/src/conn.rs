@@ -203,42 +203,58 @@ pub enum In<'a> {
     Close(Option<u16>, String),
 }
 
-/// The read half: a growable buffer, frames handed out as slices of it.
+/// The read half: a buffer filled between `start` and `end`, frames handed
+/// out as slices of it. The buffer is zeroed once when it grows, never per
+/// read, and compacted only when its free tail runs short.
 pub struct Reader {
     rd: ReadHalf<TcpStream>,
     buf: Vec<u8>,
-    /// Bytes at the front already handed out.
-    consumed: usize,
+    /// Bytes before `start` were handed out.
+    start: usize,
+    /// Bytes from `end` on are free.
+    end: usize,
 }
 
-const READ_CHUNK: usize = 16 * 1024;
+/// First size of a connection's read buffer; it doubles when a frame needs more.
+const READ_BUF_BYTES: usize = 4 * 1024;
+/// Compact when less than this is free at the tail.
+const MIN_READ_BYTES: usize = 1024;
 
 impl Reader {
     fn new(rd: ReadHalf<TcpStream>) -> Self {
         Self {
             rd,
-            buf: Vec::new(),
-            consumed: 0,
+            buf: vec![0; READ_BUF_BYTES],
+            start: 0,
+            end: 0,
         }
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.consumed > 0 {
-            self.buf.drain(..self.consumed);
-            self.consumed = 0;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.buf.len() - self.end < MIN_READ_BYTES {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if self.buf.len() - self.end < MIN_READ_BYTES {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let n = self.rd.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
-        n
+        let n = self.rd.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// The unread bytes.
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
     }
 
     async fn read_answer(&mut self) -> Result<(), ConnectError> {
         loop {
-            match ws::parse_answer(&self.buf).map_err(ConnectError::Protocol)? {
+            match ws::parse_answer(self.data()).map_err(ConnectError::Protocol)? {
                 Some(Answer::Upgraded { head_len }) => {
-                    self.consumed = head_len;
+                    self.start += head_len;
                     return Ok(());
                 }
                 Some(Answer::Refused { status, retry_ms }) => return Err(ConnectError::Refused { status, retry_ms }),
@@ -256,16 +272,16 @@ impl Reader {
     /// The next text or close frame; answers pings; `None` at end of stream.
     pub async fn next(&mut self, writer: &Writer) -> std::io::Result<Option<In<'_>>> {
         loop {
-            let parsed = ws::parse_frame(&self.buf[self.consumed..]).map_err(std::io::Error::other)?;
+            let parsed = ws::parse_frame(self.data()).map_err(std::io::Error::other)?;
             let Some(f) = parsed else {
                 if self.fill().await? == 0 {
                     return Ok(None);
                 }
                 continue;
             };
-            let start = self.consumed + f.payload_start;
-            let end = self.consumed + f.payload_end;
-            self.consumed = end;
+            let start = self.start + f.payload_start;
+            let end = self.start + f.payload_end;
+            self.start = end;
             match f.opcode {
                 ws::OP_TEXT => return Ok(Some(In::Text(&self.buf[start..end]))),
                 ws::OP_CLOSE => {

@@ -48,13 +48,16 @@ pub struct Common {
     /// Server pid: read its RSS and CPU time from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// First loopback source address; every 20,000 connections move to the next one.
+    /// First loopback source address; every 10,000 connections move to the next one.
     /// `none` lets the kernel choose (limits one process to ~28k connections per edge).
     #[arg(long, default_value = "127.0.0.1")]
     pub first_source: String,
     /// Connection attempts in flight at once, per core.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Where the server runs, recorded in the JSON (e.g. `0` when it was pinned with `taskset -c 0`).
+    #[arg(long)]
+    pub server_cpus: Option<String>,
     /// Give up on one connection attempt (connect, upgrade, welcome) after this long.
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
@@ -80,7 +83,7 @@ impl Common {
     }
 
     pub fn cpus(&self) -> anyhow::Result<Vec<usize>> {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = output::online_cpus();
         if self.cpus.is_empty() {
             return Ok((0..n).collect());
         }

@@ -41,6 +41,7 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    output::mark_start();
     let r = match cli.cmd {
         Cmd::Idle(a) => scenario::idle::run(a),
         Cmd::Fanout(a) => scenario::fanout::run(a),

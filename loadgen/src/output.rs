@@ -10,7 +10,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 /// The JSON document of one run.
-pub fn envelope(scenario: &str, params: Value, results: Value, server_driver: Option<String>, cpus: &[usize]) -> Value {
+pub fn envelope(scenario: &str, params: Value, results: Value, server: (Option<String>, Option<String>), cpus: &[usize]) -> Value {
+    let (server_driver, server_cpus) = server;
     json!({
         "tool": "loadgen",
         "scenario": scenario,
@@ -18,11 +19,13 @@ pub fn envelope(scenario: &str, params: Value, results: Value, server_driver: Op
         "git_commit": git_commit(),
         "unix_time_s": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "machine": {
-            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "cores": online_cpus(),
             "kernel": kernel(),
             "loadgen_driver": "io_uring (glommio)",
             "loadgen_cpus": cpus,
             "server_driver": server_driver,
+            "server_cpus": server_cpus,
+            "cpu_steal_pct": steal_pct_since_start(),
         },
         "params": params,
         "results": results,
@@ -36,6 +39,41 @@ pub fn write_json(path: Option<&Path>, doc: &Value) -> anyhow::Result<()> {
         eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+static START_STAT: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+
+/// (steal, total) jiffies of all CPUs from /proc/stat.
+fn cpu_stat() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...
+    Some((*f.get(7)?, f.iter().take(8).sum()))
+}
+
+/// Remembers the CPU counters at the start of the run.
+pub fn mark_start() {
+    START_STAT.get_or_init(cpu_stat);
+}
+
+/// Share of CPU time the hypervisor gave to others during the run (steal):
+/// on a virtual machine this is why figures vary between runs.
+fn steal_pct_since_start() -> Option<f64> {
+    let (s0, t0) = (*START_STAT.get()?)?;
+    let (s1, t1) = cpu_stat()?;
+    (t1 > t0).then(|| (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64)
+}
+
+/// CPUs online on the machine (not only those this process may run on).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 fn git_commit() -> Option<String> {

@@ -109,11 +109,13 @@ fn headline(v: &Value) -> String {
 
 fn machine(v: &Value) -> String {
     let m = &v["machine"];
+    let steal = m["cpu_steal_pct"].as_f64().map_or("?".to_owned(), |s| format!("{s:.0}%"));
     format!(
-        "{} cores, kernel {}, server {}, loadgen CPUs {}",
+        "{} cores, kernel {}, server {} on CPU {}, loadgen CPUs {}, steal {steal}",
         m["cores"],
         m["kernel"].as_str().unwrap_or("?"),
         m["server_driver"].as_str().unwrap_or("?"),
+        m["server_cpus"].as_str().unwrap_or("?"),
         m["loadgen_cpus"]
     )
 }

@@ -502,7 +502,10 @@ fn report(a: &FanoutArgs, cores: &[Core], w: Window, driver: Option<String>, cpu
         "rooms": a.rooms, "members": a.members, "senders_per_room": a.senders, "rate_per_sender": a.rate_per_sender,
         "payload_bytes": a.payload_bytes, "warmup_s": a.warmup_s, "duration_s": a.common.duration_s, "urls": a.common.urls,
     });
-    output::write_json(a.common.json.as_deref(), &output::envelope("fanout", params, results, driver, cpus))?;
+    output::write_json(
+        a.common.json.as_deref(),
+        &output::envelope("fanout", params, results, (driver, a.common.server_cpus.clone()), cpus),
+    )?;
     Ok(tally.is_clean() && joined == members)
 }
 

@@ -143,7 +143,7 @@ pub fn run(a: IdleArgs) -> anyhow::Result<bool> {
     let params = json!({"conns": a.conns, "settle_s": a.settle_s, "hold_s": a.common.duration_s, "concurrency_per_core": a.common.concurrency, "urls": a.common.urls});
     output::write_json(
         a.common.json.as_deref(),
-        &output::envelope("idle", params, results_json, driver, &cpus),
+        &output::envelope("idle", params, results_json, (driver, a.common.server_cpus.clone()), &cpus),
     )?;
     Ok(errors == 0 && closed == 0)
 }

@@ -249,16 +249,7 @@ async fn client(ctx: Rc<Ctx>, i: usize, room: usize, gate: Rc<glommio::sync::Sem
                 .reconnect_ns
                 .push(runner::now_ns().saturating_sub(ctx.storm_start_ns.get()));
         }
-        let join = if !t.started() {
-            format!(r#"{{"type":"join","room":"{name}"}}"#)
-        } else {
-            format!(r#"{{"type":"join","room":"{name}","since":{}}}"#, t.since())
-        };
-        if conn::send(&c.writer, OP_TEXT, join.as_bytes()).await.is_err() {
-            hint = None;
-            continue;
-        }
-        let end = pump(&ctx, &mut c, &mut t, in_storm, &mut marks).await;
+        let end = pump(&ctx, &mut c, &name, &mut t, in_storm, &mut marks).await;
         Counters::add(&ctx.shared.cores[ctx.core].closed, 1);
         match end {
             End::Stop => return Some((room, t)),
@@ -319,7 +310,10 @@ async fn reconnect(ctx: &Ctx, i: usize, user: &str, in_storm: bool, mut hint: Op
         }
         // No `?room=`: that joins without `since`; the client joins with
         // `since` itself once connected.
-        let r = ctx.dialer.dial(i, user, None).await;
+        // Storm reconnects dial from the source addresses after the initial
+        // ones, so the dropped sockets' TIME_WAIT ports are not in the way.
+        let index = if in_storm { i + ctx.a.conns + ctx.a.rooms } else { i };
+        let r = ctx.dialer.dial(index, user, None).await;
         let counters = &ctx.shared.cores[ctx.core];
         let mut out = ctx.out.borrow_mut();
         let outcomes = if in_storm { &mut out.storm } else { &mut out.initial };
@@ -342,9 +336,14 @@ async fn reconnect(ctx: &Ctx, i: usize, user: &str, in_storm: bool, mut hint: Op
 }
 
 /// Reads a client's frames into its tracker until the storm, stop, or close.
-async fn pump(ctx: &Ctx, c: &mut Conn, t: &mut SeqTracker, in_storm: bool, marks: &mut Marks) -> End {
+async fn pump(ctx: &Ctx, c: &mut Conn, room: &str, t: &mut SeqTracker, in_storm: bool, marks: &mut Marks) -> End {
     let mut target: Option<u64> = None;
     let mut retry = None;
+    let mut joined = false;
+    let mut join_attempt = 0u32;
+    if send_join(c, room, t).await.is_err() {
+        return End::Closed(None);
+    }
     let counters = &ctx.shared.cores[ctx.core];
     loop {
         let interrupt = async {
@@ -379,6 +378,7 @@ async fn pump(ctx: &Ctx, c: &mut Conn, t: &mut SeqTracker, in_storm: bool, marks
                     }
                 }
                 Some(b"joined") => {
+                    joined = true;
                     let seq = msg::u64_field(txt, "seq").unwrap_or(0);
                     t.begin(seq);
                     target = Some(seq);
@@ -386,6 +386,23 @@ async fn pump(ctx: &Ctx, c: &mut Conn, t: &mut SeqTracker, in_storm: bool, marks
                 }
                 Some(b"gap") => t.gap(msg::u64_field(txt, "from").unwrap_or(0), msg::u64_field(txt, "to").unwrap_or(0)),
                 Some(b"reconnect") => retry = msg::u64_field(txt, "retry_ms"),
+                Some(b"error") if !joined => {
+                    // The join was refused (e.g. `overloaded` while the server
+                    // is busy): count it, wait as told, and join again.
+                    let code = String::from_utf8_lossy(msg::str_field(txt, "code").unwrap_or(b"unknown")).into_owned();
+                    let hint = msg::u64_field(txt, "retry_ms");
+                    {
+                        let mut out = ctx.out.borrow_mut();
+                        let o = if in_storm { &mut out.storm } else { &mut out.initial };
+                        o.add(format!("join_{code}"), 1);
+                    }
+                    let delay = ctx.backoff.delay_ms(join_attempt, rand::random::<f64>(), hint);
+                    join_attempt += 1;
+                    glommio::timer::sleep(Duration::from_millis(delay)).await;
+                    if send_join(c, room, t).await.is_err() {
+                        return End::Closed(None);
+                    }
+                }
                 _ => {}
             },
             Ok(Some(In::Close(_, reason))) => return End::Closed(retry.or_else(|| conn::retry_hint(&reason))),
@@ -402,6 +419,17 @@ async fn pump(ctx: &Ctx, c: &mut Conn, t: &mut SeqTracker, in_storm: bool, marks
             }
         }
     }
+}
+
+/// Joins `room`, asking for everything after what the tracker has (`since`)
+/// once it has a starting point.
+async fn send_join(c: &Conn, room: &str, t: &SeqTracker) -> std::io::Result<()> {
+    let join = if t.started() {
+        format!(r#"{{"type":"join","room":"{room}","since":{}}}"#, t.since())
+    } else {
+        format!(r#"{{"type":"join","room":"{room}"}}"#)
+    };
+    conn::send(&c.writer, OP_TEXT, join.as_bytes()).await
 }
 
 /// The stable sender of one room: its own connection, not part of the storm.
@@ -582,7 +610,10 @@ fn report(a: &StormArgs, cores: Vec<CoreOut>, driver: Option<String>, cpus: &[us
         "hold_s": a.hold_s, "storm_timeout_s": a.storm_timeout_s, "backoff_base_ms": a.backoff_base_ms, "backoff_cap_ms": a.backoff_cap_ms,
         "concurrency_per_core": a.common.concurrency, "urls": a.common.urls,
     });
-    output::write_json(a.common.json.as_deref(), &output::envelope("storm", params, results, driver, cpus))?;
+    output::write_json(
+        a.common.json.as_deref(),
+        &output::envelope("storm", params, results, (driver, a.common.server_cpus.clone()), cpus),
+    )?;
     Ok(all_back && tally.lost == 0 && tally.duplicated == 0)
 }
 
