@@ -6,11 +6,15 @@
 //! - [`mesh()`]: one ring per ordered pair of shard threads, with async
 //!   wake-ups, so every shard can hand frames to every other shard.
 //! - [`frame`](Frame): the versioned rkyv frames carried over the mesh. The
-//!   same bytes will cross nodes through a Redis bridge (not built yet).
+//!   same bytes cross nodes through the Redis bridge.
+//! - [`bridge`] (feature `redis`, on by default): the Redis bridge between
+//!   nodes: cluster-wide seqs, room pub/sub, presence leases, catch-up.
 //!
 //! What must stay true: nothing here blocks a thread, every queue is
 //! bounded, and no input bytes can make decoding panic.
 
+#[cfg(feature = "redis")]
+pub mod bridge;
 mod frame;
 mod mesh;
 pub mod spsc;

@@ -1,0 +1,168 @@
+//! One-shot requests on the command connection: publishing a batch, and
+//! the catch-up queries (room seq, recent messages, who is online).
+//!
+//! What must stay true: a batch is checked completely before anything is
+//! sent; a publish is sent at most once; every reply read from Redis is
+//! validated (frames through rkyv) before it reaches the caller.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
+use fred::types::Value;
+
+use super::core::Shared;
+use super::handle::{Command, RecentMessage, SeqRange};
+use super::metrics::BridgeMetrics;
+use super::wire::{decode_incoming, Incoming};
+use super::{keys, presence, BridgeError, PreparedMessage};
+use crate::payload_bytes;
+
+/// Runs one request and answers it.
+pub(crate) async fn run(shared: Arc<Shared>, cmd: Command) {
+    match cmd {
+        Command::Publish { room, batch, reply } => {
+            let _ = reply.send(publish(&shared, &room, &batch).await);
+        }
+        Command::RoomSeq { room, reply } => {
+            let _ = reply.send(room_seq(&shared, &room).await);
+        }
+        Command::RecentAfter { room, after, limit, reply } => {
+            let _ = reply.send(recent_after(&shared, &room, after, limit).await);
+        }
+        Command::PresenceOnline { room, reply } => {
+            let _ = reply.send(presence::online(&shared, &room).await);
+        }
+        // Handled by the command loop itself.
+        Command::Subscribe { .. } | Command::Unsubscribe { .. } | Command::Presence { .. } | Command::Shutdown { .. } => {}
+    }
+}
+
+/// Awaits one Redis call, recording its round trip and any failure.
+pub(crate) async fn timed<T>(
+    shared: &Shared,
+    op: &'static str,
+    call: impl Future<Output = Result<T, fred::error::Error>>,
+) -> Result<T, BridgeError> {
+    let started = Instant::now();
+    let result = call.await;
+    shared.metrics.record_rtt(started.elapsed());
+    result.map_err(|e| {
+        BridgeMetrics::inc(&shared.metrics.errors_total);
+        BridgeError::redis(op, e)
+    })
+}
+
+fn check_batch(shared: &Shared, room: &str, batch: &[PreparedMessage]) -> Result<(), BridgeError> {
+    let max = shared.config.batch_max as usize;
+    if batch.is_empty() || batch.len() > max {
+        return Err(BridgeError::BadMessage(format!(
+            "batch of {} messages (1..={max} allowed)",
+            batch.len()
+        )));
+    }
+    if room.is_empty() {
+        return Err(BridgeError::BadMessage("empty room".into()));
+    }
+    for m in batch {
+        if m.frame().len() > shared.config.max_message_bytes as usize {
+            return Err(BridgeError::BadMessage(format!("frame of {} bytes", m.frame().len())));
+        }
+        if m.room() != room {
+            return Err(BridgeError::BadMessage(format!(
+                "message for room {:?} in a batch for {room:?}",
+                m.room()
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage]) -> Result<SeqRange, BridgeError> {
+    check_batch(shared, room, batch)?;
+    if !shared.client.is_connected() {
+        return Err(BridgeError::Unavailable);
+    }
+    let keys = vec![keys::seq(room), keys::recent(room)];
+    let mut args = Vec::with_capacity(3 + 3 * batch.len());
+    args.push(Value::from(keys::channel(room)));
+    args.push(Value::from(i64::from(shared.config.recent_len)));
+    args.push(Value::from(if shared.config.sharded_pubsub { "1" } else { "0" }));
+    for m in batch {
+        args.push(Value::Bytes(m.frame().clone()));
+        args.push(Value::from(m.seq_offset() as i64));
+        args.push(Value::from(m.slot_offset() as i64));
+    }
+    BridgeMetrics::inc(&shared.metrics.script_calls_total);
+    let reply = timed(shared, "publish", shared.publish_script.call(&shared.client, keys, args)).await?;
+    let first = reply.as_u64().filter(|&f| f > 0).ok_or_else(|| BridgeError::Reply {
+        op: "publish",
+        detail: format!("{reply:?}"),
+    })?;
+    let count = batch.len() as u32;
+    shared
+        .metrics
+        .published_total
+        .fetch_add(u64::from(count), std::sync::atomic::Ordering::Relaxed);
+    Ok(SeqRange { first, count })
+}
+
+async fn room_seq(shared: &Shared, room: &str) -> Result<u64, BridgeError> {
+    let v: Option<u64> = timed(shared, "room_seq", shared.client.get(keys::seq(room))).await?;
+    Ok(v.unwrap_or(0))
+}
+
+async fn recent_after(shared: &Shared, room: &str, after: u64, limit: u32) -> Result<Vec<RecentMessage>, BridgeError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let start = format!("{}-0", after.saturating_add(1));
+    let reply: Value = timed(
+        shared,
+        "recent_after",
+        shared.client.xrange(keys::recent(room), start, "+", Some(u64::from(limit))),
+    )
+    .await?;
+    let bad = |detail: &str| BridgeError::Reply {
+        op: "recent_after",
+        detail: detail.into(),
+    };
+    let mut out = Vec::new();
+    for entry in reply.into_array() {
+        let mut parts = entry.into_array().into_iter();
+        let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+            return Err(bad("stream entry without id and fields"));
+        };
+        let frame = field_value(fields, b"f").ok_or_else(|| bad("stream entry without field f"))?;
+        let id_seq = id.as_str().and_then(|s| s.split('-').next()?.parse::<u64>().ok());
+        match decode_incoming(&frame) {
+            Ok(Incoming::Message { room: r, seq, payload }) if r == room && Some(seq) == id_seq => {
+                let payload = payload_bytes(&frame, payload);
+                out.push(RecentMessage { seq, payload, frame });
+            }
+            _ => return Err(bad("stream entry is not a valid Deliver frame of this room")),
+        }
+    }
+    Ok(out)
+}
+
+/// The value of `name` in a stream entry's fields (a flat array or a map).
+fn field_value(fields: Value, name: &[u8]) -> Option<Bytes> {
+    if let Value::Map(map) = fields {
+        return map
+            .inner()
+            .into_iter()
+            .find(|(k, _)| k.as_bytes() == name)
+            .and_then(|(_, v)| v.into_bytes());
+    }
+    let items = fields.into_array();
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if k.as_bytes() == Some(name) {
+            return v.into_bytes();
+        }
+    }
+    None
+}

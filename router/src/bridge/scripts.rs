@@ -1,0 +1,170 @@
+//! The two Lua scripts the bridge runs, and how they are called: EVALSHA,
+//! loaded with SCRIPT LOAD on first use and again after NOSCRIPT (a
+//! restarted Redis forgets its scripts).
+//!
+//! What must stay true:
+//! - Each script touches only keys of one room (all hash-tagged alike), so
+//!   it runs on one Redis Cluster slot.
+//! - [`PUBLISH`] validates every message before its first write: Redis does
+//!   not roll back a script that fails halfway.
+//! - [`PRESENCE`] changes the per-user entry count only when the lease set
+//!   really changed (ZADD returned 1, ZREM returned 1), so replaying a call
+//!   is harmless and each online/offline transition is reported once, to
+//!   whichever caller caused it.
+
+use std::sync::Mutex;
+
+use fred::clients::Client;
+use fred::error::Error as RedisError;
+use fred::interfaces::{ClientLike, LuaInterface};
+use fred::types::Value;
+
+/// Sequences and publishes one batch of one room's messages.
+///
+/// KEYS: seq counter, recent stream. ARGV: channel, recent_len, sharded
+/// (`1`/`0`), then per message: frame bytes, offset of the archived u64
+/// seq, offset of the 20-byte JSON slot (both 0-based). Returns the first
+/// seq; the batch got `first..first + n`.
+///
+/// If the stream already holds a seq at or above the counter (the counter
+/// was lost while the stream survived), the counter jumps past it, so
+/// stream ids, and seqs, only grow.
+pub(crate) const PUBLISH: &str = r"
+local n = (#ARGV - 3) / 3
+if n < 1 or n ~= math.floor(n) then
+  return redis.error_reply('ERR chat: bad argument count')
+end
+for i = 0, n - 1 do
+  local f = ARGV[4 + 3 * i]
+  local a, b = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i])
+  if not a or not b or a < 0 or b < 0 or a + 8 > #f or b + 20 > #f then
+    return redis.error_reply('ERR chat: seq offsets outside the frame')
+  end
+end
+local top = redis.call('INCRBY', KEYS[1], n)
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if last then
+  local lseq = tonumber(string.match(last[1], '^(%d+)-'))
+  if lseq and lseq > top - n then
+    top = lseq + n
+    redis.call('SET', KEYS[1], string.format('%d', top))
+  end
+end
+local first = top - n + 1
+local cmd = 'PUBLISH'
+if ARGV[3] == '1' then cmd = 'SPUBLISH' end
+for i = 0, n - 1 do
+  local seq = first + i
+  local f = ARGV[4 + 3 * i]
+  local a, b = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i])
+  f = string.sub(f, 1, a) .. struct.pack('<I8', seq) .. string.sub(f, a + 9)
+  f = string.sub(f, 1, b) .. string.format('%20d', seq) .. string.sub(f, b + 21)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'f', f)
+  redis.call(cmd, ARGV[1], f)
+end
+return first
+";
+
+/// Presence leases of one room.
+///
+/// KEYS: lease zset (`user|node` scored by expiry ms), users hash (`user ->
+/// "<entries>:<since_ms>"`). ARGV: mode (`ops` or `list`), lease_ms, node,
+/// then for `ops` pairs of op (`+` join/renew, `-` leave) and user.
+/// Always sweeps expired leases first (Redis server time). Returns the
+/// transitions as a flat list `user, node, online(1/0), ...`; `list`
+/// returns `{transitions, HGETALL users}`.
+pub(crate) const PRESENCE: &str = r"
+local zk, hk = KEYS[1], KEYS[2]
+local mode, lease, node = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+local function note(user, who, online)
+  out[#out + 1] = user
+  out[#out + 1] = who
+  out[#out + 1] = online
+end
+local function count(user, delta)
+  local n, since = 0, now
+  local v = redis.call('HGET', hk, user)
+  if v then
+    local a, b = string.match(v, '^(%d+):(%d+)$')
+    n, since = tonumber(a) or 0, tonumber(b) or now
+  end
+  n = n + delta
+  if n <= 0 then
+    redis.call('HDEL', hk, user)
+  else
+    redis.call('HSET', hk, user, string.format('%d:%d', n, since))
+  end
+  return n
+end
+local expired = redis.call('ZRANGEBYSCORE', zk, '-inf', now)
+for _, m in ipairs(expired) do
+  redis.call('ZREM', zk, m)
+  local user, who = string.match(m, '^(.*)|([^|]*)$')
+  if user and count(user, -1) <= 0 then note(user, who, '0') end
+end
+if mode == 'list' then
+  return {out, redis.call('HGETALL', hk)}
+end
+for i = 4, #ARGV - 1, 2 do
+  local op, user = ARGV[i], ARGV[i + 1]
+  local m = user .. '|' .. node
+  if op == '+' then
+    if redis.call('ZADD', zk, now + lease, m) == 1 and count(user, 1) == 1 then note(user, node, '1') end
+  elseif redis.call('ZREM', zk, m) == 1 and count(user, -1) <= 0 then
+    note(user, node, '0')
+  end
+end
+if redis.call('ZCARD', zk) > 0 then
+  redis.call('PEXPIRE', zk, lease * 2)
+  redis.call('PEXPIRE', hk, lease * 2)
+end
+return out
+";
+
+/// A script called by its SHA, loaded on demand.
+#[derive(Debug)]
+pub(crate) struct Script {
+    lua: &'static str,
+    sha: Mutex<Option<String>>,
+}
+
+impl Script {
+    pub(crate) const fn new(lua: &'static str) -> Self {
+        Self {
+            lua,
+            sha: Mutex::new(None),
+        }
+    }
+
+    fn cached(&self) -> Option<String> {
+        self.sha.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    async fn load(&self, client: &Client) -> Result<String, RedisError> {
+        let sha: String = if client.is_clustered() {
+            client.script_load_cluster(self.lua).await?
+        } else {
+            client.script_load(self.lua).await?
+        };
+        *self.sha.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sha.clone());
+        Ok(sha)
+    }
+
+    /// EVALSHA, loading the script first if needed and once more on NOSCRIPT.
+    pub(crate) async fn call(&self, client: &Client, keys: Vec<String>, args: Vec<Value>) -> Result<Value, RedisError> {
+        let sha = match self.cached() {
+            Some(sha) => sha,
+            None => self.load(client).await?,
+        };
+        match client.evalsha(sha, keys.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let sha = self.load(client).await?;
+                client.evalsha(sha, keys, args).await
+            }
+            other => other,
+        }
+    }
+}
