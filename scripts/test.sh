@@ -20,6 +20,8 @@ if ! need cargo; then
   apt_install cargo rustc
 fi
 need cc || apt_install build-essential
+# The Redis bridge tests start their own redis-server on a free port.
+need redis-server || apt_install redis-server
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
