@@ -18,11 +18,14 @@ fn edge_binary() -> PathBuf {
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let edge = profile_dir.join("edge");
     if !edge.exists() {
+        // Build the edge with the same profile as this test, so it lands where we look.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "edge", "--bin", "edge"])
-            .status()
-            .expect("run cargo build");
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "edge", "--bin", "edge"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p edge failed");
     }
     edge
@@ -35,8 +38,14 @@ struct Edge {
 
 impl Edge {
     fn start(envs: &[(&str, &str)]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data_dir = std::env::temp_dir().join(format!("loadgen-it-edge-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
         let mut cmd = Command::new(edge_binary());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--cores", "2", "--jwt-secret", SECRET])
+            .arg("--data-dir")
+            .arg(&data_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
