@@ -9,7 +9,23 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use storage::{StoreConfig, StoreKind};
+
 use crate::auth::JwtAlgorithm;
+
+/// When a `send` is acknowledged (DESIGN.md "Life of a message", step 4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Ack and fan out as soon as the owner sequenced the message; the store write
+    /// follows in the next batch. A crash can lose the last batch (the room's
+    /// epoch changes on restart so clients know).
+    #[default]
+    Fast,
+    /// Ack and fan out only after the batch holding the message is committed:
+    /// an acked or delivered message survives a crash of the node.
+    Durable,
+}
 
 /// Which io driver the shards run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -48,8 +64,34 @@ pub struct Config {
     pub driver: DriverChoice,
     /// Pin each shard thread to a core.
     pub pin_threads: bool,
-    /// Directory of the embedded store (used once the storage issue lands).
+    /// Directory of the embedded store (SQLite `edge.sqlite3` and its WAL); created if missing.
     pub data_dir: PathBuf,
+    /// Message store backend: `embedded` (SQLite in `data_dir`, nothing to install) or `scylla`.
+    pub store: StoreKind,
+    /// When sends are acked: `fast` (when sequenced) or `durable` (after the store commit).
+    pub durability: Durability,
+    /// Most messages the store writer commits in one batch (group commit).
+    pub store_batch_max_messages: usize,
+    /// Longest wait for more messages after the first one of a batch, in microseconds.
+    pub store_flush_interval_us: u64,
+    /// Writes waiting for the store at most; a send beyond it gets `overloaded`.
+    pub store_queue_capacity: usize,
+    /// Store queries (history, room loads, catch-up) waiting or running at most; beyond it, `overloaded`.
+    pub store_query_queue_capacity: usize,
+    /// Embedded store: fsync every commit (survives power loss), instead of surviving process crashes only.
+    pub store_sync_full: bool,
+    /// Scylla contact points, `host:port` (flag `--scylla-uri host:port[,host:port]`).
+    pub scylla_contact_points: Vec<String>,
+    /// Scylla keyspace.
+    pub scylla_keyspace: String,
+    /// Scylla consistency of every statement (`ONE`, `QUORUM`, `LOCAL_QUORUM`, ...).
+    pub scylla_consistency: String,
+    /// Scylla replication factor used when `edge migrate` creates the keyspace.
+    pub scylla_replication_factor: u32,
+    /// Most messages one `join` with `since` replays from the store; older ones are announced with `gap`.
+    pub max_catch_up_messages: usize,
+    /// Requests queued on a room whose state is still being loaded from the store; beyond it, `overloaded`.
+    pub room_load_queue_max: usize,
     /// This node's id, shown in `welcome.node`.
     pub node_id: String,
     /// JWT algorithm, pinned: hs256, rs256 or eddsa.
@@ -132,6 +174,19 @@ impl Default for Config {
             driver: DriverChoice::Auto,
             pin_threads: true,
             data_dir: PathBuf::from("data"),
+            store: StoreKind::Embedded,
+            durability: Durability::Fast,
+            store_batch_max_messages: 256,
+            store_flush_interval_us: 1000,
+            store_queue_capacity: 65_536,
+            store_query_queue_capacity: 4096,
+            store_sync_full: false,
+            scylla_contact_points: vec!["127.0.0.1:9042".into()],
+            scylla_keyspace: "edge".into(),
+            scylla_consistency: "LOCAL_QUORUM".into(),
+            scylla_replication_factor: 1,
+            max_catch_up_messages: 1000,
+            room_load_queue_max: 1024,
             node_id: "edge-1".into(),
             jwt_algorithm: JwtAlgorithm::Hs256,
             jwt_secret: String::new(),
@@ -282,7 +337,35 @@ impl Config {
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return invalid("node_id", "must be 1..=64 bytes");
         }
+        if !(1..=storage::MAX_PAGE_MESSAGES).contains(&self.max_catch_up_messages) {
+            return invalid("max_catch_up_messages", "must be 1..=1000");
+        }
+        if self.room_load_queue_max == 0 {
+            return invalid("room_load_queue_max", "must be at least 1");
+        }
+        if let Err(e) = self.store_config().validate() {
+            return invalid("store", &e.to_string());
+        }
         Ok(())
+    }
+
+    /// The store's settings, taken from this config.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            store: self.store,
+            data_dir: self.data_dir.clone(),
+            node_id: self.node_id.clone(),
+            batch_max_messages: self.store_batch_max_messages,
+            flush_interval_us: self.store_flush_interval_us,
+            queue_capacity: self.store_queue_capacity,
+            query_queue_capacity: self.store_query_queue_capacity,
+            embedded_sync_full: self.store_sync_full,
+            scylla_contact_points: self.scylla_contact_points.clone(),
+            scylla_keyspace: self.scylla_keyspace.clone(),
+            scylla_consistency: self.scylla_consistency.clone(),
+            scylla_replication_factor: self.scylla_replication_factor,
+            ..StoreConfig::default()
+        }
     }
 
     /// The number of shards to run: `cores`, or one per available core.
@@ -369,6 +452,32 @@ mod tests {
         assert_eq!(back.listen, "127.0.0.1:8080");
         let err = toml::from_str::<Config>("listne = \"x\"").expect_err("unknown field");
         assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn store_settings_come_from_env_and_are_checked() {
+        let c = Config::default()
+            .with_env(env(&[
+                ("EDGE_DURABILITY", "durable"),
+                ("EDGE_STORE", "scylla"),
+                ("EDGE_SCYLLA_CONTACT_POINTS", "10.0.0.1:9042,10.0.0.2:9042"),
+            ]))
+            .expect("env applies");
+        assert_eq!(c.durability, Durability::Durable);
+        let sc = c.store_config();
+        assert_eq!(sc.store, StoreKind::Scylla);
+        assert_eq!(sc.scylla_contact_points, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        let c = Config {
+            store_queue_capacity: 1,
+            ..Config::default()
+        };
+        let err = c.validate().expect_err("queue smaller than a batch");
+        assert!(err.to_string().contains("queue_capacity"), "{err}");
+        let c = Config {
+            max_catch_up_messages: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().expect_err("bad").to_string().contains("max_catch_up_messages"));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use edge::auth::{self, AuthSettings, JwtAlgorithm, Verifier};
-use edge::config::{Config, DriverChoice};
+use edge::config::{Config, DriverChoice, Durability};
+use storage::StoreKind;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -24,6 +25,39 @@ enum Command {
     Serve(ServeArgs),
     /// Print a signed HS256 JWT for a user.
     Token(TokenArgs),
+    /// Prepare the message store: create the embedded database, or apply the Scylla schema migrations.
+    Migrate(MigrateArgs),
+}
+
+/// The store flags `serve` and `migrate` share.
+#[derive(Parser)]
+struct StoreArgs {
+    /// Data directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Message store backend: embedded or scylla.
+    #[arg(long, value_parser = parse_store)]
+    store: Option<StoreKind>,
+    /// Scylla contact points, host:port[,host:port...] (implies --store scylla unless --store is given).
+    #[arg(long)]
+    scylla_uri: Option<String>,
+}
+
+#[derive(Parser)]
+struct MigrateArgs {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+fn parse_store(s: &str) -> Result<StoreKind, String> {
+    match s {
+        "embedded" => Ok(StoreKind::Embedded),
+        "scylla" => Ok(StoreKind::Scylla),
+        other => Err(format!("unknown store {other:?}: expected embedded or scylla")),
+    }
 }
 
 #[derive(Parser)]
@@ -37,9 +71,11 @@ struct ServeArgs {
     /// Shards (threads); 0 = one per core.
     #[arg(long)]
     cores: Option<usize>,
-    /// Data directory of the embedded store.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// When sends are acked: fast (when sequenced) or durable (after the store commit).
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
     /// HS256 secret; without one (and no public key) the node runs in dev mode.
     #[arg(long)]
     jwt_secret: Option<String>,
@@ -85,6 +121,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve(a),
         Command::Token(a) => token(a),
+        Command::Migrate(a) => migrate(a),
     }
 }
 
@@ -106,11 +143,13 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         eprintln!("  try: websocat 'ws://{}/ws?token={token}'", node.local_addr);
     }
     println!(
-        "edge listening on ws://{}/ws shards={} driver={} node={}",
+        "edge listening on ws://{}/ws shards={} driver={} node={} store={:?} durability={:?}",
         node.local_addr,
         cfg.shard_count(),
         node.driver,
-        cfg.node_id
+        cfg.node_id,
+        cfg.store,
+        cfg.durability,
     );
     tracing::info!(addr = %node.local_addr, shards = cfg.shard_count(), driver = node.driver, "edge node started");
     node.run_until_signal()?;
@@ -125,8 +164,9 @@ fn merge_flags(cfg: &mut Config, a: ServeArgs) {
     if let Some(v) = a.cores {
         cfg.cores = v;
     }
-    if let Some(v) = a.data_dir {
-        cfg.data_dir = v;
+    merge_store_flags(cfg, a.store);
+    if let Some(v) = a.durability {
+        cfg.durability = v;
     }
     if let Some(v) = a.jwt_secret {
         cfg.jwt_secret = v;
@@ -140,6 +180,28 @@ fn merge_flags(cfg: &mut Config, a: ServeArgs) {
     if let Some(v) = a.node_id {
         cfg.node_id = v;
     }
+}
+
+fn merge_store_flags(cfg: &mut Config, a: StoreArgs) {
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(uri) = a.scylla_uri {
+        cfg.scylla_contact_points = uri.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        cfg.store = StoreKind::Scylla;
+    }
+    if let Some(v) = a.store {
+        cfg.store = v;
+    }
+}
+
+fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    merge_store_flags(&mut cfg, a.store);
+    cfg.validate()?;
+    let done = storage::migrate(&cfg.store_config()).context("edge migrate")?;
+    println!("{done}");
+    Ok(())
 }
 
 /// Generates a secret when HS256 has none; returns it so a token can be shown.

@@ -57,6 +57,12 @@ stats! {
     mesh_spilled_total: "counter",
     /// Rooms whose state this shard owns.
     rooms_owned: "gauge",
+    /// Sends and store queries refused because the store's queue was full (answered `overloaded`).
+    store_overloaded_total: "counter",
+    /// Store writes that failed after the writer's retries.
+    store_write_failed_total: "counter",
+    /// Room loads from the store that failed (requests answered `unavailable`).
+    store_load_failed_total: "counter",
 }
 
 impl ShardStats {
@@ -74,6 +80,69 @@ impl ShardStats {
     pub fn set(c: &AtomicU64, v: u64) {
         c.store(v, Relaxed);
     }
+}
+
+/// Renders the store service's figures (queue depths, batches, commit latency).
+pub fn render_store(out: &mut String, s: &storage::StoreStats) {
+    let snap = s.snapshot();
+    let rows: [(&str, &str, &str, u64); 9] = [
+        (
+            "store_write_queue_depth",
+            "gauge",
+            "Writes waiting for the store writer.",
+            snap.write_queue_depth,
+        ),
+        (
+            "store_query_queue_depth",
+            "gauge",
+            "Store queries waiting or running.",
+            snap.query_queue_depth,
+        ),
+        ("store_batches_total", "counter", "Batches committed.", snap.batches_total),
+        (
+            "store_messages_written_total",
+            "counter",
+            "Messages committed.",
+            snap.messages_written_total,
+        ),
+        (
+            "store_write_errors_total",
+            "counter",
+            "Messages whose write failed after retries.",
+            snap.write_errors_total,
+        ),
+        (
+            "store_write_retries_total",
+            "counter",
+            "Batch attempts retried.",
+            snap.write_retries_total,
+        ),
+        (
+            "store_refused_total",
+            "counter",
+            "Writes and queries refused with overloaded.",
+            snap.overloaded_total,
+        ),
+        ("store_queries_total", "counter", "Queries answered.", snap.queries_total),
+        (
+            "store_last_batch_messages",
+            "gauge",
+            "Messages in the last committed batch.",
+            snap.last_batch_messages,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP edge_{name} {help}\n# TYPE edge_{name} {kind}\nedge_{name} {v}");
+    }
+    let lat = s.commit_latency();
+    let _ = writeln!(
+        out,
+        "# HELP edge_store_commit_latency_us Batch commit latency.\n# TYPE edge_store_commit_latency_us summary"
+    );
+    for (q, v) in [("0.5", lat.p50_us()), ("0.99", lat.p99_us())] {
+        let _ = writeln!(out, "edge_store_commit_latency_us{{quantile=\"{q}\"}} {v}");
+    }
+    let _ = writeln!(out, "edge_store_commit_latency_us_count {}", lat.count());
 }
 
 /// Renders every shard's stats, labelled by shard.
@@ -105,5 +174,9 @@ mod tests {
         assert!(text.contains("edge_deliveries_total{shard=\"0\"} 0"));
         assert!(text.contains("# TYPE edge_connections_open gauge"));
         assert!(text.contains("driver=\"io_uring\""));
+        let mut text = String::new();
+        render_store(&mut text, &storage::StoreStats::default());
+        assert!(text.contains("edge_store_write_queue_depth 0"), "{text}");
+        assert!(text.contains("edge_store_commit_latency_us{quantile=\"0.99\"} 0"), "{text}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use router::Frame;
 
@@ -24,6 +24,11 @@ pub enum NodeError {
     Signals(std::io::Error),
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("message store ({store:?}): {source}")]
+    Store {
+        store: storage::StoreKind,
+        source: storage::StoreError,
+    },
 }
 
 /// Resolves `auto` to the driver this machine supports.
@@ -42,6 +47,7 @@ pub struct Node {
     control: router::Endpoint,
     shards: usize,
     cfg: Arc<Config>,
+    store: storage::StoreHandle,
     /// The address the shards listen on (the real port when 0 was asked).
     pub local_addr: SocketAddr,
     /// "io_uring" or "epoll".
@@ -57,14 +63,22 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         addr: cfg.listen.clone(),
         source: e,
     })?;
+    let (store, completions) = start_store(&cfg, shards)?;
+    let run_epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    if !store.previous_run_clean() {
+        tracing::warn!("the previous run of this node did not end cleanly: rooms get a new epoch as they load");
+    }
     let cfg = Arc::new(cfg);
     let stats: Arc<Vec<ShardStats>> = Arc::new((0..shards).map(|_| ShardStats::default()).collect());
     let mut endpoints = router::mesh(shards + 1, cfg.mesh_ring_capacity);
     let control = endpoints.pop().ok_or(NodeError::Thread(std::io::Error::other("empty mesh")))?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
-    for (id, (mesh, listener)) in endpoints.into_iter().zip(listeners).enumerate() {
+    for (id, ((mesh, listener), completions)) in endpoints.into_iter().zip(listeners).zip(completions).enumerate() {
         let setup = ShardSetup {
+            store: store.clone(),
+            completions,
+            run_epoch,
             id,
             shards,
             cfg: cfg.clone(),
@@ -94,9 +108,20 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         control,
         shards,
         cfg,
+        store,
         local_addr,
         driver,
     })
+}
+
+/// Opens the configured store on its own thread (the Scylla driver needs the runtime it runs on).
+fn start_store(cfg: &Config, shards: usize) -> Result<(storage::StoreHandle, Vec<storage::Completions>), NodeError> {
+    let scfg = cfg.store_config();
+    let open_cfg = scfg.clone();
+    let open = move || async move { storage::AnyStore::open(&open_cfg).await };
+    let (store, completions) = storage::spawn_with(open, &scfg, shards).map_err(|source| NodeError::Store { store: scfg.store, source })?;
+    tracing::info!(store = ?scfg.store, data_dir = %scfg.data_dir.display(), durability = ?cfg.durability, "message store open");
+    Ok((store, completions))
 }
 
 /// One listener per shard on the same port (port 0 resolves once, then the
@@ -150,7 +175,8 @@ impl Node {
         Ok(())
     }
 
-    /// Joins the shard threads, giving up after the drain timeout + 2 s.
+    /// Joins the shard threads, giving up after the drain timeout + 2 s, then flushes
+    /// the store (every write queued is committed) and marks the run as cleanly ended.
     pub fn join(self) {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.drain_timeout_ms) + Duration::from_secs(2);
         for t in self.threads {
@@ -160,6 +186,10 @@ impl Node {
             if t.is_finished() {
                 let _ = t.join();
             }
+        }
+        match self.store.shutdown() {
+            Ok(()) => tracing::info!("message store flushed and closed"),
+            Err(e) => tracing::error!(error = %e, "message store did not close cleanly"),
         }
     }
 }

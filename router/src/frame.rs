@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -109,6 +109,28 @@ pub enum Frame {
     Shutdown {
         /// Upper bound of the random reconnect delay to suggest.
         retry_ms_max: u32,
+    },
+    /// A member shard asks the room owner for a page of history (version 2).
+    History {
+        /// The room.
+        room: String,
+        /// The connection on the member shard.
+        conn: u64,
+        /// The client's request id, echoed in the answer.
+        req: Option<String>,
+        /// Messages with seq below this one (the newest when absent).
+        before: Option<u64>,
+        /// Page size, 1..=100.
+        limit: u32,
+    },
+    /// The owner refused a join (version 2): the member shard forgets the room for this connection.
+    JoinRefused {
+        /// The room.
+        room: String,
+        /// The connection on the member shard.
+        conn: u64,
+        /// Rendered `error` JSON for the client.
+        payload: Vec<u8>,
     },
 }
 
@@ -213,6 +235,8 @@ fn size_hint(frame: &Frame) -> usize {
         }
         Frame::Reply { payload, .. } => payload.len(),
         Frame::Shutdown { .. } => 0,
+        Frame::History { room, req, .. } => room.len() + opt(req),
+        Frame::JoinRefused { room, payload, .. } => room.len() + payload.len(),
     };
     1 + 160 + variable
 }
@@ -298,6 +322,18 @@ mod tests {
                 payload: Vec::new(),
             },
             Frame::Shutdown { retry_ms_max: 30_000 },
+            Frame::History {
+                room: "lobby".into(),
+                conn: 5,
+                req: Some("\"h1\"".into()),
+                before: Some(40),
+                limit: 50,
+            },
+            Frame::JoinRefused {
+                room: "lobby".into(),
+                conn: 6,
+                payload: br#"{"type":"error"}"#.to_vec(),
+            },
         ]
     }
 
@@ -396,8 +432,8 @@ mod tests {
     fn rejects_empty_and_bad_version() {
         assert_eq!(decode(&[]).unwrap_err(), FrameError::Empty);
         let mut buf = encode(&Frame::Shutdown { retry_ms_max: 5 }).to_vec();
-        buf[0] = 2;
-        assert_eq!(decode(&buf).unwrap_err(), FrameError::Version { got: 2 });
+        buf[0] = 1; // version 1 had no History / JoinRefused variants
+        assert_eq!(decode(&buf).unwrap_err(), FrameError::Version { got: 1 });
         assert!(matches!(decode(&[FRAME_VERSION]), Err(FrameError::Invalid(_))));
     }
 

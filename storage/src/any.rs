@@ -44,6 +44,36 @@ impl AnyStore {
     }
 }
 
+/// Prepares the store `cfg` names and says what was done (the `edge migrate` command).
+/// Embedded: creates the data directory and the database, applying its schema.
+/// Scylla: creates the keyspace if absent and applies the pending migrations of `storage/schema/`.
+/// Blocking: runs its own single-threaded runtime.
+pub fn migrate(cfg: &StoreConfig) -> Result<String, StoreError> {
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Internal(format!("cannot start a runtime: {e}")))?;
+    rt.block_on(async {
+        match cfg.store {
+            StoreKind::Embedded => {
+                let store = EmbeddedStore::open(&cfg.data_dir, &cfg.embedded())?;
+                Ok(format!("embedded store ready at {}", store.path().display()))
+            }
+            #[cfg(feature = "scylla")]
+            StoreKind::Scylla => {
+                use crate::scylla as sc;
+                let scfg = cfg.scylla();
+                let session = sc::connect(&scfg).await?;
+                let applied = sc::migrate(&session, &scfg.keyspace, &sc::replication_map(scfg.replication_factor)).await?;
+                Ok(format!("scylla keyspace {}: applied migrations {applied:?}", scfg.keyspace))
+            }
+            #[cfg(not(feature = "scylla"))]
+            StoreKind::Scylla => Err(StoreError::Config("this binary was built without the `scylla` feature".into())),
+        }
+    })
+}
+
 /// Forwards one call to whichever backend `self` holds.
 macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {

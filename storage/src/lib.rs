@@ -41,7 +41,7 @@ mod stats;
 mod store;
 mod types;
 
-pub use any::AnyStore;
+pub use any::{migrate, AnyStore};
 pub use config::{StoreConfig, StoreKind};
 pub use error::{ErrorSource, Overloaded, StoreError};
 pub use service::{spawn, spawn_with, Answer, Completion, Completions, Query, StoreHandle};

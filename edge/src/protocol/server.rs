@@ -195,6 +195,26 @@ pub fn message(m: &MessageOut<'_>) -> Bytes {
     o.done()
 }
 
+/// `history`: a page of stored `message` frames (oldest first), inserted verbatim.
+pub fn history(id: Option<&str>, room: &str, messages: &[Bytes], next_before: Option<u64>) -> Bytes {
+    let cap = 64 + room.len() + messages.iter().map(|m| m.len() + 1).sum::<usize>();
+    let mut o = Obj::new("history", cap);
+    o.id(id).str("room", room).key("messages");
+    o.0.push(b'[');
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            o.0.push(b',');
+        }
+        o.0.extend_from_slice(m);
+    }
+    o.0.push(b']');
+    match next_before {
+        Some(n) => o.num("next_before", n),
+        None => o.raw("next_before", "null"),
+    };
+    o.done()
+}
+
 /// `gap`: seqs `from..=to` are no longer held.
 pub fn gap(room: &str, from: u64, to: u64) -> Bytes {
     Obj::new("gap", 48 + room.len())
@@ -287,5 +307,18 @@ mod tests {
         assert_eq!(j(&ack(None, "r", 5, "m", 6))["msg_id"], "m");
         assert_eq!(j(&gap("r", 1, 4))["to"], 4);
         assert_eq!(j(&reconnect(100, "drain"))["retry_ms"], 100);
+    }
+
+    #[test]
+    fn history_inserts_stored_frames_verbatim() {
+        let m1 = Bytes::from_static(br#"{"type":"message","seq":1}"#);
+        let m2 = Bytes::from_static(br#"{"type":"message","seq":2}"#);
+        let h = j(&history(Some("\"h\""), "r", &[m1, m2], Some(1)));
+        assert_eq!(h["id"], "h");
+        assert_eq!(h["messages"][1]["seq"], 2);
+        assert_eq!(h["next_before"], 1);
+        let empty = j(&history(None, "r", &[], None));
+        assert_eq!(empty["messages"].as_array().map(Vec::len), Some(0));
+        assert!(empty["next_before"].is_null());
     }
 }

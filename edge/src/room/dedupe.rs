@@ -54,6 +54,11 @@ impl Dedupe {
         }
     }
 
+    /// Forgets one id (its message was not stored); the FIFO order entry is dropped lazily.
+    pub fn remove(&mut self, user: &str, client_id: &str) {
+        self.map.remove(&key(user, client_id));
+    }
+
     /// Ids remembered now.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -45,34 +45,75 @@ pub enum Sequenced {
 }
 
 /// The owner shard's state of one room.
+///
+/// `seq` is the last seq assigned; `published` the last seq fanned out (and
+/// kept in the recent ring). They differ only in durable mode, while the
+/// store commits: a message is published after its batch is committed, in
+/// seq order, so nobody sees a seq the store might not have.
 #[derive(Debug)]
 pub struct OwnedRoom {
     seq: u64,
+    published: u64,
     epoch: u64,
     room_hash: u64,
     members_by_shard: Vec<u32>,
     dedupe: Dedupe,
     recent: VecDeque<(u64, Bytes)>,
     recent_cap: usize,
+    /// Store writes and queries still out for this room: it must not be evicted meanwhile.
+    holds: u32,
+    /// Durable sends waiting for their commit: (seq, store ticket), ascending.
+    committing: VecDeque<(u64, u64)>,
+    /// Connections whose join waits for a catch-up read from the store (not counted yet).
+    joining: Vec<u64>,
 }
 
 impl OwnedRoom {
     /// A room first seen at `now_ms`: seq 0, epoch = creation time.
     pub fn new(room: &str, shards: usize, now_ms: u64, dedupe_cap: usize, recent_cap: usize) -> Self {
+        Self::restore(room, shards, now_ms, 0, dedupe_cap, recent_cap)
+    }
+
+    /// A room as the store knows it: its epoch and the last stored seq, which sequencing continues from.
+    pub fn restore(room: &str, shards: usize, epoch: u64, last_seq: u64, dedupe_cap: usize, recent_cap: usize) -> Self {
         Self {
-            seq: 0,
-            epoch: now_ms,
+            seq: last_seq,
+            published: last_seq,
+            epoch,
             room_hash: stable_hash(room),
             members_by_shard: vec![0; shards],
             dedupe: Dedupe::new(dedupe_cap),
             recent: VecDeque::new(),
             recent_cap,
+            holds: 0,
+            committing: VecDeque::new(),
+            joining: Vec::new(),
         }
     }
 
-    /// Latest seq (0 before the first message).
+    /// Puts a stored message back in the recent ring and the dedupe memory (oldest first, at load).
+    pub fn warm(&mut self, seq: u64, sender: &str, client_id: Option<&str>, msg_id: &str, ts: u64, frame: Bytes) {
+        if let Some(cid) = client_id {
+            let ack = AckInfo {
+                seq,
+                msg_id: msg_id.to_owned(),
+                ts,
+            };
+            self.dedupe.insert(sender, cid, ack);
+        }
+        if seq <= self.published {
+            self.record(seq, frame);
+        }
+    }
+
+    /// Latest seq assigned (0 before the first message).
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Latest seq fanned out to members: what `joined` reports and catch-up runs up to.
+    pub fn published(&self) -> u64 {
+        self.published
     }
 
     /// The epoch: seqs are gap-free within one epoch.
@@ -98,6 +139,20 @@ impl OwnedRoom {
         if let Some(n) = self.members_by_shard.get_mut(shard) {
             *n = n.saturating_sub(1);
         }
+    }
+
+    /// `conn`'s join waits for a store read; it is counted by [`Self::finish_join`].
+    pub fn start_join(&mut self, conn: u64) {
+        self.joining.push(conn);
+    }
+
+    /// Ends a waiting join; false when the connection left meanwhile (nothing to count).
+    pub fn finish_join(&mut self, conn: u64) -> bool {
+        let Some(pos) = self.joining.iter().position(|&c| c == conn) else {
+            return false;
+        };
+        self.joining.swap_remove(pos);
+        true
     }
 
     /// Shards other than `me` that have members: one Deliver frame each.
@@ -128,8 +183,36 @@ impl OwnedRoom {
         Sequenced::New(ack)
     }
 
-    /// Keeps the rendered message in the recent ring (bounded).
-    pub fn record(&mut self, seq: u64, rendered: Bytes) {
+    /// Takes back the seq just assigned (the store refused the write before anything else
+    /// happened), so no gap is left. Only the latest seq can be taken back.
+    pub fn unsequence(&mut self, seq: u64, user: &str, client_id: Option<&str>) -> bool {
+        if seq != self.seq || seq <= self.published {
+            return false;
+        }
+        self.seq -= 1;
+        if let Some(cid) = client_id {
+            self.dedupe.remove(user, cid);
+        }
+        true
+    }
+
+    /// Forgets a client id whose message could not be stored, so a retry is sequenced anew.
+    pub fn forget_client_id(&mut self, user: &str, client_id: &str) {
+        self.dedupe.remove(user, client_id);
+    }
+
+    /// Marks `seq` as fanned out and keeps its rendering in the recent ring (bounded).
+    pub fn publish(&mut self, seq: u64, rendered: Bytes) {
+        self.published = self.published.max(seq);
+        self.record(seq, rendered);
+    }
+
+    /// Marks `seq` as given up (its write failed): members are told with a `gap`.
+    pub fn skip(&mut self, seq: u64) {
+        self.published = self.published.max(seq);
+    }
+
+    fn record(&mut self, seq: u64, rendered: Bytes) {
         if self.recent_cap == 0 {
             return;
         }
@@ -139,24 +222,74 @@ impl OwnedRoom {
         self.recent.push_back((seq, rendered));
     }
 
+    /// A durable send waits for store ticket `ticket`.
+    pub fn committing(&mut self, seq: u64, ticket: u64) {
+        self.committing.push_back((seq, ticket));
+        self.hold();
+    }
+
+    /// The commit of durable send `seq` arrived (commits arrive in seq order); false if it was not waiting.
+    pub fn committed(&mut self, seq: u64) -> bool {
+        let Some(pos) = self.committing.iter().position(|(s, _)| *s == seq) else {
+            return false;
+        };
+        self.committing.remove(pos);
+        self.release();
+        true
+    }
+
+    /// The store ticket of a durable send still waiting for its commit.
+    pub fn commit_ticket(&self, seq: u64) -> Option<u64> {
+        self.committing.iter().find(|(s, _)| *s == seq).map(|(_, t)| *t)
+    }
+
+    /// A store write or query for this room is out.
+    pub fn hold(&mut self) {
+        self.holds += 1;
+    }
+
+    /// A store write or query for this room came back.
+    pub fn release(&mut self) {
+        self.holds = self.holds.saturating_sub(1);
+    }
+
     /// Recent messages with seq > `after`, oldest first, when the ring still
     /// holds all of them; `None` when some were already evicted.
     pub fn recent_after(&self, after: u64) -> Option<impl Iterator<Item = &Bytes>> {
         let first = self.first_recent_seq();
-        if after + 1 < first && after < self.seq {
+        if after + 1 < first && after < self.published {
             return None;
         }
         Some(self.recent.iter().filter(move |(s, _)| *s > after).map(|(_, b)| b))
     }
 
-    /// Seq of the oldest message the ring holds (`seq + 1` when it holds none).
-    pub fn first_recent_seq(&self) -> u64 {
-        self.recent.front().map_or(self.seq + 1, |(s, _)| *s)
+    /// A `history` page from the recent ring: the newest `limit` messages with seq < `before`,
+    /// oldest first, and the next cursor; `None` when the ring does not hold the whole page.
+    pub fn recent_page(&self, before: Option<u64>, limit: usize) -> Option<(Vec<Bytes>, Option<u64>)> {
+        let before = before.unwrap_or(u64::MAX);
+        let held: Vec<&(u64, Bytes)> = self.recent.iter().filter(|(s, _)| *s < before).collect();
+        let page = &held[held.len().saturating_sub(limit)..];
+        let from_start = self.first_recent_seq() <= 1 || self.published == 0;
+        if page.len() < limit && !from_start {
+            return None;
+        }
+        let next = page.first().map(|(s, _)| *s).filter(|&s| s > 1);
+        Some((page.iter().map(|(_, b)| b.clone()).collect(), next))
     }
 
-    /// True when no shard has members: the room may be evicted.
+    /// Seq of the oldest message the ring holds (`published + 1` when it holds none).
+    pub fn first_recent_seq(&self) -> u64 {
+        self.recent.front().map_or(self.published + 1, |(s, _)| *s)
+    }
+
+    /// True when no shard has members: nobody to deliver to.
     pub fn is_empty(&self) -> bool {
         self.members_by_shard.iter().all(|&n| n == 0)
+    }
+
+    /// True when the room may be dropped from memory: no members, no joins or store work pending.
+    pub fn is_evictable(&self) -> bool {
+        self.is_empty() && self.holds == 0 && self.joining.is_empty() && self.committing.is_empty()
     }
 
     fn msg_id(&self, seq: u64) -> String {
@@ -225,12 +358,91 @@ mod tests {
             let Sequenced::New(a) = r.sequence("u", None, 0) else {
                 panic!("new")
             };
-            r.record(a.seq, Bytes::from(a.seq.to_string()));
+            r.publish(a.seq, Bytes::from(a.seq.to_string()));
         }
         let got: Vec<_> = r.recent_after(3).expect("held").cloned().collect();
         assert_eq!(got, [Bytes::from("4"), Bytes::from("5")]);
         assert_eq!(r.recent_after(2).expect("held").count(), 3);
         assert!(r.recent_after(1).is_none(), "seq 2 was evicted");
         assert_eq!(r.recent_after(5).expect("nothing missed").count(), 0);
+    }
+
+    #[test]
+    fn restored_room_continues_its_seq_and_remembers_client_ids() {
+        let mut r = OwnedRoom::restore("r", 1, 77, 10, 8, 4);
+        r.warm(9, "u", Some("c9"), "m9", 1, Bytes::from("9"));
+        r.warm(10, "u", None, "m10", 2, Bytes::from("10"));
+        assert_eq!((r.seq(), r.published(), r.epoch()), (10, 10, 77));
+        let Sequenced::Duplicate(a) = r.sequence("u", Some("c9"), 5) else {
+            panic!("a stored client_id is a duplicate")
+        };
+        assert_eq!(a.seq, 9);
+        let Sequenced::New(a) = r.sequence("u", Some("c11"), 5) else {
+            panic!("new")
+        };
+        assert_eq!(a.seq, 11);
+        assert_eq!(r.recent_after(8).expect("held").count(), 2);
+    }
+
+    #[test]
+    fn unsequence_takes_back_only_the_latest_unpublished_seq() {
+        let mut r = OwnedRoom::new("r", 1, 0, 8, 4);
+        let Sequenced::New(a) = r.sequence("u", Some("c"), 0) else {
+            panic!("new")
+        };
+        assert!(r.unsequence(a.seq, "u", Some("c")));
+        assert_eq!(r.seq(), 0);
+        assert!(
+            matches!(r.sequence("u", Some("c"), 0), Sequenced::New(b) if b.seq == 1),
+            "retry gets a fresh seq"
+        );
+        r.publish(1, Bytes::from("1"));
+        assert!(!r.unsequence(1, "u", Some("c")), "a published seq stays");
+    }
+
+    #[test]
+    fn durable_commits_publish_in_order_and_hold_the_room() {
+        let mut r = OwnedRoom::new("r", 1, 0, 8, 4);
+        for t in [100, 101] {
+            let Sequenced::New(a) = r.sequence("u", None, 0) else {
+                panic!("new")
+            };
+            r.committing(a.seq, t);
+        }
+        assert_eq!((r.seq(), r.published()), (2, 0));
+        assert!(!r.is_evictable(), "commits pending");
+        assert_eq!(r.commit_ticket(2), Some(101));
+        assert!(r.committed(1));
+        r.publish(1, Bytes::from("1"));
+        assert!(r.committed(2));
+        assert!(!r.committed(2), "once");
+        r.skip(2);
+        assert_eq!(r.published(), 2);
+        assert!(r.is_evictable());
+        r.start_join(7);
+        assert!(!r.is_evictable());
+        assert!(r.finish_join(7));
+        assert!(!r.finish_join(7), "counted once");
+    }
+
+    #[test]
+    fn history_pages_come_from_the_ring_only_when_it_holds_them() {
+        let mut r = OwnedRoom::new("r", 1, 0, 8, 5);
+        for seq in 1..=8 {
+            r.sequence("u", None, 0);
+            r.publish(seq, Bytes::from(seq.to_string()));
+        }
+        // Ring holds 4..=8.
+        let (page, next) = r.recent_page(None, 3).expect("newest page held");
+        assert_eq!(page, [Bytes::from("6"), Bytes::from("7"), Bytes::from("8")]);
+        assert_eq!(next, Some(6));
+        assert!(r.recent_page(Some(6), 3).is_none(), "3..=5 not all held");
+        assert_eq!(r.recent_page(Some(6), 2).expect("4, 5").0.len(), 2);
+        let fresh = OwnedRoom::new("r", 1, 0, 8, 5);
+        assert_eq!(fresh.recent_page(None, 50), Some((Vec::new(), None)));
+        let mut small = OwnedRoom::new("r", 1, 0, 8, 5);
+        small.sequence("u", None, 0);
+        small.publish(1, Bytes::from("1"));
+        assert_eq!(small.recent_page(None, 50), Some((vec![Bytes::from("1")], None)));
     }
 }

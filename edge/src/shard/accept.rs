@@ -90,7 +90,8 @@ async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr,
         "/readyz" if shard.is_draining() => respond(stream, 503, "draining").await,
         "/readyz" => respond(stream, 200, "ready").await,
         "/metrics" => {
-            let body = crate::metrics::render(&shard.all_stats, shard.driver);
+            let mut body = crate::metrics::render(&shard.all_stats, shard.driver);
+            crate::metrics::render_store(&mut body, shard.store.stats());
             respond(stream, 200, &body).await;
         }
         p if shard.cfg.echo_path.as_deref() == Some(p) => upgrade_echo(shard, stream, req, buf).await,

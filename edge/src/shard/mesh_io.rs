@@ -123,7 +123,23 @@ impl Shard {
             ArchivedFrame::Joined { room, conn, payload } => {
                 self.on_joined(room.as_str(), conn.to_native(), router::payload_bytes(&buf, payload.as_slice()));
             }
-            ArchivedFrame::Leave { room, shard, .. } => self.owner_leave(room.as_str(), usize::from(shard.to_native())),
+            ArchivedFrame::Leave { room, shard, conn } => {
+                self.owner_leave(room.as_str(), usize::from(shard.to_native()), conn.to_native());
+            }
+            ArchivedFrame::History {
+                room,
+                conn,
+                req,
+                before,
+                limit,
+            } => {
+                let req = req.as_ref().map(|r| r.as_str());
+                let before = before.as_ref().map(|b| b.to_native());
+                self.owner_history(room.as_str(), conn.to_native(), req, before, limit.to_native());
+            }
+            ArchivedFrame::JoinRefused { room, conn, payload } => {
+                self.on_join_refused(room.as_str(), conn.to_native(), router::payload_bytes(&buf, payload.as_slice()));
+            }
             ArchivedFrame::Send { .. } => self.on_send_frame(frame),
             ArchivedFrame::Reply { conn, payload } => {
                 if let Some(c) = self.conn(conn.to_native()) {

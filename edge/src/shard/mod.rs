@@ -18,6 +18,7 @@ mod mesh_io;
 pub mod outbox;
 mod owner;
 mod requests;
+mod store_io;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -26,7 +27,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use router::Endpoint;
+use router::{Endpoint, Frame};
+use storage::{Completions, StoreHandle};
 
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
@@ -54,6 +56,12 @@ pub struct ShardSetup {
     pub stats: Arc<Vec<ShardStats>>,
     /// Driver in use, for logs and metrics ("io_uring" or "epoll").
     pub driver: &'static str,
+    /// The node's way into the message store.
+    pub store: StoreHandle,
+    /// This shard's store completions.
+    pub completions: Completions,
+    /// This run's epoch (ms at node start): rooms re-epoched after an unclean previous run get it.
+    pub run_epoch: u64,
 }
 
 /// One connection as its shard sees it.
@@ -104,6 +112,17 @@ pub(crate) struct Shard {
     pub(crate) admission: RefCell<Admission>,
     /// Monotonic clock origin of this shard (admission control runs on it).
     started: std::time::Instant,
+    /// The message store (`store_io`).
+    pub(crate) store: StoreHandle,
+    completions: Completions,
+    /// Whether the node's previous run ended cleanly; false re-epochs every room loaded.
+    previous_run_clean: bool,
+    run_epoch: u64,
+    next_ticket: Cell<u64>,
+    /// What each outstanding store ticket waits for.
+    waits: RefCell<HashMap<u64, store_io::Wait>>,
+    /// Rooms being loaded from the store, with the requests waiting for them (bounded).
+    loading: RefCell<HashMap<String, Vec<Frame>>>,
 }
 
 impl Shard {
@@ -129,6 +148,13 @@ impl Shard {
             spill_waker: Cell::new(None),
             admission: RefCell::new(admission),
             started: std::time::Instant::now(),
+            previous_run_clean: s.store.previous_run_clean(),
+            store: s.store,
+            completions: s.completions,
+            run_epoch: s.run_epoch,
+            next_ticket: Cell::new(0),
+            waits: RefCell::new(HashMap::new()),
+            loading: RefCell::new(HashMap::new()),
         }
     }
 
@@ -200,6 +226,7 @@ fn block_on_legacy(shard: Rc<Shard>, l: std::net::TcpListener) -> std::io::Resul
 async fn main_task(shard: Rc<Shard>, listener: std::net::TcpListener) {
     monoio::spawn(mesh_io::run_inbox(shard.clone()));
     monoio::spawn(mesh_io::run_spill(shard.clone()));
+    monoio::spawn(store_io::run_completions(shard.clone()));
     monoio::spawn(conn::run_idle_sweep(shard.clone()));
     tracing::info!(shard = shard.id, driver = shard.driver, "shard started");
     accept::run_accept(shard.clone(), listener).await;

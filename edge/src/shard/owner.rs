@@ -1,18 +1,33 @@
 //! The owner side of a room: membership counts per shard, sequencing,
-//! idempotent retries, the recent ring, and fan-out.
+//! idempotent retries, the recent ring, fan-out, history pages and catch-up.
 //!
 //! Fan-out renders the `message` JSON once; local members get a reference to
 //! those bytes, every other shard with members gets one Deliver frame (never
 //! one per member), and the sender gets its `ack` after the fan-out is queued.
+//!
+//! A room must be loaded from the store before the owner acts on it
+//! (`store_io::room_ready`); requests that arrive meanwhile wait in the
+//! room's bounded load queue and are replayed in order.
+//!
+//! Durability: in `fast` mode a message is published (ring, fan-out, ack)
+//! as soon as it is sequenced and its store write follows; in `durable` mode
+//! it is published only when its batch is committed (`store_io`), in seq
+//! order, so no client ever sees a message the store might lose.
 
 use bytes::Bytes;
 use router::{FileRef, Frame};
+use storage::{Query, StoredMessage};
 
+use super::store_io::{PendingSend, Readiness, Wait};
 use super::Shard;
+use crate::config::Durability;
 use crate::metrics::ShardStats;
 use crate::protocol::server::{self, FileOut, MessageOut};
 use crate::protocol::ErrorCode;
-use crate::room::{OwnedRoom, Sequenced};
+use crate::room::{AckInfo, OwnedRoom, Sequenced};
+
+/// Retry hint sent with `overloaded` / `unavailable` answers that come from the store.
+pub(super) const STORE_RETRY_MS: u64 = 200;
 
 /// A send, as the owner receives it (from a local connection or a frame).
 pub(super) struct SendArgs<'a> {
@@ -29,7 +44,7 @@ pub(super) struct SendArgs<'a> {
     pub(super) reply_to: Option<u64>,
 }
 
-impl SendArgs<'_> {
+impl<'a> SendArgs<'a> {
     pub(super) fn to_frame(&self) -> Frame {
         Frame::Send {
             room: self.room.to_owned(),
@@ -49,21 +64,139 @@ impl SendArgs<'_> {
             reply_to: self.reply_to,
         }
     }
+
+    /// The arguments of an owned `Frame::Send` (a send replayed from a load queue).
+    pub(super) fn from_frame(f: &'a Frame) -> Option<Self> {
+        let Frame::Send {
+            room,
+            shard,
+            conn,
+            user,
+            req,
+            client_id,
+            body,
+            kind,
+            file,
+            reply_to,
+        } = f
+        else {
+            return None;
+        };
+        Some(Self {
+            room,
+            shard: usize::from(*shard),
+            conn: *conn,
+            user,
+            req: req.as_deref(),
+            client_id: client_id.as_deref(),
+            body,
+            kind,
+            file: file.as_ref().map(|f| (f.url.as_str(), f.name.as_str(), f.size, f.mime.as_str())),
+            reply_to: *reply_to,
+        })
+    }
 }
 
 impl Shard {
-    /// A member on `shard` joins `room`; answers `joined`, then catch-up.
+    /// A member on `shard` joins `room`; answers `joined`, then catch-up
+    /// (from the recent ring, or from the store when the ring no longer holds it).
     pub(super) fn owner_join(&self, room: &str, shard: usize, conn: u64, req: Option<&str>, since: Option<u64>) {
-        let Some((joined, catch_up)) = self.with_room(room, |r| {
-            let members = r.join(shard);
-            let joined = server::joined(req, room, r.seq(), r.epoch(), members);
-            (joined, since.map(|s| catch_up(room, r, s)))
-        }) else {
-            return self.to_conn(
-                conn,
-                server::error(req, ErrorCode::Overloaded, "too many rooms on this shard", Some(1000)),
-            );
+        let queued = || Frame::Join {
+            room: room.to_owned(),
+            shard: shard as u16,
+            conn,
+            user: String::new(),
+            req: req.map(str::to_owned),
+            since,
         };
+        match self.room_ready(room, queued) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(code, msg) => {
+                return self.refuse_join(room, shard, conn, server::error(req, code, msg, Some(STORE_RETRY_MS)))
+            }
+        }
+        let mut owned = self.owned.borrow_mut();
+        let Some(r) = owned.get_mut(room) else { return };
+        if let Some(since) = since.filter(|&s| s < r.published() && r.recent_after(s).is_none()) {
+            let after = since.max(r.published().saturating_sub(self.cfg.max_catch_up_messages as u64));
+            r.start_join(conn);
+            r.hold();
+            drop(owned);
+            let query = Query::RangeAfter {
+                room: room.to_owned(),
+                after,
+                limit: self.cfg.max_catch_up_messages,
+            };
+            let wait = Wait::CatchUp {
+                room: room.to_owned(),
+                shard,
+                conn,
+                req: req.map(str::to_owned),
+                since,
+            };
+            if !self.submit_query(query, wait) {
+                self.with_loaded(room, |r| {
+                    r.finish_join(conn);
+                    r.release();
+                });
+                self.refuse_join(
+                    room,
+                    shard,
+                    conn,
+                    server::error(req, ErrorCode::Overloaded, "store busy, retry", Some(STORE_RETRY_MS)),
+                );
+            }
+            return;
+        }
+        let members = r.join(shard);
+        let joined = server::joined(req, room, r.published(), r.epoch(), members);
+        let catch_up = since.map(|s| catch_up(room, r, s)).unwrap_or_default();
+        drop(owned);
+        self.send_joined(room, shard, conn, joined, catch_up);
+    }
+
+    /// The store answered a catch-up read: count the member, then `joined`, stored messages, ring messages.
+    pub(super) fn finish_catch_up(&self, w: CatchUpDone<'_>, stored: Result<Vec<StoredMessage>, String>) {
+        let mut owned = self.owned.borrow_mut();
+        let Some(r) = owned.get_mut(w.room) else { return };
+        r.release();
+        if !r.finish_join(w.conn) {
+            return; // left (or closed) while the store was read
+        }
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                drop(owned);
+                let msg = format!("history store unavailable: {e}");
+                return self.refuse_join(
+                    w.room,
+                    w.shard,
+                    w.conn,
+                    server::error(w.req, ErrorCode::Unavailable, &msg, Some(STORE_RETRY_MS)),
+                );
+            }
+        };
+        let members = r.join(w.shard);
+        let joined = server::joined(w.req, w.room, r.published(), r.epoch(), members);
+        let mut out = Vec::with_capacity(stored.len() + 1);
+        let mut last = w.since;
+        if let Some(first) = stored.first().filter(|m| m.seq > w.since + 1) {
+            out.push(server::gap(w.room, w.since + 1, first.seq - 1));
+        }
+        for m in stored.into_iter().filter(|m| m.seq <= r.published()) {
+            if m.seq > last {
+                last = m.seq;
+                out.push(m.frame);
+            }
+        }
+        out.extend(catch_up(w.room, r, last));
+        drop(owned);
+        self.send_joined(w.room, w.shard, w.conn, joined, out);
+    }
+
+    /// Sends `joined` and the catch-up frames to a member (same ring, so in order before live messages).
+    fn send_joined(&self, room: &str, shard: usize, conn: u64, joined: Bytes, catch_up: Vec<Bytes>) {
         if shard == self.id {
             self.on_joined(room, conn, joined);
         } else {
@@ -76,15 +209,43 @@ impl Shard {
                 },
             );
         }
-        for payload in catch_up.into_iter().flatten() {
+        for payload in catch_up {
             self.to_conn(conn, payload);
         }
     }
 
-    /// A member on `shard` left `room`.
-    pub(super) fn owner_leave(&self, room: &str, shard: usize) {
+    /// Refuses a join: the member side forgets the room for that connection and relays the error.
+    pub(super) fn refuse_join(&self, room: &str, shard: usize, conn: u64, error: Bytes) {
+        if shard == self.id {
+            return self.on_join_refused(room, conn, error);
+        }
+        let frame = Frame::JoinRefused {
+            room: room.to_owned(),
+            conn,
+            payload: error.to_vec(),
+        };
+        self.send_frame(shard, &frame);
+    }
+
+    /// The member side of a refused join.
+    pub(super) fn on_join_refused(&self, room: &str, conn: u64, error: Bytes) {
+        let Some(c) = self.conn(conn) else { return };
+        let pos = c.rooms.borrow().iter().position(|r| r == room);
+        if let Some(pos) = pos {
+            c.rooms.borrow_mut().swap_remove(pos);
+        }
+        c.out.push_text(error);
+    }
+
+    /// A member on `shard` left `room` (or its join, still waiting for the store, is dropped).
+    pub(super) fn owner_leave(&self, room: &str, shard: usize, conn: u64) {
+        if self.drop_queued_join(room, conn) {
+            return;
+        }
         if let Some(r) = self.owned.borrow_mut().get_mut(room) {
-            r.leave(shard);
+            if !r.finish_join(conn) {
+                r.leave(shard);
+            }
         }
     }
 
@@ -99,41 +260,127 @@ impl Shard {
         c.out.push_text(payload);
     }
 
-    /// Sequences a send and fans it out.
+    /// Sequences a send, hands it to the store, and publishes it as the durability mode says.
     pub(super) fn owner_send(&self, a: &SendArgs<'_>) {
-        let now = Self::now_ms();
-        let Some(outcome) = self.with_room(a.room, |r| {
-            let seq = r.sequence(a.user, a.client_id, now);
-            if let Sequenced::New(ack) = &seq {
-                let rendered = render_message(a, ack.seq, &ack.msg_id, ack.ts);
-                r.record(ack.seq, rendered.clone());
-                let remote: Vec<usize> = r.remote_shards(self.id).collect();
-                return (seq, Some((rendered, remote)));
+        match self.room_ready(a.room, || a.to_frame()) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(code, msg) => return self.to_conn(a.conn, server::error(a.req, code, msg, Some(STORE_RETRY_MS))),
+        }
+        let mut owned = self.owned.borrow_mut();
+        let Some(r) = owned.get_mut(a.room) else { return };
+        let ack = match r.sequence(a.user, a.client_id, Self::now_ms()) {
+            Sequenced::New(ack) => ack,
+            Sequenced::Duplicate(ack) => {
+                let ticket = (ack.seq > r.published()).then(|| r.commit_ticket(ack.seq)).flatten();
+                drop(owned);
+                return self.answer_duplicate(a, &ack, ticket);
             }
-            (seq, None)
-        }) else {
-            return self.to_conn(
-                a.conn,
-                server::error(a.req, ErrorCode::Overloaded, "too many rooms on this shard", Some(1000)),
-            );
         };
-        let (ack, fanout) = match outcome {
-            (Sequenced::New(ack), fanout) => (ack, fanout),
-            (Sequenced::Duplicate(ack), _) => (ack, None),
+        let rendered = render_message(a, ack.seq, &ack.msg_id, ack.ts);
+        let stored = StoredMessage {
+            room: a.room.to_owned(),
+            seq: ack.seq,
+            msg_id: ack.msg_id.clone(),
+            sender: a.user.to_owned(),
+            ts_ms: ack.ts,
+            client_id: a.client_id.map(str::to_owned),
+            frame: rendered.clone(),
         };
-        if let Some((rendered, remote)) = fanout {
-            ShardStats::inc(&self.stats().messages_total);
-            self.deliver_local(a.room, &rendered);
-            for shard in remote {
-                let frame = Frame::Deliver {
-                    room: a.room.to_owned(),
-                    seq: ack.seq,
-                    payload: rendered.to_vec(),
-                };
-                self.send_frame(shard, &frame);
+        let ticket = self.take_ticket();
+        if self.store.write(self.id, stored, ticket).is_err() {
+            // Nothing happened since `sequence`: take the seq back, so the room has no gap.
+            r.unsequence(ack.seq, a.user, a.client_id);
+            drop(owned);
+            ShardStats::inc(&self.stats().store_overloaded_total);
+            let err = server::error(a.req, ErrorCode::Overloaded, "message store busy, retry", Some(STORE_RETRY_MS));
+            return self.to_conn(a.conn, err);
+        }
+        ShardStats::inc(&self.stats().messages_total);
+        if self.cfg.durability == Durability::Durable {
+            r.committing(ack.seq, ticket);
+            drop(owned);
+            let pending = PendingSend {
+                room: a.room.to_owned(),
+                user: a.user.to_owned(),
+                client_id: a.client_id.map(str::to_owned),
+                ack,
+                rendered,
+                waiters: vec![(a.conn, a.req.map(str::to_owned))],
+            };
+            self.waits.borrow_mut().insert(ticket, Wait::Durable(Box::new(pending)));
+            return;
+        }
+        r.hold();
+        r.publish(ack.seq, rendered.clone());
+        let remote: Vec<usize> = r.remote_shards(self.id).collect();
+        drop(owned);
+        self.waits.borrow_mut().insert(ticket, Wait::Write { room: a.room.to_owned() });
+        self.fan_out(a.room, ack.seq, &rendered, &remote);
+        self.to_conn(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+    }
+
+    /// A retried `client_id`: the original ack, now or (durable, still committing) when the commit lands.
+    fn answer_duplicate(&self, a: &SendArgs<'_>, ack: &AckInfo, committing: Option<u64>) {
+        if let Some(ticket) = committing {
+            if let Some(Wait::Durable(p)) = self.waits.borrow_mut().get_mut(&ticket) {
+                p.waiters.push((a.conn, a.req.map(str::to_owned)));
+                return;
             }
         }
         self.to_conn(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+    }
+
+    /// Publishes a committed durable send: ring, fan-out, then every waiting ack.
+    pub(super) fn publish_durable(&self, p: PendingSend) {
+        let remote = {
+            let mut owned = self.owned.borrow_mut();
+            let Some(r) = owned.get_mut(&p.room) else { return };
+            r.committed(p.ack.seq);
+            r.publish(p.ack.seq, p.rendered.clone());
+            r.remote_shards(self.id).collect::<Vec<_>>()
+        };
+        self.fan_out(&p.room, p.ack.seq, &p.rendered, &remote);
+        for (conn, req) in &p.waiters {
+            self.to_conn(*conn, server::ack(req.as_deref(), &p.room, p.ack.seq, &p.ack.msg_id, p.ack.ts));
+        }
+    }
+
+    /// A durable send whose batch failed: the seq is given up, members are told with `gap`,
+    /// the senders get `unavailable`, and the client id may be retried.
+    pub(super) fn fail_durable(&self, p: PendingSend, error: &str) {
+        let remote = {
+            let mut owned = self.owned.borrow_mut();
+            let Some(r) = owned.get_mut(&p.room) else { return };
+            r.committed(p.ack.seq);
+            r.skip(p.ack.seq);
+            if let Some(cid) = &p.client_id {
+                r.forget_client_id(&p.user, cid);
+            }
+            r.remote_shards(self.id).collect::<Vec<_>>()
+        };
+        let gap = server::gap(&p.room, p.ack.seq, p.ack.seq);
+        self.fan_out(&p.room, p.ack.seq, &gap, &remote);
+        let msg = format!("message not stored: {error}");
+        for (conn, req) in &p.waiters {
+            self.to_conn(
+                *conn,
+                server::error(req.as_deref(), ErrorCode::Unavailable, &msg, Some(STORE_RETRY_MS)),
+            );
+        }
+    }
+
+    /// Queues `payload` to local members and one Deliver frame to each other shard with members.
+    fn fan_out(&self, room: &str, seq: u64, payload: &Bytes, remote: &[usize]) {
+        self.deliver_local(room, payload);
+        for &shard in remote {
+            let frame = Frame::Deliver {
+                room: room.to_owned(),
+                seq,
+                payload: payload.to_vec(),
+            };
+            self.send_frame(shard, &frame);
+        }
     }
 
     /// Queues `payload` to every local member of `room`.
@@ -151,33 +398,61 @@ impl Shard {
         ShardStats::add(&self.stats().deliveries_total, n);
     }
 
-    /// Runs `f` on the room's state, creating it (evicting an empty room
-    /// when the shard is at `max_rooms_per_shard`); `None` when full.
-    fn with_room<T>(&self, room: &str, f: impl FnOnce(&mut OwnedRoom) -> T) -> Option<T> {
-        let mut owned = self.owned.borrow_mut();
-        if !owned.contains_key(room) {
-            if owned.len() >= self.cfg.max_rooms_per_shard {
-                let victim = owned.iter().find(|(_, r)| r.is_empty()).map(|(k, _)| k.clone())?;
-                owned.remove(&victim);
-            }
-            let r = OwnedRoom::new(
-                room,
-                self.shards,
-                Self::now_ms(),
-                self.cfg.dedupe_per_room,
-                self.cfg.recent_per_room,
-            );
-            owned.insert(room.to_owned(), r);
-            ShardStats::set(&self.stats().rooms_owned, owned.len() as u64);
+    /// A page of history: from the recent ring when it holds the page, else from the store.
+    pub(super) fn owner_history(&self, room: &str, conn: u64, req: Option<&str>, before: Option<u64>, limit: u32) {
+        let queued = || Frame::History {
+            room: room.to_owned(),
+            conn,
+            req: req.map(str::to_owned),
+            before,
+            limit,
+        };
+        match self.room_ready(room, queued) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(code, msg) => return self.to_conn(conn, server::error(req, code, msg, Some(STORE_RETRY_MS))),
         }
-        owned.get_mut(room).map(f)
+        let page = self.with_loaded(room, |r| r.recent_page(before, limit as usize)).flatten();
+        if let Some((messages, next)) = page {
+            return self.to_conn(conn, server::history(req, room, &messages, next));
+        }
+        let query = Query::History {
+            room: room.to_owned(),
+            before,
+            limit: limit as usize,
+        };
+        let wait = Wait::History {
+            room: room.to_owned(),
+            conn,
+            req: req.map(str::to_owned),
+        };
+        if !self.submit_query(query, wait) {
+            self.to_conn(
+                conn,
+                server::error(req, ErrorCode::Overloaded, "store busy, retry", Some(STORE_RETRY_MS)),
+            );
+        }
     }
+
+    /// Runs `f` on a loaded room's state; `None` when the room is not in memory.
+    pub(super) fn with_loaded<T>(&self, room: &str, f: impl FnOnce(&mut OwnedRoom) -> T) -> Option<T> {
+        self.owned.borrow_mut().get_mut(room).map(f)
+    }
+}
+
+/// A catch-up read the store answered.
+pub(super) struct CatchUpDone<'a> {
+    pub(super) room: &'a str,
+    pub(super) shard: usize,
+    pub(super) conn: u64,
+    pub(super) req: Option<&'a str>,
+    pub(super) since: u64,
 }
 
 /// Messages after `since` from the recent ring, or a `gap` frame first when
 /// the ring no longer holds all of them.
 fn catch_up(room: &str, r: &OwnedRoom, since: u64) -> Vec<Bytes> {
-    if since >= r.seq() {
+    if since >= r.published() {
         return Vec::new();
     }
     match r.recent_after(since) {

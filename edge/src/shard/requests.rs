@@ -71,6 +71,7 @@ impl Shard {
             Request::Join { room, since } => self.on_join(conn, id, &room, since),
             Request::Leave { room } => self.on_leave(conn, id, &room),
             Request::Send(s) => self.on_send(conn, id, s),
+            Request::History { room, before, limit } => self.on_history(conn, id, &room, before, limit),
             Request::Ping => {
                 conn.out.push_text(server::pong(id, Self::now_ms()));
             }
@@ -191,7 +192,7 @@ impl Shard {
         self.members.borrow_mut().remove(room, conn.id);
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
-            self.owner_leave(room, self.id);
+            self.owner_leave(room, self.id, conn.id);
         } else {
             let frame = Frame::Leave {
                 room: room.to_owned(),
@@ -238,6 +239,33 @@ impl Shard {
             return self.owner_send(&args);
         }
         if !self.try_request(owner, &args.to_frame()) {
+            self.overloaded(conn, id);
+        }
+    }
+
+    /// A page of history; the user needs the right to join the room, not membership.
+    fn on_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
+        let Some(claims) = conn.user() else { return };
+        if let Err(denied) = auth::may_join(&claims, room) {
+            let code = if denied.code() == "bad_request" {
+                ErrorCode::BadRequest
+            } else {
+                ErrorCode::Forbidden
+            };
+            return self.reply_error(conn, id, code, &denied.to_string(), None);
+        }
+        let owner = crate::room::owner(room, self.shards);
+        if owner == self.id {
+            return self.owner_history(room, conn.id, id, before, limit);
+        }
+        let frame = Frame::History {
+            room: room.to_owned(),
+            conn: conn.id,
+            req: id.map(str::to_owned),
+            before,
+            limit,
+        };
+        if !self.try_request(owner, &frame) {
             self.overloaded(conn, id);
         }
     }

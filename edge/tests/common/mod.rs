@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -18,10 +20,29 @@ pub struct Server {
     child: Child,
     pub addr: String,
     pub driver: String,
+    /// The node's data directory (the embedded store lives here).
+    pub data_dir: PathBuf,
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this test process and call.
+pub fn temp_data_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("edge-it-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create data dir");
+    dir
 }
 
 impl Server {
+    /// A node with 2 shards and a fresh data directory.
     pub fn start(driver: &str, envs: &[(&str, &str)]) -> Self {
+        Self::start_with(driver, envs, &[], &temp_data_dir("node"))
+    }
+
+    /// A node with 2 shards on `data_dir` (reuse a directory to restart on the same store),
+    /// with extra `serve` flags such as `["--durability", "durable"]`.
+    pub fn start_with(driver: &str, envs: &[(&str, &str)], args: &[&str], data_dir: &Path) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
         cmd.args([
             "serve",
@@ -34,6 +55,9 @@ impl Server {
             "--driver",
             driver,
         ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -55,7 +79,18 @@ impl Server {
             .find_map(|w| w.strip_prefix("driver="))
             .unwrap_or("")
             .to_owned();
-        Self { child, addr, driver }
+        Self {
+            child,
+            addr,
+            driver,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    /// Kills the node with SIGKILL (no drain, no store flush) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
