@@ -423,6 +423,18 @@ fn since_catch_up_after_reconnect_delivers_exactly_the_missed() {
         (Some("message"), Some(36)),
         "after the catch-up B's next frame must be the live seq 36: {next}"
     );
+    acked.extend(live);
+
+    // `?resume=<room>:<seq>` on the upgrade URL: the same catch-up without a join request.
+    let mut c = Client::connect(&server.addr, "carol", "&resume=s:33");
+    let joined = c.recv_type("joined");
+    assert_eq!((joined["room"].as_str(), joined["seq"].as_u64()), (Some("s"), Some(36)), "{joined}");
+    expect_messages(&mut c, "s", 34..=36, &acked);
+    let tok = common::token("carol");
+    for bad in ["s", "s:x", ":3"] {
+        let refused = Client::connect_raw_query(&server.addr, &format!("token={tok}&resume={bad}"));
+        assert!(refused.is_err(), "resume={bad} must be refused before the upgrade");
+    }
 }
 
 #[test]

@@ -139,6 +139,31 @@ pub enum Request<'a> {
     Ping,
 }
 
+/// The rooms to join when a connection opens: `?room=` first, then every
+/// `?resume=<room>:<seq>,...` entry, each with the `since` to catch up from.
+/// Room ids may hold `:` (`dm:a:b`), so an entry splits at its last `:`.
+/// At most `max_rooms` entries; a malformed entry is an error naming it.
+pub fn initial_joins(room: Option<&str>, resume: Option<&str>, max_rooms: usize) -> Result<Vec<(String, Option<u64>)>, String> {
+    let mut out: Vec<(String, Option<u64>)> = room.map(|r| (r.to_owned(), None)).into_iter().collect();
+    for item in resume.unwrap_or("").split(',').filter(|i| !i.is_empty()) {
+        let (r, seq) = item
+            .rsplit_once(':')
+            .ok_or_else(|| format!("resume entry {item:?} is not <room>:<seq>"))?;
+        let seq: u64 = seq.parse().map_err(|_| format!("resume entry {item:?}: {seq:?} is not a seq"))?;
+        if r.is_empty() {
+            return Err(format!("resume entry {item:?} has no room"));
+        }
+        match out.iter_mut().find(|(have, _)| have == r) {
+            Some((_, since)) => *since = Some(seq),
+            None => out.push((r.to_owned(), Some(seq))),
+        }
+    }
+    if out.len() > max_rooms {
+        return Err(format!("resume names {} rooms, at most {max_rooms} per connection", out.len()));
+    }
+    Ok(out)
+}
+
 /// The wire `type` of a request.
 pub fn type_name(r: &Request<'_>) -> &'static str {
     match r {

@@ -143,3 +143,28 @@ fn garbage_never_panics() {
         let _ = parse(&s, &LIM);
     }
 }
+
+#[test]
+fn initial_joins_take_room_then_resume_entries() {
+    let j = initial_joins(Some("lobby"), Some("dm:a:b:7,lobby:3,x:0"), 8).expect("valid");
+    assert_eq!(
+        j,
+        [
+            ("lobby".to_owned(), Some(3)),
+            ("dm:a:b".to_owned(), Some(7)),
+            ("x".to_owned(), Some(0))
+        ]
+    );
+    assert_eq!(initial_joins(None, None, 8).expect("empty"), []);
+    assert_eq!(
+        initial_joins(Some("r"), Some(""), 8).expect("empty resume"),
+        [("r".to_owned(), None)]
+    );
+    for bad in ["nocolon", "r:x", ":5", "r:-1"] {
+        let err = initial_joins(None, Some(bad), 8).expect_err(bad);
+        assert!(err.contains("resume entry"), "{bad}: {err}");
+    }
+    assert!(initial_joins(None, Some("a:1,b:2,c:3"), 2)
+        .expect_err("too many")
+        .contains("at most 2"));
+}

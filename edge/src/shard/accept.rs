@@ -158,14 +158,21 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, req:
         Ok(k) => k.to_owned(),
         Err(e) => return reject(&shard, stream, e.status(), "not a websocket upgrade").await,
     };
+    let joins = crate::protocol::client::initial_joins(req.query_param("room"), req.query_param("resume"), shard.cfg.max_rooms_per_conn);
+    let joins = match joins {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::debug!(shard = shard.id, %peer, error = %e, "upgrade refused: bad resume");
+            return reject(&shard, stream, 400, "bad resume: expected resume=<room>:<seq>,...").await;
+        }
+    };
     let (res, _) = stream.write_all(handshake::switching_protocols(&key)).await;
     if res.is_err() {
         return;
     }
     let mut rest = buf;
     let _ = rest.split_to(req.head_len);
-    let room = req.query_param("room").map(str::to_owned);
-    conn::run_connection(shard, stream, claims, room, rest).await;
+    conn::run_connection(shard, stream, claims, joins, rest).await;
 }
 
 async fn upgrade_echo(shard: Rc<Shard>, mut stream: TcpStream, req: Request, buf: BytesMut) {

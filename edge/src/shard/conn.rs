@@ -27,14 +27,21 @@ const READ_CHUNK: usize = 4096;
 /// Close code and reason when a client stays silent past `idle_timeout_ms`.
 const CLOSE_IDLE: (u16, &str) = (1001, "idle timeout");
 
-pub(super) async fn run_connection(shard: Rc<Shard>, stream: TcpStream, claims: Option<Claims>, room: Option<String>, rest: BytesMut) {
+/// Runs an upgraded connection; `joins` are the rooms of `?room=` / `?resume=` (with their `since`).
+pub(super) async fn run_connection(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    claims: Option<Claims>,
+    joins: Vec<(String, Option<u64>)>,
+    rest: BytesMut,
+) {
     let conn = shard.open_conn(&stream, shard.cfg.outbound_queue_max_bytes);
     let (rd, wr) = stream.into_split();
     monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
     match claims {
-        Some(c) => shard.authenticated(&conn, c, room.as_deref()),
+        Some(c) => shard.authenticated(&conn, c, joins),
         None => {
-            *conn.pending_room.borrow_mut() = room;
+            *conn.pending_joins.borrow_mut() = joins;
             monoio::spawn(auth_deadline(shard.clone(), conn.clone()));
         }
     }
@@ -184,7 +191,7 @@ impl Shard {
             out: Rc::new(out),
             claims: RefCell::new(None),
             rooms: RefCell::new(Vec::new()),
-            pending_room: RefCell::new(None),
+            pending_joins: RefCell::new(Vec::new()),
             last_seen_ms: Cell::new(now),
             last_ping_ms: Cell::new(now),
             rate: RefCell::new(Gcra::new(cfg.max_msgs_per_s, cfg.msgs_burst)),

@@ -71,8 +71,8 @@ pub(crate) struct Conn {
     pub(crate) claims: RefCell<Option<Rc<Claims>>>,
     /// Rooms joined or being joined (the owner has not answered yet).
     pub(crate) rooms: RefCell<Vec<String>>,
-    /// `?room=` of a connection still waiting for its `auth` frame.
-    pub(crate) pending_room: RefCell<Option<String>>,
+    /// `?room=` / `?resume=` joins of a connection still waiting for its `auth` frame.
+    pub(crate) pending_joins: RefCell<Vec<(String, Option<u64>)>>,
     pub(crate) last_seen_ms: Cell<u64>,
     pub(crate) last_ping_ms: Cell<u64>,
     pub(crate) rate: RefCell<Gcra>,

@@ -107,8 +107,8 @@ impl Shard {
     fn on_auth(&self, conn: &Rc<Conn>, id: Option<&str>, token: &str) {
         match self.verifier.verify(token, Self::now_ms() / 1000) {
             Ok(claims) => {
-                let room = conn.pending_room.borrow_mut().take();
-                self.authenticated(conn, claims, room.as_deref());
+                let joins = std::mem::take(&mut *conn.pending_joins.borrow_mut());
+                self.authenticated(conn, claims, joins);
             }
             Err(e) => {
                 self.reply_error(conn, id, ErrorCode::Unauthorized, &format!("invalid token: {e}"), None);
@@ -117,8 +117,8 @@ impl Shard {
         }
     }
 
-    /// The connection proved who it is: `welcome`, then the `?room=` join.
-    pub(super) fn authenticated(&self, conn: &Rc<Conn>, claims: Claims, room: Option<&str>) {
+    /// The connection proved who it is: `welcome`, then the `?room=` and `?resume=` joins.
+    pub(super) fn authenticated(&self, conn: &Rc<Conn>, claims: Claims, joins: Vec<(String, Option<u64>)>) {
         let limits = AdvertisedLimits {
             max_frame_bytes: self.cfg.max_frame_bytes as u64,
             max_body_chars: self.cfg.max_body_chars as u64,
@@ -136,8 +136,8 @@ impl Shard {
         );
         *conn.claims.borrow_mut() = Some(Rc::new(claims));
         conn.out.push_text(welcome);
-        if let Some(room) = room {
-            self.on_join(conn, None, room, None);
+        for (room, since) in joins {
+            self.on_join(conn, None, &room, since);
         }
     }
 
