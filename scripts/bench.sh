@@ -9,7 +9,7 @@
 # machine.loadgen_cpus). With 1 CPU both share it (and the JSON says so).
 #
 #   scripts/bench.sh                 # everything (~4 minutes on 2 cores)
-#   ONLY=fanout scripts/bench.sh     # one group: idle, fanout or storm
+#   ONLY=fanout scripts/bench.sh     # one group: idle, fanout, durability or storm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECRET=bench-secret-0123456789abcdef-0123456789
@@ -24,12 +24,15 @@ edge_pid=""
 
 start_edge() { # extra EDGE_* settings as arguments: KEY=VALUE ...
   env EDGE_MAX_MSGS_PER_S=100000 EDGE_MSGS_BURST=100000 RUST_LOG=warn "$@" \
-    taskset -c "$SERVER_CPUS" target/release/edge serve --listen "127.0.0.1:$port" --cores 1 --jwt-secret "$SECRET" >/dev/null &
+    taskset -c "$SERVER_CPUS" target/release/edge serve --listen "127.0.0.1:$port" --cores 1 --jwt-secret "$SECRET" \
+      --data-dir "$DATA" >/dev/null &
   edge_pid=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.1; done
   echo "edge did not start" >&2; exit 1
 }
-stop_edge() { kill "$edge_pid" 2>/dev/null || true; wait "$edge_pid" 2>/dev/null || true; edge_pid=""; }
+stop_edge() { kill "$edge_pid" 2>/dev/null || true; wait "$edge_pid" 2>/dev/null || true; edge_pid=""; rm -rf "$DATA"; }
+# Every edge run starts on an empty embedded store.
+DATA=$(mktemp -d)
 trap 'stop_edge' EXIT
 # Each run dials from its own loopback source addresses (--first-source), so
 # ports left in TIME_WAIT by the previous run are not in its way.
@@ -58,6 +61,16 @@ if [ "$ONLY" = all ] || [ "$ONLY" = fanout ]; then
     start_edge
     lg fanout "fanout-10x100-r$rate" --rooms 10 --members 100 --senders 1 --rate-per-sender "$rate" --warmup-s 2 --duration-s 10
     stop_edge
+  done
+fi
+if [ "$ONLY" = all ] || [ "$ONLY" = durability ]; then
+  # The cost of durable acks: the same fan-out with acks (and fan-out) after the store commit.
+  for rate in 10 100; do
+    for mode in fast durable; do
+      start_edge EDGE_DURABILITY=$mode
+      lg fanout "fanout-10x100-r$rate-$mode" --rooms 10 --members 100 --senders 1 --rate-per-sender "$rate" --warmup-s 2 --duration-s 10
+      stop_edge
+    done
   done
 fi
 if [ "$ONLY" = all ] || [ "$ONLY" = storm ]; then

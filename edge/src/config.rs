@@ -72,8 +72,10 @@ pub struct Config {
     pub durability: Durability,
     /// Most messages the store writer commits in one batch (group commit).
     pub store_batch_max_messages: usize,
-    /// Longest wait for more messages after the first one of a batch, in microseconds.
-    pub store_flush_interval_us: u64,
+    /// Longest wait for more messages after the first one of a batch, in microseconds. Unset: 10 ms
+    /// in `fast` mode (fewer, larger commits; the crash-loss window) and 1 ms in `durable` mode
+    /// (it is added to every ack).
+    pub store_flush_interval_us: Option<u64>,
     /// Writes waiting for the store at most; a send beyond it gets `overloaded`.
     pub store_queue_capacity: usize,
     /// Store queries (history, room loads, catch-up) waiting or running at most; beyond it, `overloaded`.
@@ -92,6 +94,25 @@ pub struct Config {
     pub max_catch_up_messages: usize,
     /// Requests queued on a room whose state is still being loaded from the store; beyond it, `overloaded`.
     pub room_load_queue_max: usize,
+    /// Redis URL (`redis://host:port`); when set the node joins a cluster through it
+    /// (flag `--redis-url`, env `EDGE_REDIS_URL`). Unset: the node runs alone.
+    pub redis_url: Option<String>,
+    /// Cluster: sharded pub/sub (SSUBSCRIBE/SPUBLISH) for Redis Cluster; keys are hash-tagged by room either way.
+    pub redis_sharded_pubsub: bool,
+    /// Cluster: messages kept per room in Redis for catch-up and history (approximate trim).
+    pub redis_recent_len: u32,
+    /// Cluster: most messages of one room sequenced and published by one script call.
+    pub redis_batch_max: u32,
+    /// Cluster: timeout of one Redis command, in ms.
+    pub redis_command_timeout_ms: u64,
+    /// Cluster: a presence entry lives this long without renewal, in ms; a dead node's users go
+    /// offline within this plus `presence_heartbeat_ms`.
+    pub presence_lease_ms: u64,
+    /// Cluster: how often a node renews its presence leases and sweeps expired ones, in ms.
+    pub presence_heartbeat_ms: u64,
+    /// Cluster: longest wait for a room subscription (and the room's seq) when joining, in ms;
+    /// then the join answers `unavailable`.
+    pub cluster_join_timeout_ms: u64,
     /// This node's id, shown in `welcome.node`.
     pub node_id: String,
     /// JWT algorithm, pinned: hs256, rs256 or eddsa.
@@ -177,7 +198,7 @@ impl Default for Config {
             store: StoreKind::Embedded,
             durability: Durability::Fast,
             store_batch_max_messages: 256,
-            store_flush_interval_us: 1000,
+            store_flush_interval_us: None,
             store_queue_capacity: 65_536,
             store_query_queue_capacity: 4096,
             store_sync_full: false,
@@ -187,6 +208,14 @@ impl Default for Config {
             scylla_replication_factor: 1,
             max_catch_up_messages: 1000,
             room_load_queue_max: 1024,
+            redis_url: None,
+            redis_sharded_pubsub: false,
+            redis_recent_len: 1000,
+            redis_batch_max: 64,
+            redis_command_timeout_ms: 2_000,
+            presence_lease_ms: 15_000,
+            presence_heartbeat_ms: 5_000,
+            cluster_join_timeout_ms: 5_000,
             node_id: "edge-1".into(),
             jwt_algorithm: JwtAlgorithm::Hs256,
             jwt_secret: String::new(),
@@ -346,7 +375,29 @@ impl Config {
         if let Err(e) = self.store_config().validate() {
             return invalid("store", &e.to_string());
         }
+        if let Some(b) = self.bridge_config() {
+            if let Err(e) = b.validate() {
+                return invalid("redis_url", &e.to_string());
+            }
+        }
         Ok(())
+    }
+
+    /// The Redis bridge's settings, when the node is in a cluster (`redis_url` set).
+    pub fn bridge_config(&self) -> Option<router::bridge::BridgeConfig> {
+        let url = self.redis_url.as_ref()?;
+        Some(router::bridge::BridgeConfig {
+            redis_url: url.clone(),
+            node_id: self.node_id.clone(),
+            sharded_pubsub: self.redis_sharded_pubsub,
+            recent_len: self.redis_recent_len,
+            batch_max: self.redis_batch_max,
+            max_message_bytes: (self.max_message_bytes as u64 * 2 + 4096).min(u64::from(u32::MAX)) as u32,
+            presence_lease_ms: self.presence_lease_ms,
+            heartbeat_ms: self.presence_heartbeat_ms,
+            command_timeout_ms: self.redis_command_timeout_ms,
+            ..router::bridge::BridgeConfig::default()
+        })
     }
 
     /// The store's settings, taken from this config.
@@ -356,7 +407,10 @@ impl Config {
             data_dir: self.data_dir.clone(),
             node_id: self.node_id.clone(),
             batch_max_messages: self.store_batch_max_messages,
-            flush_interval_us: self.store_flush_interval_us,
+            flush_interval_us: self.store_flush_interval_us.unwrap_or(match self.durability {
+                Durability::Fast => 10_000,
+                Durability::Durable => 1_000,
+            }),
             queue_capacity: self.store_queue_capacity,
             query_queue_capacity: self.store_query_queue_capacity,
             embedded_sync_full: self.store_sync_full,
@@ -383,7 +437,17 @@ fn field_names() -> Vec<String> {
         Err(_) => Vec::new(),
     }
     .into_iter()
-    .chain(["jwt_public_key_file", "jwt_issuer", "jwt_audience", "echo_path"].map(String::from))
+    .chain(
+        [
+            "jwt_public_key_file",
+            "jwt_issuer",
+            "jwt_audience",
+            "echo_path",
+            "store_flush_interval_us",
+            "redis_url",
+        ]
+        .map(String::from),
+    )
     .collect()
 }
 
@@ -467,6 +531,12 @@ mod tests {
         let sc = c.store_config();
         assert_eq!(sc.store, StoreKind::Scylla);
         assert_eq!(sc.scylla_contact_points, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(sc.flush_interval_us, 1_000, "durable mode waits 1 ms for a batch by default");
+        assert_eq!(Config::default().store_config().flush_interval_us, 10_000, "fast mode: 10 ms");
+        let c = Config::default()
+            .with_env(env(&[("EDGE_STORE_FLUSH_INTERVAL_US", "250")]))
+            .expect("env applies");
+        assert_eq!(c.store_config().flush_interval_us, 250);
         let c = Config {
             store_queue_capacity: 1,
             ..Config::default()
@@ -478,6 +548,33 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().expect_err("bad").to_string().contains("max_catch_up_messages"));
+    }
+
+    #[test]
+    fn cluster_settings_need_a_usable_redis_url_and_lease() {
+        assert!(Config::default().bridge_config().is_none(), "no redis_url: a single node");
+        let c = Config::default()
+            .with_env(env(&[("EDGE_REDIS_URL", "redis://127.0.0.1:6390"), ("EDGE_NODE_ID", "n2")]))
+            .expect("env applies");
+        let b = c.bridge_config().expect("cluster mode");
+        assert_eq!((b.redis_url.as_str(), b.node_id.as_str()), ("redis://127.0.0.1:6390", "n2"));
+        c.validate().expect("valid cluster config");
+        let c = Config {
+            redis_url: Some("redis://127.0.0.1:6390".into()),
+            presence_lease_ms: 1000,
+            presence_heartbeat_ms: 900,
+            ..Config::default()
+        };
+        let err = c.validate().expect_err("heartbeat cannot renew the lease in time");
+        assert!(
+            err.to_string().contains("redis_url") && err.to_string().contains("heartbeat"),
+            "{err}"
+        );
+        let c = Config {
+            redis_url: Some("not a url".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod pump;
 pub mod room;
 pub mod shard;
 pub mod ws;

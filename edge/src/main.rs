@@ -85,9 +85,12 @@ struct ServeArgs {
     /// Serve the conformance echo endpoint at this path (e.g. /echo).
     #[arg(long)]
     echo_path: Option<String>,
-    /// This node's id.
+    /// This node's id (unique in a cluster).
     #[arg(long)]
     node_id: Option<String>,
+    /// Join a cluster through this Redis (redis://HOST:PORT); without it the node runs alone.
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 #[derive(Parser)]
@@ -143,13 +146,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         eprintln!("  try: websocat 'ws://{}/ws?token={token}'", node.local_addr);
     }
     println!(
-        "edge listening on ws://{}/ws shards={} driver={} node={} store={:?} durability={:?}",
+        "edge listening on ws://{}/ws shards={} driver={} node={} store={:?} durability={:?} cluster={}",
         node.local_addr,
         cfg.shard_count(),
         node.driver,
         cfg.node_id,
         cfg.store,
         cfg.durability,
+        cfg.redis_url.is_some(),
     );
     tracing::info!(addr = %node.local_addr, shards = cfg.shard_count(), driver = node.driver, "edge node started");
     node.run_until_signal()?;
@@ -179,6 +183,9 @@ fn merge_flags(cfg: &mut Config, a: ServeArgs) {
     }
     if let Some(v) = a.node_id {
         cfg.node_id = v;
+    }
+    if let Some(v) = a.redis_url {
+        cfg.redis_url = Some(v);
     }
 }
 

@@ -145,6 +145,68 @@ pub fn render_store(out: &mut String, s: &storage::StoreStats) {
     let _ = writeln!(out, "edge_store_commit_latency_us_count {}", lat.count());
 }
 
+/// Renders the Redis bridge's figures (cluster mode).
+pub fn render_bridge(out: &mut String, m: &router::bridge::MetricsSnapshot, ready: bool) {
+    let rows: [(&str, &str, &str, u64); 13] = [
+        (
+            "redis_ready",
+            "gauge",
+            "1 while Redis is reachable and every subscription is in place.",
+            u64::from(ready),
+        ),
+        ("redis_rtt_us_p50", "gauge", "Median Redis round trip, us.", m.rtt_us_p50),
+        ("redis_rtt_us_p99", "gauge", "99th percentile Redis round trip, us.", m.rtt_us_p99),
+        ("redis_reconnects_total", "counter", "Reconnections to Redis.", m.reconnects_total),
+        (
+            "redis_subscriptions",
+            "gauge",
+            "Room channels this node subscribes to.",
+            m.subscriptions,
+        ),
+        (
+            "redis_published_total",
+            "counter",
+            "Messages published by this node.",
+            m.published_total,
+        ),
+        (
+            "redis_received_total",
+            "counter",
+            "Messages and presence notes received from Redis.",
+            m.received_total,
+        ),
+        (
+            "redis_rejected_total",
+            "counter",
+            "Received buffers rejected as malformed.",
+            m.rejected_total,
+        ),
+        (
+            "redis_script_calls_total",
+            "counter",
+            "Sequencing script calls (one per batch).",
+            m.script_calls_total,
+        ),
+        ("redis_errors_total", "counter", "Failed Redis calls.", m.errors_total),
+        ("redis_gaps_total", "counter", "Seq jumps seen on room channels.", m.gaps_total),
+        (
+            "redis_lagged_total",
+            "counter",
+            "Messages lost because the event reader fell behind.",
+            m.lagged_total,
+        ),
+        (
+            "redis_resyncs_total",
+            "counter",
+            "Resyncs after a reconnect or a lag.",
+            m.resyncs_total,
+        ),
+    ];
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP edge_{name} {help}\n# TYPE edge_{name} {kind}\nedge_{name} {v}");
+    }
+}
+
 /// Renders every shard's stats, labelled by shard.
 pub fn render(all: &[ShardStats], driver: &str) -> String {
     let mut out = String::with_capacity(4096);

@@ -24,6 +24,8 @@ pub enum NodeError {
     Signals(std::io::Error),
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("cluster (redis_url): {0}")]
+    Bridge(router::bridge::BridgeError),
     #[error("message store ({store:?}): {source}")]
     Store {
         store: storage::StoreKind,
@@ -48,6 +50,7 @@ pub struct Node {
     shards: usize,
     cfg: Arc<Config>,
     store: storage::StoreHandle,
+    bridge: Option<router::bridge::BridgeHandle>,
     /// The address the shards listen on (the real port when 0 was asked).
     pub local_addr: SocketAddr,
     /// "io_uring" or "epoll".
@@ -70,7 +73,26 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
     }
     let cfg = Arc::new(cfg);
     let stats: Arc<Vec<ShardStats>> = Arc::new((0..shards).map(|_| ShardStats::default()).collect());
-    let mut endpoints = router::mesh(shards + 1, cfg.mesh_ring_capacity);
+    let bridge = match cfg.bridge_config() {
+        Some(bc) => Some(router::bridge::start(bc).map_err(NodeError::Bridge)?),
+        None => None,
+    };
+    // Threads on the mesh: the shards, the control thread, and (cluster mode) the pump.
+    let mut endpoints = router::mesh(shards + 1 + usize::from(bridge.is_some()), cfg.mesh_ring_capacity);
+    let bridge_handle = match bridge {
+        Some(b) => {
+            let pump_mesh = endpoints.pop().ok_or(NodeError::Thread(std::io::Error::other("empty mesh")))?;
+            let handle = b.handle.clone();
+            let events = b.events;
+            std::thread::Builder::new()
+                .name("pump".into())
+                .spawn(move || crate::pump::run(pump_mesh, handle, events, shards))
+                .map_err(NodeError::Thread)?;
+            tracing::info!(redis = cfg.redis_url.as_deref().unwrap_or(""), node = %cfg.node_id, "cluster mode: joined through Redis");
+            Some(b.handle)
+        }
+        None => None,
+    };
     let control = endpoints.pop().ok_or(NodeError::Thread(std::io::Error::other("empty mesh")))?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
@@ -79,6 +101,7 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
             store: store.clone(),
             completions,
             run_epoch,
+            bridge: bridge_handle.clone(),
             id,
             shards,
             cfg: cfg.clone(),
@@ -109,6 +132,7 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         shards,
         cfg,
         store,
+        bridge: bridge_handle,
         local_addr,
         driver,
     })
@@ -187,9 +211,23 @@ impl Node {
                 let _ = t.join();
             }
         }
+        if let Some(b) = &self.bridge {
+            // Leaves this node's presence entries (others see the users go offline now, not at lease expiry).
+            match block_on_bridge(b.shutdown(), Duration::from_secs(3)) {
+                Some(Ok(())) => tracing::info!("cluster bridge stopped"),
+                Some(Err(e)) => tracing::warn!(error = %e, "cluster bridge did not stop cleanly"),
+                None => tracing::warn!("cluster bridge did not stop within 3 s"),
+            }
+        }
         match self.store.shutdown() {
             Ok(()) => tracing::info!("message store flushed and closed"),
             Err(e) => tracing::error!(error = %e, "message store did not close cleanly"),
         }
     }
+}
+
+/// Runs one bridge call on this (non-runtime) thread, at most `limit`.
+fn block_on_bridge<T>(f: impl std::future::Future<Output = T>, limit: Duration) -> Option<T> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().ok()?;
+    rt.block_on(async { monoio::time::timeout(limit, f).await.ok() })
 }

@@ -123,6 +123,16 @@ pub enum Frame {
         /// Page size, 1..=100.
         limit: u32,
     },
+    /// Cluster: a room's sequence restarted (Redis lost its data): the receiving shard
+    /// resets its cursor to `seq` and sends `payload` (a rendered notice) to the room's members (version 2).
+    Reset {
+        /// The room.
+        room: String,
+        /// The last seq Redis now holds for the room.
+        seq: u64,
+        /// Rendered JSON for the members.
+        payload: Vec<u8>,
+    },
     /// The owner refused a join (version 2): the member shard forgets the room for this connection.
     JoinRefused {
         /// The room.
@@ -236,7 +246,7 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::Reply { payload, .. } => payload.len(),
         Frame::Shutdown { .. } => 0,
         Frame::History { room, req, .. } => room.len() + opt(req),
-        Frame::JoinRefused { room, payload, .. } => room.len() + payload.len(),
+        Frame::JoinRefused { room, payload, .. } | Frame::Reset { room, payload, .. } => room.len() + payload.len(),
     };
     1 + 160 + variable
 }
@@ -333,6 +343,11 @@ mod tests {
                 room: "lobby".into(),
                 conn: 6,
                 payload: br#"{"type":"error"}"#.to_vec(),
+            },
+            Frame::Reset {
+                room: "lobby".into(),
+                seq: 3,
+                payload: br#"{"type":"epoch"}"#.to_vec(),
             },
         ]
     }

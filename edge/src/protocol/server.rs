@@ -173,13 +173,25 @@ pub fn ack(id: Option<&str>, room: &str, seq: u64, msg_id: &str, ts: u64) -> Byt
 
 /// `message`: rendered once, shared by all recipients.
 pub fn message(m: &MessageOut<'_>) -> Bytes {
+    render_message(m, false)
+}
+
+/// `message` for the cluster: the seq is a 20-space slot that Redis's sequencing script
+/// fills in place (`"seq":` + right-aligned digits, valid JSON); `m.seq` is ignored.
+pub fn message_unsequenced(m: &MessageOut<'_>) -> Bytes {
+    render_message(m, true)
+}
+
+fn render_message(m: &MessageOut<'_>, seq_slot: bool) -> Bytes {
     let cap = 128 + m.room.len() + m.msg_id.len() + m.from.len() + m.body.len() + m.file.map_or(0, |f| 64 + f.url.len() + f.name.len());
     let mut o = Obj::new("message", cap);
-    o.str("room", m.room)
-        .num("seq", m.seq)
-        .str("msg_id", m.msg_id)
-        .str("from", m.from)
-        .num("ts", m.ts);
+    o.str("room", m.room);
+    if seq_slot {
+        o.raw("seq", &" ".repeat(router::bridge::SEQ_SLOT_WIDTH));
+    } else {
+        o.num("seq", m.seq);
+    }
+    o.str("msg_id", m.msg_id).str("from", m.from).num("ts", m.ts);
     o.str("body", m.body).str("kind", m.kind);
     if let Some(f) = m.file {
         o.key("file");
@@ -213,6 +225,43 @@ pub fn history(id: Option<&str>, room: &str, messages: &[Bytes], next_before: Op
         None => o.raw("next_before", "null"),
     };
     o.done()
+}
+
+/// `presence` answer: the users online in a room (cluster-wide), with the time they came online.
+pub fn presence_list(id: Option<&str>, room: &str, online: &[(String, u64)]) -> Bytes {
+    let mut o = Obj::new("presence", 64 + room.len() + online.len() * 48);
+    o.id(id).str("room", room).key("online");
+    o.0.push(b'[');
+    for (i, (user, since)) in online.iter().enumerate() {
+        if i > 0 {
+            o.0.push(b',');
+        }
+        o.0.extend_from_slice(b"{\"user\":");
+        let _ = serde_json::to_writer(&mut o.0, user.as_str());
+        let _ = write!(o.0, ",\"since\":{since}}}");
+    }
+    o.0.push(b']');
+    o.num("count", online.len() as u64).done()
+}
+
+/// `presence` event: `user` came online or went offline in `room`.
+pub fn presence_event(room: &str, user: &str, online: bool, ts_ms: u64) -> Bytes {
+    Obj::new("presence", 96 + room.len() + user.len())
+        .str("room", room)
+        .str("user", user)
+        .str("status", if online { "online" } else { "offline" })
+        .num("last_seen", ts_ms)
+        .done()
+}
+
+/// `epoch` (**extension**): the room's sequence restarted; `seq` is the last seq of the new
+/// epoch before the next message. The client resyncs with `history`.
+pub fn epoch(room: &str, epoch: u64, seq: u64) -> Bytes {
+    Obj::new("epoch", 64 + room.len())
+        .str("room", room)
+        .num("epoch", epoch)
+        .num("seq", seq)
+        .done()
 }
 
 /// `gap`: seqs `from..=to` are no longer held.
@@ -307,6 +356,31 @@ mod tests {
         assert_eq!(j(&ack(None, "r", 5, "m", 6))["msg_id"], "m");
         assert_eq!(j(&gap("r", 1, 4))["to"], 4);
         assert_eq!(j(&reconnect(100, "drain"))["retry_ms"], 100);
+    }
+
+    #[test]
+    fn cluster_frames_are_valid_json() {
+        let m = MessageOut {
+            room: "r",
+            seq: 9,
+            msg_id: "m",
+            from: "u",
+            ts: 1,
+            body: "b",
+            kind: "text",
+            file: None,
+            reply_to: None,
+        };
+        let slot = message_unsequenced(&m);
+        let text = std::str::from_utf8(&slot).expect("utf8");
+        assert!(text.contains(router::bridge::SEQ_PLACEHOLDER), "{text}");
+        let filled = text.replace(router::bridge::SEQ_PLACEHOLDER, "\"seq\":                  42");
+        let v: Value = serde_json::from_str(&filled).expect("valid JSON once filled");
+        assert_eq!(v["seq"], 42);
+        let p = j(&presence_list(Some("7"), "r", &[("a".into(), 5), ("b\"".into(), 6)]));
+        assert_eq!((p["count"].as_u64(), p["online"][1]["user"].as_str()), (Some(2), Some("b\"")));
+        assert_eq!(j(&presence_event("r", "u", false, 3))["status"], "offline");
+        assert_eq!(j(&epoch("r", 10, 0))["epoch"], 10);
     }
 
     #[test]

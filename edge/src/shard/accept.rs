@@ -88,10 +88,14 @@ async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr,
         "/ws" => upgrade(shard, stream, peer, req, buf, handed).await,
         "/healthz" => respond(stream, 200, "ok").await,
         "/readyz" if shard.is_draining() => respond(stream, 503, "draining").await,
+        "/readyz" if !shard.cluster_ready() => respond(stream, 503, "redis unreachable").await,
         "/readyz" => respond(stream, 200, "ready").await,
         "/metrics" => {
             let mut body = crate::metrics::render(&shard.all_stats, shard.driver);
             crate::metrics::render_store(&mut body, shard.store.stats());
+            if let Some(b) = shard.bridge_handle() {
+                crate::metrics::render_bridge(&mut body, &b.metrics(), b.is_ready());
+            }
             respond(stream, 200, &body).await;
         }
         p if shard.cfg.echo_path.as_deref() == Some(p) => upgrade_echo(shard, stream, req, buf).await,

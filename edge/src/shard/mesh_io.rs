@@ -146,8 +146,16 @@ impl Shard {
                     c.out.push_text(router::payload_bytes(&buf, payload.as_slice()));
                 }
             }
-            ArchivedFrame::Deliver { room, payload, .. } => {
-                self.deliver_local(room.as_str(), &router::payload_bytes(&buf, payload.as_slice()));
+            ArchivedFrame::Deliver { room, payload, seq } => {
+                let payload = router::payload_bytes(&buf, payload.as_slice());
+                if self.clustered() {
+                    self.on_cluster_deliver(room.as_str(), seq.to_native(), &payload);
+                } else {
+                    self.deliver_local(room.as_str(), &payload);
+                }
+            }
+            ArchivedFrame::Reset { room, seq, payload } => {
+                self.on_cluster_reset(room.as_str(), seq.to_native(), &router::payload_bytes(&buf, payload.as_slice()));
             }
             ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
         }

@@ -13,20 +13,23 @@
 //! `outbox` (the writer side of a connection).
 
 mod accept;
+mod cluster;
 mod conn;
 mod mesh_io;
 pub mod outbox;
 mod owner;
+mod publish;
 mod requests;
 mod store_io;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use router::bridge::BridgeHandle;
 use router::{Endpoint, Frame};
 use storage::{Completions, StoreHandle};
 
@@ -62,6 +65,8 @@ pub struct ShardSetup {
     pub completions: Completions,
     /// This run's epoch (ms at node start): rooms re-epoched after an unclean previous run get it.
     pub run_epoch: u64,
+    /// The Redis bridge, in cluster mode.
+    pub bridge: Option<BridgeHandle>,
 }
 
 /// One connection as its shard sees it.
@@ -123,10 +128,18 @@ pub(crate) struct Shard {
     waits: RefCell<HashMap<u64, store_io::Wait>>,
     /// Rooms being loaded from the store, with the requests waiting for them (bounded).
     loading: RefCell<HashMap<String, Vec<Frame>>>,
+    /// Cluster mode: the Redis bridge.
+    bridge: Option<BridgeHandle>,
+    /// Cluster mode: rooms this shard receives from Redis (member side).
+    cluster: RefCell<HashMap<String, cluster::ClusterRoom>>,
+    /// Cluster mode: rooms this shard publishes (owner side).
+    publishing: RefCell<publish::PubRooms>,
+    /// This shard itself, for handlers that spawn tasks.
+    me: Weak<Self>,
 }
 
 impl Shard {
-    fn new(s: ShardSetup) -> Self {
+    fn new(s: ShardSetup, me: Weak<Self>) -> Self {
         let threads = s.mesh.threads();
         let admission = Admission::new(s.cfg.admission_rate_per_shard, s.cfg.admission_burst, s.cfg.admission_retry_max_ms);
         Self {
@@ -155,6 +168,10 @@ impl Shard {
             next_ticket: Cell::new(0),
             waits: RefCell::new(HashMap::new()),
             loading: RefCell::new(HashMap::new()),
+            bridge: s.bridge,
+            cluster: RefCell::new(HashMap::new()),
+            publishing: RefCell::new(HashMap::new()),
+            me,
         }
     }
 
@@ -191,11 +208,22 @@ impl Shard {
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.get()
     }
+
+    /// This shard as an `Rc`, for handlers that spawn tasks. The shard lives as long as its
+    /// runtime, so the upgrade only fails during teardown.
+    fn rc(&self) -> Option<Rc<Self>> {
+        self.me.upgrade()
+    }
+
+    /// Whether the node runs in a cluster (through Redis).
+    pub(crate) fn clustered(&self) -> bool {
+        self.bridge.is_some()
+    }
 }
 
 /// Runs one shard on the current thread until it has drained.
 pub fn run(setup: ShardSetup, listener: std::net::TcpListener) {
-    let shard = Rc::new(Shard::new(setup));
+    let shard = Rc::new_cyclic(|me| Shard::new(setup, me.clone()));
     let id = shard.id;
     let driver = shard.driver;
     let result = match driver {

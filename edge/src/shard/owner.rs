@@ -262,6 +262,12 @@ impl Shard {
 
     /// Sequences a send, hands it to the store, and publishes it as the durability mode says.
     pub(super) fn owner_send(&self, a: &SendArgs<'_>) {
+        if self.clustered() {
+            if let Some(me) = self.rc() {
+                me.cluster_send(a);
+            }
+            return;
+        }
         match self.room_ready(a.room, || a.to_frame()) {
             Readiness::Ready => {}
             Readiness::Queued => return,

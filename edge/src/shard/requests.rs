@@ -72,6 +72,7 @@ impl Shard {
             Request::Leave { room } => self.on_leave(conn, id, &room),
             Request::Send(s) => self.on_send(conn, id, s),
             Request::History { room, before, limit } => self.on_history(conn, id, &room, before, limit),
+            Request::Presence { room } => self.on_presence(conn, id, &room),
             Request::Ping => {
                 conn.out.push_text(server::pong(id, Self::now_ms()));
             }
@@ -158,6 +159,12 @@ impl Shard {
             let msg = format!("at most {} rooms per connection", self.cfg.max_rooms_per_conn);
             return self.reply_error(conn, id, ErrorCode::Forbidden, &msg, None);
         }
+        if self.clustered() {
+            if let Some(me) = self.rc() {
+                me.cluster_join(conn, id, room, since);
+            }
+            return;
+        }
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
             conn.rooms.borrow_mut().push(room.to_owned());
@@ -189,7 +196,11 @@ impl Shard {
         let pos = conn.rooms.borrow().iter().position(|r| r == room);
         let Some(pos) = pos else { return false };
         conn.rooms.borrow_mut().swap_remove(pos);
-        self.members.borrow_mut().remove(room, conn.id);
+        let was_member = self.members.borrow_mut().remove(room, conn.id);
+        if self.clustered() {
+            self.cluster_leave(conn, room, was_member);
+            return true;
+        }
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
             self.owner_leave(room, self.id, conn.id);
@@ -243,16 +254,38 @@ impl Shard {
         }
     }
 
+    /// Whether the connection's user may see `room` (the join rules); answers the refusal if not.
+    fn may_see(&self, conn: &Conn, id: Option<&str>, room: &str) -> bool {
+        let Some(claims) = conn.user() else { return false };
+        let Err(denied) = auth::may_join(&claims, room) else { return true };
+        let code = if denied.code() == "bad_request" {
+            ErrorCode::BadRequest
+        } else {
+            ErrorCode::Forbidden
+        };
+        self.reply_error(conn, id, code, &denied.to_string(), None);
+        false
+    }
+
+    /// Who is online in a room (cluster mode: presence lives in Redis with leases).
+    fn on_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
+        if !self.may_see(conn, id, room) {
+            return;
+        }
+        if !self.clustered() {
+            let msg = "presence is served in cluster mode (--redis-url); a single node does not track it yet";
+            return self.reply_error(conn, id, ErrorCode::BadRequest, msg, None);
+        }
+        self.cluster_presence(conn, id, room);
+    }
+
     /// A page of history; the user needs the right to join the room, not membership.
     fn on_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
-        let Some(claims) = conn.user() else { return };
-        if let Err(denied) = auth::may_join(&claims, room) {
-            let code = if denied.code() == "bad_request" {
-                ErrorCode::BadRequest
-            } else {
-                ErrorCode::Forbidden
-            };
-            return self.reply_error(conn, id, code, &denied.to_string(), None);
+        if !self.may_see(conn, id, room) {
+            return;
+        }
+        if self.clustered() {
+            return self.cluster_history(conn, id, room, before, limit);
         }
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {

@@ -339,3 +339,129 @@ pub fn http_get(addr: &str, path: &str) -> String {
 pub fn drivers() -> Vec<&'static str> {
     vec!["io_uring", "epoll"]
 }
+
+/// A private redis-server on a free loopback port (no persistence), killed on drop.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING.
+    pub fn start() -> Self {
+        // Port 0 asks the kernel for a free port; it is released just before redis-server binds it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.restart();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL nodes connect to.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same port; all data is gone.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &self.port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (apt-get install redis-server)");
+            while Instant::now() < deadline {
+                if self.ping() {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited (port not free yet?): try again
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(Instant::now() < deadline, "redis-server did not answer PING on port {}", self.port);
+        }
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends one command to the Redis on `port` (RESP2) and returns the raw reply text
+/// (e.g. `*2\r\n$12\r\nchat:{r}:ch\r\n:1\r\n`). Panics if Redis does not answer within 2 s.
+pub fn redis_cmd(port: u16, args: &[&str]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to redis on {port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).expect("write to redis");
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    read_resp(&mut r, &mut out);
+    out
+}
+
+/// Reads one complete RESP2 value, appending its raw text to `out`.
+fn read_resp(r: &mut impl BufRead, out: &mut String) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap_or_else(|e| panic!("redis reply after {out:?}: {e}"));
+    assert!(line.ends_with("\r\n"), "truncated redis reply: {out:?} + {line:?}");
+    out.push_str(&line);
+    let n: i64 = line[1..line.len() - 2].parse().unwrap_or(0);
+    match line.as_bytes()[0] {
+        b'$' if n >= 0 => {
+            let mut buf = vec![0u8; n as usize + 2];
+            r.read_exact(&mut buf).expect("redis bulk string");
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+        b'*' => {
+            for _ in 0..n.max(0) {
+                read_resp(r, out);
+            }
+        }
+        _ => {}
+    }
+}

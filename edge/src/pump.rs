@@ -1,0 +1,179 @@
+//! The cluster pump: one thread that takes the Redis bridge's events and
+//! hands them to the shards over the mesh (its own mesh endpoint), so the
+//! shards never touch Redis.
+//!
+//! - `Deliver`: the received frame is already a mesh `Deliver` frame (the
+//!   bytes Redis published); it goes as is to each subscribed shard, no copy.
+//! - `Gap` forward (`got > expected`): the missed messages are fetched from
+//!   the room's recent stream and forwarded first, in order; what the stream
+//!   no longer holds is announced to members with a `gap` frame.
+//! - `Gap` backward (`got < expected`) or a smaller seq after `Resync`:
+//!   Redis lost the room's sequence; shards get a `Reset` (cursor and an
+//!   `epoch` notice for members).
+//! - `Resync` (Redis reconnect, or the event reader fell behind): for each
+//!   room, the seq in Redis is compared with the last one forwarded, and the
+//!   difference is fetched and forwarded, or announced.
+//! - `PresenceChanged`: a rendered `presence` event to the room's shards.
+//!
+//! What must stay true: events are handled one at a time in bridge order,
+//! so a room's frames reach each shard in seq order (one ring per shard);
+//! the room table is bounded (`MAX_ROOMS`, then rooms not seen recently are
+//! forgotten, and their next message is forwarded to every shard).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use router::bridge::{BridgeEvent, BridgeEvents, BridgeHandle};
+use router::{Endpoint, Frame};
+
+use crate::protocol::server;
+
+/// Rooms the pump remembers (last seq forwarded, shards); past it the table is cleared.
+const MAX_ROOMS: usize = 100_000;
+/// Longest wait for a catch-up read from Redis before announcing a gap.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the pump knows of a room: the last seq forwarded and the shards subscribed.
+struct RoomCursor {
+    seq: u64,
+    shards: Arc<[u16]>,
+}
+
+struct Pump {
+    mesh: Endpoint,
+    bridge: BridgeHandle,
+    shards: usize,
+    rooms: HashMap<String, RoomCursor>,
+}
+
+/// Runs the pump on the current thread until the bridge stops.
+pub fn run(mesh: Endpoint, bridge: BridgeHandle, events: BridgeEvents, shards: usize) {
+    let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => return tracing::error!(error = %e, "cluster pump: cannot start its runtime"),
+    };
+    let pump = Pump {
+        mesh,
+        bridge,
+        shards,
+        rooms: HashMap::new(),
+    };
+    rt.block_on(pump.main(events));
+}
+
+impl Pump {
+    async fn main(mut self, mut events: BridgeEvents) {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                BridgeEvent::Deliver {
+                    room, seq, frame, shards, ..
+                } => self.forward(&room, seq, frame, shards).await,
+                BridgeEvent::Gap { room, expected, got } if got > expected => self.recover(&room, expected - 1, got - 1).await,
+                BridgeEvent::Gap { room, got, .. } => self.reset(&room, got.saturating_sub(1)).await,
+                BridgeEvent::Resync { rooms } => {
+                    for room in rooms {
+                        self.resync(&room).await;
+                    }
+                }
+                BridgeEvent::PresenceChanged { room, user, online, .. } => {
+                    let note = server::presence_event(&room, &user, online, now_ms());
+                    self.notify(&room, &note).await;
+                }
+            }
+        }
+        tracing::info!("cluster pump stopped: the bridge is gone");
+    }
+
+    async fn forward(&mut self, room: &str, seq: u64, frame: Bytes, shards: Arc<[u16]>) {
+        if self.rooms.len() >= MAX_ROOMS && !self.rooms.contains_key(room) {
+            self.rooms.clear();
+        }
+        for &s in shards.iter() {
+            self.mesh.send(usize::from(s), frame.clone()).await;
+        }
+        self.rooms.insert(room.to_owned(), RoomCursor { seq, shards });
+    }
+
+    /// Forwards `after+1..=upto` from the recent stream; announces what it no longer holds.
+    async fn recover(&mut self, room: &str, after: u64, upto: u64) {
+        let want = (upto - after).min(u64::from(u32::MAX)) as u32;
+        let fetched = monoio::time::timeout(FETCH_TIMEOUT, self.bridge.recent_after(room, after, want)).await;
+        let msgs = match fetched {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                tracing::warn!(room, error = %e, "cluster pump: cannot fetch missed messages");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        let shards = self.shards_of(room);
+        let mut next = after + 1;
+        for m in msgs.into_iter().filter(|m| m.seq > after && m.seq <= upto) {
+            if m.seq > next {
+                self.notify(room, &server::gap(room, next, m.seq - 1)).await;
+            }
+            self.forward(room, m.seq, m.frame, shards.clone()).await;
+            next = m.seq + 1;
+        }
+        if next <= upto {
+            self.notify(room, &server::gap(room, next, upto)).await;
+            if let Some(r) = self.rooms.get_mut(room) {
+                r.seq = upto;
+            }
+        }
+    }
+
+    async fn resync(&mut self, room: &str) {
+        let Some(last) = self.rooms.get(room).map(|r| r.seq) else { return };
+        match monoio::time::timeout(FETCH_TIMEOUT, self.bridge.room_seq(room)).await {
+            Ok(Ok(now)) if now > last => self.recover(room, last, now).await,
+            Ok(Ok(now)) if now < last => self.reset(room, now).await,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(room, error = %e, "cluster pump: resync could not read the room's seq"),
+            Err(_) => tracing::warn!(room, "cluster pump: resync timed out"),
+        }
+    }
+
+    /// Redis lost the room's sequence: every shard restarts its cursor at `seq`, members hear of a new epoch.
+    async fn reset(&mut self, room: &str, seq: u64) {
+        tracing::warn!(room, seq, "cluster: the room's sequence went back (Redis lost data): new epoch");
+        let frame = router::encode(&Frame::Reset {
+            room: room.to_owned(),
+            seq,
+            payload: server::epoch(room, now_ms(), seq).to_vec(),
+        });
+        for s in self.shards_of(room).iter() {
+            self.mesh.send(usize::from(*s), frame.clone()).await;
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.seq = seq;
+        }
+    }
+
+    /// Sends a rendered notice (seq 0: not a room message) to the room's shards.
+    async fn notify(&self, room: &str, payload: &Bytes) {
+        let frame = router::encode(&Frame::Deliver {
+            room: room.to_owned(),
+            seq: 0,
+            payload: payload.to_vec(),
+        });
+        for s in self.shards_of(room).iter() {
+            self.mesh.send(usize::from(*s), frame.clone()).await;
+        }
+    }
+
+    /// The shards subscribed to `room` as last reported, or every shard when unknown.
+    fn shards_of(&self, room: &str) -> Arc<[u16]> {
+        match self.rooms.get(room) {
+            Some(r) => r.shards.clone(),
+            None => (0..self.shards as u16).collect(),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,399 @@
+//! Cluster mode, member side: joins, leaves, deliveries, history and
+//! presence for rooms whose messages come from Redis.
+//!
+//! In a cluster every shard subscribes (through the bridge, counted per
+//! shard) to the rooms its connections are in, and the pump hands it each
+//! room's messages in Redis seq order. A shard keeps, per such room, its
+//! cursor (the last seq it delivered), an epoch, and a small ring of recent
+//! messages. A join is answered by the member's own shard:
+//!
+//! 1. subscribe (waits for Redis to confirm), and, if the shard has no cursor
+//!    for the room yet, read the room's seq from Redis;
+//! 2. with `since`, fetch what the ring does not hold from the recent stream;
+//! 3. then, in one go on the shard: `joined` {seq: cursor}, the catch-up
+//!    (fetched, then ring, `gap` for what neither holds), and the connection
+//!    joins the fan-out list, so no live message overtakes its catch-up.
+//!
+//! What must stay true: a delivery with seq <= cursor is dropped (a
+//! duplicate from a resync or a catch-up race); seq 0 frames are notices
+//! (`gap`, presence) passed to members as they are; the subscription of a
+//! room is dropped once it has no member and no join in progress.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use router::bridge::{BridgeError, BridgeHandle, RecentMessage};
+
+use super::{Conn, Shard};
+use crate::protocol::server;
+use crate::protocol::ErrorCode;
+
+/// Retry hint when Redis is unreachable.
+const CLUSTER_RETRY_MS: u64 = 500;
+
+/// A room this shard receives from Redis.
+pub(crate) struct ClusterRoom {
+    /// The last seq delivered here (valid once `known`).
+    cursor: u64,
+    known: bool,
+    epoch: u64,
+    recent: VecDeque<(u64, Bytes)>,
+    /// Connections in the fan-out list.
+    members: u32,
+    /// Joins waiting for Redis.
+    joining: u32,
+}
+
+impl ClusterRoom {
+    fn new(epoch: u64) -> Self {
+        Self {
+            cursor: 0,
+            known: false,
+            epoch,
+            recent: VecDeque::new(),
+            members: 0,
+            joining: 0,
+        }
+    }
+
+    /// Records a delivered message; false when it is not newer than the cursor (drop it).
+    fn advance(&mut self, seq: u64, payload: &Bytes, cap: usize) -> bool {
+        if self.known && seq <= self.cursor {
+            return false;
+        }
+        self.cursor = seq;
+        self.known = true;
+        if cap > 0 {
+            if self.recent.len() == cap {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((seq, payload.clone()));
+        }
+        true
+    }
+
+    /// Whether the ring holds every message after `since` up to the cursor.
+    fn ring_covers(&self, since: u64) -> bool {
+        since >= self.cursor || self.recent.front().is_some_and(|(s, _)| *s <= since + 1)
+    }
+
+    fn idle(&self) -> bool {
+        self.members == 0 && self.joining == 0
+    }
+}
+
+/// The catch-up frames after `since`: `fetched` from Redis first, then the ring, up to `upto`;
+/// a `gap` frame for every range neither holds.
+fn catch_up(room: &str, since: u64, upto: u64, fetched: &[RecentMessage], ring: &VecDeque<(u64, Bytes)>) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut next = since + 1;
+    let from_redis = fetched.iter().map(|m| (m.seq, &m.payload));
+    let from_ring = ring.iter().map(|(s, b)| (*s, b));
+    for (seq, payload) in from_redis.chain(from_ring) {
+        if seq < next || seq > upto {
+            continue;
+        }
+        if seq > next {
+            out.push(server::gap(room, next, seq - 1));
+        }
+        out.push(payload.clone());
+        next = seq + 1;
+    }
+    if next <= upto {
+        out.push(server::gap(room, next, upto));
+    }
+    out
+}
+
+impl Shard {
+    fn bridge(&self) -> Option<BridgeHandle> {
+        self.bridge.clone()
+    }
+
+    /// The bridge, for metrics.
+    pub(super) fn bridge_handle(&self) -> Option<&BridgeHandle> {
+        self.bridge.as_ref()
+    }
+
+    /// A join in cluster mode (the checks of `on_join` passed).
+    pub(super) fn cluster_join(self: &Rc<Self>, conn: &Rc<Conn>, req: Option<&str>, room: &str, since: Option<u64>) {
+        let Some(bridge) = self.bridge() else { return };
+        conn.rooms.borrow_mut().push(room.to_owned());
+        self.cluster
+            .borrow_mut()
+            .entry(room.to_owned())
+            .or_insert_with(|| ClusterRoom::new(self.run_epoch))
+            .joining += 1;
+        let (shard, conn, req, room) = (self.clone(), conn.clone(), req.map(str::to_owned), room.to_owned());
+        monoio::spawn(async move {
+            let limit = Duration::from_millis(shard.cfg.cluster_join_timeout_ms);
+            let prepared = match monoio::time::timeout(limit, shard.cluster_prepare(&bridge, &room, since)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("Redis did not answer in time".to_owned()),
+            };
+            shard.cluster_joined(&conn, req.as_deref(), &room, since, prepared);
+        });
+    }
+
+    /// Subscribes, learns the room's seq if unknown, and fetches the catch-up the ring lacks.
+    async fn cluster_prepare(&self, bridge: &BridgeHandle, room: &str, since: Option<u64>) -> Result<Vec<RecentMessage>, BridgeError> {
+        bridge.subscribe(room, self.id as u16).await?;
+        let known = self.cluster.borrow().get(room).is_some_and(|r| r.known);
+        if !known {
+            let seq = bridge.room_seq(room).await?;
+            if let Some(r) = self.cluster.borrow_mut().get_mut(room) {
+                r.cursor = r.cursor.max(seq);
+                r.known = true;
+            }
+        }
+        let Some(since) = since else { return Ok(Vec::new()) };
+        let (covered, cursor) = match self.cluster.borrow().get(room) {
+            Some(r) => (r.ring_covers(since), r.cursor),
+            None => (true, 0),
+        };
+        if covered {
+            return Ok(Vec::new());
+        }
+        let want = (cursor - since).min(self.cfg.max_catch_up_messages as u64) as u32;
+        bridge.recent_after(room, cursor - u64::from(want), want).await
+    }
+
+    /// The join's Redis work is done: answer it (or refuse it) in one go on the shard.
+    fn cluster_joined(
+        &self,
+        conn: &Rc<Conn>,
+        req: Option<&str>,
+        room: &str,
+        since: Option<u64>,
+        prepared: Result<Vec<RecentMessage>, String>,
+    ) {
+        let alive = self.conn(conn.id).is_some() && conn.in_room(room);
+        let mut rooms = self.cluster.borrow_mut();
+        let Some(r) = rooms.get_mut(room) else { return };
+        r.joining -= 1;
+        let fetched = match (alive, prepared) {
+            (true, Ok(f)) => f,
+            (alive, result) => {
+                let idle = r.idle();
+                drop(rooms);
+                if idle {
+                    self.cluster_unsubscribe(room);
+                }
+                if let (true, Err(e)) = (alive, result) {
+                    self.on_join_refused(
+                        room,
+                        conn.id,
+                        server::error(req, ErrorCode::Unavailable, &format!("cluster: {e}"), Some(CLUSTER_RETRY_MS)),
+                    );
+                }
+                return;
+            }
+        };
+        r.members += 1;
+        let joined = server::joined(req, room, r.cursor, r.epoch, u64::from(r.members));
+        let frames = since.map_or_else(Vec::new, |s| catch_up(room, s, r.cursor, &fetched, &r.recent));
+        drop(rooms);
+        conn.out.push_text(joined);
+        for f in frames {
+            conn.out.push_text(f);
+        }
+        self.members.borrow_mut().insert(room, conn.id);
+        self.presence_op(room, conn, true);
+    }
+
+    /// A member leaves (or its connection closed); `was_member` says whether it was in the fan-out list.
+    pub(super) fn cluster_leave(&self, conn: &Conn, room: &str, was_member: bool) {
+        if !was_member {
+            return; // its join is still waiting for Redis: `cluster_joined` cleans up
+        }
+        let idle = match self.cluster.borrow_mut().get_mut(room) {
+            Some(r) => {
+                r.members = r.members.saturating_sub(1);
+                r.idle()
+            }
+            None => false,
+        };
+        self.presence_op(room, conn, false);
+        if idle {
+            self.cluster_unsubscribe(room);
+        }
+    }
+
+    fn cluster_unsubscribe(&self, room: &str) {
+        self.cluster.borrow_mut().remove(room);
+        let Some(bridge) = self.bridge() else { return };
+        let (room, shard) = (room.to_owned(), self.id as u16);
+        monoio::spawn(async move {
+            if let Err(e) = bridge.unsubscribe(&room, shard).await {
+                tracing::warn!(room, error = %e, "cluster: unsubscribe failed");
+            }
+        });
+    }
+
+    /// Counts the connection's user in (or out of) the room's presence, cluster-wide.
+    fn presence_op(&self, room: &str, conn: &Conn, join: bool) {
+        let (Some(bridge), Some(claims)) = (self.bridge(), conn.user()) else {
+            return;
+        };
+        let (room, user) = (room.to_owned(), claims.sub.clone());
+        monoio::spawn(async move {
+            let r = if join {
+                bridge.presence_join(&room, &user).await
+            } else {
+                bridge.presence_leave(&room, &user).await
+            };
+            if let Err(e) = r {
+                tracing::debug!(room, user, error = %e, "cluster: presence update deferred to the next heartbeat");
+            }
+        });
+    }
+
+    /// A room message (or, seq 0, a notice) from Redis, through the pump.
+    pub(super) fn on_cluster_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
+        if seq != 0 {
+            let mut rooms = self.cluster.borrow_mut();
+            let Some(r) = rooms.get_mut(room) else { return };
+            if !r.advance(seq, payload, self.cfg.recent_per_room) {
+                return;
+            }
+        }
+        self.deliver_local(room, payload);
+    }
+
+    /// Redis lost the room's sequence: restart the cursor at `seq`, new epoch, tell the members.
+    pub(super) fn on_cluster_reset(&self, room: &str, seq: u64, notice: &Bytes) {
+        if let Some(r) = self.cluster.borrow_mut().get_mut(room) {
+            r.cursor = seq;
+            r.known = true;
+            r.epoch = Self::now_ms();
+            r.recent.clear();
+        }
+        self.deliver_local(room, notice);
+    }
+
+    /// `history` in cluster mode: a page from the room's recent stream in Redis.
+    pub(super) fn cluster_history(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
+        let Some(bridge) = self.bridge() else { return };
+        let (c, req, room) = (conn.clone(), req.map(str::to_owned), room.to_owned());
+        let timeout = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
+        monoio::spawn(async move {
+            let page = monoio::time::timeout(timeout, history_page(&bridge, &room, before, limit)).await;
+            let reply = match page {
+                Ok(Ok((msgs, next))) => server::history(req.as_deref(), &room, &msgs, next),
+                Ok(Err(e)) => server::error(
+                    req.as_deref(),
+                    ErrorCode::Unavailable,
+                    &format!("cluster: {e}"),
+                    Some(CLUSTER_RETRY_MS),
+                ),
+                Err(_) => server::error(
+                    req.as_deref(),
+                    ErrorCode::Unavailable,
+                    "cluster: Redis did not answer in time",
+                    Some(CLUSTER_RETRY_MS),
+                ),
+            };
+            c.out.push_text(reply);
+        });
+    }
+
+    /// `presence` in cluster mode: who is online in the room on any node.
+    pub(super) fn cluster_presence(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str) {
+        let Some(bridge) = self.bridge() else { return };
+        let (c, req, room) = (conn.clone(), req.map(str::to_owned), room.to_owned());
+        let timeout = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
+        monoio::spawn(async move {
+            let reply = match monoio::time::timeout(timeout, bridge.presence_online(&room)).await {
+                Ok(Ok(online)) => server::presence_list(req.as_deref(), &room, &online),
+                Ok(Err(e)) => server::error(
+                    req.as_deref(),
+                    ErrorCode::Unavailable,
+                    &format!("cluster: {e}"),
+                    Some(CLUSTER_RETRY_MS),
+                ),
+                Err(_) => server::error(
+                    req.as_deref(),
+                    ErrorCode::Unavailable,
+                    "cluster: Redis did not answer in time",
+                    Some(CLUSTER_RETRY_MS),
+                ),
+            };
+            c.out.push_text(reply);
+        });
+    }
+
+    /// Whether the node's cluster link is up (always true for a single node).
+    pub(crate) fn cluster_ready(&self) -> bool {
+        self.bridge.as_ref().is_none_or(BridgeHandle::is_ready)
+    }
+}
+
+/// The newest `limit` messages below `before` from the recent stream, and the next cursor.
+async fn history_page(
+    bridge: &BridgeHandle,
+    room: &str,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<(Vec<Bytes>, Option<u64>), BridgeError> {
+    let top = match before {
+        Some(b) => b.saturating_sub(1),
+        None => bridge.room_seq(room).await?,
+    };
+    let after = top.saturating_sub(u64::from(limit));
+    let msgs = bridge.recent_after(room, after, limit).await?;
+    let page: Vec<&RecentMessage> = msgs.iter().filter(|m| m.seq <= top).collect();
+    let next = page.first().map(|m| m.seq).filter(|&s| s > 1);
+    Ok((page.iter().map(|m| m.payload.clone()).collect(), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recent(seq: u64) -> RecentMessage {
+        let b = Bytes::from(seq.to_string());
+        RecentMessage {
+            seq,
+            payload: b.clone(),
+            frame: b,
+        }
+    }
+
+    fn texts(frames: &[Bytes]) -> Vec<String> {
+        frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect()
+    }
+
+    #[test]
+    fn catch_up_joins_redis_and_ring_and_names_the_holes() {
+        let ring: VecDeque<(u64, Bytes)> = (8..=10).map(|s| (s, Bytes::from(s.to_string()))).collect();
+        let got = texts(&catch_up("r", 3, 10, &[recent(4), recent(5), recent(7)], &ring));
+        assert_eq!(got[..2], ["4", "5"]);
+        assert!(
+            got[2].contains("\"gap\"") && got[2].contains("\"from\":6") && got[2].contains("\"to\":6"),
+            "{got:?}"
+        );
+        assert_eq!(got[3..], ["7", "8", "9", "10"]);
+        let got = texts(&catch_up("r", 0, 3, &[], &VecDeque::new()));
+        assert!(
+            got.len() == 1 && got[0].contains("\"from\":1") && got[0].contains("\"to\":3"),
+            "{got:?}"
+        );
+        assert!(catch_up("r", 10, 10, &[], &ring).is_empty());
+    }
+
+    #[test]
+    fn cursor_drops_duplicates_and_ring_coverage_is_exact() {
+        let mut r = ClusterRoom::new(1);
+        assert!(r.advance(5, &Bytes::from("5"), 2));
+        assert!(!r.advance(5, &Bytes::from("5"), 2), "a duplicate");
+        assert!(!r.advance(4, &Bytes::from("4"), 2), "older");
+        assert!(r.advance(6, &Bytes::from("6"), 2));
+        assert!(r.advance(7, &Bytes::from("7"), 2));
+        assert!(r.ring_covers(5), "6 and 7 are held");
+        assert!(!r.ring_covers(4), "5 fell out of the ring");
+        assert!(r.ring_covers(7));
+        assert!(r.idle());
+    }
+}
