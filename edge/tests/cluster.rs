@@ -109,6 +109,27 @@ fn three_nodes_one_room_exactly_once_in_seq_order() {
             );
         }
     }
+    // History in cluster mode pages back through the room's Redis stream, on any node.
+    let reader = &mut members[5];
+    let limit = Duration::from_secs(10);
+    let page = reader.request(json!({"type": "history", "room": room, "limit": 50}), "h1", limit);
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .map(|a| a.iter().map(seq_of).collect())
+        .unwrap_or_default();
+    assert_eq!(seqs, (11..=60).collect::<Vec<u64>>(), "newest page: {page}");
+    assert_eq!(page["next_before"], 11, "{page}");
+    let older = reader.request(json!({"type": "history", "room": room, "before": 11, "limit": 50}), "h2", limit);
+    let seqs: Vec<u64> = older["messages"]
+        .as_array()
+        .map(|a| a.iter().map(seq_of).collect())
+        .unwrap_or_default();
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>(), "oldest page: {older}");
+    assert!(older["next_before"].is_null(), "the first page ends the history: {older}");
+    for m in older["messages"].as_array().into_iter().flatten() {
+        let seq = seq_of(m);
+        assert_eq!(m["body"].as_str(), Some(acked[&seq].as_str()), "history seq {seq}: {m}");
+    }
 }
 
 #[test]

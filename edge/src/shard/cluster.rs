@@ -276,49 +276,38 @@ impl Shard {
     /// `history` in cluster mode: a page from the room's recent stream in Redis.
     pub(super) fn cluster_history(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
         let Some(bridge) = self.bridge() else { return };
-        let (c, req, room) = (conn.clone(), req.map(str::to_owned), room.to_owned());
-        let timeout = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
-        monoio::spawn(async move {
-            let page = monoio::time::timeout(timeout, history_page(&bridge, &room, before, limit)).await;
-            let reply = match page {
-                Ok(Ok((msgs, next))) => server::history(req.as_deref(), &room, &msgs, next),
-                Ok(Err(e)) => server::error(
-                    req.as_deref(),
-                    ErrorCode::Unavailable,
-                    &format!("cluster: {e}"),
-                    Some(CLUSTER_RETRY_MS),
-                ),
-                Err(_) => server::error(
-                    req.as_deref(),
-                    ErrorCode::Unavailable,
-                    "cluster: Redis did not answer in time",
-                    Some(CLUSTER_RETRY_MS),
-                ),
-            };
-            c.out.push_text(reply);
+        let r = room.to_owned();
+        self.reply_from_redis(conn, req, async move {
+            let (msgs, next) = history_page(&bridge, &r, before, limit).await?;
+            Ok(move |req: Option<&str>| server::history(req, &r, &msgs, next))
         });
     }
 
     /// `presence` in cluster mode: who is online in the room on any node.
     pub(super) fn cluster_presence(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str) {
         let Some(bridge) = self.bridge() else { return };
-        let (c, req, room) = (conn.clone(), req.map(str::to_owned), room.to_owned());
+        let r = room.to_owned();
+        self.reply_from_redis(conn, req, async move {
+            let online = bridge.presence_online(&r).await?;
+            Ok(move |req: Option<&str>| server::presence_list(req, &r, &online))
+        });
+    }
+
+    /// Answers request `req` with what `work` renders, or `unavailable` when Redis fails or is late.
+    fn reply_from_redis<F, R>(&self, conn: &Rc<Conn>, req: Option<&str>, work: F)
+    where
+        F: std::future::Future<Output = Result<R, BridgeError>> + 'static,
+        R: FnOnce(Option<&str>) -> Bytes,
+    {
+        let (c, req) = (conn.clone(), req.map(str::to_owned));
         let timeout = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
         monoio::spawn(async move {
-            let reply = match monoio::time::timeout(timeout, bridge.presence_online(&room)).await {
-                Ok(Ok(online)) => server::presence_list(req.as_deref(), &room, &online),
-                Ok(Err(e)) => server::error(
-                    req.as_deref(),
-                    ErrorCode::Unavailable,
-                    &format!("cluster: {e}"),
-                    Some(CLUSTER_RETRY_MS),
-                ),
-                Err(_) => server::error(
-                    req.as_deref(),
-                    ErrorCode::Unavailable,
-                    "cluster: Redis did not answer in time",
-                    Some(CLUSTER_RETRY_MS),
-                ),
+            let req = req.as_deref();
+            let failed = |why: &str| server::error(req, ErrorCode::Unavailable, &format!("cluster: {why}"), Some(CLUSTER_RETRY_MS));
+            let reply = match monoio::time::timeout(timeout, work).await {
+                Ok(Ok(render)) => render(req),
+                Ok(Err(e)) => failed(&e.to_string()),
+                Err(_) => failed("Redis did not answer in time"),
             };
             c.out.push_text(reply);
         });

@@ -283,7 +283,7 @@ impl Shard {
                 return self.answer_duplicate(a, &ack, ticket);
             }
         };
-        let rendered = render_message(a, ack.seq, &ack.msg_id, ack.ts);
+        let rendered = render_message(a, Some(ack.seq), &ack.msg_id, ack.ts);
         let stored = StoredMessage {
             room: a.room.to_owned(),
             seq: ack.seq,
@@ -472,10 +472,11 @@ fn catch_up(room: &str, r: &OwnedRoom, since: u64) -> Vec<Bytes> {
     }
 }
 
-fn render_message(a: &SendArgs<'_>, seq: u64, msg_id: &str, ts: u64) -> Bytes {
-    server::message(&MessageOut {
+/// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).
+pub(super) fn render_message(a: &SendArgs<'_>, seq: Option<u64>, msg_id: &str, ts: u64) -> Bytes {
+    let m = MessageOut {
         room: a.room,
-        seq,
+        seq: seq.unwrap_or(0),
         msg_id,
         from: a.user,
         ts,
@@ -483,5 +484,9 @@ fn render_message(a: &SendArgs<'_>, seq: u64, msg_id: &str, ts: u64) -> Bytes {
         kind: a.kind,
         file: a.file.map(|(url, name, size, mime)| FileOut { url, name, size, mime }),
         reply_to: a.reply_to,
-    })
+    };
+    match seq {
+        Some(_) => server::message(&m),
+        None => server::message_unsequenced(&m),
+    }
 }

@@ -17,10 +17,10 @@ use std::rc::Rc;
 
 use router::bridge::{BridgeHandle, PreparedMessage, SeqRange};
 
-use super::owner::SendArgs;
+use super::owner::{render_message, SendArgs};
 use super::Shard;
 use crate::metrics::ShardStats;
-use crate::protocol::server::{self, FileOut, MessageOut};
+use crate::protocol::server;
 use crate::protocol::ErrorCode;
 use crate::room::{AckInfo, Dedupe};
 
@@ -93,17 +93,7 @@ impl Shard {
         let n = self.take_ticket();
         let msg_id = format!("{}-{:x}-{n:x}", self.cfg.node_id, self.id);
         let ts = Self::now_ms();
-        let payload = server::message_unsequenced(&MessageOut {
-            room: a.room,
-            seq: 0,
-            msg_id: &msg_id,
-            from: a.user,
-            ts,
-            body: a.body,
-            kind: a.kind,
-            file: a.file.map(|(url, name, size, mime)| FileOut { url, name, size, mime }),
-            reply_to: a.reply_to,
-        });
+        let payload = render_message(a, None, &msg_id, ts);
         let msg = PreparedMessage::new(a.room, payload.to_vec()).map_err(|e| format!("cannot prepare the message: {e}"))?;
         Ok(Queued {
             msg,
