@@ -30,7 +30,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit + integration, both drivers)"
 cargo test --workspace --locked
 echo "== stress tests (10k idle connections + a 10k reconnect storm, release build)"
-cargo build --release --locked -p edge --bin edge
+# Same command as scripts/autobahn.sh, so the Autobahn step reuses this build.
+cargo build --release --locked --bin edge
 cargo test --release --locked -p loadgen --test against_edge -- --ignored
 if [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
   echo "== Autobahn|Testsuite (cases 1-10) against the echo endpoint"

@@ -149,7 +149,11 @@ pub fn initial_joins(room: Option<&str>, resume: Option<&str>, max_rooms: usize)
         let (r, seq) = item
             .rsplit_once(':')
             .ok_or_else(|| format!("resume entry {item:?} is not <room>:<seq>"))?;
-        let seq: u64 = seq.parse().map_err(|_| format!("resume entry {item:?}: {seq:?} is not a seq"))?;
+        let seq: u64 = seq
+            .parse()
+            .ok()
+            .filter(|&n| n <= MAX_SEQ)
+            .ok_or_else(|| format!("resume entry {item:?}: {seq:?} is not a seq (0..={MAX_SEQ})"))?;
         if r.is_empty() {
             return Err(format!("resume entry {item:?} has no room"));
         }
@@ -332,9 +336,24 @@ fn need<T>(v: Option<T>, ty: &str, field: &str) -> Result<T, Refusal> {
     v.ok_or_else(|| (ErrorCode::BadRequest, format!("{ty}: missing field `{field}`")))
 }
 
+/// The largest seq a client may name: 2^53 - 1, exact in JavaScript numbers and in Redis's Lua.
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// Refuses a seq-valued field beyond [`MAX_SEQ`], naming it.
+fn seq_ok(ty: &str, field: &str, v: Option<u64>) -> Result<(), Refusal> {
+    match v {
+        Some(n) if n > MAX_SEQ => Err((ErrorCode::BadRequest, format!("{ty}: `{field}` must be at most {MAX_SEQ}"))),
+        _ => Ok(()),
+    }
+}
+
 fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refusal> {
     let ty = need(r.ty.take(), "frame", "type")?;
     let t = ty.as_ref();
+    seq_ok(t, "since", r.since)?;
+    seq_ok(t, "before", r.before)?;
+    seq_ok(t, "seq", r.seq)?;
+    seq_ok(t, "reply_to", r.reply_to)?;
     Ok(match t {
         "auth" => Request::Auth {
             token: need(r.token, t, "token")?,

@@ -168,3 +168,18 @@ fn initial_joins_take_room_then_resume_entries() {
         .expect_err("too many")
         .contains("at most 2"));
 }
+
+#[test]
+fn seqs_beyond_2_pow_53_are_refused_by_name() {
+    for (frame, field) in [
+        (r#"{"type":"join","room":"r","since":9007199254740992}"#, "since"),
+        (r#"{"type":"history","room":"r","before":18446744073709551615}"#, "before"),
+        (r#"{"type":"read","room":"r","seq":9007199254740992}"#, "seq"),
+        (r#"{"type":"send","room":"r","body":"b","reply_to":9007199254740993}"#, "reply_to"),
+    ] {
+        let e = parse(frame, &LIM).expect_err(frame);
+        assert!(e.message.contains(field), "{frame}: {}", e.message);
+    }
+    assert!(parse(r#"{"type":"join","room":"r","since":9007199254740991}"#, &LIM).is_ok());
+    assert!(initial_joins(None, Some("r:9007199254740992"), 4).is_err());
+}

@@ -88,6 +88,9 @@ impl ClusterRoom {
 /// a `gap` frame for every range neither holds.
 fn catch_up(room: &str, since: u64, upto: u64, fetched: &[RecentMessage], ring: &VecDeque<(u64, Bytes)>) -> Vec<Bytes> {
     let mut out = Vec::new();
+    if since >= upto {
+        return out;
+    }
     let mut next = since + 1;
     let from_redis = fetched.iter().map(|m| (m.seq, &m.payload));
     let from_ring = ring.iter().map(|(s, b)| (*s, b));
