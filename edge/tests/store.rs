@@ -480,3 +480,38 @@ fn since_catch_up_after_restart_comes_from_the_store() {
     let got = (ack["type"].as_str(), ack["seq"].as_u64());
     assert_eq!(got, (Some("ack"), Some(41)), "the seq continues from the store: {ack}");
 }
+
+#[test]
+fn a_full_store_queue_answers_overloaded_and_leaves_no_seq_gap() {
+    // One message per commit and room for one waiting write: a pipelined burst must overflow.
+    let envs = [ENVS, &[("EDGE_STORE_BATCH_MAX_MESSAGES", "1"), ("EDGE_STORE_QUEUE_CAPACITY", "1")]].concat();
+    let server = Server::start_with(DRIVER, &envs, DURABLE, &temp_data_dir("full"));
+    let mut c = Client::connect(&server.addr, "alice", "&room=full");
+    c.recv_type("joined");
+    let n = 200;
+    for i in 0..n {
+        c.send(send_frame("full", i));
+    }
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    while acked.len() + refused < n {
+        let v = c.recv();
+        match (v["type"].as_str(), v.get("id").is_some()) {
+            (Some("ack"), true) => acked.push(Acked::from_ack(&v)),
+            (Some("error"), true) => {
+                assert_eq!(v["code"], "overloaded", "a refused send is `overloaded`: {v}");
+                assert!(v["retry_ms"].as_u64().is_some_and(|r| r > 0), "with a retry hint: {v}");
+                refused += 1;
+            }
+            _ => {}
+        }
+    }
+    eprintln!("full store queue: {} acked, {refused} refused", acked.len());
+    assert!(refused > 0, "{n} pipelined sends into a queue of 1 must overflow it");
+    let mut seqs: Vec<u64> = acked.iter().map(|a| a.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=acked.len() as u64).collect::<Vec<_>>(), "a refusal takes no seq");
+    let (stored, _) = history_all(&mut c, "full", 100);
+    assert_gap_free("full", &stored);
+    assert_eq!(stored.len(), acked.len(), "exactly the acked messages are stored");
+    assert_stored(&stored, &acked, "acked message");
+}
