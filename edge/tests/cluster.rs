@@ -604,3 +604,43 @@ fn killed_node_clients_catch_up_elsewhere_and_its_users_go_offline() {
     drop(victim);
     drop(ghost);
 }
+
+#[test]
+fn join_leave_join_before_redis_answers_counts_once() {
+    let redis = RedisServer::start();
+    let nodes = start_cluster(1, &redis);
+    let mut m = Member::connect(&nodes[0], "n1", "jlj");
+    let limit = Duration::from_secs(10);
+    for round in 0..5 {
+        // Pipelined: the first join is usually still waiting for Redis when the leave arrives.
+        for (id, ty) in [("a", "join"), ("b", "leave"), ("c", "join")] {
+            m.send(json!({"type": ty, "room": "jlj", "id": format!("{id}{round}")}));
+        }
+        let mut replies: BTreeMap<&str, String> = BTreeMap::new();
+        m.read_until(limit, |v| {
+            for id in ["a", "b", "c"] {
+                if v["id"] == format!("{id}{round}").as_str() {
+                    replies.insert(id, v["type"].as_str().unwrap_or("").to_owned());
+                }
+            }
+            replies.len() == 3
+        });
+        assert_eq!(
+            replies.len(),
+            3,
+            "round {round}: one reply per request: {replies:?}\n{}",
+            m.context()
+        );
+        assert_eq!(replies["b"], "left", "round {round}: {replies:?}");
+        assert_eq!(replies["c"], "joined", "round {round}: {replies:?}");
+        assert!(["joined", "error"].contains(&replies["a"].as_str()), "round {round}: {replies:?}");
+        m.leave("jlj");
+        let port = redis.port();
+        let gone = eventually(Duration::from_secs(5), || numsub(port, "jlj") == 0);
+        assert!(
+            gone,
+            "round {round}: the subscription must go with the last member (NUMSUB {})",
+            numsub(port, "jlj")
+        );
+    }
+}

@@ -515,3 +515,36 @@ fn a_full_store_queue_answers_overloaded_and_leaves_no_seq_gap() {
     assert_eq!(stored.len(), acked.len(), "exactly the acked messages are stored");
     assert_stored(&stored, &acked, "acked message");
 }
+
+#[test]
+fn a_join_cancelled_by_a_leave_still_gets_one_reply() {
+    let server = start_node(&[], &temp_data_dir("cancel"));
+    let mut c = Client::connect(&server.addr, "alice", "");
+    let mine = c.shard() as usize;
+    // Rooms owned by the other shard: the join crosses the mesh, the leave is answered at once.
+    let rooms: Vec<String> = (0..200)
+        .map(|i| format!("far-{i}"))
+        .filter(|r| edge::room::owner(r, 2) != mine)
+        .take(20)
+        .collect();
+    for room in &rooms {
+        c.send(json!({"type": "join", "room": room, "id": format!("j-{room}")}));
+        c.send(json!({"type": "leave", "room": room, "id": format!("l-{room}")}));
+    }
+    let mut replies: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    while replies.len() < 2 * rooms.len() {
+        let v = c.recv();
+        if let Some(id) = v["id"].as_str() {
+            assert!(replies.insert(id.to_owned(), v.clone()).is_none(), "two replies to {id}: {v}");
+        }
+    }
+    for room in &rooms {
+        let (j, l) = (&replies[&format!("j-{room}")], &replies[&format!("l-{room}")]);
+        assert_eq!(l["type"], "left", "{room}: {l}");
+        let joined_or_cancelled = j["type"] == "joined" || (j["type"] == "error" && j["code"] == "bad_request");
+        assert!(joined_or_cancelled, "{room}: the join gets `joined` or a cancellation: {j}");
+    }
+    // Nothing was left behind: a message to any of those rooms now needs a fresh join.
+    let e = c.request(json!({"type": "send", "room": rooms[0], "body": "x"}), "after");
+    assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("forbidden")), "{e}");
+}

@@ -54,6 +54,8 @@ pub enum Frame {
         room: String,
         /// The connection on the member shard.
         conn: u64,
+        /// The join's request id (raw JSON), for the answer should the connection have left meanwhile.
+        req: Option<String>,
         /// Rendered JSON for the client.
         payload: Vec<u8>,
     },
@@ -228,7 +230,8 @@ fn size_hint(frame: &Frame) -> usize {
     let variable = match frame {
         Frame::Handoff { head, peer, .. } => head.len() + peer.len(),
         Frame::Join { room, user, req, .. } => room.len() + user.len() + opt(req),
-        Frame::Joined { room, payload, .. } | Frame::Deliver { room, payload, .. } => room.len() + payload.len(),
+        Frame::Joined { room, payload, req, .. } => room.len() + payload.len() + opt(req),
+        Frame::Deliver { room, payload, .. } => room.len() + payload.len(),
         Frame::Leave { room, .. } => room.len(),
         Frame::Send {
             room,
@@ -281,6 +284,7 @@ mod tests {
             Frame::Joined {
                 room: "lobby".into(),
                 conn: 42,
+                req: Some("7".into()),
                 payload: br#"{"type":"joined","seq":9}"#.to_vec(),
             },
             Frame::Leave {

@@ -42,8 +42,10 @@ pub(crate) struct ClusterRoom {
     recent: VecDeque<(u64, Bytes)>,
     /// Connections in the fan-out list.
     members: u32,
-    /// Joins waiting for Redis.
+    /// Join tasks still waiting for Redis (the subscription stays while any is out).
     joining: u32,
+    /// The joins still wanted, as (connection, join token): a leave before Redis answered drops its entry.
+    wanted: Vec<(u64, u64)>,
 }
 
 impl ClusterRoom {
@@ -55,6 +57,7 @@ impl ClusterRoom {
             recent: VecDeque::new(),
             members: 0,
             joining: 0,
+            wanted: Vec::new(),
         }
     }
 
@@ -124,11 +127,13 @@ impl Shard {
     pub(super) fn cluster_join(self: &Rc<Self>, conn: &Rc<Conn>, req: Option<&str>, room: &str, since: Option<u64>) {
         let Some(bridge) = self.bridge() else { return };
         conn.rooms.borrow_mut().push(room.to_owned());
-        self.cluster
-            .borrow_mut()
-            .entry(room.to_owned())
-            .or_insert_with(|| ClusterRoom::new(self.run_epoch))
-            .joining += 1;
+        let token = self.take_ticket();
+        {
+            let mut rooms = self.cluster.borrow_mut();
+            let r = rooms.entry(room.to_owned()).or_insert_with(|| ClusterRoom::new(self.run_epoch));
+            r.joining += 1;
+            r.wanted.push((conn.id, token));
+        }
         let (shard, conn, req, room) = (self.clone(), conn.clone(), req.map(str::to_owned), room.to_owned());
         monoio::spawn(async move {
             let limit = Duration::from_millis(shard.cfg.cluster_join_timeout_ms);
@@ -136,7 +141,7 @@ impl Shard {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err("Redis did not answer in time".to_owned()),
             };
-            shard.cluster_joined(&conn, req.as_deref(), &room, since, prepared);
+            shard.cluster_joined(&conn, token, req.as_deref(), &room, since, prepared);
         });
     }
 
@@ -167,15 +172,21 @@ impl Shard {
     fn cluster_joined(
         &self,
         conn: &Rc<Conn>,
+        token: u64,
         req: Option<&str>,
         room: &str,
         since: Option<u64>,
         prepared: Result<Vec<RecentMessage>, String>,
     ) {
-        let alive = self.conn(conn.id).is_some() && conn.in_room(room);
         let mut rooms = self.cluster.borrow_mut();
         let Some(r) = rooms.get_mut(room) else { return };
         r.joining -= 1;
+        let wanted = r
+            .wanted
+            .iter()
+            .position(|&w| w == (conn.id, token))
+            .map(|i| r.wanted.swap_remove(i));
+        let alive = wanted.is_some() && self.conn(conn.id).is_some() && conn.in_room(room);
         let fetched = match (alive, prepared) {
             (true, Ok(f)) => f,
             (alive, result) => {
@@ -184,12 +195,17 @@ impl Shard {
                 if idle {
                     self.cluster_unsubscribe(room);
                 }
-                if let (true, Err(e)) = (alive, result) {
-                    self.on_join_refused(
-                        room,
-                        conn.id,
-                        server::error(req, ErrorCode::Unavailable, &format!("cluster: {e}"), Some(CLUSTER_RETRY_MS)),
-                    );
+                match (alive, result) {
+                    (true, Err(e)) => {
+                        let err = server::error(req, ErrorCode::Unavailable, &format!("cluster: {e}"), Some(CLUSTER_RETRY_MS));
+                        self.on_join_refused(room, conn.id, err);
+                    }
+                    // Left before Redis answered: the join still gets its one reply.
+                    _ if wanted.is_none() && self.conn(conn.id).is_some() => {
+                        conn.out
+                            .push_text(server::error(req, ErrorCode::BadRequest, super::owner::JOIN_CANCELLED, None));
+                    }
+                    _ => {}
                 }
                 return;
             }
@@ -209,7 +225,12 @@ impl Shard {
     /// A member leaves (or its connection closed); `was_member` says whether it was in the fan-out list.
     pub(super) fn cluster_leave(&self, conn: &Conn, room: &str, was_member: bool) {
         if !was_member {
-            return; // its join is still waiting for Redis: `cluster_joined` cleans up
+            // Its join is still waiting for Redis: it must not count when it lands
+            // (`cluster_joined` drops the subscription if nothing else holds it).
+            if let Some(r) = self.cluster.borrow_mut().get_mut(room) {
+                r.wanted.retain(|&(c, _)| c != conn.id);
+            }
+            return;
         }
         let idle = match self.cluster.borrow_mut().get_mut(room) {
             Some(r) => {

@@ -120,8 +120,14 @@ impl Shard {
                 let req = req.as_ref().map(|r| r.as_str());
                 self.owner_join(room.as_str(), usize::from(shard.to_native()), conn.to_native(), req, since);
             }
-            ArchivedFrame::Joined { room, conn, payload } => {
-                self.on_joined(room.as_str(), conn.to_native(), router::payload_bytes(&buf, payload.as_slice()));
+            ArchivedFrame::Joined { room, conn, req, payload } => {
+                let req = req.as_ref().map(|r| r.as_str());
+                self.on_joined(
+                    room.as_str(),
+                    conn.to_native(),
+                    req,
+                    router::payload_bytes(&buf, payload.as_slice()),
+                );
             }
             ArchivedFrame::Leave { room, shard, conn } => {
                 self.owner_leave(room.as_str(), usize::from(shard.to_native()), conn.to_native());

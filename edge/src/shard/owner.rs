@@ -26,6 +26,9 @@ use crate::protocol::server::{self, FileOut, MessageOut};
 use crate::protocol::ErrorCode;
 use crate::room::{AckInfo, OwnedRoom, Sequenced};
 
+/// The answer to a join whose connection left the room before the join completed.
+pub(super) const JOIN_CANCELLED: &str = "join cancelled: the room was left before the join completed";
+
 /// Retry hint sent with `overloaded` / `unavailable` answers that come from the store.
 pub(super) const STORE_RETRY_MS: u64 = 200;
 
@@ -153,7 +156,7 @@ impl Shard {
         let joined = server::joined(req, room, r.published(), r.epoch(), members);
         let catch_up = since.map(|s| catch_up(room, r, s)).unwrap_or_default();
         drop(owned);
-        self.send_joined(room, shard, conn, joined, catch_up);
+        self.send_joined(room, shard, conn, req, joined, catch_up);
     }
 
     /// The store answered a catch-up read: count the member, then `joined`, stored messages, ring messages.
@@ -162,7 +165,9 @@ impl Shard {
         let Some(r) = owned.get_mut(w.room) else { return };
         r.release();
         if !r.finish_join(w.conn) {
-            return; // left (or closed) while the store was read
+            // Left (or closed) while the store was read: the join still gets its one reply.
+            drop(owned);
+            return self.to_conn(w.conn, server::error(w.req, ErrorCode::BadRequest, JOIN_CANCELLED, None));
         }
         let stored = match stored {
             Ok(s) => s,
@@ -192,19 +197,20 @@ impl Shard {
         }
         out.extend(catch_up(w.room, r, last));
         drop(owned);
-        self.send_joined(w.room, w.shard, w.conn, joined, out);
+        self.send_joined(w.room, w.shard, w.conn, w.req, joined, out);
     }
 
     /// Sends `joined` and the catch-up frames to a member (same ring, so in order before live messages).
-    fn send_joined(&self, room: &str, shard: usize, conn: u64, joined: Bytes, catch_up: Vec<Bytes>) {
+    fn send_joined(&self, room: &str, shard: usize, conn: u64, req: Option<&str>, joined: Bytes, catch_up: Vec<Bytes>) {
         if shard == self.id {
-            self.on_joined(room, conn, joined);
+            self.on_joined(room, conn, req, joined);
         } else {
             self.send_frame(
                 shard,
                 &Frame::Joined {
                     room: room.to_owned(),
                     conn,
+                    req: req.map(str::to_owned),
                     payload: joined.to_vec(),
                 },
             );
@@ -251,9 +257,11 @@ impl Shard {
 
     /// The member side of a join: the owner has counted the member, so it is
     /// added to the fan-out list (unless it left or closed meanwhile).
-    pub(super) fn on_joined(&self, room: &str, conn: u64, payload: Bytes) {
+    pub(super) fn on_joined(&self, room: &str, conn: u64, req: Option<&str>, payload: Bytes) {
         let Some(c) = self.conn(conn) else { return };
         if !c.in_room(room) {
+            // Left before the owner's answer arrived: the join still gets its one reply.
+            c.out.push_text(server::error(req, ErrorCode::BadRequest, JOIN_CANCELLED, None));
             return;
         }
         self.members.borrow_mut().insert(room, conn);

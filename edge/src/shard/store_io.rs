@@ -24,7 +24,7 @@ use bytes::Bytes;
 use router::Frame;
 use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
 
-use super::owner::{CatchUpDone, SendArgs, STORE_RETRY_MS};
+use super::owner::{CatchUpDone, SendArgs, JOIN_CANCELLED, STORE_RETRY_MS};
 use super::Shard;
 use crate::metrics::ShardStats;
 use crate::protocol::server;
@@ -148,13 +148,24 @@ impl Shard {
         true
     }
 
-    /// Removes a join of `conn` still queued behind a room load; true when there was one.
+    /// Removes a join of `conn` still queued behind a room load (answering it as cancelled);
+    /// true when there was one.
     pub(super) fn drop_queued_join(&self, room: &str, conn: u64) -> bool {
-        let mut loading = self.loading.borrow_mut();
-        let Some(queue) = loading.get_mut(room) else { return false };
-        let before = queue.len();
-        queue.retain(|f| !matches!(f, Frame::Join { conn: c, .. } if *c == conn));
-        queue.len() != before
+        let dropped: Vec<Frame> = {
+            let mut loading = self.loading.borrow_mut();
+            let Some(queue) = loading.get_mut(room) else { return false };
+            let (dropped, kept) = std::mem::take(queue)
+                .into_iter()
+                .partition(|f| matches!(f, Frame::Join { conn: c, .. } if *c == conn));
+            *queue = kept;
+            dropped
+        };
+        for f in &dropped {
+            if let Frame::Join { req, .. } = f {
+                self.to_conn(conn, server::error(req.as_deref(), ErrorCode::BadRequest, JOIN_CANCELLED, None));
+            }
+        }
+        !dropped.is_empty()
     }
 
     fn on_completion(&self, c: Completion) {
