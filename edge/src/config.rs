@@ -578,6 +578,17 @@ mod tests {
     }
 
     #[test]
+    fn every_field_is_documented_in_docs_config_md() {
+        let doc = include_str!("../../docs/CONFIG.md");
+        for field in field_names() {
+            assert!(
+                doc.contains(&format!("| `{field}` |")),
+                "docs/CONFIG.md lacks `{field}`: run `cargo build -p edge && python3 scripts/config-doc.py`"
+            );
+        }
+    }
+
+    #[test]
     fn validate_names_the_field() {
         let c = Config {
             listen: "nope".into(),

@@ -27,6 +27,12 @@ enum Command {
     Token(TokenArgs),
     /// Prepare the message store: create the embedded database, or apply the Scylla schema migrations.
     Migrate(MigrateArgs),
+    /// Print the configuration as TOML: the defaults, or a file with its env overrides applied.
+    Config {
+        /// TOML config file to load (with EDGE_* overrides) instead of the defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// The store flags `serve` and `migrate` share.
@@ -62,7 +68,7 @@ fn parse_store(s: &str) -> Result<StoreKind, String> {
 
 #[derive(Parser)]
 struct ServeArgs {
-    /// TOML config file; every field has a default (see docs/CONFIG.md).
+    /// TOML config file; every field has a default (docs/CONFIG.md; `edge config` prints them).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on, e.g. 127.0.0.1:8080.
@@ -125,6 +131,14 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => serve(a),
         Command::Token(a) => token(a),
         Command::Migrate(a) => migrate(a),
+        Command::Config { config } => {
+            let mut cfg = Config::load(config.as_deref())?;
+            if !cfg.jwt_secret.is_empty() {
+                cfg.jwt_secret = format!("<set, {} bytes, not printed>", cfg.jwt_secret.len());
+            }
+            print!("{}", toml::to_string(&cfg).context("render the config as TOML")?);
+            Ok(())
+        }
     }
 }
 
