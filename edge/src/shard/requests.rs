@@ -144,13 +144,8 @@ impl Shard {
 
     fn on_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
         let Some(claims) = conn.user() else { return };
-        if let Err(denied) = auth::may_join(&claims, room) {
-            let code = if denied.code() == "bad_request" {
-                ErrorCode::BadRequest
-            } else {
-                ErrorCode::Forbidden
-            };
-            return self.reply_error(conn, id, code, &denied.to_string(), None);
+        if !self.may_see(conn, id, room) {
+            return;
         }
         if conn.in_room(room) {
             return self.reply_error(conn, id, ErrorCode::BadRequest, &format!("already joined {room}"), None);
