@@ -1,0 +1,141 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+#[test]
+fn defaults_are_valid() {
+    Config::default().validate().expect("defaults validate");
+}
+
+#[test]
+fn env_overrides_numbers_strings_lists_and_enums() {
+    let c = Config::default()
+        .with_env(env(&[
+            ("EDGE_LISTEN", "0.0.0.0:9000"),
+            ("EDGE_CORES", "3"),
+            ("EDGE_ALLOWED_ORIGINS", "https://a.example, https://b.example"),
+            ("EDGE_DRIVER", "epoll"),
+            ("EDGE_JWT_ISSUER", "me"),
+            ("EDGE_ECHO_PATH", "/echo"),
+            ("OTHER", "x"),
+        ]))
+        .expect("env applies");
+    assert_eq!(c.listen, "0.0.0.0:9000");
+    assert_eq!(c.cores, 3);
+    assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+    assert_eq!(c.driver, DriverChoice::Epoll);
+    assert_eq!(c.jwt_issuer.as_deref(), Some("me"));
+    assert_eq!(c.echo_path.as_deref(), Some("/echo"));
+}
+
+#[test]
+fn bad_env_value_names_the_problem() {
+    let err = Config::default()
+        .with_env(env(&[("EDGE_CORES", "many")]))
+        .expect_err("not a number");
+    assert!(err.to_string().contains("cores"), "{err}");
+}
+
+#[test]
+fn toml_file_round_trip_and_unknown_field() {
+    let text = toml::to_string(&Config::default()).expect("serializes");
+    let back: Config = toml::from_str(&text).expect("parses");
+    assert_eq!(back.listen, "127.0.0.1:8080");
+    let err = toml::from_str::<Config>("listne = \"x\"").expect_err("unknown field");
+    assert!(err.to_string().contains("listne"), "{err}");
+}
+
+#[test]
+fn store_settings_come_from_env_and_are_checked() {
+    let c = Config::default()
+        .with_env(env(&[
+            ("EDGE_DURABILITY", "durable"),
+            ("EDGE_STORE", "scylla"),
+            ("EDGE_SCYLLA_CONTACT_POINTS", "10.0.0.1:9042,10.0.0.2:9042"),
+        ]))
+        .expect("env applies");
+    assert_eq!(c.durability, Durability::Durable);
+    let sc = c.store_config();
+    assert_eq!(sc.store, StoreKind::Scylla);
+    assert_eq!(sc.scylla_contact_points, ["10.0.0.1:9042", "10.0.0.2:9042"]);
+    assert_eq!(sc.flush_interval_us, 1_000, "durable mode waits 1 ms for a batch by default");
+    assert_eq!(Config::default().store_config().flush_interval_us, 10_000, "fast mode: 10 ms");
+    let c = Config::default()
+        .with_env(env(&[("EDGE_STORE_FLUSH_INTERVAL_US", "250")]))
+        .expect("env applies");
+    assert_eq!(c.store_config().flush_interval_us, 250);
+    let c = Config {
+        store_queue_capacity: 1,
+        ..Config::default()
+    };
+    let err = c.validate().expect_err("queue smaller than a batch");
+    assert!(err.to_string().contains("queue_capacity"), "{err}");
+    let c = Config {
+        max_catch_up_messages: 0,
+        ..Config::default()
+    };
+    assert!(c.validate().expect_err("bad").to_string().contains("max_catch_up_messages"));
+}
+
+#[test]
+fn cluster_settings_need_a_usable_redis_url_and_lease() {
+    assert!(Config::default().bridge_config().is_none(), "no redis_url: a single node");
+    let c = Config::default()
+        .with_env(env(&[("EDGE_REDIS_URL", "redis://127.0.0.1:6390"), ("EDGE_NODE_ID", "n2")]))
+        .expect("env applies");
+    let b = c.bridge_config().expect("cluster mode");
+    assert_eq!((b.redis_url.as_str(), b.node_id.as_str()), ("redis://127.0.0.1:6390", "n2"));
+    c.validate().expect("valid cluster config");
+    let c = Config {
+        redis_url: Some("redis://127.0.0.1:6390".into()),
+        presence_lease_ms: 1000,
+        presence_heartbeat_ms: 900,
+        ..Config::default()
+    };
+    let err = c.validate().expect_err("heartbeat cannot renew the lease in time");
+    assert!(
+        err.to_string().contains("redis_url") && err.to_string().contains("heartbeat"),
+        "{err}"
+    );
+    let c = Config {
+        redis_url: Some("not a url".into()),
+        ..Config::default()
+    };
+    assert!(c.validate().is_err());
+}
+
+#[test]
+fn every_field_is_documented_in_docs_config_md() {
+    let doc = include_str!("../../docs/CONFIG.md");
+    for field in field_names() {
+        assert!(
+            doc.contains(&format!("| `{field}` |")),
+            "docs/CONFIG.md lacks `{field}`: run `cargo build -p edge && python3 scripts/config-doc.py`"
+        );
+    }
+}
+
+#[test]
+fn validate_names_the_field() {
+    let c = Config {
+        listen: "nope".into(),
+        ..Config::default()
+    };
+    assert!(c.validate().expect_err("bad").to_string().contains("listen"));
+    let c = Config {
+        max_message_bytes: 10,
+        ..Config::default()
+    };
+    assert!(c.validate().is_err());
+    let c = Config {
+        max_msgs_per_s: 0.0,
+        ..Config::default()
+    };
+    assert!(c.validate().expect_err("bad").to_string().contains("max_msgs_per_s"));
+}
