@@ -82,6 +82,13 @@ impl ShardStats {
     }
 }
 
+/// One unlabelled metric per row: (name, kind, help, value).
+fn write_unlabelled(out: &mut String, rows: &[(&str, &str, &str, u64)]) {
+    for (name, kind, help, v) in rows {
+        let _ = writeln!(out, "# HELP edge_{name} {help}\n# TYPE edge_{name} {kind}\nedge_{name} {v}");
+    }
+}
+
 /// Renders the store service's figures (queue depths, batches, commit latency).
 pub fn render_store(out: &mut String, s: &storage::StoreStats) {
     let snap = s.snapshot();
@@ -131,9 +138,7 @@ pub fn render_store(out: &mut String, s: &storage::StoreStats) {
             snap.last_batch_messages,
         ),
     ];
-    for (name, kind, help, v) in rows {
-        let _ = writeln!(out, "# HELP edge_{name} {help}\n# TYPE edge_{name} {kind}\nedge_{name} {v}");
-    }
+    write_unlabelled(out, &rows);
     let lat = s.commit_latency();
     let _ = writeln!(
         out,
@@ -202,9 +207,7 @@ pub fn render_bridge(out: &mut String, m: &router::bridge::MetricsSnapshot, read
             m.resyncs_total,
         ),
     ];
-    for (name, kind, help, v) in rows {
-        let _ = writeln!(out, "# HELP edge_{name} {help}\n# TYPE edge_{name} {kind}\nedge_{name} {v}");
-    }
+    write_unlabelled(out, &rows);
 }
 
 /// Renders every shard's stats, labelled by shard.
