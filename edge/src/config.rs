@@ -153,6 +153,17 @@ pub struct Config {
     pub outbound_queue_max_bytes: usize,
     /// Frames queued for one socket before it is closed 4008.
     pub outbound_queue_max_frames: usize,
+    /// Bytes of replies (history pages, catch-up, acks) a connection may
+    /// have queued before new `history` or `join`+`since` requests are
+    /// answered `overloaded` with `retry_ms`. Replies never count against
+    /// `outbound_queue_max_bytes`: a page the client asked for never closes it 4008.
+    pub reply_budget_bytes: usize,
+    /// Largest `history` page, in bytes of messages: a page over it keeps its
+    /// newest messages (at least one) and `next_before` continues it.
+    pub history_page_max_bytes: usize,
+    /// A socket write that makes no progress for this long (the peer stopped
+    /// reading) shuts the socket down; counted in `edge_write_stalled_total`.
+    pub write_stall_timeout_ms: u64,
     /// Interval at which clients should ping; advertised in `welcome`.
     pub heartbeat_ms: u64,
     /// A connection silent for this long is closed (1001); 0 disables.
@@ -236,6 +247,9 @@ impl Default for Config {
             rate_limit_strikes: 20,
             outbound_queue_max_bytes: 1024 * 1024,
             outbound_queue_max_frames: 8192,
+            reply_budget_bytes: 4 * 1024 * 1024,
+            history_page_max_bytes: 1024 * 1024,
+            write_stall_timeout_ms: 10_000,
             heartbeat_ms: 25_000,
             idle_timeout_ms: 90_000,
             mesh_ring_capacity: 8192,
@@ -351,6 +365,15 @@ impl Config {
         }
         if self.outbound_queue_max_frames == 0 || self.outbound_queue_max_bytes < self.max_frame_bytes {
             return invalid("outbound_queue_max_bytes", "must be >= max_frame_bytes");
+        }
+        if self.reply_budget_bytes < self.max_frame_bytes {
+            return invalid("reply_budget_bytes", "must be >= max_frame_bytes");
+        }
+        if self.history_page_max_bytes < self.max_frame_bytes {
+            return invalid("history_page_max_bytes", "must be >= max_frame_bytes");
+        }
+        if self.write_stall_timeout_ms < 100 {
+            return invalid("write_stall_timeout_ms", "must be at least 100");
         }
         if let Some(p) = &self.echo_path {
             if !p.starts_with('/') || p == "/ws" {

@@ -47,6 +47,10 @@ stats! {
     deliveries_total: "counter",
     /// Connections closed 4008 (slow consumer).
     slow_consumer_total: "counter",
+    /// Sockets cut because a write made no progress for `write_stall_timeout_ms` (the peer stopped reading).
+    write_stalled_total: "counter",
+    /// History and catch-up requests refused `overloaded` while the connection's earlier replies were still queued.
+    reply_budget_refused_total: "counter",
     /// Requests refused with rate_limited.
     rate_limited_total: "counter",
     /// Requests refused with overloaded.

@@ -9,9 +9,11 @@
 
 mod dedupe;
 mod members;
+mod page;
 
 pub use dedupe::{AckInfo, Dedupe};
 pub use members::MemberIndex;
+pub use page::{fit_page, Page};
 
 use std::collections::VecDeque;
 
@@ -265,7 +267,7 @@ impl OwnedRoom {
 
     /// A `history` page from the recent ring: the newest `limit` messages with seq < `before`,
     /// oldest first, and the next cursor; `None` when the ring does not hold the whole page.
-    pub fn recent_page(&self, before: Option<u64>, limit: usize) -> Option<(Vec<Bytes>, Option<u64>)> {
+    pub fn recent_page(&self, before: Option<u64>, limit: usize) -> Option<Page> {
         let before = before.unwrap_or(u64::MAX);
         let held: Vec<&(u64, Bytes)> = self.recent.iter().filter(|(s, _)| *s < before).collect();
         let page = &held[held.len().saturating_sub(limit)..];
@@ -274,7 +276,7 @@ impl OwnedRoom {
             return None;
         }
         let next = page.first().map(|(s, _)| *s).filter(|&s| s > 1);
-        Some((page.iter().map(|(_, b)| b.clone()).collect(), next))
+        Some((page.iter().map(|e| (e.0, e.1.clone())).collect(), next))
     }
 
     /// Seq of the oldest message the ring holds (`published + 1` when it holds none).
@@ -434,7 +436,7 @@ mod tests {
         }
         // Ring holds 4..=8.
         let (page, next) = r.recent_page(None, 3).expect("newest page held");
-        assert_eq!(page, [Bytes::from("6"), Bytes::from("7"), Bytes::from("8")]);
+        assert_eq!(page, [(6, Bytes::from("6")), (7, Bytes::from("7")), (8, Bytes::from("8"))]);
         assert_eq!(next, Some(6));
         assert!(r.recent_page(Some(6), 3).is_none(), "3..=5 not all held");
         assert_eq!(r.recent_page(Some(6), 2).expect("4, 5").0.len(), 2);
@@ -443,6 +445,6 @@ mod tests {
         let mut small = OwnedRoom::new("r", 1, 0, 8, 5);
         small.sequence("u", None, 0);
         small.publish(1, Bytes::from("1"));
-        assert_eq!(small.recent_page(None, 50), Some((vec![Bytes::from("1")], None)));
+        assert_eq!(small.recent_page(None, 50), Some((vec![(1, Bytes::from("1"))], None)));
     }
 }

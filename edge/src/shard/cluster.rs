@@ -29,6 +29,7 @@ use router::bridge::{BridgeError, BridgeHandle, RecentMessage};
 use super::{Conn, Shard};
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
+use crate::room::{fit_page, Page};
 
 /// Retry hint when Redis is unreachable.
 const CLUSTER_RETRY_MS: u64 = 500;
@@ -301,8 +302,10 @@ impl Shard {
     pub(super) fn cluster_history(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
         let Some(bridge) = self.bridge() else { return };
         let r = room.to_owned();
+        let max_bytes = self.cfg.history_page_max_bytes;
         self.reply_from_redis(conn, req, async move {
             let (msgs, next) = history_page(&bridge, &r, before, limit).await?;
+            let (msgs, next) = fit_page(msgs, next, max_bytes);
             Ok(move |req: Option<&str>| server::history(req, &r, &msgs, next))
         });
     }
@@ -343,13 +346,8 @@ impl Shard {
     }
 }
 
-/// The newest `limit` messages below `before` from the recent stream, and the next cursor.
-async fn history_page(
-    bridge: &BridgeHandle,
-    room: &str,
-    before: Option<u64>,
-    limit: u32,
-) -> Result<(Vec<Bytes>, Option<u64>), BridgeError> {
+/// The newest `limit` messages below `before` from the recent stream (with their seqs), and the next cursor.
+async fn history_page(bridge: &BridgeHandle, room: &str, before: Option<u64>, limit: u32) -> Result<Page, BridgeError> {
     let top = match before {
         Some(b) => b.saturating_sub(1),
         None => bridge.room_seq(room).await?,
@@ -358,7 +356,7 @@ async fn history_page(
     let msgs = bridge.recent_after(room, after, limit).await?;
     let page: Vec<&RecentMessage> = msgs.iter().filter(|m| m.seq <= top).collect();
     let next = page.first().map(|m| m.seq).filter(|&s| s > 1);
-    Ok((page.iter().map(|m| m.payload.clone()).collect(), next))
+    Ok((page.iter().map(|m| (m.seq, m.payload.clone())).collect(), next))
 }
 
 #[cfg(test)]

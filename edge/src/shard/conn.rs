@@ -121,7 +121,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<Tcp
 fn on_message(shard: &Rc<Shard>, conn: &Rc<Conn>, msg: Message, mode: Mode) -> bool {
     match msg {
         Message::Text(bytes) if mode == Mode::Echo => {
-            conn.out.push_text(bytes);
+            conn.out.push_live(bytes);
         }
         Message::Binary(bytes) if mode == Mode::Echo => {
             conn.out.push_shared(codec::binary_header(bytes.len()), bytes);
@@ -157,19 +157,29 @@ async fn auth_deadline(shard: Rc<Shard>, conn: Rc<Conn>) {
     }
 }
 
-/// Every second: ping connections silent for `heartbeat_ms`, close those
-/// silent for `idle_timeout_ms`.
+/// Every second: cut sockets whose write stalled for `write_stall_timeout_ms`,
+/// ping connections silent for `heartbeat_ms`, close those silent for
+/// `idle_timeout_ms` (0: never).
 pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
     let idle_ms = shard.cfg.idle_timeout_ms;
     let beat_ms = shard.cfg.heartbeat_ms;
-    if idle_ms == 0 {
-        return;
-    }
+    let stall_ms = shard.cfg.write_stall_timeout_ms;
     let ping = codec::control_frame(codec::ControlKind::Ping, b"hb");
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {
+            if conn.out.write_stalled(now, stall_ms) {
+                if !conn.stall_cut.replace(true) {
+                    ShardStats::inc(&shard.stats().write_stalled_total);
+                    tracing::debug!(conn = conn.id, "write stalled: socket shut down");
+                    conn.out.shutdown_socket();
+                }
+                continue;
+            }
+            if idle_ms == 0 {
+                continue;
+            }
             let silent = now.saturating_sub(conn.last_seen_ms.get());
             if silent > idle_ms {
                 conn.out.close(CLOSE_IDLE.0, CLOSE_IDLE.1);
@@ -196,6 +206,7 @@ impl Shard {
             last_ping_ms: Cell::new(now),
             rate: RefCell::new(Gcra::new(cfg.max_msgs_per_s, cfg.msgs_burst)),
             strikes: Cell::new(0),
+            stall_cut: Cell::new(false),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         ShardStats::set(&self.stats().connections_open, self.conns.borrow().len() as u64);

@@ -82,6 +82,8 @@ pub(crate) struct Conn {
     pub(crate) last_ping_ms: Cell<u64>,
     pub(crate) rate: RefCell<Gcra>,
     pub(crate) strikes: Cell<u32>,
+    /// The socket was shut down because a write stalled (counted once).
+    pub(crate) stall_cut: Cell<bool>,
 }
 
 impl Conn {

@@ -6,9 +6,22 @@
 //! frame with one `writev` (corking: all frames queued while the shard was
 //! busy go out in one syscall).
 //!
-//! Bounds: `max_bytes` and `max_frames`; a push past either closes the
-//! connection with 4008 (slow consumer) after dropping what was queued —
-//! messages are never shed silently, the client catches up on reconnect.
+//! Two classes of frames share one FIFO queue, so order is kept:
+//! - *live* frames (fan-out of room traffic the client did not ask for) are
+//!   bounded by `max_bytes` and `max_frames`; a push past either closes the
+//!   connection with 4008 (slow consumer) after dropping what was queued —
+//!   messages are never shed silently, the client catches up on reconnect;
+//! - *replies* (anything answering the client's own request: `joined` and
+//!   its catch-up, history pages, acks, errors) do not count against that
+//!   bound, so a large page the client asked for never closes it 4008. They
+//!   are flow-controlled where requests are admitted instead: the member
+//!   side refuses a new history or catch-up request (`overloaded`, with
+//!   `retry_ms`) while more than `reply_budget_bytes` of replies wait.
+//!
+//! Stalls: the writer records when a `writev` started that has not made
+//! progress yet; the shard's sweep cuts a socket whose write has made no
+//! progress for `write_stall_timeout_ms` (`write_stalled`), so a client
+//! that stops reading cannot pin its fd and kernel buffers forever.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -48,6 +61,15 @@ impl OutFrame {
     }
 }
 
+/// Which bound a queued frame counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Room traffic pushed to the client: the slow-consumer bound.
+    Live,
+    /// An answer to the client's own request: flow-controlled at the request.
+    Reply,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
@@ -60,8 +82,16 @@ enum State {
 /// The outbound side of one connection, shared by its reader and writer
 /// tasks and by the shard's fan-out (all on one thread).
 pub struct Outbox {
-    queue: RefCell<VecDeque<OutFrame>>,
-    queued_bytes: Cell<usize>,
+    queue: RefCell<VecDeque<(Class, OutFrame)>>,
+    /// Bytes of live frames queued (the 4008 bound).
+    live_bytes: Cell<usize>,
+    /// Live frames queued (the 4008 bound).
+    live_frames: Cell<usize>,
+    /// Bytes of reply frames queued (the request-side flow control).
+    reply_bytes: Cell<usize>,
+    /// Wall-clock ms at which the pending `writev` started or last made
+    /// progress; 0 while the writer is not inside a write.
+    write_since_ms: Cell<u64>,
     state: Cell<State>,
     writer: Cell<Option<Waker>>,
     reader_done: Cell<bool>,
@@ -75,7 +105,8 @@ pub struct Outbox {
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
-            .field("queued_bytes", &self.queued_bytes.get())
+            .field("live_bytes", &self.live_bytes.get())
+            .field("reply_bytes", &self.reply_bytes.get())
             .field("state", &self.state.get())
             .finish_non_exhaustive()
     }
@@ -86,7 +117,10 @@ impl Outbox {
     pub fn new(fd: RawFd, max_bytes: usize, max_frames: usize) -> Self {
         Self {
             queue: RefCell::new(VecDeque::new()),
-            queued_bytes: Cell::new(0),
+            live_bytes: Cell::new(0),
+            live_frames: Cell::new(0),
+            reply_bytes: Cell::new(0),
+            write_since_ms: Cell::new(0),
             state: Cell::new(State::Open),
             writer: Cell::new(None),
             reader_done: Cell::new(false),
@@ -98,21 +132,31 @@ impl Outbox {
         }
     }
 
-    /// Queues a text message whose rendered payload is shared with others.
-    /// Returns false when the connection is closing or was just closed 4008.
+    /// Queues room traffic (a delivery the client did not ask for) whose
+    /// rendered payload is shared with others. Returns false when the
+    /// connection is closing or was just closed 4008 (over the live bound).
+    pub fn push_live(&self, payload: Bytes) -> bool {
+        let frame = OutFrame::Shared(codec::text_header(payload.len()), payload);
+        self.push(Class::Live, frame)
+    }
+
+    /// Queues a text frame that answers the client's own request (exempt
+    /// from the slow-consumer bound; see the module doc). False when closing.
     pub fn push_text(&self, payload: Bytes) -> bool {
         let frame = OutFrame::Shared(codec::text_header(payload.len()), payload);
-        self.push(frame)
+        self.push(Class::Reply, frame)
     }
 
-    /// Queues a payload behind a header the caller chose (binary echo).
+    /// Queues an echoed payload behind a header the caller chose (the echo
+    /// endpoint: bounded like live traffic, since the peer may never read).
     pub fn push_shared(&self, header: Header, payload: Bytes) -> bool {
-        self.push(OutFrame::Shared(header, payload))
+        self.push(Class::Live, OutFrame::Shared(header, payload))
     }
 
-    /// Queues a complete, already-framed control frame (pong).
+    /// Queues a complete, already-framed control frame (pong, heartbeat ping);
+    /// bounded like live traffic, since a peer can send pings without reading.
     pub fn push_frame(&self, frame: Bytes) -> bool {
-        self.push(OutFrame::Whole(frame))
+        self.push(Class::Live, OutFrame::Whole(frame))
     }
 
     /// Queues a close frame; later pushes are refused. A second close is ignored.
@@ -120,7 +164,7 @@ impl Outbox {
         if self.state.get() != State::Open {
             return;
         }
-        self.queue_frame(OutFrame::Whole(codec::close_frame(code, reason)));
+        self.queue_frame(Class::Reply, OutFrame::Whole(codec::close_frame(code, reason)));
         self.state.set(State::Closing);
         self.wake_writer();
     }
@@ -135,9 +179,16 @@ impl Outbox {
         self.slow.get()
     }
 
-    /// Bytes queued and not yet written (a metric and the 4008 bound).
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.get()
+    /// Bytes of replies queued and not yet written (request flow control).
+    pub fn reply_bytes(&self) -> usize {
+        self.reply_bytes.get()
+    }
+
+    /// Whether a `writev` has been pending without progress for more than
+    /// `limit_ms` at `now_ms` (the peer stopped reading).
+    pub fn write_stalled(&self, now_ms: u64, limit_ms: u64) -> bool {
+        let since = self.write_since_ms.get();
+        since != 0 && now_ms.saturating_sub(since) > limit_ms
     }
 
     /// Called by the reader when it has stopped reading for good.
@@ -161,31 +212,44 @@ impl Outbox {
         }
     }
 
-    fn push(&self, frame: OutFrame) -> bool {
+    fn push(&self, class: Class, frame: OutFrame) -> bool {
         if self.state.get() != State::Open {
             return false;
         }
-        let len = frame.len();
-        let q_len = self.queue.borrow().len();
-        if self.queued_bytes.get() + len > self.max_bytes || q_len >= self.max_frames {
+        if class == Class::Live && (self.live_bytes.get() + frame.len() > self.max_bytes || self.live_frames.get() >= self.max_frames) {
             self.drop_queued();
             self.slow.set(true);
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer");
             return false;
         }
-        self.queue_frame(frame);
+        self.queue_frame(class, frame);
         self.wake_writer();
         true
     }
 
-    fn queue_frame(&self, frame: OutFrame) {
-        self.queued_bytes.set(self.queued_bytes.get() + frame.len());
-        self.queue.borrow_mut().push_back(frame);
+    fn queue_frame(&self, class: Class, frame: OutFrame) {
+        self.count(class, &frame, true);
+        self.queue.borrow_mut().push_back((class, frame));
+    }
+
+    /// Adds (or, `added == false`, takes away) a frame from its class's counters.
+    fn count(&self, class: Class, frame: &OutFrame, added: bool) {
+        let len = frame.len();
+        let apply = |c: &Cell<usize>, n: usize| c.set(if added { c.get() + n } else { c.get() - n });
+        match class {
+            Class::Live => {
+                apply(&self.live_bytes, len);
+                apply(&self.live_frames, 1);
+            }
+            Class::Reply => apply(&self.reply_bytes, len),
+        }
     }
 
     fn drop_queued(&self) {
         self.queue.borrow_mut().clear();
-        self.queued_bytes.set(0);
+        self.live_bytes.set(0);
+        self.live_frames.set(0);
+        self.reply_bytes.set(0);
     }
 
     fn wake_writer(&self) {
@@ -221,12 +285,10 @@ impl Outbox {
     fn take_into(&self, batch: &mut WriteBatch) {
         let mut q = self.queue.borrow_mut();
         let n = q.len().min(MAX_FRAMES_PER_WRITE);
-        let mut bytes = 0;
-        for frame in q.drain(..n) {
-            bytes += frame.len();
+        for (class, frame) in q.drain(..n) {
+            self.count(class, &frame, false);
             batch.push(frame);
         }
-        self.queued_bytes.set(self.queued_bytes.get() - bytes);
         batch.seal();
     }
 
@@ -246,7 +308,7 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
         }
         out.take_into(&mut batch);
         let ok;
-        (ok, batch) = write_all(&mut half, batch).await;
+        (ok, batch) = write_all(&mut half, batch, &out).await;
         batch.clear();
         if !ok {
             out.state.set(State::Done);
@@ -262,16 +324,26 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
     out.shutdown_socket();
 }
 
-async fn write_all(half: &mut OwnedWriteHalf<TcpStream>, mut batch: WriteBatch) -> (bool, WriteBatch) {
-    while !batch.is_done() {
+/// Writes the whole batch, recording in `out` when the pending write started
+/// or last made progress (the shard's sweep reads it to cut stalled sockets).
+async fn write_all(half: &mut OwnedWriteHalf<TcpStream>, mut batch: WriteBatch, out: &Outbox) -> (bool, WriteBatch) {
+    let mut ok = true;
+    while ok && !batch.is_done() {
+        out.write_since_ms.set(now_ms());
         let (res, b) = half.writev(batch).await;
         batch = b;
         match res {
-            Ok(0) | Err(_) => return (false, batch),
+            Ok(0) | Err(_) => ok = false,
             Ok(n) => batch.advance(n),
         }
     }
-    (true, batch)
+    out.write_since_ms.set(0);
+    (ok, batch)
+}
+
+/// Wall-clock milliseconds (never 0, which means "not writing").
+fn now_ms() -> u64 {
+    super::Shard::now_ms().max(1)
 }
 
 /// The iovecs of one `writev`: headers and shared payloads, kept alive (and
@@ -387,23 +459,64 @@ mod tests {
     #[test]
     fn slow_consumer_is_closed_4008_and_nothing_more_is_queued() {
         let out = Outbox::new(-1, 64, 100);
-        assert!(out.push_text(Bytes::from(vec![b'a'; 40])));
-        assert!(!out.push_text(Bytes::from(vec![b'b'; 40])), "over 64 bytes");
+        assert!(out.push_live(Bytes::from(vec![b'a'; 40])));
+        assert!(!out.push_live(Bytes::from(vec![b'b'; 40])), "over 64 bytes");
         assert!(out.is_closing());
         let q = out.queue.borrow();
         assert_eq!(q.len(), 1, "only the close frame is left");
-        let OutFrame::Whole(close) = &q[0] else { panic!("close frame") };
+        let (_, OutFrame::Whole(close)) = &q[0] else {
+            panic!("close frame")
+        };
         assert_eq!(&close[2..4], &CLOSE_SLOW_CONSUMER.to_be_bytes());
         drop(q);
-        assert!(!out.push_text(Bytes::from_static(b"x")));
+        assert!(!out.push_live(Bytes::from_static(b"x")));
+        assert!(!out.push_text(Bytes::from_static(b"x")), "replies are refused once closing too");
     }
 
     #[test]
     fn frame_count_bound_applies_too() {
         let out = Outbox::new(-1, 1 << 20, 2);
-        assert!(out.push_text(Bytes::from_static(b"1")));
-        assert!(out.push_text(Bytes::from_static(b"2")));
-        assert!(!out.push_text(Bytes::from_static(b"3")));
+        assert!(out.push_live(Bytes::from_static(b"1")));
+        assert!(out.push_live(Bytes::from_static(b"2")));
+        assert!(!out.push_live(Bytes::from_static(b"3")));
         assert!(out.is_closing());
+    }
+
+    #[test]
+    fn replies_do_not_count_against_the_live_bound_but_keep_their_order() {
+        let out = Outbox::new(-1, 64, 4);
+        // A history page far over the live bound is queued whole.
+        for i in 0..10u8 {
+            assert!(out.push_text(Bytes::from(vec![b'0' + i; 40])), "reply {i}");
+        }
+        assert_eq!(out.reply_bytes(), 10 * 42);
+        assert!(!out.is_closing());
+        // Live traffic still has its own full allowance behind the replies.
+        assert!(out.push_live(Bytes::from(vec![b'L'; 40])));
+        assert!(!out.push_live(Bytes::from(vec![b'M'; 40])), "the live bound still holds");
+        assert!(out.was_slow());
+
+        let out = Outbox::new(-1, 1 << 20, 100);
+        out.push_live(Bytes::from_static(b"live-1"));
+        out.push_text(Bytes::from_static(b"reply-1"));
+        out.push_live(Bytes::from_static(b"live-2"));
+        let mut batch = WriteBatch::default();
+        out.take_into(&mut batch);
+        let all = flatten(&batch);
+        let text = String::from_utf8_lossy(&all);
+        let (a, b, c) = (text.find("live-1"), text.find("reply-1"), text.find("live-2"));
+        assert!(a < b && b < c, "one FIFO for both classes: {text:?}");
+        assert_eq!((out.reply_bytes(), out.live_bytes.get(), out.live_frames.get()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_write_is_stalled_only_while_pending_past_the_limit() {
+        let out = Outbox::new(-1, 1 << 20, 100);
+        assert!(!out.write_stalled(10_000, 1_000), "not writing");
+        out.write_since_ms.set(5_000);
+        assert!(!out.write_stalled(6_000, 1_000), "exactly at the limit");
+        assert!(out.write_stalled(6_001, 1_000));
+        out.write_since_ms.set(0);
+        assert!(!out.write_stalled(60_000, 1_000), "the write completed");
     }
 }

@@ -24,7 +24,7 @@ use crate::config::Durability;
 use crate::metrics::ShardStats;
 use crate::protocol::server::{self, FileOut, MessageOut};
 use crate::protocol::ErrorCode;
-use crate::room::{AckInfo, OwnedRoom, Sequenced};
+use crate::room::{fit_page, AckInfo, OwnedRoom, Sequenced};
 
 /// The answer to a join whose connection left the room before the join completed.
 pub(super) const JOIN_CANCELLED: &str = "join cancelled: the room was left before the join completed";
@@ -404,7 +404,7 @@ impl Shard {
         let mut n = 0;
         for id in members.get(room) {
             if let Some(c) = conns.get(id) {
-                if c.out.push_text(payload.clone()) {
+                if c.out.push_live(payload.clone()) {
                     n += 1;
                 }
             }
@@ -428,6 +428,7 @@ impl Shard {
         }
         let page = self.with_loaded(room, |r| r.recent_page(before, limit as usize)).flatten();
         if let Some((messages, next)) = page {
+            let (messages, next) = fit_page(messages, next, self.cfg.history_page_max_bytes);
             return self.to_conn(conn, server::history(req, room, &messages, next));
         }
         let query = Query::History {

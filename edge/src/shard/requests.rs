@@ -147,6 +147,9 @@ impl Shard {
         if !self.may_see(conn, id, room) {
             return;
         }
+        if since.is_some() && !self.reply_budget_ok(conn, id) {
+            return;
+        }
         if conn.in_room(room) {
             return self.reply_error(conn, id, ErrorCode::BadRequest, &format!("already joined {room}"), None);
         }
@@ -276,7 +279,7 @@ impl Shard {
 
     /// A page of history; the user needs the right to join the room, not membership.
     fn on_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
-        if !self.may_see(conn, id, room) {
+        if !self.may_see(conn, id, room) || !self.reply_budget_ok(conn, id) {
             return;
         }
         if self.clustered() {
@@ -296,6 +299,20 @@ impl Shard {
         if !self.try_request(owner, &frame) {
             self.overloaded(conn, id);
         }
+    }
+
+    /// Flow control of large replies: while more than `reply_budget_bytes` of
+    /// this connection's replies still wait for the socket, a new history or
+    /// catch-up request is answered `overloaded` (retry once the client has
+    /// read what it asked for) rather than queued without bound.
+    fn reply_budget_ok(&self, conn: &Conn, id: Option<&str>) -> bool {
+        if conn.out.reply_bytes() <= self.cfg.reply_budget_bytes {
+            return true;
+        }
+        ShardStats::inc(&self.stats().reply_budget_refused_total);
+        let msg = "earlier replies are still being sent: read them, then retry";
+        self.reply_error(conn, id, ErrorCode::Overloaded, msg, Some(OVERLOADED_RETRY_MS));
+        false
     }
 
     fn overloaded(&self, conn: &Conn, id: Option<&str>) {

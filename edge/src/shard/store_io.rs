@@ -29,7 +29,7 @@ use super::Shard;
 use crate::metrics::ShardStats;
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
-use crate::room::{AckInfo, OwnedRoom};
+use crate::room::{fit_page, AckInfo, OwnedRoom};
 
 /// Completions handled per wake-up before yielding to connection tasks.
 const DRAIN_BATCH: usize = 512;
@@ -204,8 +204,9 @@ impl Shard {
             (Wait::Epoch { room, state }, Ok(Answer::EpochSet)) => self.warm_room(&room, state),
             (Wait::Warm { room, state }, Ok(Answer::History(page))) => self.finish_load(&room, state, page),
             (Wait::History { room, conn, req }, Ok(Answer::History(page))) => {
-                let frames: Vec<Bytes> = page.messages.into_iter().map(|m| m.frame).collect();
-                self.to_conn(conn, server::history(req.as_deref(), &room, &frames, page.next_before));
+                let messages = page.messages.into_iter().map(|m| (m.seq, m.frame)).collect();
+                let (frames, next) = fit_page(messages, page.next_before, self.cfg.history_page_max_bytes);
+                self.to_conn(conn, server::history(req.as_deref(), &room, &frames, next));
             }
             (Wait::History { conn, req, .. }, Err(e)) => {
                 let msg = format!("history store unavailable: {e}");

@@ -465,3 +465,13 @@ fn read_resp(r: &mut impl BufRead, out: &mut String) {
         _ => {}
     }
 }
+
+/// The sum over shards of metric `edge_<name>` from `/metrics`.
+pub fn metric_sum(addr: &str, name: &str) -> u64 {
+    let text = http_get(addr, "/metrics");
+    let prefix = format!("edge_{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
