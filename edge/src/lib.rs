@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod engine;
 pub mod limits;
 pub mod metrics;
 pub mod node;

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use router::bridge::{BridgeEvent, BridgeEvents, BridgeHandle};
 use router::{Endpoint, Frame};
 
+use crate::engine::catch_up::{self, Piece};
 use crate::protocol::server;
 
 /// Rooms the pump remembers (last seq forwarded, shards); past it the table is cleared.
@@ -110,18 +111,15 @@ impl Pump {
             Err(_) => Vec::new(),
         };
         let shards = self.shards_of(room);
-        let mut next = after + 1;
-        for m in msgs.into_iter().filter(|m| m.seq > after && m.seq <= upto) {
-            if m.seq > next {
-                self.notify(room, &server::gap(room, next, m.seq - 1)).await;
-            }
-            self.forward(room, m.seq, m.frame, shards.clone()).await;
-            next = m.seq + 1;
-        }
-        if next <= upto {
-            self.notify(room, &server::gap(room, next, upto)).await;
-            if let Some(r) = self.rooms.get_mut(room) {
-                r.seq = upto;
+        for piece in catch_up::merge(after, upto, msgs.iter().map(|m| (m.seq, &m.frame))) {
+            match piece {
+                Piece::Message(seq, frame) => self.forward(room, seq, frame.clone(), shards.clone()).await,
+                Piece::Gap(from, to) => {
+                    self.notify(room, &server::gap(room, from, to)).await;
+                    if let Some(r) = self.rooms.get_mut(room) {
+                        r.seq = r.seq.max(to);
+                    }
+                }
             }
         }
     }

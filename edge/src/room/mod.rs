@@ -19,6 +19,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::engine::RecentRing;
+
 /// FNV-1a, 64 bit: stable across runs, builds and machines, so placement is
 /// the same on every node of a cluster.
 pub fn stable_hash(key: &str) -> u64 {
@@ -60,8 +62,7 @@ pub struct OwnedRoom {
     room_hash: u64,
     members_by_shard: Vec<u32>,
     dedupe: Dedupe,
-    recent: VecDeque<(u64, Bytes)>,
-    recent_cap: usize,
+    recent: RecentRing,
     /// Store writes and queries still out for this room: it must not be evicted meanwhile.
     holds: u32,
     /// Durable sends waiting for their commit: (seq, store ticket), ascending.
@@ -85,8 +86,7 @@ impl OwnedRoom {
             room_hash: stable_hash(room),
             members_by_shard: vec![0; shards],
             dedupe: Dedupe::new(dedupe_cap),
-            recent: VecDeque::new(),
-            recent_cap,
+            recent: RecentRing::new(recent_cap),
             holds: 0,
             committing: VecDeque::new(),
             joining: Vec::new(),
@@ -215,13 +215,7 @@ impl OwnedRoom {
     }
 
     fn record(&mut self, seq: u64, rendered: Bytes) {
-        if self.recent_cap == 0 {
-            return;
-        }
-        if self.recent.len() == self.recent_cap {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((seq, rendered));
+        self.recent.push(seq, rendered);
     }
 
     /// A durable send waits for store ticket `ticket`.
@@ -255,33 +249,30 @@ impl OwnedRoom {
         self.holds = self.holds.saturating_sub(1);
     }
 
+    /// The recent ring: the newest published messages.
+    pub fn ring(&self) -> &RecentRing {
+        &self.recent
+    }
+
     /// Recent messages with seq > `after`, oldest first, when the ring still
     /// holds all of them; `None` when some were already evicted.
     pub fn recent_after(&self, after: u64) -> Option<impl Iterator<Item = &Bytes>> {
-        let first = self.first_recent_seq();
-        if after + 1 < first && after < self.published {
+        if !self.recent.covers(after, self.published) {
             return None;
         }
-        Some(self.recent.iter().filter(move |(s, _)| *s > after).map(|(_, b)| b))
+        Some(self.recent.after(after).map(|(_, b)| b))
     }
 
     /// A `history` page from the recent ring: the newest `limit` messages with seq < `before`,
     /// oldest first, and the next cursor; `None` when the ring does not hold the whole page.
     pub fn recent_page(&self, before: Option<u64>, limit: usize) -> Option<Page> {
-        let before = before.unwrap_or(u64::MAX);
-        let held: Vec<&(u64, Bytes)> = self.recent.iter().filter(|(s, _)| *s < before).collect();
-        let page = &held[held.len().saturating_sub(limit)..];
         let from_start = self.first_recent_seq() <= 1 || self.published == 0;
-        if page.len() < limit && !from_start {
-            return None;
-        }
-        let next = page.first().map(|(s, _)| *s).filter(|&s| s > 1);
-        Some((page.iter().map(|e| (e.0, e.1.clone())).collect(), next))
+        self.recent.page(before, limit, from_start)
     }
 
     /// Seq of the oldest message the ring holds (`published + 1` when it holds none).
     pub fn first_recent_seq(&self) -> u64 {
-        self.recent.front().map_or(self.published + 1, |(s, _)| *s)
+        self.recent.first_seq().unwrap_or(self.published + 1)
     }
 
     /// True when no shard has members: nobody to deliver to.

@@ -19,7 +19,6 @@
 //! (`gap`, presence) passed to members as they are; the subscription of a
 //! room is dropped once it has no member and no join in progress.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use bytes::Bytes;
 use router::bridge::{BridgeError, BridgeHandle, RecentMessage};
 
 use super::{Conn, Shard};
+use crate::engine::RoomFeed;
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
 use crate::room::{fit_page, Page};
@@ -34,13 +34,10 @@ use crate::room::{fit_page, Page};
 /// Retry hint when Redis is unreachable.
 const CLUSTER_RETRY_MS: u64 = 500;
 
-/// A room this shard receives from Redis.
+/// A room this shard receives from Redis: its feed (cursor, epoch, ring)
+/// and the connections that hold its subscription.
 pub(crate) struct ClusterRoom {
-    /// The last seq delivered here (valid once `known`).
-    cursor: u64,
-    known: bool,
-    epoch: u64,
-    recent: VecDeque<(u64, Bytes)>,
+    feed: RoomFeed,
     /// Connections in the fan-out list.
     members: u32,
     /// Join tasks still waiting for Redis (the subscription stays while any is out).
@@ -50,68 +47,18 @@ pub(crate) struct ClusterRoom {
 }
 
 impl ClusterRoom {
-    fn new(epoch: u64) -> Self {
+    fn new(epoch: u64, ring_cap: usize) -> Self {
         Self {
-            cursor: 0,
-            known: false,
-            epoch,
-            recent: VecDeque::new(),
+            feed: RoomFeed::new(epoch, ring_cap),
             members: 0,
             joining: 0,
             wanted: Vec::new(),
         }
     }
 
-    /// Records a delivered message; false when it is not newer than the cursor (drop it).
-    fn advance(&mut self, seq: u64, payload: &Bytes, cap: usize) -> bool {
-        if self.known && seq <= self.cursor {
-            return false;
-        }
-        self.cursor = seq;
-        self.known = true;
-        if cap > 0 {
-            if self.recent.len() == cap {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((seq, payload.clone()));
-        }
-        true
-    }
-
-    /// Whether the ring holds every message after `since` up to the cursor.
-    fn ring_covers(&self, since: u64) -> bool {
-        since >= self.cursor || self.recent.front().is_some_and(|(s, _)| *s <= since + 1)
-    }
-
     fn idle(&self) -> bool {
         self.members == 0 && self.joining == 0
     }
-}
-
-/// The catch-up frames after `since`: `fetched` from Redis first, then the ring, up to `upto`;
-/// a `gap` frame for every range neither holds.
-fn catch_up(room: &str, since: u64, upto: u64, fetched: &[RecentMessage], ring: &VecDeque<(u64, Bytes)>) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    if since >= upto {
-        return out;
-    }
-    let mut next = since + 1;
-    let from_redis = fetched.iter().map(|m| (m.seq, &m.payload));
-    let from_ring = ring.iter().map(|(s, b)| (*s, b));
-    for (seq, payload) in from_redis.chain(from_ring) {
-        if seq < next || seq > upto {
-            continue;
-        }
-        if seq > next {
-            out.push(server::gap(room, next, seq - 1));
-        }
-        out.push(payload.clone());
-        next = seq + 1;
-    }
-    if next <= upto {
-        out.push(server::gap(room, next, upto));
-    }
-    out
 }
 
 impl Shard {
@@ -131,7 +78,10 @@ impl Shard {
         let token = self.take_ticket();
         {
             let mut rooms = self.cluster.borrow_mut();
-            let r = rooms.entry(room.to_owned()).or_insert_with(|| ClusterRoom::new(self.run_epoch));
+            let ring_cap = self.cfg.recent_per_room;
+            let r = rooms
+                .entry(room.to_owned())
+                .or_insert_with(|| ClusterRoom::new(self.run_epoch, ring_cap));
             r.joining += 1;
             r.wanted.push((conn.id, token));
         }
@@ -149,17 +99,16 @@ impl Shard {
     /// Subscribes, learns the room's seq if unknown, and fetches the catch-up the ring lacks.
     async fn cluster_prepare(&self, bridge: &BridgeHandle, room: &str, since: Option<u64>) -> Result<Vec<RecentMessage>, BridgeError> {
         bridge.subscribe(room, self.id as u16).await?;
-        let known = self.cluster.borrow().get(room).is_some_and(|r| r.known);
+        let known = self.cluster.borrow().get(room).is_some_and(|r| r.feed.is_known());
         if !known {
             let seq = bridge.room_seq(room).await?;
             if let Some(r) = self.cluster.borrow_mut().get_mut(room) {
-                r.cursor = r.cursor.max(seq);
-                r.known = true;
+                r.feed.learn(seq);
             }
         }
         let Some(since) = since else { return Ok(Vec::new()) };
         let (covered, cursor) = match self.cluster.borrow().get(room) {
-            Some(r) => (r.ring_covers(since), r.cursor),
+            Some(r) => (r.feed.covers(since), r.feed.cursor()),
             None => (true, 0),
         };
         if covered {
@@ -212,8 +161,9 @@ impl Shard {
             }
         };
         r.members += 1;
-        let joined = server::joined(req, room, r.cursor, r.epoch, u64::from(r.members));
-        let frames = since.map_or_else(Vec::new, |s| catch_up(room, s, r.cursor, &fetched, &r.recent));
+        let joined = server::joined(req, room, r.feed.cursor(), r.feed.epoch(), u64::from(r.members));
+        let read = fetched.iter().map(|m| (m.seq, &m.payload));
+        let frames = since.map_or_else(Vec::new, |s| r.feed.catch_up(room, s, read));
         drop(rooms);
         conn.out.push_text(joined);
         for f in frames {
@@ -280,7 +230,7 @@ impl Shard {
         if seq != 0 {
             let mut rooms = self.cluster.borrow_mut();
             let Some(r) = rooms.get_mut(room) else { return };
-            if !r.advance(seq, payload, self.cfg.recent_per_room) {
+            if !r.feed.advance(seq, payload) {
                 return;
             }
         }
@@ -290,10 +240,7 @@ impl Shard {
     /// Redis lost the room's sequence: restart the cursor at `seq`, new epoch, tell the members.
     pub(super) fn on_cluster_reset(&self, room: &str, seq: u64, notice: &Bytes) {
         if let Some(r) = self.cluster.borrow_mut().get_mut(room) {
-            r.cursor = seq;
-            r.known = true;
-            r.epoch = Self::now_ms();
-            r.recent.clear();
+            r.feed.reset(seq, Self::now_ms());
         }
         self.deliver_local(room, notice);
     }
@@ -357,54 +304,4 @@ async fn history_page(bridge: &BridgeHandle, room: &str, before: Option<u64>, li
     let page: Vec<&RecentMessage> = msgs.iter().filter(|m| m.seq <= top).collect();
     let next = page.first().map(|m| m.seq).filter(|&s| s > 1);
     Ok((page.iter().map(|m| (m.seq, m.payload.clone())).collect(), next))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn recent(seq: u64) -> RecentMessage {
-        let b = Bytes::from(seq.to_string());
-        RecentMessage {
-            seq,
-            payload: b.clone(),
-            frame: b,
-        }
-    }
-
-    fn texts(frames: &[Bytes]) -> Vec<String> {
-        frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect()
-    }
-
-    #[test]
-    fn catch_up_joins_redis_and_ring_and_names_the_holes() {
-        let ring: VecDeque<(u64, Bytes)> = (8..=10).map(|s| (s, Bytes::from(s.to_string()))).collect();
-        let got = texts(&catch_up("r", 3, 10, &[recent(4), recent(5), recent(7)], &ring));
-        assert_eq!(got[..2], ["4", "5"]);
-        assert!(
-            got[2].contains("\"gap\"") && got[2].contains("\"from\":6") && got[2].contains("\"to\":6"),
-            "{got:?}"
-        );
-        assert_eq!(got[3..], ["7", "8", "9", "10"]);
-        let got = texts(&catch_up("r", 0, 3, &[], &VecDeque::new()));
-        assert!(
-            got.len() == 1 && got[0].contains("\"from\":1") && got[0].contains("\"to\":3"),
-            "{got:?}"
-        );
-        assert!(catch_up("r", 10, 10, &[], &ring).is_empty());
-    }
-
-    #[test]
-    fn cursor_drops_duplicates_and_ring_coverage_is_exact() {
-        let mut r = ClusterRoom::new(1);
-        assert!(r.advance(5, &Bytes::from("5"), 2));
-        assert!(!r.advance(5, &Bytes::from("5"), 2), "a duplicate");
-        assert!(!r.advance(4, &Bytes::from("4"), 2), "older");
-        assert!(r.advance(6, &Bytes::from("6"), 2));
-        assert!(r.advance(7, &Bytes::from("7"), 2));
-        assert!(r.ring_covers(5), "6 and 7 are held");
-        assert!(!r.ring_covers(4), "5 fell out of the ring");
-        assert!(r.ring_covers(7));
-        assert!(r.idle());
-    }
 }

@@ -21,6 +21,7 @@ use storage::{Query, StoredMessage};
 use super::store_io::{PendingSend, Readiness, Wait};
 use super::Shard;
 use crate::config::Durability;
+use crate::engine::catch_up;
 use crate::metrics::ShardStats;
 use crate::protocol::server::{self, FileOut, MessageOut};
 use crate::protocol::ErrorCode;
@@ -121,7 +122,7 @@ impl Shard {
         }
         let mut owned = self.owned.borrow_mut();
         let Some(r) = owned.get_mut(room) else { return };
-        if let Some(since) = since.filter(|&s| s < r.published() && r.recent_after(s).is_none()) {
+        if let Some(since) = since.filter(|&s| !r.ring().covers(s, r.published())) {
             let after = since.max(r.published().saturating_sub(self.cfg.max_catch_up_messages as u64));
             r.start_join(conn);
             r.hold();
@@ -154,9 +155,9 @@ impl Shard {
         }
         let members = r.join(shard);
         let joined = server::joined(req, room, r.published(), r.epoch(), members);
-        let catch_up = since.map(|s| catch_up(room, r, s)).unwrap_or_default();
+        let missed = since.map_or_else(Vec::new, |s| catch_up::frames(room, s, r.published(), r.ring().after(s)));
         drop(owned);
-        self.send_joined(room, shard, conn, req, joined, catch_up);
+        self.send_joined(room, shard, conn, req, joined, missed);
     }
 
     /// The store answered a catch-up read: count the member, then `joined`, stored messages, ring messages.
@@ -184,18 +185,8 @@ impl Shard {
         };
         let members = r.join(w.shard);
         let joined = server::joined(w.req, w.room, r.published(), r.epoch(), members);
-        let mut out = Vec::with_capacity(stored.len() + 1);
-        let mut last = w.since;
-        if let Some(first) = stored.first().filter(|m| m.seq > w.since + 1) {
-            out.push(server::gap(w.room, w.since + 1, first.seq - 1));
-        }
-        for m in stored.into_iter().filter(|m| m.seq <= r.published()) {
-            if m.seq > last {
-                last = m.seq;
-                out.push(m.frame);
-            }
-        }
-        out.extend(catch_up(w.room, r, last));
+        let read = stored.iter().map(|m| (m.seq, &m.frame));
+        let out = catch_up::frames(w.room, w.since, r.published(), read.chain(r.ring().after(w.since)));
         drop(owned);
         self.send_joined(w.room, w.shard, w.conn, w.req, joined, out);
     }
@@ -462,23 +453,6 @@ pub(super) struct CatchUpDone<'a> {
     pub(super) conn: u64,
     pub(super) req: Option<&'a str>,
     pub(super) since: u64,
-}
-
-/// Messages after `since` from the recent ring, or a `gap` frame first when
-/// the ring no longer holds all of them.
-fn catch_up(room: &str, r: &OwnedRoom, since: u64) -> Vec<Bytes> {
-    if since >= r.published() {
-        return Vec::new();
-    }
-    match r.recent_after(since) {
-        Some(held) => held.cloned().collect(),
-        None => {
-            let first_held = r.first_recent_seq();
-            let mut out = vec![server::gap(room, since + 1, first_held - 1)];
-            out.extend(r.recent_after(first_held - 1).into_iter().flatten().cloned());
-            out
-        }
-    }
 }
 
 /// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).

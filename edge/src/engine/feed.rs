@@ -1,0 +1,126 @@
+//! A member shard's feed of one room: the seq cursor, the epoch, and the
+//! recent ring of what was delivered here.
+//!
+//! The member side keeps this in cluster mode (deliveries come from Redis
+//! in seq order, and resyncs or catch-up races may repeat one); the same
+//! type is meant for a single node's member shards once they take
+//! deliveries with seqs from a local sequencer (see ARCHITECTURE.md).
+//!
+//! Invariants: a delivery whose seq is not above the cursor is refused (a
+//! re-delivery is never passed to members twice); the ring holds only seqs
+//! that were delivered, ascending; a reset (the room's sequence restarted)
+//! moves the cursor to the new seq and empties the ring.
+
+use bytes::Bytes;
+
+use super::catch_up;
+use super::ring::RecentRing;
+
+/// What a member shard knows of a room it delivers.
+#[derive(Debug)]
+pub struct RoomFeed {
+    /// The last seq delivered here; `None` until learned or delivered.
+    cursor: Option<u64>,
+    epoch: u64,
+    ring: RecentRing,
+}
+
+impl RoomFeed {
+    /// A feed not yet positioned, with `epoch` and a ring of `ring_cap` messages.
+    pub fn new(epoch: u64, ring_cap: usize) -> Self {
+        Self {
+            cursor: None,
+            epoch,
+            ring: RecentRing::new(ring_cap),
+        }
+    }
+
+    /// The last seq delivered (0 before any is known).
+    pub fn cursor(&self) -> u64 {
+        self.cursor.unwrap_or(0)
+    }
+
+    /// Whether the cursor is known (learned from the sequencer or a delivery).
+    pub fn is_known(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    /// The epoch members are told in `joined`.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The sequencer says the room is at `seq`: the cursor moves there unless it is already past it.
+    pub fn learn(&mut self, seq: u64) {
+        self.cursor = Some(self.cursor().max(seq));
+    }
+
+    /// A delivery: true (and recorded) when it is newer than the cursor; false for a re-delivery.
+    pub fn advance(&mut self, seq: u64, payload: &Bytes) -> bool {
+        if self.cursor.is_some_and(|c| seq <= c) {
+            return false;
+        }
+        self.cursor = Some(seq);
+        self.ring.push(seq, payload.clone());
+        true
+    }
+
+    /// The room's sequence restarted at `seq` (a new epoch): forget what was held.
+    pub fn reset(&mut self, seq: u64, epoch: u64) {
+        self.cursor = Some(seq);
+        self.epoch = epoch;
+        self.ring.clear();
+    }
+
+    /// Whether the ring alone can catch a member up from `since`.
+    pub fn covers(&self, since: u64) -> bool {
+        self.ring.covers(since, self.cursor())
+    }
+
+    /// The catch-up frames after `since` up to the cursor: `fetched` (older,
+    /// from the stream or the store) first, then the ring, `gap` for the rest.
+    pub fn catch_up<'a>(&'a self, room: &str, since: u64, fetched: impl IntoIterator<Item = (u64, &'a Bytes)>) -> Vec<Bytes> {
+        catch_up::frames(room, since, self.cursor(), fetched.into_iter().chain(self.ring.after(since)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: u64) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn re_deliveries_are_refused_and_the_ring_follows_the_cursor() {
+        let mut f = RoomFeed::new(1, 2);
+        assert!(!f.is_known());
+        f.learn(5);
+        assert!(!f.advance(5, &b(5)), "at the cursor: a repeat");
+        assert!(f.advance(6, &b(6)));
+        assert!(f.advance(7, &b(7)));
+        assert!(!f.advance(6, &b(6)), "behind the cursor");
+        assert!(f.covers(5), "6 and 7 are held");
+        assert!(!f.covers(4), "5 was never delivered here");
+        assert!(f.covers(7));
+        f.learn(3);
+        assert_eq!(f.cursor(), 7, "learning an older seq does not move the cursor back");
+        f.reset(2, 9);
+        assert_eq!((f.cursor(), f.epoch()), (2, 9));
+        assert!(f.advance(3, &b(3)), "after a reset, the restarted sequence is delivered");
+    }
+
+    #[test]
+    fn catch_up_takes_the_fetched_then_the_ring() {
+        let mut f = RoomFeed::new(1, 3);
+        f.learn(7);
+        for s in 8..=10 {
+            f.advance(s, &b(s));
+        }
+        let fetched = [(5, b(5)), (6, b(6)), (7, b(7)), (8, b(8))];
+        let got = f.catch_up("r", 4, fetched.iter().map(|(s, m)| (*s, m)));
+        let texts: Vec<String> = got.iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+        assert_eq!(texts, ["5", "6", "7", "8", "9", "10"]);
+    }
+}

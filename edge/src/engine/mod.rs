@@ -1,0 +1,21 @@
+//! The chat engine: chat logic that holds no sockets, no runtime, no clock
+//! and no spawned tasks, written once for both sequencer modes (a single
+//! node, or a cluster through Redis).
+//!
+//! What lives here so far (the first step of the engine; the shard still
+//! drives it directly, see ARCHITECTURE.md for what moves next):
+//! - `ring`: the recent ring of a room, one type for the owner's room state
+//!   and a member shard's feed;
+//! - `catch_up`: the one merge that catches a member up (store or stream
+//!   read, then the ring, `gap` for the rest), used by single-node joins,
+//!   cluster joins and the cluster pump;
+//! - `feed`: a member shard's feed of a room (cursor, epoch, ring): the
+//!   dedupe of re-deliveries and the catch-up of a joining member.
+
+pub mod catch_up;
+pub mod feed;
+pub mod ring;
+
+pub use catch_up::Piece;
+pub use feed::RoomFeed;
+pub use ring::RecentRing;

@@ -1,0 +1,138 @@
+//! The recent ring: a room's newest rendered messages, by seq, bounded.
+//!
+//! One type for both places a room's recent messages are kept: the owner's
+//! room state on a single node (history pages and catch-up without the
+//! store) and a member shard's feed of a room (catch-up without Redis).
+//! Seqs are pushed in ascending order; a seq may be missing (a durable write
+//! that failed, or a range announced with `gap`), and the ring never claims
+//! to hold a range that has such a hole at its start.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::room::Page;
+
+/// A room's newest messages, oldest first, at most `cap` of them.
+#[derive(Debug, Clone)]
+pub struct RecentRing {
+    items: VecDeque<(u64, Bytes)>,
+    cap: usize,
+}
+
+impl RecentRing {
+    /// An empty ring that keeps at most `cap` messages (0 keeps none).
+    pub fn new(cap: usize) -> Self {
+        Self {
+            items: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Keeps `seq` (above every seq held) and drops the oldest past the bound.
+    pub fn push(&mut self, seq: u64, rendered: Bytes) {
+        debug_assert!(self.items.back().is_none_or(|(s, _)| *s < seq), "seqs are pushed ascending");
+        if self.cap == 0 {
+            return;
+        }
+        if self.items.len() == self.cap {
+            self.items.pop_front();
+        }
+        self.items.push_back((seq, rendered));
+    }
+
+    /// Forgets everything (the room's sequence restarted).
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Seq of the oldest message held.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.items.front().map(|(s, _)| *s)
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether the ring holds everything after `since` up to `upto` (the
+    /// room's last seq): nothing to fetch elsewhere for a catch-up.
+    pub fn covers(&self, since: u64, upto: u64) -> bool {
+        since >= upto || self.first_seq().is_some_and(|first| first <= since.saturating_add(1))
+    }
+
+    /// The messages held with seq > `since`, oldest first.
+    pub fn after(&self, since: u64) -> impl Iterator<Item = (u64, &Bytes)> {
+        self.items.iter().filter(move |(s, _)| *s > since).map(|(s, b)| (*s, b))
+    }
+
+    /// A `history` page: the newest `limit` messages with seq < `before`,
+    /// oldest first, and the next cursor; `None` when the ring does not hold
+    /// the whole page. `from_start` says the room's history starts inside
+    /// the ring (nothing older exists), so a short page is still whole.
+    pub fn page(&self, before: Option<u64>, limit: usize, from_start: bool) -> Option<Page> {
+        let before = before.unwrap_or(u64::MAX);
+        let held: Vec<&(u64, Bytes)> = self.items.iter().filter(|(s, _)| *s < before).collect();
+        let page = &held[held.len().saturating_sub(limit)..];
+        if page.len() < limit && !from_start {
+            return None;
+        }
+        let next = page.first().map(|(s, _)| *s).filter(|&s| s > 1);
+        Some((page.iter().map(|e| (e.0, e.1.clone())).collect(), next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ring(cap: usize, seqs: &[u64]) -> RecentRing {
+        let mut r = RecentRing::new(cap);
+        for &s in seqs {
+            r.push(s, Bytes::from(s.to_string()));
+        }
+        r
+    }
+
+    #[test]
+    fn it_keeps_the_newest_and_says_what_it_covers() {
+        let r = ring(3, &[1, 2, 3, 4, 5]);
+        assert_eq!(r.first_seq(), Some(3));
+        assert!(r.covers(2, 5) && r.covers(4, 5) && r.covers(5, 5) && r.covers(9, 5));
+        assert!(!r.covers(1, 5), "seq 2 was dropped");
+        assert_eq!(r.after(3).map(|(s, _)| s).collect::<Vec<_>>(), [4, 5]);
+        assert!(!RecentRing::new(0).covers(0, 1), "a ring of 0 holds nothing");
+        assert!(ring(0, &[1, 2]).is_empty());
+    }
+
+    proptest! {
+        /// Against a model (every seq pushed, in a Vec): the ring holds the
+        /// newest `cap`; `covers` is true exactly when every seq after `since`
+        /// up to the last is held; `after` yields exactly the held seqs above `since`.
+        #[test]
+        fn matches_a_model(cap in 0usize..8, steps in proptest::collection::vec(1u64..4, 0..40), since in 0u64..130) {
+            let mut seqs = Vec::new();
+            let mut s = 0;
+            for d in steps {
+                s += d; // holes when d > 1
+                seqs.push(s);
+            }
+            let r = ring(cap, &seqs);
+            let held: Vec<u64> = seqs[seqs.len().saturating_sub(cap)..].to_vec();
+            prop_assert_eq!(r.after(0).map(|(s, _)| s).collect::<Vec<_>>(), held.clone());
+            let upto = seqs.last().copied().unwrap_or(0);
+            let want = since >= upto || held.first().is_some_and(|&f| f <= since + 1);
+            prop_assert_eq!(r.covers(since, upto), want);
+            let above: Vec<u64> = held.iter().copied().filter(|&x| x > since).collect();
+            prop_assert_eq!(r.after(since).map(|(s, _)| s).collect::<Vec<_>>(), above);
+        }
+    }
+}
