@@ -10,12 +10,16 @@
 //!   read, then the ring, `gap` for the rest), used by single-node joins,
 //!   cluster joins and the cluster pump;
 //! - `feed`: a member shard's feed of a room (cursor, epoch, ring): the
-//!   dedupe of re-deliveries and the catch-up of a joining member.
+//!   dedupe of re-deliveries and the catch-up of a joining member;
+//! - `failure`: refusals and dependency failures with their types kept, and
+//!   the one retry policy (`retryable()` decides, one table of hints).
 
 pub mod catch_up;
+pub mod failure;
 pub mod feed;
 pub mod ring;
 
 pub use catch_up::Piece;
+pub use failure::{Busy, Failure};
 pub use feed::RoomFeed;
 pub use ring::RecentRing;

@@ -26,13 +26,10 @@ use bytes::Bytes;
 use router::bridge::{BridgeError, BridgeHandle, RecentMessage};
 
 use super::{Conn, Shard};
-use crate::engine::RoomFeed;
+use crate::engine::{Failure, RoomFeed};
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
 use crate::room::{fit_page, Page};
-
-/// Retry hint when Redis is unreachable.
-const CLUSTER_RETRY_MS: u64 = 500;
 
 /// A room this shard receives from Redis: its feed (cursor, epoch, ring)
 /// and the connections that hold its subscription.
@@ -89,8 +86,8 @@ impl Shard {
         monoio::spawn(async move {
             let limit = Duration::from_millis(shard.cfg.cluster_join_timeout_ms);
             let prepared = match monoio::time::timeout(limit, shard.cluster_prepare(&bridge, &room, since)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("Redis did not answer in time".to_owned()),
+                Ok(r) => r.map_err(Failure::Redis),
+                Err(_) => Err(Failure::RedisTimedOut),
             };
             shard.cluster_joined(&conn, token, req.as_deref(), &room, since, prepared);
         });
@@ -126,7 +123,7 @@ impl Shard {
         req: Option<&str>,
         room: &str,
         since: Option<u64>,
-        prepared: Result<Vec<RecentMessage>, String>,
+        prepared: Result<Vec<RecentMessage>, Failure>,
     ) {
         let mut rooms = self.cluster.borrow_mut();
         let Some(r) = rooms.get_mut(room) else { return };
@@ -146,10 +143,7 @@ impl Shard {
                     self.cluster_unsubscribe(room);
                 }
                 match (alive, result) {
-                    (true, Err(e)) => {
-                        let err = server::error(req, ErrorCode::Unavailable, &format!("cluster: {e}"), Some(CLUSTER_RETRY_MS));
-                        self.on_join_refused(room, conn.id, err);
-                    }
+                    (true, Err(e)) => self.on_join_refused(room, conn.id, e.reply(req, "cluster")),
                     // Left before Redis answered: the join still gets its one reply.
                     _ if wanted.is_none() && self.conn(conn.id).is_some() => {
                         conn.out
@@ -277,11 +271,10 @@ impl Shard {
         let timeout = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
         monoio::spawn(async move {
             let req = req.as_deref();
-            let failed = |why: &str| server::error(req, ErrorCode::Unavailable, &format!("cluster: {why}"), Some(CLUSTER_RETRY_MS));
             let reply = match monoio::time::timeout(timeout, work).await {
                 Ok(Ok(render)) => render(req),
-                Ok(Err(e)) => failed(&e.to_string()),
-                Err(_) => failed("Redis did not answer in time"),
+                Ok(Err(e)) => Failure::Redis(e).reply(req, "cluster"),
+                Err(_) => Failure::RedisTimedOut.reply(req, "cluster"),
             };
             c.out.push_text(reply);
         });

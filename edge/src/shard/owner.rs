@@ -16,12 +16,12 @@
 
 use bytes::Bytes;
 use router::{FileRef, Frame};
-use storage::{Query, StoredMessage};
+use storage::{Query, StoreError, StoredMessage};
 
 use super::store_io::{PendingSend, Readiness, Wait};
 use super::Shard;
 use crate::config::Durability;
-use crate::engine::catch_up;
+use crate::engine::{catch_up, Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server::{self, FileOut, MessageOut};
 use crate::protocol::ErrorCode;
@@ -29,9 +29,6 @@ use crate::room::{fit_page, AckInfo, OwnedRoom, Sequenced};
 
 /// The answer to a join whose connection left the room before the join completed.
 pub(super) const JOIN_CANCELLED: &str = "join cancelled: the room was left before the join completed";
-
-/// Retry hint sent with `overloaded` / `unavailable` answers that come from the store.
-pub(super) const STORE_RETRY_MS: u64 = 200;
 
 /// A send, as the owner receives it (from a local connection or a frame).
 pub(super) struct SendArgs<'a> {
@@ -116,9 +113,7 @@ impl Shard {
         match self.room_ready(room, queued) {
             Readiness::Ready => {}
             Readiness::Queued => return,
-            Readiness::Refused(code, msg) => {
-                return self.refuse_join(room, shard, conn, server::error(req, code, msg, Some(STORE_RETRY_MS)))
-            }
+            Readiness::Refused(msg) => return self.refuse_join(room, shard, conn, Busy::Store.reply(req, msg)),
         }
         let mut owned = self.owned.borrow_mut();
         let Some(r) = owned.get_mut(room) else { return };
@@ -144,12 +139,7 @@ impl Shard {
                     r.finish_join(conn);
                     r.release();
                 });
-                self.refuse_join(
-                    room,
-                    shard,
-                    conn,
-                    server::error(req, ErrorCode::Overloaded, "store busy, retry", Some(STORE_RETRY_MS)),
-                );
+                self.refuse_join(room, shard, conn, Busy::Store.reply(req, "store busy, retry"));
             }
             return;
         }
@@ -161,7 +151,7 @@ impl Shard {
     }
 
     /// The store answered a catch-up read: count the member, then `joined`, stored messages, ring messages.
-    pub(super) fn finish_catch_up(&self, w: CatchUpDone<'_>, stored: Result<Vec<StoredMessage>, String>) {
+    pub(super) fn finish_catch_up(&self, w: CatchUpDone<'_>, stored: Result<Vec<StoredMessage>, StoreError>) {
         let mut owned = self.owned.borrow_mut();
         let Some(r) = owned.get_mut(w.room) else { return };
         r.release();
@@ -174,13 +164,8 @@ impl Shard {
             Ok(s) => s,
             Err(e) => {
                 drop(owned);
-                let msg = format!("history store unavailable: {e}");
-                return self.refuse_join(
-                    w.room,
-                    w.shard,
-                    w.conn,
-                    server::error(w.req, ErrorCode::Unavailable, &msg, Some(STORE_RETRY_MS)),
-                );
+                let err = Failure::Store(e).reply(w.req, "history store unavailable");
+                return self.refuse_join(w.room, w.shard, w.conn, err);
             }
         };
         let members = r.join(w.shard);
@@ -270,7 +255,7 @@ impl Shard {
         match self.room_ready(a.room, || a.to_frame()) {
             Readiness::Ready => {}
             Readiness::Queued => return,
-            Readiness::Refused(code, msg) => return self.to_conn(a.conn, server::error(a.req, code, msg, Some(STORE_RETRY_MS))),
+            Readiness::Refused(msg) => return self.to_conn(a.conn, Busy::Store.reply(a.req, msg)),
         }
         let mut owned = self.owned.borrow_mut();
         let Some(r) = owned.get_mut(a.room) else { return };
@@ -298,8 +283,7 @@ impl Shard {
             r.unsequence(ack.seq, a.user, a.client_id);
             drop(owned);
             ShardStats::inc(&self.stats().store_overloaded_total);
-            let err = server::error(a.req, ErrorCode::Overloaded, "message store busy, retry", Some(STORE_RETRY_MS));
-            return self.to_conn(a.conn, err);
+            return self.to_conn(a.conn, Busy::Store.reply(a.req, "message store busy, retry"));
         }
         ShardStats::inc(&self.stats().messages_total);
         if self.cfg.durability == Durability::Durable {
@@ -352,8 +336,9 @@ impl Shard {
     }
 
     /// A durable send whose batch failed: the seq is given up, members are told with `gap`,
-    /// the senders get `unavailable`, and the client id may be retried.
-    pub(super) fn fail_durable(&self, p: PendingSend, error: &str) {
+    /// the senders get the failure (`unavailable` when a retry may succeed), and the client id
+    /// may be retried.
+    pub(super) fn fail_durable(&self, p: PendingSend, error: &Failure) {
         let remote = {
             let mut owned = self.owned.borrow_mut();
             let Some(r) = owned.get_mut(&p.room) else { return };
@@ -366,12 +351,8 @@ impl Shard {
         };
         let gap = server::gap(&p.room, p.ack.seq, p.ack.seq);
         self.fan_out(&p.room, p.ack.seq, &gap, &remote);
-        let msg = format!("message not stored: {error}");
         for (conn, req) in &p.waiters {
-            self.to_conn(
-                *conn,
-                server::error(req.as_deref(), ErrorCode::Unavailable, &msg, Some(STORE_RETRY_MS)),
-            );
+            self.to_conn(*conn, error.reply(req.as_deref(), "message not stored"));
         }
     }
 
@@ -415,7 +396,7 @@ impl Shard {
         match self.room_ready(room, queued) {
             Readiness::Ready => {}
             Readiness::Queued => return,
-            Readiness::Refused(code, msg) => return self.to_conn(conn, server::error(req, code, msg, Some(STORE_RETRY_MS))),
+            Readiness::Refused(msg) => return self.to_conn(conn, Busy::Store.reply(req, msg)),
         }
         let page = self.with_loaded(room, |r| r.recent_page(before, limit as usize)).flatten();
         if let Some((messages, next)) = page {
@@ -433,10 +414,7 @@ impl Shard {
             req: req.map(str::to_owned),
         };
         if !self.submit_query(query, wait) {
-            self.to_conn(
-                conn,
-                server::error(req, ErrorCode::Overloaded, "store busy, retry", Some(STORE_RETRY_MS)),
-            );
+            self.to_conn(conn, Busy::Store.reply(req, "store busy, retry"));
         }
     }
 

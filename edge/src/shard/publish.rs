@@ -15,17 +15,14 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
-use router::bridge::{BridgeHandle, PreparedMessage, SeqRange};
+use router::bridge::{BridgeError, BridgeHandle, PreparedMessage, SeqRange};
 
 use super::owner::{render_message, SendArgs};
 use super::Shard;
+use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
-use crate::protocol::ErrorCode;
 use crate::room::{AckInfo, Dedupe};
-
-/// Retry hint for sends refused while Redis is unreachable or the queue is full.
-const PUBLISH_RETRY_MS: u64 = 300;
 
 /// One send waiting for its seq.
 struct Queued {
@@ -65,18 +62,18 @@ impl Shard {
             }
             if r.in_flight.contains(&(a.user.to_owned(), cid.to_owned())) {
                 drop(rooms);
-                return self.refuse_send(a, ErrorCode::Overloaded, "this client_id is being sequenced, retry");
+                return self.refuse_send(a, "this client_id is being sequenced, retry");
             }
         }
         if r.queued.len() >= self.cfg.room_load_queue_max {
             drop(rooms);
-            return self.refuse_send(a, ErrorCode::Overloaded, "room publish queue full, retry");
+            return self.refuse_send(a, "room publish queue full, retry");
         }
         let queued = match self.prepare(a) {
             Ok(q) => q,
             Err(e) => {
                 drop(rooms);
-                return self.refuse_send(a, ErrorCode::Internal, &e);
+                return self.to_conn(a.conn, Failure::Redis(e).reply(a.req, "cannot prepare the message"));
             }
         };
         if let Some(cid) = &queued.client_id {
@@ -89,12 +86,12 @@ impl Shard {
         }
     }
 
-    fn prepare(&self, a: &SendArgs<'_>) -> Result<Queued, String> {
+    fn prepare(&self, a: &SendArgs<'_>) -> Result<Queued, BridgeError> {
         let n = self.take_ticket();
         let msg_id = format!("{}-{:x}-{n:x}", self.cfg.node_id, self.id);
         let ts = Self::now_ms();
         let payload = render_message(a, None, &msg_id, ts);
-        let msg = PreparedMessage::new(a.room, payload.to_vec()).map_err(|e| format!("cannot prepare the message: {e}"))?;
+        let msg = PreparedMessage::new(a.room, payload.to_vec())?;
         Ok(Queued {
             msg,
             conn: a.conn,
@@ -106,9 +103,9 @@ impl Shard {
         })
     }
 
-    fn refuse_send(&self, a: &SendArgs<'_>, code: ErrorCode, msg: &str) {
+    fn refuse_send(&self, a: &SendArgs<'_>, msg: &str) {
         ShardStats::inc(&self.stats().overloaded_total);
-        self.to_conn(a.conn, server::error(a.req, code, msg, Some(PUBLISH_RETRY_MS)));
+        self.to_conn(a.conn, Busy::Publish.reply(a.req, msg));
     }
 
     /// Takes the next batch of `room`, or ends the room's task when none is queued.
@@ -123,7 +120,7 @@ impl Shard {
     }
 
     /// Acks (or refuses) the senders of a published batch.
-    fn published(&self, room: &str, batch: Vec<Queued>, result: Result<SeqRange, String>) {
+    fn published(&self, room: &str, batch: Vec<Queued>, result: Result<SeqRange, BridgeError>) {
         let mut rooms = self.publishing.borrow_mut();
         let mut r = rooms.get_mut(room);
         let mut replies = Vec::with_capacity(batch.len());
@@ -146,13 +143,12 @@ impl Shard {
                 }
             }
             Err(e) => {
-                let msg = format!("cluster: message not sequenced: {e}");
+                let failure = Failure::Redis(e);
                 for q in batch {
                     if let (Some(cid), Some(r)) = (&q.client_id, r.as_deref_mut()) {
                         r.in_flight.remove(&(q.user.clone(), cid.clone()));
                     }
-                    let err = server::error(q.req.as_deref(), ErrorCode::Unavailable, &msg, Some(PUBLISH_RETRY_MS));
-                    replies.push((q.conn, err));
+                    replies.push((q.conn, failure.reply(q.req.as_deref(), "cluster: message not sequenced")));
                 }
             }
         }
@@ -171,7 +167,7 @@ async fn publish_loop(shard: Rc<Shard>, bridge: BridgeHandle, room: String) {
             return;
         }
         let msgs: Vec<PreparedMessage> = batch.iter().map(|q| q.msg.clone()).collect();
-        let result = bridge.publish(&room, msgs).await.map_err(|e| e.to_string());
+        let result = bridge.publish(&room, msgs).await;
         shard.published(&room, batch, result);
     }
 }

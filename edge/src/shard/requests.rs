@@ -13,13 +13,12 @@ use router::Frame;
 use super::owner::SendArgs;
 use super::{Conn, Shard};
 use crate::auth::{self, Claims};
+use crate::engine::Busy;
 use crate::metrics::ShardStats;
 use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target};
 use crate::protocol::server::{self, AdvertisedLimits};
 use crate::protocol::ErrorCode;
 
-/// Retry hint sent with `overloaded` when a mesh ring is congested.
-const OVERLOADED_RETRY_MS: u64 = 100;
 /// Close code for a client that keeps exceeding its rate.
 const CLOSE_RATE_LIMIT: u16 = 4029;
 
@@ -311,13 +310,13 @@ impl Shard {
         }
         ShardStats::inc(&self.stats().reply_budget_refused_total);
         let msg = "earlier replies are still being sent: read them, then retry";
-        self.reply_error(conn, id, ErrorCode::Overloaded, msg, Some(OVERLOADED_RETRY_MS));
+        conn.out.push_text(Busy::Shard.reply(id, msg));
         false
     }
 
     fn overloaded(&self, conn: &Conn, id: Option<&str>) {
         ShardStats::inc(&self.stats().overloaded_total);
-        self.reply_error(conn, id, ErrorCode::Overloaded, "server busy, retry", Some(OVERLOADED_RETRY_MS));
+        conn.out.push_text(Busy::Shard.reply(id, "server busy, retry"));
     }
 
     /// Sends an `error` frame for request `id`.

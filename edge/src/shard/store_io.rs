@@ -24,8 +24,9 @@ use bytes::Bytes;
 use router::Frame;
 use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
 
-use super::owner::{CatchUpDone, SendArgs, JOIN_CANCELLED, STORE_RETRY_MS};
+use super::owner::{CatchUpDone, SendArgs, JOIN_CANCELLED};
 use super::Shard;
+use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
@@ -75,8 +76,39 @@ pub(super) enum Readiness {
     Ready,
     /// Being loaded: the request waits in the room's queue.
     Queued,
-    /// Cannot be loaded now: answer with this error.
-    Refused(ErrorCode, &'static str),
+    /// Cannot be loaded now (a bound is reached): answer `overloaded` with this message.
+    Refused(&'static str),
+}
+
+/// Why a room could not be loaded.
+enum LoadFailed {
+    /// The store's query queue was full.
+    StoreBusy,
+    /// The store answered with an error.
+    Store(Failure),
+}
+
+impl LoadFailed {
+    fn reply(&self, req: Option<&str>) -> Bytes {
+        match self {
+            Self::StoreBusy => Busy::Store.reply(req, "room state unavailable: message store busy, retry"),
+            Self::Store(f) => f.reply(req, "room state unavailable"),
+        }
+    }
+}
+
+impl std::fmt::Display for LoadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::StoreBusy => f.write_str("message store busy"),
+            Self::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A store answer of the wrong kind for its request: a bug, reported as a non-retryable store error.
+fn unexpected(answer: &Answer) -> StoreError {
+    StoreError::Internal(format!("unexpected answer {answer:?}"))
 }
 
 pub(super) async fn run_completions(shard: Rc<Shard>) {
@@ -116,13 +148,13 @@ impl Shard {
         let mut loading = self.loading.borrow_mut();
         if let Some(queue) = loading.get_mut(room) {
             if queue.len() >= self.cfg.room_load_queue_max {
-                return Readiness::Refused(ErrorCode::Overloaded, "room is loading, retry");
+                return Readiness::Refused("room is loading, retry");
             }
             queue.push(op());
             return Readiness::Queued;
         }
         if self.owned.borrow().len() + loading.len() >= self.cfg.max_rooms_per_shard && !self.evict_one() {
-            return Readiness::Refused(ErrorCode::Overloaded, "too many rooms on this shard");
+            return Readiness::Refused("too many rooms on this shard");
         }
         loading.insert(room.to_owned(), vec![op()]);
         drop(loading);
@@ -132,7 +164,7 @@ impl Shard {
         };
         if !self.submit_query(query, Wait::Load { room: room.to_owned() }) {
             self.loading.borrow_mut().remove(room);
-            return Readiness::Refused(ErrorCode::Overloaded, "message store busy, retry");
+            return Readiness::Refused("message store busy, retry");
         }
         Readiness::Queued
     }
@@ -181,7 +213,7 @@ impl Shard {
                 Err(e) => {
                     ShardStats::inc(&self.stats().store_write_failed_total);
                     tracing::error!(shard = self.id, room = %p.room, seq = p.ack.seq, error = %e, "durable write failed");
-                    self.fail_durable(*p, &e.to_string());
+                    self.fail_durable(*p, &Failure::Store(e));
                 }
             },
             (wait, Completion::Answered { result, .. }) => self.on_answer(wait, result),
@@ -209,11 +241,7 @@ impl Shard {
                 self.to_conn(conn, server::history(req.as_deref(), &room, &frames, next));
             }
             (Wait::History { conn, req, .. }, Err(e)) => {
-                let msg = format!("history store unavailable: {e}");
-                self.to_conn(
-                    conn,
-                    server::error(req.as_deref(), ErrorCode::Unavailable, &msg, Some(STORE_RETRY_MS)),
-                );
+                self.to_conn(conn, Failure::Store(e).reply(req.as_deref(), "history store unavailable"));
             }
             (
                 Wait::CatchUp {
@@ -227,8 +255,8 @@ impl Shard {
             ) => {
                 let stored = match result {
                     Ok(Answer::RangeAfter(msgs)) => Ok(msgs),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e.to_string()),
+                    Ok(other) => Err(unexpected(&other)),
+                    Err(e) => Err(e),
                 };
                 let done = CatchUpDone {
                     room: &room,
@@ -240,11 +268,11 @@ impl Shard {
                 self.finish_catch_up(done, stored);
             }
             (Wait::Load { room } | Wait::Epoch { room, .. } | Wait::Warm { room, .. }, result) => {
-                let why = match result {
-                    Err(e) => e.to_string(),
-                    Ok(other) => format!("unexpected answer {other:?}"),
+                let e = match result {
+                    Err(e) => e,
+                    Ok(other) => unexpected(&other),
                 };
-                self.fail_load(&room, &why);
+                self.fail_load(&room, &LoadFailed::Store(Failure::Store(e)));
             }
             (_, result) => tracing::error!(shard = self.id, ?result, "store answer does not match its request"),
         }
@@ -270,7 +298,7 @@ impl Shard {
                 state,
             },
         ) {
-            self.fail_load(room, "message store busy");
+            self.fail_load(room, &LoadFailed::StoreBusy);
         }
     }
 
@@ -300,7 +328,7 @@ impl Shard {
                 state,
             },
         ) {
-            self.fail_load(room, "message store busy");
+            self.fail_load(room, &LoadFailed::StoreBusy);
         }
     }
 
@@ -364,20 +392,17 @@ impl Shard {
     }
 
     /// A load failed: answer everything queued and forget the room.
-    fn fail_load(&self, room: &str, why: &str) {
+    fn fail_load(&self, room: &str, why: &LoadFailed) {
         ShardStats::inc(&self.stats().store_load_failed_total);
-        tracing::warn!(shard = self.id, room, error = why, "room load from the store failed");
+        tracing::warn!(shard = self.id, room, error = %why, "room load from the store failed");
         let queued = self.loading.borrow_mut().remove(room).unwrap_or_default();
-        let msg = format!("room state unavailable: {why}");
         for op in queued {
             match op {
                 Frame::Join { shard, conn, req, .. } => {
-                    let err = server::error(req.as_deref(), ErrorCode::Unavailable, &msg, Some(STORE_RETRY_MS));
-                    self.refuse_join(room, usize::from(shard), conn, err);
+                    self.refuse_join(room, usize::from(shard), conn, why.reply(req.as_deref()));
                 }
                 Frame::Send { conn, req, .. } | Frame::History { conn, req, .. } => {
-                    let err = server::error(req.as_deref(), ErrorCode::Unavailable, &msg, Some(STORE_RETRY_MS));
-                    self.to_conn(conn, err);
+                    self.to_conn(conn, why.reply(req.as_deref()));
                 }
                 _ => {}
             }
