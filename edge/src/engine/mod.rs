@@ -17,6 +17,7 @@
 pub mod catch_up;
 pub mod failure;
 pub mod feed;
+pub mod owner;
 pub mod ring;
 
 pub use catch_up::Piece;

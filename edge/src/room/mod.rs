@@ -16,6 +16,7 @@ pub use members::MemberIndex;
 pub use page::{fit_page, Page};
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -56,6 +57,7 @@ pub enum Sequenced {
 /// seq order, so nobody sees a seq the store might not have.
 #[derive(Debug)]
 pub struct OwnedRoom {
+    name: Rc<str>,
     seq: u64,
     published: u64,
     epoch: u64,
@@ -80,6 +82,7 @@ impl OwnedRoom {
     /// A room as the store knows it: its epoch and the last stored seq, which sequencing continues from.
     pub fn restore(room: &str, shards: usize, epoch: u64, last_seq: u64, dedupe_cap: usize, recent_cap: usize) -> Self {
         Self {
+            name: Rc::from(room),
             seq: last_seq,
             published: last_seq,
             epoch,
@@ -121,6 +124,16 @@ impl OwnedRoom {
     /// The epoch: seqs are gap-free within one epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The room's name, shared by the effects that name it.
+    pub fn name(&self) -> Rc<str> {
+        self.name.clone()
+    }
+
+    /// Members on `shard`.
+    pub fn members_on(&self, shard: usize) -> u32 {
+        self.members_by_shard.get(shard).copied().unwrap_or(0)
     }
 
     /// Members on all shards.

@@ -146,8 +146,12 @@ impl Shard {
                     (true, Err(e)) => self.on_join_refused(room, conn.id, e.reply(req, "cluster")),
                     // Left before Redis answered: the join still gets its one reply.
                     _ if wanted.is_none() && self.conn(conn.id).is_some() => {
-                        conn.out
-                            .push_text(server::error(req, ErrorCode::BadRequest, super::owner::JOIN_CANCELLED, None));
+                        conn.out.push_text(server::error(
+                            req,
+                            ErrorCode::BadRequest,
+                            crate::engine::owner::JOIN_CANCELLED,
+                            None,
+                        ));
                     }
                     _ => {}
                 }

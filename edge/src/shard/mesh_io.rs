@@ -16,11 +16,12 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use router::{ArchivedFrame, Frame};
+use router::{ArchivedFrame, FileRef, Frame};
 
-use super::owner::SendArgs;
 use super::Shard;
+use crate::engine::owner::{HistoryArgs, JoinArgs, SendArgs};
 use crate::metrics::ShardStats;
+use crate::protocol::server::FileOut;
 
 /// Frames handled per wake-up before yielding to connection tasks.
 const DRAIN_BATCH: usize = 256;
@@ -118,7 +119,13 @@ impl Shard {
             } => {
                 let since = since.as_ref().map(|s| s.to_native());
                 let req = req.as_ref().map(|r| r.as_str());
-                self.owner_join(room.as_str(), usize::from(shard.to_native()), conn.to_native(), req, since);
+                self.owner_join(JoinArgs {
+                    room: room.as_str(),
+                    shard: usize::from(shard.to_native()),
+                    conn: conn.to_native(),
+                    req,
+                    since,
+                });
             }
             ArchivedFrame::Joined { room, conn, req, payload } => {
                 let req = req.as_ref().map(|r| r.as_str());
@@ -141,7 +148,13 @@ impl Shard {
             } => {
                 let req = req.as_ref().map(|r| r.as_str());
                 let before = before.as_ref().map(|b| b.to_native());
-                self.owner_history(room.as_str(), conn.to_native(), req, before, limit.to_native());
+                self.owner_history(HistoryArgs {
+                    room: room.as_str(),
+                    conn: conn.to_native(),
+                    req,
+                    before,
+                    limit: limit.to_native(),
+                });
             }
             ArchivedFrame::JoinRefused { room, conn, payload } => {
                 self.on_join_refused(room.as_str(), conn.to_native(), router::payload_bytes(&buf, payload.as_slice()));
@@ -192,11 +205,35 @@ impl Shard {
             client_id: client_id.as_ref().map(|c| c.as_str()),
             body: body.as_str(),
             kind: kind.as_str(),
-            file: file
-                .as_ref()
-                .map(|f| (f.url.as_str(), f.name.as_str(), f.size.to_native(), f.mime.as_str())),
+            file: file.as_ref().map(|f| FileOut {
+                url: f.url.as_str(),
+                name: f.name.as_str(),
+                size: f.size.to_native(),
+                mime: f.mime.as_str(),
+            }),
             reply_to: reply_to.as_ref().map(|r| r.to_native()),
         };
         self.owner_send(&args);
+    }
+}
+
+/// The mesh frame of a send for the room's owner on another shard.
+pub(super) fn send_frame(a: &SendArgs<'_>) -> Frame {
+    Frame::Send {
+        room: a.room.to_owned(),
+        shard: a.shard as u16,
+        conn: a.conn,
+        user: a.user.to_owned(),
+        req: a.req.map(str::to_owned),
+        client_id: a.client_id.map(str::to_owned),
+        body: a.body.to_owned(),
+        kind: a.kind.to_owned(),
+        file: a.file.map(|f| FileRef {
+            url: f.url.to_owned(),
+            name: f.name.to_owned(),
+            size: f.size,
+            mime: f.mime.to_owned(),
+        }),
+        reply_to: a.reply_to,
     }
 }

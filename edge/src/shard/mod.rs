@@ -15,12 +15,12 @@
 mod accept;
 mod cluster;
 mod conn;
+mod local;
+mod members;
 mod mesh_io;
 pub mod outbox;
-mod owner;
 mod publish;
 mod requests;
-mod store_io;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -30,15 +30,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use router::bridge::BridgeHandle;
-use router::{Endpoint, Frame};
+use router::Endpoint;
 use storage::{Completions, StoreHandle};
 
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
+use crate::engine::owner::{Owner, OwnerConfig};
 use crate::limits::admission::Admission;
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
-use crate::room::{MemberIndex, OwnedRoom};
+use crate::room::MemberIndex;
+use local::{LocalOwner, ShardStore};
 use outbox::Outbox;
 
 pub use accept::bind_listener;
@@ -107,7 +109,8 @@ pub(crate) struct Shard {
     pub(crate) driver: &'static str,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     members: RefCell<MemberIndex>,
-    owned: RefCell<HashMap<String, OwnedRoom>>,
+    /// The owner side of the rooms this shard owns (the engine's local sequencer).
+    owner: RefCell<LocalOwner>,
     next_conn: Cell<u64>,
     draining: Cell<bool>,
     drain_waker: Cell<Option<std::task::Waker>>,
@@ -119,17 +122,12 @@ pub(crate) struct Shard {
     pub(crate) admission: RefCell<Admission>,
     /// Monotonic clock origin of this shard (admission control runs on it).
     started: std::time::Instant,
-    /// The message store (`store_io`).
+    /// The message store (its figures for /metrics).
     pub(crate) store: StoreHandle,
+    /// This shard's store completions (fed to the owner by `local`).
     completions: Completions,
-    /// Whether the node's previous run ended cleanly; false re-epochs every room loaded.
-    previous_run_clean: bool,
     run_epoch: u64,
     next_ticket: Cell<u64>,
-    /// What each outstanding store ticket waits for.
-    waits: RefCell<HashMap<u64, store_io::Wait>>,
-    /// Rooms being loaded from the store, with the requests waiting for them (bounded).
-    loading: RefCell<HashMap<String, Vec<Frame>>>,
     /// Cluster mode: the Redis bridge.
     bridge: Option<BridgeHandle>,
     /// Cluster mode: rooms this shard receives from Redis (member side).
@@ -144,6 +142,12 @@ impl Shard {
     fn new(s: ShardSetup, me: Weak<Self>) -> Self {
         let threads = s.mesh.threads();
         let admission = Admission::new(s.cfg.admission_rate_per_shard, s.cfg.admission_burst, s.cfg.admission_retry_max_ms);
+        let owner_cfg = OwnerConfig::new(&s.cfg, s.id, s.shards, s.store.previous_run_clean(), s.run_epoch);
+        let port = ShardStore {
+            handle: s.store.clone(),
+            shard: s.id,
+        };
+        let owner = Owner::new(owner_cfg, port, s.stats.clone());
         Self {
             id: s.id,
             shards: s.shards,
@@ -154,7 +158,7 @@ impl Shard {
             driver: s.driver,
             conns: RefCell::new(HashMap::new()),
             members: RefCell::new(MemberIndex::default()),
-            owned: RefCell::new(HashMap::new()),
+            owner: RefCell::new(owner),
             next_conn: Cell::new(0),
             draining: Cell::new(false),
             drain_waker: Cell::new(None),
@@ -163,13 +167,10 @@ impl Shard {
             spill_waker: Cell::new(None),
             admission: RefCell::new(admission),
             started: std::time::Instant::now(),
-            previous_run_clean: s.store.previous_run_clean(),
             store: s.store,
             completions: s.completions,
             run_epoch: s.run_epoch,
             next_ticket: Cell::new(0),
-            waits: RefCell::new(HashMap::new()),
-            loading: RefCell::new(HashMap::new()),
             bridge: s.bridge,
             cluster: RefCell::new(HashMap::new()),
             publishing: RefCell::new(HashMap::new()),
@@ -190,6 +191,13 @@ impl Shard {
     /// Monotonic nanoseconds since the shard started.
     pub(crate) fn mono_ns(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
+    }
+
+    /// A fresh number for this shard (join tokens, message ids in cluster mode).
+    pub(super) fn take_ticket(&self) -> u64 {
+        let t = self.next_ticket.get() + 1;
+        self.next_ticket.set(t);
+        t
     }
 
     fn new_conn_id(&self) -> u64 {
@@ -256,7 +264,7 @@ fn block_on_legacy(shard: Rc<Shard>, l: std::net::TcpListener) -> std::io::Resul
 async fn main_task(shard: Rc<Shard>, listener: std::net::TcpListener) {
     monoio::spawn(mesh_io::run_inbox(shard.clone()));
     monoio::spawn(mesh_io::run_spill(shard.clone()));
-    monoio::spawn(store_io::run_completions(shard.clone()));
+    monoio::spawn(local::run_completions(shard.clone()));
     monoio::spawn(conn::run_idle_sweep(shard.clone()));
     tracing::info!(shard = shard.id, driver = shard.driver, "shard started");
     accept::run_accept(shard.clone(), listener).await;

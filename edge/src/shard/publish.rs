@@ -17,8 +17,8 @@ use std::rc::Rc;
 
 use router::bridge::{BridgeError, BridgeHandle, PreparedMessage, SeqRange};
 
-use super::owner::{render_message, SendArgs};
 use super::Shard;
+use crate::engine::owner::{render_message, SendArgs};
 use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server;

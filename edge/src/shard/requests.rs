@@ -10,13 +10,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use router::Frame;
 
-use super::owner::SendArgs;
 use super::{Conn, Shard};
 use crate::auth::{self, Claims};
+use crate::engine::owner::{HistoryArgs, JoinArgs, SendArgs};
 use crate::engine::Busy;
 use crate::metrics::ShardStats;
 use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target};
-use crate::protocol::server::{self, AdvertisedLimits};
+use crate::protocol::server::{self, AdvertisedLimits, FileOut};
 use crate::protocol::ErrorCode;
 
 /// Close code for a client that keeps exceeding its rate.
@@ -165,7 +165,13 @@ impl Shard {
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
             conn.rooms.borrow_mut().push(room.to_owned());
-            return self.owner_join(room, self.id, conn.id, id, since);
+            return self.owner_join(JoinArgs {
+                room,
+                shard: self.id,
+                conn: conn.id,
+                req: id,
+                since,
+            });
         }
         let frame = Frame::Join {
             room: room.to_owned(),
@@ -239,14 +245,19 @@ impl Shard {
             client_id: s.client_id.as_deref(),
             body: &s.body,
             kind: s.kind.as_str(),
-            file: s.file.as_ref().map(|f| (f.url.as_ref(), f.name.as_ref(), f.size, f.mime.as_ref())),
+            file: s.file.as_ref().map(|f| FileOut {
+                url: &f.url,
+                name: &f.name,
+                size: f.size,
+                mime: &f.mime,
+            }),
             reply_to: s.reply_to,
         };
         let owner = crate::room::owner(&room, self.shards);
         if owner == self.id {
             return self.owner_send(&args);
         }
-        if !self.try_request(owner, &args.to_frame()) {
+        if !self.try_request(owner, &super::mesh_io::send_frame(&args)) {
             self.overloaded(conn, id);
         }
     }
@@ -286,7 +297,13 @@ impl Shard {
         }
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
-            return self.owner_history(room, conn.id, id, before, limit);
+            return self.owner_history(HistoryArgs {
+                room,
+                conn: conn.id,
+                req: id,
+                before,
+                limit,
+            });
         }
         let frame = Frame::History {
             room: room.to_owned(),

@@ -1,0 +1,440 @@
+//! Loading a room before its owner acts on it, and the store completions.
+//!
+//! 1. `RoomState` gives the epoch and the last stored seq (the room is
+//!    created in the store with the current time as epoch if new);
+//! 2. after an unclean previous run, `SetEpoch` moves the room to this run's
+//!    epoch (fast mode may have acked messages the store never got, so old
+//!    seqs past the stored ones may have been seen with other content);
+//! 3. `History` of the newest messages warms the recent ring and the
+//!    `client_id` memory, so retries across a restart are still deduplicated;
+//! 4. the requests queued meanwhile are replayed in order.
+//!
+//! Invariants: every submitted ticket has exactly one `Wait` until its
+//! completion arrives (the store service answers every admitted request); a
+//! room's load queue is bounded by `room_load_queue_max`; a failed load
+//! answers every queued request and forgets the room, so the next request
+//! tries again.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
+
+use super::{CatchUp, HistoryArgs, JoinArgs, Owner, SendArgs, StorePort, Wait};
+use crate::engine::{Busy, Failure};
+use crate::metrics::ShardStats;
+use crate::protocol::server::{self, FileOut};
+use crate::room::{fit_page, OwnedRoom};
+
+/// Whether the owner can act on a room now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Loaded: go ahead.
+    Ready,
+    /// Being loaded: the request waits in the room's queue.
+    Queued,
+    /// Cannot be loaded now (a bound is reached): answer `overloaded` with this message.
+    Refused(&'static str),
+}
+
+/// A load step waiting for the store.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Step 1: the room's state.
+    State { room: String },
+    /// Step 2: the new epoch is being written.
+    Epoch { room: String, state: RoomState },
+    /// Step 3: the newest messages, to warm the ring and the dedupe memory.
+    Warm { room: String, state: RoomState },
+}
+
+/// A request waiting for its room to load (owned: it outlives the frame it came in).
+#[derive(Debug)]
+pub(super) enum Op {
+    Join {
+        shard: usize,
+        conn: u64,
+        req: Option<String>,
+        since: Option<u64>,
+    },
+    Send(Box<OwnedSend>),
+    History {
+        conn: u64,
+        req: Option<String>,
+        before: Option<u64>,
+        limit: u32,
+    },
+}
+
+/// An owned copy of [`SendArgs`].
+#[derive(Debug)]
+pub(super) struct OwnedSend {
+    room: String,
+    shard: usize,
+    conn: u64,
+    user: String,
+    req: Option<String>,
+    client_id: Option<String>,
+    body: String,
+    kind: String,
+    file: Option<(String, String, u64, String)>,
+    reply_to: Option<u64>,
+}
+
+impl OwnedSend {
+    fn args(&self) -> SendArgs<'_> {
+        SendArgs {
+            room: &self.room,
+            shard: self.shard,
+            conn: self.conn,
+            user: &self.user,
+            req: self.req.as_deref(),
+            client_id: self.client_id.as_deref(),
+            body: &self.body,
+            kind: &self.kind,
+            file: self.file.as_ref().map(|(url, name, size, mime)| FileOut {
+                url,
+                name,
+                size: *size,
+                mime,
+            }),
+            reply_to: self.reply_to,
+        }
+    }
+}
+
+impl Op {
+    pub(super) fn join(j: &JoinArgs<'_>) -> impl FnOnce() -> Self {
+        let (shard, conn, req, since) = (j.shard, j.conn, j.req.map(str::to_owned), j.since);
+        move || Self::Join { shard, conn, req, since }
+    }
+
+    pub(super) fn send<'a>(a: &'a SendArgs<'a>) -> impl FnOnce() -> Self + 'a {
+        move || {
+            Self::Send(Box::new(OwnedSend {
+                room: a.room.to_owned(),
+                shard: a.shard,
+                conn: a.conn,
+                user: a.user.to_owned(),
+                req: a.req.map(str::to_owned),
+                client_id: a.client_id.map(str::to_owned),
+                body: a.body.to_owned(),
+                kind: a.kind.to_owned(),
+                file: a.file.map(|f| (f.url.to_owned(), f.name.to_owned(), f.size, f.mime.to_owned())),
+                reply_to: a.reply_to,
+            }))
+        }
+    }
+
+    pub(super) fn history(h: &HistoryArgs<'_>) -> impl FnOnce() -> Self {
+        let (conn, req, before, limit) = (h.conn, h.req.map(str::to_owned), h.before, h.limit);
+        move || Self::History { conn, req, before, limit }
+    }
+
+    fn conn_and_req(&self) -> (u64, Option<&str>) {
+        match self {
+            Self::Join { conn, req, .. } | Self::History { conn, req, .. } => (*conn, req.as_deref()),
+            Self::Send(s) => (s.conn, s.req.as_deref()),
+        }
+    }
+}
+
+/// Rooms being loaded, with the requests waiting for each (bounded).
+#[derive(Debug, Default)]
+pub(super) struct Loading {
+    rooms: HashMap<String, Vec<Op>>,
+}
+
+impl Loading {
+    /// Removes the joins of `conn` queued behind `room`'s load; `None` when the room is not
+    /// loading or none was queued, else the request ids of the cancelled joins.
+    pub(super) fn drop_join(&mut self, room: &str, conn: u64) -> Option<Vec<Option<String>>> {
+        let queue = self.rooms.get_mut(room)?;
+        let mut cancelled = Vec::new();
+        queue.retain_mut(|op| match op {
+            Op::Join { conn: c, req, .. } if *c == conn => {
+                cancelled.push(req.take());
+                false
+            }
+            _ => true,
+        });
+        (!cancelled.is_empty()).then_some(cancelled)
+    }
+}
+
+/// Why a room could not be loaded.
+enum LoadFailed {
+    /// The store's query queue was full.
+    StoreBusy,
+    /// The store answered with an error.
+    Store(Failure),
+}
+
+impl LoadFailed {
+    fn reply(&self, req: Option<&str>) -> Bytes {
+        match self {
+            Self::StoreBusy => Busy::Store.reply(req, "room state unavailable: message store busy, retry"),
+            Self::Store(f) => f.reply(req, "room state unavailable"),
+        }
+    }
+}
+
+impl std::fmt::Display for LoadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::StoreBusy => f.write_str("message store busy"),
+            Self::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A store answer of the wrong kind for its request: a bug, reported as a non-retryable store error.
+fn unexpected(answer: &Answer) -> StoreError {
+    StoreError::Internal(format!("unexpected answer {answer:?}"))
+}
+
+impl<S: StorePort> Owner<S> {
+    /// Whether `room` is loaded; if not, queues `op` (built only then) and starts the load.
+    pub(super) fn room_ready(&mut self, room: &str, op: impl FnOnce() -> Op, now_ms: u64) -> Readiness {
+        if self.rooms.contains_key(room) {
+            return Readiness::Ready;
+        }
+        if let Some(queue) = self.loading.rooms.get_mut(room) {
+            if queue.len() >= self.cfg.room_load_queue_max {
+                return Readiness::Refused("room is loading, retry");
+            }
+            queue.push(op());
+            return Readiness::Queued;
+        }
+        if self.rooms.len() + self.loading.rooms.len() >= self.cfg.max_rooms_per_shard && !self.evict_one() {
+            return Readiness::Refused("too many rooms on this shard");
+        }
+        let query = Query::RoomState {
+            room: room.to_owned(),
+            new_epoch: now_ms,
+        };
+        if !self.submit_query(query, Wait::Load(Step::State { room: room.to_owned() })) {
+            return Readiness::Refused("message store busy, retry");
+        }
+        self.loading.rooms.insert(room.to_owned(), vec![op()]);
+        Readiness::Queued
+    }
+
+    /// Drops one room that has no members and no store work out; false when none can go.
+    fn evict_one(&mut self) -> bool {
+        let Some(victim) = self.rooms.iter().find(|(_, r)| r.is_evictable()).map(|(k, _)| k.clone()) else {
+            return false;
+        };
+        self.rooms.remove(&victim);
+        ShardStats::set(&self.stats().rooms_owned, self.rooms.len() as u64);
+        true
+    }
+
+    /// A store completion for this shard.
+    pub fn completion(&mut self, c: Completion, now_ms: u64) {
+        let ticket = c.ticket();
+        let Some(wait) = self.waits.remove(&ticket) else {
+            tracing::error!(shard = self.cfg.shard, ticket, "store completion for an unknown ticket");
+            return;
+        };
+        match (wait, c) {
+            (Wait::Write { room }, Completion::Written { result, .. }) => self.fast_written(&room, result),
+            (Wait::Durable(p), Completion::Written { result, .. }) => match result {
+                Ok(()) => self.publish_durable(*p),
+                Err(e) => {
+                    ShardStats::inc(&self.stats().store_write_failed_total);
+                    tracing::error!(shard = self.cfg.shard, room = %p.room, seq = p.ack.seq, error = %e, "durable write failed");
+                    self.fail_durable(*p, &Failure::Store(e));
+                }
+            },
+            (wait, Completion::Answered { result, .. }) => self.on_answer(wait, result, now_ms),
+            (_, Completion::Written { .. }) => tracing::error!(shard = self.cfg.shard, ticket, "write completion for a query ticket"),
+        }
+    }
+
+    fn fast_written(&mut self, room: &str, result: Result<(), StoreError>) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.release();
+        }
+        if let Err(e) = result {
+            // Fast mode: the message was already delivered and acked; it is missing from history.
+            ShardStats::inc(&self.stats().store_write_failed_total);
+            tracing::error!(shard = self.cfg.shard, room, error = %e, "store write failed (fast mode: message delivered, not stored)");
+        }
+    }
+
+    fn on_answer(&mut self, wait: Wait, result: Result<Answer, StoreError>, now_ms: u64) {
+        match (wait, result) {
+            (Wait::Load(Step::State { room }), Ok(Answer::RoomState(state))) => self.loaded_state(&room, state, now_ms),
+            (Wait::Load(Step::Epoch { room, state }), Ok(Answer::EpochSet)) => self.warm_room(&room, state, now_ms),
+            (Wait::Load(Step::Warm { room, state }), Ok(Answer::History(page))) => self.finish_load(&room, state, page, now_ms),
+            (Wait::Load(Step::State { room } | Step::Epoch { room, .. } | Step::Warm { room, .. }), result) => {
+                let e = match result {
+                    Err(e) => e,
+                    Ok(other) => unexpected(&other),
+                };
+                self.fail_load(&room, &LoadFailed::Store(Failure::Store(e)));
+            }
+            (Wait::History { room, conn, req }, Ok(Answer::History(page))) => {
+                let messages = page.messages.into_iter().map(|m| (m.seq, m.frame)).collect();
+                let (frames, next) = fit_page(messages, page.next_before, self.cfg.history_page_max_bytes);
+                self.reply(conn, server::history(req.as_deref(), &room, &frames, next));
+            }
+            (Wait::History { conn, req, .. }, result) => {
+                let e = match result {
+                    Err(e) => e,
+                    Ok(other) => unexpected(&other),
+                };
+                self.reply(conn, Failure::Store(e).reply(req.as_deref(), "history store unavailable"));
+            }
+            (
+                Wait::CatchUp {
+                    room,
+                    shard,
+                    conn,
+                    req,
+                    since,
+                },
+                result,
+            ) => {
+                let stored = match result {
+                    Ok(Answer::RangeAfter(msgs)) => Ok(msgs),
+                    Ok(other) => Err(unexpected(&other)),
+                    Err(e) => Err(e),
+                };
+                let done = CatchUp {
+                    room: &room,
+                    shard,
+                    conn,
+                    req: req.as_deref(),
+                    since,
+                };
+                self.finish_catch_up(done, stored);
+            }
+            (wait @ (Wait::Write { .. } | Wait::Durable(_)), result) => {
+                tracing::error!(shard = self.cfg.shard, ?wait, ?result, "query answer for a write ticket");
+            }
+        }
+    }
+
+    /// Load step 1 done: re-epoch after an unclean previous run, else warm.
+    fn loaded_state(&mut self, room: &str, state: RoomState, now_ms: u64) {
+        if self.cfg.previous_run_clean || state.epoch >= self.cfg.run_epoch {
+            return self.warm_room(room, state, now_ms);
+        }
+        let state = RoomState {
+            epoch: self.cfg.run_epoch,
+            ..state
+        };
+        let query = Query::SetEpoch {
+            room: room.to_owned(),
+            epoch: state.epoch,
+        };
+        let step = Step::Epoch {
+            room: room.to_owned(),
+            state,
+        };
+        if !self.submit_query(query, Wait::Load(step)) {
+            self.fail_load(room, &LoadFailed::StoreBusy);
+        }
+    }
+
+    /// Load step 3: read the newest messages (none to read in a new room).
+    fn warm_room(&mut self, room: &str, state: RoomState, now_ms: u64) {
+        if state.last_seq == 0 {
+            let empty = HistoryPage {
+                messages: Vec::new(),
+                next_before: None,
+            };
+            return self.finish_load(room, state, empty, now_ms);
+        }
+        let limit = self
+            .cfg
+            .dedupe_per_room
+            .max(self.cfg.recent_per_room)
+            .clamp(1, storage::MAX_PAGE_MESSAGES);
+        let query = Query::History {
+            room: room.to_owned(),
+            before: None,
+            limit,
+        };
+        let step = Step::Warm {
+            room: room.to_owned(),
+            state,
+        };
+        if !self.submit_query(query, Wait::Load(step)) {
+            self.fail_load(room, &LoadFailed::StoreBusy);
+        }
+    }
+
+    /// Load step 4: the room is in memory; replay what waited for it.
+    fn finish_load(&mut self, room: &str, state: RoomState, page: HistoryPage, now_ms: u64) {
+        let mut r = OwnedRoom::restore(
+            room,
+            self.cfg.shards,
+            state.epoch,
+            state.last_seq,
+            self.cfg.dedupe_per_room,
+            self.cfg.recent_per_room,
+        );
+        for m in page.messages {
+            let StoredMessage {
+                seq,
+                msg_id,
+                sender,
+                ts_ms,
+                client_id,
+                frame,
+                ..
+            } = m;
+            r.warm(seq, &sender, client_id.as_deref(), &msg_id, ts_ms, frame);
+        }
+        self.rooms.insert(room.to_owned(), r);
+        ShardStats::set(&self.stats().rooms_owned, self.rooms.len() as u64);
+        let queued = self.loading.rooms.remove(room).unwrap_or_default();
+        for op in queued {
+            self.replay(room, op, now_ms);
+        }
+    }
+
+    fn replay(&mut self, room: &str, op: Op, now_ms: u64) {
+        match op {
+            Op::Join { shard, conn, req, since } => {
+                let j = JoinArgs {
+                    room,
+                    shard,
+                    conn,
+                    req: req.as_deref(),
+                    since,
+                };
+                self.join(j, now_ms);
+            }
+            Op::History { conn, req, before, limit } => {
+                let h = HistoryArgs {
+                    room,
+                    conn,
+                    req: req.as_deref(),
+                    before,
+                    limit,
+                };
+                self.history(h, now_ms);
+            }
+            Op::Send(s) => self.send(&s.args(), now_ms),
+        }
+    }
+
+    /// A load failed: answer everything queued and forget the room.
+    fn fail_load(&mut self, room: &str, why: &LoadFailed) {
+        ShardStats::inc(&self.stats().store_load_failed_total);
+        tracing::warn!(shard = self.cfg.shard, room, error = %why, "room load from the store failed");
+        let queued = self.loading.rooms.remove(room).unwrap_or_default();
+        for op in queued {
+            let (conn, req) = op.conn_and_req();
+            let err = why.reply(req);
+            match op {
+                Op::Join { shard, .. } => self.refuse_join(room, shard, conn, err),
+                Op::Send(_) | Op::History { .. } => self.reply(conn, err),
+            }
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The local sequencer: the owner side of the rooms one shard owns on a
+//! single node, as a sans-IO state machine.
+//!
+//! Events come in as method calls with `now_ms` passed in (a member joins,
+//! leaves, sends, asks for history; a store completion arrives); what the
+//! shard must do comes out of [`Owner::poll`] as [`Effect`]s, in order:
+//! replies for connections, `joined` / refused joins for member shards, and
+//! deliveries for every shard with members. The store is reached through
+//! [`StorePort`], whose calls only admit a request into a bounded queue (the
+//! answer comes back later as a completion), so the owner never waits.
+//!
+//! It holds no sockets, no runtime, no clock and no spawned tasks: the
+//! deterministic harness (`harness.rs`) drives several owners with an
+//! in-memory store and seeded interleavings, and checks the invariants of
+//! ARCHITECTURE.md.
+//!
+//! Invariants:
+//! - a room is loaded from the store before the owner acts on it; requests
+//!   that arrive meanwhile wait in a bounded queue and are replayed in order;
+//! - seq starts after the stored one and has no gap within an epoch; a
+//!   store refusal takes the seq back; a room is evicted only when nothing
+//!   is pending for it, so a reload never reuses a seq;
+//! - `fast`: published (ring, fan-out, ack) when sequenced; `durable`:
+//!   published when the store's completion arrives, in seq order;
+//! - every join, send and history request gets exactly one answer: a
+//!   `Joined`, a `JoinRefused`, or a reply carrying its id.
+
+mod load;
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use storage::{Overloaded, Query, StoreError, StoredMessage};
+
+use super::{catch_up, Busy, Failure};
+use crate::config::{Config, Durability};
+use crate::metrics::ShardStats;
+use crate::protocol::server::{self, FileOut, MessageOut};
+use crate::protocol::ErrorCode;
+use crate::room::{fit_page, AckInfo, OwnedRoom, Sequenced};
+
+pub use load::Readiness;
+
+/// The answer to a join whose connection left the room before the join completed.
+pub const JOIN_CANCELLED: &str = "join cancelled: the room was left before the join completed";
+
+/// Admission into the store's bounded queues (the store service's handle on a shard).
+pub trait StorePort {
+    /// Queues a message write; its completion comes back with `ticket`.
+    fn write(&mut self, msg: StoredMessage, ticket: u64) -> Result<(), Overloaded>;
+    /// Queues a query; its answer comes back with `ticket`.
+    fn query(&mut self, query: Query, ticket: u64) -> Result<(), Overloaded>;
+}
+
+/// What an owner is configured with (one immutable copy per shard).
+#[derive(Debug, Clone)]
+pub struct OwnerConfig {
+    /// This shard.
+    pub shard: usize,
+    /// Shards of the node.
+    pub shards: usize,
+    /// When a message is published and acked.
+    pub durability: Durability,
+    /// `client_id`s remembered per room.
+    pub dedupe_per_room: usize,
+    /// Messages kept in a room's recent ring.
+    pub recent_per_room: usize,
+    /// Most messages a catch-up reads from the store.
+    pub max_catch_up_messages: usize,
+    /// Requests that may wait for a room load.
+    pub room_load_queue_max: usize,
+    /// Rooms kept in memory (loaded or loading).
+    pub max_rooms_per_shard: usize,
+    /// Largest history page, in bytes of messages.
+    pub history_page_max_bytes: usize,
+    /// Whether the node's previous run ended cleanly (false re-epochs every room loaded).
+    pub previous_run_clean: bool,
+    /// This run's epoch, for rooms re-epoched after an unclean run.
+    pub run_epoch: u64,
+}
+
+impl OwnerConfig {
+    /// The owner settings of `shard` from the node's configuration.
+    pub fn new(cfg: &Config, shard: usize, shards: usize, previous_run_clean: bool, run_epoch: u64) -> Self {
+        Self {
+            shard,
+            shards,
+            durability: cfg.durability,
+            dedupe_per_room: cfg.dedupe_per_room,
+            recent_per_room: cfg.recent_per_room,
+            max_catch_up_messages: cfg.max_catch_up_messages,
+            room_load_queue_max: cfg.room_load_queue_max,
+            max_rooms_per_shard: cfg.max_rooms_per_shard,
+            history_page_max_bytes: cfg.history_page_max_bytes,
+            previous_run_clean,
+            run_epoch,
+        }
+    }
+}
+
+/// What the shard must do, in the order the owner produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Bytes for connection `conn`, which may live on any shard (replies, catch-up).
+    Reply { conn: u64, payload: Bytes },
+    /// The member on `shard` is counted: it joins the fan-out list and gets `payload` (`joined`).
+    Joined {
+        shard: usize,
+        room: Rc<str>,
+        conn: u64,
+        req: Option<String>,
+        payload: Bytes,
+    },
+    /// The join was refused: the member shard forgets the room for `conn` and relays `payload`.
+    JoinRefused {
+        shard: usize,
+        room: Rc<str>,
+        conn: u64,
+        payload: Bytes,
+    },
+    /// `payload` for every member of `room` on `shard` (a message, or a `gap` notice).
+    Deliver {
+        shard: usize,
+        room: Rc<str>,
+        seq: u64,
+        payload: Bytes,
+    },
+}
+
+/// A send, as the owner receives it (from a local connection or a mesh frame).
+#[derive(Debug, Clone, Copy)]
+pub struct SendArgs<'a> {
+    pub room: &'a str,
+    pub shard: usize,
+    pub conn: u64,
+    pub user: &'a str,
+    pub req: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+    pub body: &'a str,
+    pub kind: &'a str,
+    pub file: Option<FileOut<'a>>,
+    pub reply_to: Option<u64>,
+}
+
+/// A join, as the owner receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinArgs<'a> {
+    pub room: &'a str,
+    pub shard: usize,
+    pub conn: u64,
+    pub req: Option<&'a str>,
+    pub since: Option<u64>,
+}
+
+/// A history request, as the owner receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryArgs<'a> {
+    pub room: &'a str,
+    pub conn: u64,
+    pub req: Option<&'a str>,
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
+/// A durable send waiting for its commit.
+#[derive(Debug)]
+struct PendingSend {
+    room: String,
+    user: String,
+    client_id: Option<String>,
+    ack: AckInfo,
+    rendered: Bytes,
+    /// Connections (and request ids) to ack once committed: the sender, and retries of its client id.
+    waiters: Vec<(u64, Option<String>)>,
+}
+
+/// What a store ticket is waiting for.
+#[derive(Debug)]
+enum Wait {
+    /// A step of a room load.
+    Load(load::Step),
+    /// A fast-mode write (already published).
+    Write { room: String },
+    /// A durable-mode write (published when committed).
+    Durable(Box<PendingSend>),
+    /// A history page for a connection.
+    History { room: String, conn: u64, req: Option<String> },
+    /// Catch-up for a join with `since`.
+    CatchUp {
+        room: String,
+        shard: usize,
+        conn: u64,
+        req: Option<String>,
+        since: u64,
+    },
+}
+
+/// The owner side of one shard's rooms.
+pub struct Owner<S> {
+    cfg: OwnerConfig,
+    store: S,
+    stats: Arc<Vec<ShardStats>>,
+    rooms: HashMap<String, OwnedRoom>,
+    loading: load::Loading,
+    waits: HashMap<u64, Wait>,
+    next_ticket: u64,
+    effects: VecDeque<Effect>,
+}
+
+impl<S: StorePort> Owner<S> {
+    /// An owner with no room loaded; `stats[cfg.shard]` is its stats line.
+    pub fn new(cfg: OwnerConfig, store: S, stats: Arc<Vec<ShardStats>>) -> Self {
+        Self {
+            cfg,
+            store,
+            stats,
+            rooms: HashMap::new(),
+            loading: load::Loading::default(),
+            waits: HashMap::new(),
+            next_ticket: 0,
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The next effect to carry out, oldest first.
+    pub fn poll(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    fn stats(&self) -> &ShardStats {
+        &self.stats[self.cfg.shard]
+    }
+
+    fn reply(&mut self, conn: u64, payload: Bytes) {
+        self.effects.push_back(Effect::Reply { conn, payload });
+    }
+
+    fn take_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Submits a query and remembers what it waits for; false when the store refused it.
+    fn submit_query(&mut self, query: Query, wait: Wait) -> bool {
+        let ticket = self.take_ticket();
+        if self.store.query(query, ticket).is_err() {
+            ShardStats::inc(&self.stats().store_overloaded_total);
+            return false;
+        }
+        self.waits.insert(ticket, wait);
+        true
+    }
+
+    /// A member on `j.shard` joins: `joined`, then the catch-up after `since`
+    /// (from the ring, or from the store when the ring no longer holds it).
+    pub fn join(&mut self, j: JoinArgs<'_>, now_ms: u64) {
+        match self.room_ready(j.room, load::Op::join(&j), now_ms) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(msg) => return self.refuse_join(j.room, j.shard, j.conn, Busy::Store.reply(j.req, msg)),
+        }
+        let Some(r) = self.rooms.get_mut(j.room) else { return };
+        if let Some(since) = j.since.filter(|&s| !r.ring().covers(s, r.published())) {
+            let after = since.max(r.published().saturating_sub(self.cfg.max_catch_up_messages as u64));
+            r.start_join(j.conn);
+            r.hold();
+            let query = Query::RangeAfter {
+                room: j.room.to_owned(),
+                after,
+                limit: self.cfg.max_catch_up_messages,
+            };
+            let wait = Wait::CatchUp {
+                room: j.room.to_owned(),
+                shard: j.shard,
+                conn: j.conn,
+                req: j.req.map(str::to_owned),
+                since,
+            };
+            if !self.submit_query(query, wait) {
+                if let Some(r) = self.rooms.get_mut(j.room) {
+                    r.finish_join(j.conn);
+                    r.release();
+                }
+                self.refuse_join(j.room, j.shard, j.conn, Busy::Store.reply(j.req, "store busy, retry"));
+            }
+            return;
+        }
+        let members = r.join(j.shard);
+        let joined = server::joined(j.req, j.room, r.published(), r.epoch(), members);
+        let missed = j
+            .since
+            .map_or_else(Vec::new, |s| catch_up::frames(j.room, s, r.published(), r.ring().after(s)));
+        let name = r.name();
+        self.send_joined(name, j, joined, missed);
+    }
+
+    /// The store answered a catch-up read: count the member, then `joined`, stored messages, ring messages.
+    fn finish_catch_up(&mut self, w: CatchUp<'_>, stored: Result<Vec<StoredMessage>, StoreError>) {
+        let Some(r) = self.rooms.get_mut(w.room) else { return };
+        r.release();
+        if !r.finish_join(w.conn) {
+            // Left (or closed) while the store was read: the join still gets its one reply.
+            let err = server::error(w.req, ErrorCode::BadRequest, JOIN_CANCELLED, None);
+            return self.reply(w.conn, err);
+        }
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                let err = Failure::Store(e).reply(w.req, "history store unavailable");
+                return self.refuse_join(w.room, w.shard, w.conn, err);
+            }
+        };
+        let members = r.join(w.shard);
+        let joined = server::joined(w.req, w.room, r.published(), r.epoch(), members);
+        let read = stored.iter().map(|m| (m.seq, &m.frame));
+        let out = catch_up::frames(w.room, w.since, r.published(), read.chain(r.ring().after(w.since)));
+        let j = JoinArgs {
+            room: w.room,
+            shard: w.shard,
+            conn: w.conn,
+            req: w.req,
+            since: Some(w.since),
+        };
+        let name = r.name();
+        self.send_joined(name, j, joined, out);
+    }
+
+    /// `joined` to the member shard, then the catch-up (same ring, so in order before live messages).
+    fn send_joined(&mut self, room: Rc<str>, j: JoinArgs<'_>, joined: Bytes, catch_up: Vec<Bytes>) {
+        self.effects.push_back(Effect::Joined {
+            shard: j.shard,
+            room,
+            conn: j.conn,
+            req: j.req.map(str::to_owned),
+            payload: joined,
+        });
+        for payload in catch_up {
+            self.reply(j.conn, payload);
+        }
+    }
+
+    /// Refuses a join: the member side forgets the room for that connection and relays the error.
+    fn refuse_join(&mut self, room: &str, shard: usize, conn: u64, error: Bytes) {
+        self.effects.push_back(Effect::JoinRefused {
+            shard,
+            room: Rc::from(room),
+            conn,
+            payload: error,
+        });
+    }
+
+    /// A member on `shard` left `room` (or its join, still waiting for the store, is dropped).
+    pub fn leave(&mut self, room: &str, shard: usize, conn: u64) {
+        if let Some(cancelled) = self.loading.drop_join(room, conn) {
+            for req in cancelled {
+                self.reply(conn, server::error(req.as_deref(), ErrorCode::BadRequest, JOIN_CANCELLED, None));
+            }
+            return;
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            if !r.finish_join(conn) {
+                r.leave(shard);
+            }
+        }
+    }
+
+    /// Sequences a send, hands it to the store, and publishes it as the durability mode says.
+    pub fn send(&mut self, a: &SendArgs<'_>, now_ms: u64) {
+        match self.room_ready(a.room, load::Op::send(a), now_ms) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(msg) => return self.reply(a.conn, Busy::Store.reply(a.req, msg)),
+        }
+        let Some(r) = self.rooms.get_mut(a.room) else { return };
+        let ack = match r.sequence(a.user, a.client_id, now_ms) {
+            Sequenced::New(ack) => ack,
+            Sequenced::Duplicate(ack) => {
+                let ticket = (ack.seq > r.published()).then(|| r.commit_ticket(ack.seq)).flatten();
+                return self.answer_duplicate(a, &ack, ticket);
+            }
+        };
+        let rendered = render_message(a, Some(ack.seq), &ack.msg_id, ack.ts);
+        let stored = StoredMessage {
+            room: a.room.to_owned(),
+            seq: ack.seq,
+            msg_id: ack.msg_id.clone(),
+            sender: a.user.to_owned(),
+            ts_ms: ack.ts,
+            client_id: a.client_id.map(str::to_owned),
+            frame: rendered.clone(),
+        };
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        if self.store.write(stored, ticket).is_err() {
+            // Nothing happened since `sequence`: take the seq back, so the room has no gap.
+            if let Some(r) = self.rooms.get_mut(a.room) {
+                r.unsequence(ack.seq, a.user, a.client_id);
+            }
+            ShardStats::inc(&self.stats().store_overloaded_total);
+            return self.reply(a.conn, Busy::Store.reply(a.req, "message store busy, retry"));
+        }
+        ShardStats::inc(&self.stats().messages_total);
+        let Some(r) = self.rooms.get_mut(a.room) else { return };
+        if self.cfg.durability == Durability::Durable {
+            r.committing(ack.seq, ticket);
+            let pending = PendingSend {
+                room: a.room.to_owned(),
+                user: a.user.to_owned(),
+                client_id: a.client_id.map(str::to_owned),
+                ack,
+                rendered,
+                waiters: vec![(a.conn, a.req.map(str::to_owned))],
+            };
+            self.waits.insert(ticket, Wait::Durable(Box::new(pending)));
+            return;
+        }
+        r.hold();
+        r.publish(ack.seq, rendered.clone());
+        self.waits.insert(ticket, Wait::Write { room: a.room.to_owned() });
+        self.fan_out(a.room, ack.seq, &rendered);
+        self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+    }
+
+    /// A retried `client_id`: the original ack, now or (durable, still committing) when the commit lands.
+    fn answer_duplicate(&mut self, a: &SendArgs<'_>, ack: &AckInfo, committing: Option<u64>) {
+        if let Some(Wait::Durable(p)) = committing.and_then(|t| self.waits.get_mut(&t)) {
+            p.waiters.push((a.conn, a.req.map(str::to_owned)));
+            return;
+        }
+        self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+    }
+
+    /// Publishes a committed durable send: ring, fan-out, then every waiting ack.
+    fn publish_durable(&mut self, p: PendingSend) {
+        let Some(r) = self.rooms.get_mut(&p.room) else { return };
+        r.committed(p.ack.seq);
+        r.publish(p.ack.seq, p.rendered.clone());
+        self.fan_out(&p.room, p.ack.seq, &p.rendered);
+        for (conn, req) in &p.waiters {
+            let ack = server::ack(req.as_deref(), &p.room, p.ack.seq, &p.ack.msg_id, p.ack.ts);
+            self.reply(*conn, ack);
+        }
+    }
+
+    /// A durable send whose batch failed: the seq is given up, members are told with `gap`,
+    /// the senders get the failure (`unavailable` when a retry may succeed), and the client id
+    /// may be retried.
+    fn fail_durable(&mut self, p: PendingSend, error: &Failure) {
+        let Some(r) = self.rooms.get_mut(&p.room) else { return };
+        r.committed(p.ack.seq);
+        r.skip(p.ack.seq);
+        if let Some(cid) = &p.client_id {
+            r.forget_client_id(&p.user, cid);
+        }
+        let gap = server::gap(&p.room, p.ack.seq, p.ack.seq);
+        self.fan_out(&p.room, p.ack.seq, &gap);
+        for (conn, req) in &p.waiters {
+            self.reply(*conn, error.reply(req.as_deref(), "message not stored"));
+        }
+    }
+
+    /// `payload` to every shard with members of `room` (this one first): one effect per shard, never per member.
+    fn fan_out(&mut self, room: &str, seq: u64, payload: &Bytes) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let me = self.cfg.shard;
+        let name = r.name();
+        if r.members_on(me) > 0 {
+            self.effects.push_back(Effect::Deliver {
+                shard: me,
+                room: name.clone(),
+                seq,
+                payload: payload.clone(),
+            });
+        }
+        for shard in r.remote_shards(me) {
+            self.effects.push_back(Effect::Deliver {
+                shard,
+                room: name.clone(),
+                seq,
+                payload: payload.clone(),
+            });
+        }
+    }
+
+    /// A page of history: from the recent ring when it holds the page, else from the store.
+    pub fn history(&mut self, h: HistoryArgs<'_>, now_ms: u64) {
+        match self.room_ready(h.room, load::Op::history(&h), now_ms) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(msg) => return self.reply(h.conn, Busy::Store.reply(h.req, msg)),
+        }
+        let page = self.rooms.get(h.room).and_then(|r| r.recent_page(h.before, h.limit as usize));
+        if let Some((messages, next)) = page {
+            let (messages, next) = fit_page(messages, next, self.cfg.history_page_max_bytes);
+            return self.reply(h.conn, server::history(h.req, h.room, &messages, next));
+        }
+        let query = Query::History {
+            room: h.room.to_owned(),
+            before: h.before,
+            limit: h.limit as usize,
+        };
+        let wait = Wait::History {
+            room: h.room.to_owned(),
+            conn: h.conn,
+            req: h.req.map(str::to_owned),
+        };
+        if !self.submit_query(query, wait) {
+            self.reply(h.conn, Busy::Store.reply(h.req, "store busy, retry"));
+        }
+    }
+
+    /// Rooms in memory (loaded).
+    pub fn rooms_owned(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+/// A catch-up read the store answered.
+struct CatchUp<'a> {
+    room: &'a str,
+    shard: usize,
+    conn: u64,
+    req: Option<&'a str>,
+    since: u64,
+}
+
+/// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).
+pub fn render_message(a: &SendArgs<'_>, seq: Option<u64>, msg_id: &str, ts: u64) -> Bytes {
+    let m = MessageOut {
+        room: a.room,
+        seq: seq.unwrap_or(0),
+        msg_id,
+        from: a.user,
+        ts,
+        body: a.body,
+        kind: a.kind,
+        file: a.file,
+        reply_to: a.reply_to,
+    };
+    match seq {
+        Some(_) => server::message(&m),
+        None => server::message_unsequenced(&m),
+    }
+}
