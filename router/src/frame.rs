@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 2;
+pub const FRAME_VERSION: u8 = 3;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -47,6 +47,9 @@ pub enum Frame {
         req: Option<String>,
         /// Replay messages after this seq, if given.
         since: Option<u64>,
+        /// The member shard's number for this join attempt, echoed in the answer, so an
+        /// answer to a join that a leave (and maybe a new join) overtook is told apart.
+        token: u64,
     },
     /// The owner's answer to a join: the rendered `joined` message.
     Joined {
@@ -56,8 +59,12 @@ pub enum Frame {
         conn: u64,
         /// The join's request id (raw JSON), for the answer should the connection have left meanwhile.
         req: Option<String>,
+        /// The join attempt's token (from `Join`).
+        token: u64,
         /// Rendered JSON for the client.
         payload: Vec<u8>,
+        /// The catch-up after `since`, rendered, in order: sent only if the join still stands.
+        catch_up: Vec<Vec<u8>>,
     },
     /// A member shard's connection left a room.
     Leave {
@@ -141,6 +148,8 @@ pub enum Frame {
         room: String,
         /// The connection on the member shard.
         conn: u64,
+        /// The join attempt's token (from `Join`).
+        token: u64,
         /// Rendered `error` JSON for the client.
         payload: Vec<u8>,
     },
@@ -230,7 +239,13 @@ fn size_hint(frame: &Frame) -> usize {
     let variable = match frame {
         Frame::Handoff { head, peer, .. } => head.len() + peer.len(),
         Frame::Join { room, user, req, .. } => room.len() + user.len() + opt(req),
-        Frame::Joined { room, payload, req, .. } => room.len() + payload.len() + opt(req),
+        Frame::Joined {
+            room,
+            payload,
+            req,
+            catch_up,
+            ..
+        } => room.len() + payload.len() + opt(req) + catch_up.iter().map(|p| p.len() + 8).sum::<usize>(),
         Frame::Deliver { room, payload, .. } => room.len() + payload.len(),
         Frame::Leave { room, .. } => room.len(),
         Frame::Send {
@@ -272,6 +287,7 @@ mod tests {
                 user: "ann".into(),
                 req: Some("r1".into()),
                 since: Some(9),
+                token: 5,
             },
             Frame::Join {
                 room: "a-much-longer-room-name".into(),
@@ -280,12 +296,15 @@ mod tests {
                 user: String::new(),
                 req: None,
                 since: None,
+                token: u64::MAX,
             },
             Frame::Joined {
                 room: "lobby".into(),
                 conn: 42,
                 req: Some("7".into()),
+                token: 5,
                 payload: br#"{"type":"joined","seq":9}"#.to_vec(),
+                catch_up: vec![br#"{"type":"message","seq":9}"#.to_vec(), Vec::new()],
             },
             Frame::Leave {
                 room: "lobby".into(),
@@ -346,6 +365,7 @@ mod tests {
             Frame::JoinRefused {
                 room: "lobby".into(),
                 conn: 6,
+                token: 1,
                 payload: br#"{"type":"error"}"#.to_vec(),
             },
             Frame::Reset {
@@ -388,6 +408,7 @@ mod tests {
             user: "ann".into(),
             req: None,
             since: Some(9),
+            token: 1,
         });
         let ArchivedFrame::Join {
             room,
@@ -451,8 +472,8 @@ mod tests {
     fn rejects_empty_and_bad_version() {
         assert_eq!(decode(&[]).unwrap_err(), FrameError::Empty);
         let mut buf = encode(&Frame::Shutdown { retry_ms_max: 5 }).to_vec();
-        buf[0] = 1; // version 1 had no History / JoinRefused variants
-        assert_eq!(decode(&buf).unwrap_err(), FrameError::Version { got: 1 });
+        buf[0] = 2; // version 2 had no join tokens
+        assert_eq!(decode(&buf).unwrap_err(), FrameError::Version { got: 2 });
         assert!(matches!(decode(&[FRAME_VERSION]), Err(FrameError::Invalid(_))));
     }
 

@@ -2,8 +2,11 @@
 //! and no spawned tasks, written once for both sequencer modes (a single
 //! node, or a cluster through Redis).
 //!
-//! What lives here so far (the first step of the engine; the shard still
-//! drives it directly, see ARCHITECTURE.md for what moves next):
+//! What lives here so far (ARCHITECTURE.md, "Where the engine goes next",
+//! says what moves in next):
+//! - `owner`: the local sequencer, the owner side of a shard's rooms on a
+//!   single node (events in with `now_ms`, effects pulled with `poll()`),
+//!   with its deterministic harness;
 //! - `ring`: the recent ring of a room, one type for the owner's room state
 //!   and a member shard's feed;
 //! - `catch_up`: the one merge that catches a member up (store or stream

@@ -15,7 +15,7 @@ pub use dedupe::{AckInfo, Dedupe};
 pub use members::MemberIndex;
 pub use page::{fit_page, Page};
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -63,14 +63,21 @@ pub struct OwnedRoom {
     epoch: u64,
     room_hash: u64,
     members_by_shard: Vec<u32>,
+    /// The connections counted in `members_by_shard`.
+    counted: HashSet<u64>,
     dedupe: Dedupe,
     recent: RecentRing,
     /// Store writes and queries still out for this room: it must not be evicted meanwhile.
     holds: u32,
+    /// The highest seq the store is known to hold (at load, or committed since).
+    stored: u64,
+    /// The highest seq someone may have been told of that the store does not hold: a
+    /// durable write given up (`gap`), or a fast-mode write that failed after delivery.
+    unstored: u64,
     /// Durable sends waiting for their commit: (seq, store ticket), ascending.
     committing: VecDeque<(u64, u64)>,
     /// Connections whose join waits for a catch-up read from the store (not counted yet).
-    joining: Vec<u64>,
+    joining: Vec<(u64, u64)>,
 }
 
 impl OwnedRoom {
@@ -88,9 +95,12 @@ impl OwnedRoom {
             epoch,
             room_hash: stable_hash(room),
             members_by_shard: vec![0; shards],
+            counted: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
             recent: RecentRing::new(recent_cap),
             holds: 0,
+            stored: last_seq,
+            unstored: 0,
             committing: VecDeque::new(),
             joining: Vec::new(),
         }
@@ -141,33 +151,48 @@ impl OwnedRoom {
         self.members_by_shard.iter().map(|&n| u64::from(n)).sum()
     }
 
-    /// A member on `shard` joined; returns the new total.
-    pub fn join(&mut self, shard: usize) -> u64 {
-        if let Some(n) = self.members_by_shard.get_mut(shard) {
-            *n = n.saturating_add(1);
+    /// Connection `conn` on `shard` is counted as a member (once, however often it
+    /// joins); returns the new total.
+    pub fn join(&mut self, shard: usize, conn: u64) -> u64 {
+        if self.counted.insert(conn) {
+            if let Some(n) = self.members_by_shard.get_mut(shard) {
+                *n = n.saturating_add(1);
+            }
         }
         self.members()
     }
 
-    /// A member on `shard` left.
-    pub fn leave(&mut self, shard: usize) {
+    /// Connection `conn` on `shard` left. Only a counted member is taken off the count: a
+    /// leave for a join that was refused or never counted changes nothing, so it cannot
+    /// take another member's place in its shard's count.
+    pub fn leave(&mut self, shard: usize, conn: u64) {
+        if !self.counted.remove(&conn) {
+            return;
+        }
         if let Some(n) = self.members_by_shard.get_mut(shard) {
             *n = n.saturating_sub(1);
         }
     }
 
-    /// `conn`'s join waits for a store read; it is counted by [`Self::finish_join`].
-    pub fn start_join(&mut self, conn: u64) {
-        self.joining.push(conn);
+    /// `conn`'s join attempt `token` waits for a store read; it is counted by [`Self::finish_join`].
+    pub fn start_join(&mut self, conn: u64, token: u64) {
+        self.joining.push((conn, token));
     }
 
     /// Ends a waiting join; false when the connection left meanwhile (nothing to count).
-    pub fn finish_join(&mut self, conn: u64) -> bool {
-        let Some(pos) = self.joining.iter().position(|&c| c == conn) else {
+    pub fn finish_join(&mut self, conn: u64, token: u64) -> bool {
+        let Some(pos) = self.joining.iter().position(|&j| j == (conn, token)) else {
             return false;
         };
         self.joining.swap_remove(pos);
         true
+    }
+
+    /// Drops every join of `conn` still waiting for a store read (it left); false when none was.
+    pub fn drop_joins(&mut self, conn: u64) -> bool {
+        let before = self.joining.len();
+        self.joining.retain(|&(c, _)| c != conn);
+        self.joining.len() != before
     }
 
     /// Shards other than `me` that have members: one Deliver frame each.
@@ -293,9 +318,21 @@ impl OwnedRoom {
         self.members_by_shard.iter().all(|&n| n == 0)
     }
 
-    /// True when the room may be dropped from memory: no members, no joins or store work pending.
+    /// The write of `seq` was committed.
+    pub fn stored(&mut self, seq: u64) {
+        self.stored = self.stored.max(seq);
+    }
+
+    /// The write of `seq` failed: it was given up (durable) or delivered without being stored (fast).
+    pub fn unstored(&mut self, seq: u64) {
+        self.unstored = self.unstored.max(seq);
+    }
+
+    /// True when the room may be dropped from memory: no members, no joins or store work
+    /// pending, and the store's last seq is not below a seq that was given up or delivered
+    /// unstored (else a reload would continue from below it and reuse that seq).
     pub fn is_evictable(&self) -> bool {
-        self.is_empty() && self.holds == 0 && self.joining.is_empty() && self.committing.is_empty()
+        self.is_empty() && self.holds == 0 && self.joining.is_empty() && self.committing.is_empty() && self.unstored <= self.stored
     }
 
     fn msg_id(&self, seq: u64) -> String {
@@ -344,16 +381,19 @@ mod tests {
     #[test]
     fn members_are_counted_per_shard() {
         let mut r = OwnedRoom::new("r", 3, 0, 8, 4);
-        r.join(0);
-        r.join(2);
-        assert_eq!(r.join(2), 3);
+        r.join(0, 1);
+        r.join(2, 2);
+        assert_eq!(r.join(2, 3), 3);
+        assert_eq!(r.join(2, 3), 3, "a connection counts once");
         assert_eq!(r.remote_shards(0).collect::<Vec<_>>(), [2]);
-        r.leave(2);
-        r.leave(2);
-        r.leave(2); // never below zero
+        r.leave(2, 2);
+        r.leave(2, 9); // never counted: no effect on the others
+        r.leave(2, 2); // twice: no effect
+        assert_eq!(r.members(), 2);
+        r.leave(2, 3);
         assert_eq!(r.members(), 1);
         assert!(r.remote_shards(0).next().is_none());
-        r.leave(0);
+        r.leave(0, 1);
         assert!(r.is_empty());
     }
 
@@ -425,10 +465,15 @@ mod tests {
         r.skip(2);
         assert_eq!(r.published(), 2);
         assert!(r.is_evictable());
-        r.start_join(7);
+        r.start_join(7, 1);
         assert!(!r.is_evictable());
-        assert!(r.finish_join(7));
-        assert!(!r.finish_join(7), "counted once");
+        assert!(!r.finish_join(7, 2), "another attempt of the same connection");
+        assert!(r.finish_join(7, 1));
+        assert!(!r.finish_join(7, 1), "counted once");
+        r.start_join(7, 3);
+        assert!(r.drop_joins(7));
+        assert!(!r.finish_join(7, 3), "dropped by a leave");
+        assert!(!r.drop_joins(7));
     }
 
     #[test]

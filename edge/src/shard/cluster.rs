@@ -143,7 +143,7 @@ impl Shard {
                     self.cluster_unsubscribe(room);
                 }
                 match (alive, result) {
-                    (true, Err(e)) => self.on_join_refused(room, conn.id, e.reply(req, "cluster")),
+                    (true, Err(e)) => self.on_join_refused(room, conn.id, None, e.reply(req, "cluster")),
                     // Left before Redis answered: the join still gets its one reply.
                     _ if wanted.is_none() && self.conn(conn.id).is_some() => {
                         conn.out.push_text(server::error(

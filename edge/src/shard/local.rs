@@ -10,6 +10,7 @@ use std::rc::Rc;
 use router::Frame;
 use storage::{Completion, Overloaded, Query, StoreHandle, StoredMessage};
 
+use super::members::JoinAnswer;
 use super::Shard;
 use crate::engine::owner::{Effect, HistoryArgs, JoinArgs, Owner, SendArgs, StorePort};
 
@@ -64,17 +65,26 @@ impl Shard {
                 room,
                 conn,
                 req,
+                token,
                 payload,
+                catch_up,
             } => {
                 if shard == self.id {
-                    return self.on_joined(&room, conn, req.as_deref(), payload);
+                    let answer = JoinAnswer {
+                        room: &room,
+                        conn,
+                        req: req.as_deref(),
+                        token,
+                    };
+                    return self.on_joined(answer, payload, catch_up);
                 }
-                let payload = payload.to_vec();
                 let frame = Frame::Joined {
                     room: room.as_ref().to_owned(),
                     conn,
                     req,
-                    payload,
+                    token,
+                    payload: payload.to_vec(),
+                    catch_up: catch_up.iter().map(|b| b.to_vec()).collect(),
                 };
                 self.send_frame(shard, &frame);
             }
@@ -82,14 +92,16 @@ impl Shard {
                 shard,
                 room,
                 conn,
+                token,
                 payload,
             } => {
                 if shard == self.id {
-                    return self.on_join_refused(&room, conn, payload);
+                    return self.on_join_refused(&room, conn, Some(token), payload);
                 }
                 let frame = Frame::JoinRefused {
                     room: room.as_ref().to_owned(),
                     conn,
+                    token,
                     payload: payload.to_vec(),
                 };
                 self.send_frame(shard, &frame);

@@ -18,6 +18,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use router::{ArchivedFrame, FileRef, Frame};
 
+use super::members::JoinAnswer;
 use super::Shard;
 use crate::engine::owner::{HistoryArgs, JoinArgs, SendArgs};
 use crate::metrics::ShardStats;
@@ -115,6 +116,7 @@ impl Shard {
                 conn,
                 req,
                 since,
+                token,
                 ..
             } => {
                 let since = since.as_ref().map(|s| s.to_native());
@@ -125,16 +127,25 @@ impl Shard {
                     conn: conn.to_native(),
                     req,
                     since,
+                    token: token.to_native(),
                 });
             }
-            ArchivedFrame::Joined { room, conn, req, payload } => {
-                let req = req.as_ref().map(|r| r.as_str());
-                self.on_joined(
-                    room.as_str(),
-                    conn.to_native(),
-                    req,
-                    router::payload_bytes(&buf, payload.as_slice()),
-                );
+            ArchivedFrame::Joined {
+                room,
+                conn,
+                req,
+                token,
+                payload,
+                catch_up,
+            } => {
+                let answer = JoinAnswer {
+                    room: room.as_str(),
+                    conn: conn.to_native(),
+                    req: req.as_ref().map(|r| r.as_str()),
+                    token: token.to_native(),
+                };
+                let catch_up = catch_up.iter().map(|p| router::payload_bytes(&buf, p.as_slice()));
+                self.on_joined(answer, router::payload_bytes(&buf, payload.as_slice()), catch_up);
             }
             ArchivedFrame::Leave { room, shard, conn } => {
                 self.owner_leave(room.as_str(), usize::from(shard.to_native()), conn.to_native());
@@ -156,8 +167,14 @@ impl Shard {
                     limit: limit.to_native(),
                 });
             }
-            ArchivedFrame::JoinRefused { room, conn, payload } => {
-                self.on_join_refused(room.as_str(), conn.to_native(), router::payload_bytes(&buf, payload.as_slice()));
+            ArchivedFrame::JoinRefused {
+                room,
+                conn,
+                token,
+                payload,
+            } => {
+                let payload = router::payload_bytes(&buf, payload.as_slice());
+                self.on_join_refused(room.as_str(), conn.to_native(), Some(token.to_native()), payload);
             }
             ArchivedFrame::Send { .. } => self.on_send_frame(frame),
             ArchivedFrame::Reply { conn, payload } => {

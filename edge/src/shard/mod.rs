@@ -78,6 +78,9 @@ pub(crate) struct Conn {
     pub(crate) claims: RefCell<Option<Rc<Claims>>>,
     /// Rooms joined or being joined (the owner has not answered yet).
     pub(crate) rooms: RefCell<Vec<String>>,
+    /// Joins waiting for the owner's answer (single node): room and join token. An answer
+    /// whose token is not here belongs to a join that a leave overtook.
+    pub(crate) joins: RefCell<Vec<(String, u64)>>,
     /// `?room=` / `?resume=` joins of a connection still waiting for its `auth` frame.
     pub(crate) pending_joins: RefCell<Vec<(String, Option<u64>)>>,
     pub(crate) last_seen_ms: Cell<u64>,

@@ -163,14 +163,17 @@ impl Shard {
             return;
         }
         let owner = crate::room::owner(room, self.shards);
+        let token = self.take_ticket();
         if owner == self.id {
             conn.rooms.borrow_mut().push(room.to_owned());
+            conn.joins.borrow_mut().push((room.to_owned(), token));
             return self.owner_join(JoinArgs {
                 room,
                 shard: self.id,
                 conn: conn.id,
                 req: id,
                 since,
+                token,
             });
         }
         let frame = Frame::Join {
@@ -180,11 +183,13 @@ impl Shard {
             user: claims.sub.clone(),
             req: id.map(str::to_owned),
             since,
+            token,
         };
         if !self.try_request(owner, &frame) {
             return self.overloaded(conn, id);
         }
         conn.rooms.borrow_mut().push(room.to_owned());
+        conn.joins.borrow_mut().push((room.to_owned(), token));
     }
 
     fn on_leave(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
@@ -199,6 +204,8 @@ impl Shard {
         let pos = conn.rooms.borrow().iter().position(|r| r == room);
         let Some(pos) = pos else { return false };
         conn.rooms.borrow_mut().swap_remove(pos);
+        // A join still waiting for its answer no longer stands: its answer will say so.
+        conn.joins.borrow_mut().retain(|(r, _)| r != room);
         let was_member = self.members.borrow_mut().remove(room, conn.id);
         if self.clustered() {
             self.cluster_leave(conn, room, was_member);

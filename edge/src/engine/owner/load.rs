@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
 
-use super::{CatchUp, HistoryArgs, JoinArgs, Owner, SendArgs, StorePort, Wait};
+use super::{HistoryArgs, JoinArgs, Owner, SendArgs, StorePort, Wait};
 use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server::{self, FileOut};
@@ -56,6 +56,7 @@ pub(super) enum Op {
         conn: u64,
         req: Option<String>,
         since: Option<u64>,
+        token: u64,
     },
     Send(Box<OwnedSend>),
     History {
@@ -105,8 +106,14 @@ impl OwnedSend {
 
 impl Op {
     pub(super) fn join(j: &JoinArgs<'_>) -> impl FnOnce() -> Self {
-        let (shard, conn, req, since) = (j.shard, j.conn, j.req.map(str::to_owned), j.since);
-        move || Self::Join { shard, conn, req, since }
+        let (shard, conn, req, since, token) = (j.shard, j.conn, j.req.map(str::to_owned), j.since, j.token);
+        move || Self::Join {
+            shard,
+            conn,
+            req,
+            since,
+            token,
+        }
     }
 
     pub(super) fn send<'a>(a: &'a SendArgs<'a>) -> impl FnOnce() -> Self + 'a {
@@ -238,7 +245,7 @@ impl<S: StorePort> Owner<S> {
             return;
         };
         match (wait, c) {
-            (Wait::Write { room }, Completion::Written { result, .. }) => self.fast_written(&room, result),
+            (Wait::Write { room, seq }, Completion::Written { result, .. }) => self.fast_written(&room, seq, result),
             (Wait::Durable(p), Completion::Written { result, .. }) => match result {
                 Ok(()) => self.publish_durable(*p),
                 Err(e) => {
@@ -252,9 +259,13 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
-    fn fast_written(&mut self, room: &str, result: Result<(), StoreError>) {
+    fn fast_written(&mut self, room: &str, seq: u64, result: Result<(), StoreError>) {
         if let Some(r) = self.rooms.get_mut(room) {
             r.release();
+            match result {
+                Ok(()) => r.stored(seq),
+                Err(_) => r.unstored(seq),
+            }
         }
         if let Err(e) = result {
             // Fast mode: the message was already delivered and acked; it is missing from history.
@@ -275,8 +286,8 @@ impl<S: StorePort> Owner<S> {
                 };
                 self.fail_load(&room, &LoadFailed::Store(Failure::Store(e)));
             }
-            (Wait::History { room, conn, req }, Ok(Answer::History(page))) => {
-                let messages = page.messages.into_iter().map(|m| (m.seq, m.frame)).collect();
+            (Wait::History { room, conn, req, tail }, Ok(Answer::History(page))) => {
+                let messages = page.messages.into_iter().map(|m| (m.seq, m.frame)).chain(tail).collect();
                 let (frames, next) = fit_page(messages, page.next_before, self.cfg.history_page_max_bytes);
                 self.reply(conn, server::history(req.as_deref(), &room, &frames, next));
             }
@@ -294,6 +305,7 @@ impl<S: StorePort> Owner<S> {
                     conn,
                     req,
                     since,
+                    token,
                 },
                 result,
             ) => {
@@ -302,14 +314,15 @@ impl<S: StorePort> Owner<S> {
                     Ok(other) => Err(unexpected(&other)),
                     Err(e) => Err(e),
                 };
-                let done = CatchUp {
+                let join = JoinArgs {
                     room: &room,
                     shard,
                     conn,
                     req: req.as_deref(),
-                    since,
+                    since: Some(since),
+                    token,
                 };
-                self.finish_catch_up(done, stored);
+                self.finish_catch_up(join, since, stored);
             }
             (wait @ (Wait::Write { .. } | Wait::Durable(_)), result) => {
                 tracing::error!(shard = self.cfg.shard, ?wait, ?result, "query answer for a write ticket");
@@ -399,13 +412,20 @@ impl<S: StorePort> Owner<S> {
 
     fn replay(&mut self, room: &str, op: Op, now_ms: u64) {
         match op {
-            Op::Join { shard, conn, req, since } => {
+            Op::Join {
+                shard,
+                conn,
+                req,
+                since,
+                token,
+            } => {
                 let j = JoinArgs {
                     room,
                     shard,
                     conn,
                     req: req.as_deref(),
                     since,
+                    token,
                 };
                 self.join(j, now_ms);
             }
@@ -432,7 +452,23 @@ impl<S: StorePort> Owner<S> {
             let (conn, req) = op.conn_and_req();
             let err = why.reply(req);
             match op {
-                Op::Join { shard, .. } => self.refuse_join(room, shard, conn, err),
+                Op::Join {
+                    shard,
+                    conn,
+                    ref req,
+                    since,
+                    token,
+                } => {
+                    let j = JoinArgs {
+                        room,
+                        shard,
+                        conn,
+                        req: req.as_deref(),
+                        since,
+                        token,
+                    };
+                    self.refuse_join(&j, err);
+                }
                 Op::Send(_) | Op::History { .. } => self.reply(conn, err),
             }
         }

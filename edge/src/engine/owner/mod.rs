@@ -27,6 +27,9 @@
 
 mod load;
 
+#[cfg(test)]
+mod harness;
+
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -105,19 +108,25 @@ impl OwnerConfig {
 pub enum Effect {
     /// Bytes for connection `conn`, which may live on any shard (replies, catch-up).
     Reply { conn: u64, payload: Bytes },
-    /// The member on `shard` is counted: it joins the fan-out list and gets `payload` (`joined`).
+    /// The member on `shard` is counted: if join attempt `token` still stands, `conn` joins
+    /// the fan-out list and gets `payload` (`joined`), then `catch_up`; if a leave overtook
+    /// it, the member shard answers the join "cancelled" and drops the catch-up.
     Joined {
         shard: usize,
         room: Rc<str>,
         conn: u64,
         req: Option<String>,
+        token: u64,
         payload: Bytes,
+        catch_up: Vec<Bytes>,
     },
-    /// The join was refused: the member shard forgets the room for `conn` and relays `payload`.
+    /// Join attempt `token` was refused: the member shard forgets the room for `conn` (if that
+    /// attempt still stands) and relays `payload`.
     JoinRefused {
         shard: usize,
         room: Rc<str>,
         conn: u64,
+        token: u64,
         payload: Bytes,
     },
     /// `payload` for every member of `room` on `shard` (a message, or a `gap` notice).
@@ -152,6 +161,8 @@ pub struct JoinArgs<'a> {
     pub conn: u64,
     pub req: Option<&'a str>,
     pub since: Option<u64>,
+    /// The member shard's number for this join attempt, echoed in the answer.
+    pub token: u64,
 }
 
 /// A history request, as the owner receives it.
@@ -182,11 +193,18 @@ enum Wait {
     /// A step of a room load.
     Load(load::Step),
     /// A fast-mode write (already published).
-    Write { room: String },
+    Write { room: String, seq: u64 },
     /// A durable-mode write (published when committed).
     Durable(Box<PendingSend>),
     /// A history page for a connection.
-    History { room: String, conn: u64, req: Option<String> },
+    History {
+        room: String,
+        conn: u64,
+        req: Option<String>,
+        /// The page's newest messages, from the ring when the store was asked (fast mode
+        /// writes after publishing, so the store may not hold them yet).
+        tail: Vec<(u64, Bytes)>,
+    },
     /// Catch-up for a join with `since`.
     CatchUp {
         room: String,
@@ -194,6 +212,7 @@ enum Wait {
         conn: u64,
         req: Option<String>,
         since: u64,
+        token: u64,
     },
 }
 
@@ -259,12 +278,12 @@ impl<S: StorePort> Owner<S> {
         match self.room_ready(j.room, load::Op::join(&j), now_ms) {
             Readiness::Ready => {}
             Readiness::Queued => return,
-            Readiness::Refused(msg) => return self.refuse_join(j.room, j.shard, j.conn, Busy::Store.reply(j.req, msg)),
+            Readiness::Refused(msg) => return self.refuse_join(&j, Busy::Store.reply(j.req, msg)),
         }
         let Some(r) = self.rooms.get_mut(j.room) else { return };
         if let Some(since) = j.since.filter(|&s| !r.ring().covers(s, r.published())) {
             let after = since.max(r.published().saturating_sub(self.cfg.max_catch_up_messages as u64));
-            r.start_join(j.conn);
+            r.start_join(j.conn, j.token);
             r.hold();
             let query = Query::RangeAfter {
                 room: j.room.to_owned(),
@@ -277,17 +296,18 @@ impl<S: StorePort> Owner<S> {
                 conn: j.conn,
                 req: j.req.map(str::to_owned),
                 since,
+                token: j.token,
             };
             if !self.submit_query(query, wait) {
                 if let Some(r) = self.rooms.get_mut(j.room) {
-                    r.finish_join(j.conn);
+                    r.finish_join(j.conn, j.token);
                     r.release();
                 }
-                self.refuse_join(j.room, j.shard, j.conn, Busy::Store.reply(j.req, "store busy, retry"));
+                self.refuse_join(&j, Busy::Store.reply(j.req, "store busy, retry"));
             }
             return;
         }
-        let members = r.join(j.shard);
+        let members = r.join(j.shard, j.conn);
         let joined = server::joined(j.req, j.room, r.published(), r.epoch(), members);
         let missed = j
             .since
@@ -297,10 +317,10 @@ impl<S: StorePort> Owner<S> {
     }
 
     /// The store answered a catch-up read: count the member, then `joined`, stored messages, ring messages.
-    fn finish_catch_up(&mut self, w: CatchUp<'_>, stored: Result<Vec<StoredMessage>, StoreError>) {
+    fn finish_catch_up(&mut self, w: JoinArgs<'_>, since: u64, stored: Result<Vec<StoredMessage>, StoreError>) {
         let Some(r) = self.rooms.get_mut(w.room) else { return };
         r.release();
-        if !r.finish_join(w.conn) {
+        if !r.finish_join(w.conn, w.token) {
             // Left (or closed) while the store was read: the join still gets its one reply.
             let err = server::error(w.req, ErrorCode::BadRequest, JOIN_CANCELLED, None);
             return self.reply(w.conn, err);
@@ -309,44 +329,38 @@ impl<S: StorePort> Owner<S> {
             Ok(s) => s,
             Err(e) => {
                 let err = Failure::Store(e).reply(w.req, "history store unavailable");
-                return self.refuse_join(w.room, w.shard, w.conn, err);
+                return self.refuse_join(&w, err);
             }
         };
-        let members = r.join(w.shard);
+        let members = r.join(w.shard, w.conn);
         let joined = server::joined(w.req, w.room, r.published(), r.epoch(), members);
         let read = stored.iter().map(|m| (m.seq, &m.frame));
-        let out = catch_up::frames(w.room, w.since, r.published(), read.chain(r.ring().after(w.since)));
-        let j = JoinArgs {
-            room: w.room,
-            shard: w.shard,
-            conn: w.conn,
-            req: w.req,
-            since: Some(w.since),
-        };
+        let out = catch_up::frames(w.room, since, r.published(), read.chain(r.ring().after(since)));
         let name = r.name();
-        self.send_joined(name, j, joined, out);
+        self.send_joined(name, w, joined, out);
     }
 
-    /// `joined` to the member shard, then the catch-up (same ring, so in order before live messages).
+    /// `joined` and the catch-up to the member shard, in one effect (one ring, so they come
+    /// before any live message published after them).
     fn send_joined(&mut self, room: Rc<str>, j: JoinArgs<'_>, joined: Bytes, catch_up: Vec<Bytes>) {
         self.effects.push_back(Effect::Joined {
             shard: j.shard,
             room,
             conn: j.conn,
             req: j.req.map(str::to_owned),
+            token: j.token,
             payload: joined,
+            catch_up,
         });
-        for payload in catch_up {
-            self.reply(j.conn, payload);
-        }
     }
 
     /// Refuses a join: the member side forgets the room for that connection and relays the error.
-    fn refuse_join(&mut self, room: &str, shard: usize, conn: u64, error: Bytes) {
+    fn refuse_join(&mut self, j: &JoinArgs<'_>, error: Bytes) {
         self.effects.push_back(Effect::JoinRefused {
-            shard,
-            room: Rc::from(room),
-            conn,
+            shard: j.shard,
+            room: Rc::from(j.room),
+            conn: j.conn,
+            token: j.token,
             payload: error,
         });
     }
@@ -360,8 +374,9 @@ impl<S: StorePort> Owner<S> {
             return;
         }
         if let Some(r) = self.rooms.get_mut(room) {
-            if !r.finish_join(conn) {
-                r.leave(shard);
+            // A join still reading its catch-up is answered "cancelled" when the read is back.
+            if !r.drop_joins(conn) {
+                r.leave(shard, conn);
             }
         }
     }
@@ -418,7 +433,13 @@ impl<S: StorePort> Owner<S> {
         }
         r.hold();
         r.publish(ack.seq, rendered.clone());
-        self.waits.insert(ticket, Wait::Write { room: a.room.to_owned() });
+        self.waits.insert(
+            ticket,
+            Wait::Write {
+                room: a.room.to_owned(),
+                seq: ack.seq,
+            },
+        );
         self.fan_out(a.room, ack.seq, &rendered);
         self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
     }
@@ -436,6 +457,7 @@ impl<S: StorePort> Owner<S> {
     fn publish_durable(&mut self, p: PendingSend) {
         let Some(r) = self.rooms.get_mut(&p.room) else { return };
         r.committed(p.ack.seq);
+        r.stored(p.ack.seq);
         r.publish(p.ack.seq, p.rendered.clone());
         self.fan_out(&p.room, p.ack.seq, &p.rendered);
         for (conn, req) in &p.waiters {
@@ -451,6 +473,7 @@ impl<S: StorePort> Owner<S> {
         let Some(r) = self.rooms.get_mut(&p.room) else { return };
         r.committed(p.ack.seq);
         r.skip(p.ack.seq);
+        r.unstored(p.ack.seq);
         if let Some(cid) = &p.client_id {
             r.forget_client_id(&p.user, cid);
         }
@@ -484,27 +507,32 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
-    /// A page of history: from the recent ring when it holds the page, else from the store.
+    /// A page of history: from the recent ring when it holds the page; else the older part
+    /// from the store and the newer part from the ring, never past `published`.
     pub fn history(&mut self, h: HistoryArgs<'_>, now_ms: u64) {
         match self.room_ready(h.room, load::Op::history(&h), now_ms) {
             Readiness::Ready => {}
             Readiness::Queued => return,
             Readiness::Refused(msg) => return self.reply(h.conn, Busy::Store.reply(h.req, msg)),
         }
-        let page = self.rooms.get(h.room).and_then(|r| r.recent_page(h.before, h.limit as usize));
-        if let Some((messages, next)) = page {
+        let Some(r) = self.rooms.get(h.room) else { return };
+        if let Some((messages, next)) = r.recent_page(h.before, h.limit as usize) {
             let (messages, next) = fit_page(messages, next, self.cfg.history_page_max_bytes);
             return self.reply(h.conn, server::history(h.req, h.room, &messages, next));
         }
+        // The ring holds fewer than `limit` below `before`: they are the page's newest.
+        let top = h.before.unwrap_or(u64::MAX).min(r.published() + 1);
+        let tail: Vec<(u64, Bytes)> = r.ring().after(0).filter(|(s, _)| *s < top).map(|(s, b)| (s, b.clone())).collect();
         let query = Query::History {
             room: h.room.to_owned(),
-            before: h.before,
-            limit: h.limit as usize,
+            before: Some(tail.first().map_or(top, |(s, _)| *s)),
+            limit: (h.limit as usize).saturating_sub(tail.len()),
         };
         let wait = Wait::History {
             room: h.room.to_owned(),
             conn: h.conn,
             req: h.req.map(str::to_owned),
+            tail,
         };
         if !self.submit_query(query, wait) {
             self.reply(h.conn, Busy::Store.reply(h.req, "store busy, retry"));
@@ -515,15 +543,6 @@ impl<S: StorePort> Owner<S> {
     pub fn rooms_owned(&self) -> usize {
         self.rooms.len()
     }
-}
-
-/// A catch-up read the store answered.
-struct CatchUp<'a> {
-    room: &'a str,
-    shard: usize,
-    conn: u64,
-    req: Option<&'a str>,
-    since: u64,
 }
 
 /// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).
