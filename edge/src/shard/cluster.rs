@@ -60,12 +60,12 @@ impl ClusterRoom {
 
 impl Shard {
     fn bridge(&self) -> Option<BridgeHandle> {
-        self.bridge.clone()
+        self.sequencer.bridge().cloned()
     }
 
     /// The bridge, for metrics.
     pub(super) fn bridge_handle(&self) -> Option<&BridgeHandle> {
-        self.bridge.as_ref()
+        self.sequencer.bridge()
     }
 
     /// A join in cluster mode (the checks of `on_join` passed).
@@ -286,7 +286,7 @@ impl Shard {
 
     /// Whether the node's cluster link is up (always true for a single node).
     pub(crate) fn cluster_ready(&self) -> bool {
-        self.bridge.as_ref().is_none_or(BridgeHandle::is_ready)
+        self.sequencer.bridge().is_none_or(BridgeHandle::is_ready)
     }
 }
 

@@ -11,7 +11,7 @@ use router::Frame;
 use storage::{Completion, Overloaded, Query, StoreHandle, StoredMessage};
 
 use super::members::JoinAnswer;
-use super::Shard;
+use super::{Conn, Shard};
 use crate::engine::owner::{Effect, HistoryArgs, JoinArgs, Owner, SendArgs, StorePort};
 
 /// Completions handled per wake-up before yielding to connection tasks.
@@ -130,14 +130,8 @@ impl Shard {
         self.with_owner(|o, _| o.leave(room, shard, conn));
     }
 
-    /// A send to a room this shard owns (cluster mode: published through Redis instead).
+    /// A send to a room this shard owns.
     pub(super) fn owner_send(&self, a: &SendArgs<'_>) {
-        if self.clustered() {
-            if let Some(me) = self.rc() {
-                me.cluster_send(a);
-            }
-            return;
-        }
         self.with_owner(|o, now| o.send(a, now));
     }
 
@@ -148,5 +142,77 @@ impl Shard {
 
     fn on_completion(&self, c: Completion) {
         self.with_owner(|o, now| o.completion(c, now));
+    }
+
+    /// Member side: a join (checks passed) to the room's owner shard, with a fresh token.
+    pub(super) fn local_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
+        let Some(claims) = conn.user() else { return };
+        let owner = crate::room::owner(room, self.shards);
+        let token = self.take_ticket();
+        if owner == self.id {
+            conn.rooms.borrow_mut().push(room.to_owned());
+            conn.joins.borrow_mut().push((room.to_owned(), token));
+            return self.owner_join(JoinArgs {
+                room,
+                shard: self.id,
+                conn: conn.id,
+                req: id,
+                since,
+                token,
+            });
+        }
+        let frame = Frame::Join {
+            room: room.to_owned(),
+            shard: self.id as u16,
+            conn: conn.id,
+            user: claims.sub.clone(),
+            req: id.map(str::to_owned),
+            since,
+            token,
+        };
+        if !self.try_request(owner, &frame) {
+            return self.overloaded(conn, id);
+        }
+        conn.rooms.borrow_mut().push(room.to_owned());
+        conn.joins.borrow_mut().push((room.to_owned(), token));
+    }
+
+    /// Member side: `conn` left `room`; the owner takes it off its count.
+    pub(super) fn local_leave(&self, conn: &Conn, room: &str) {
+        let owner = crate::room::owner(room, self.shards);
+        if owner == self.id {
+            self.owner_leave(room, self.id, conn.id);
+        } else {
+            let frame = Frame::Leave {
+                room: room.to_owned(),
+                shard: self.id as u16,
+                conn: conn.id,
+            };
+            self.send_frame(owner, &frame);
+        }
+    }
+
+    /// Member side: a history page from the room's owner shard.
+    pub(super) fn local_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
+        let owner = crate::room::owner(room, self.shards);
+        if owner == self.id {
+            return self.owner_history(HistoryArgs {
+                room,
+                conn: conn.id,
+                req: id,
+                before,
+                limit,
+            });
+        }
+        let frame = Frame::History {
+            room: room.to_owned(),
+            conn: conn.id,
+            req: id.map(str::to_owned),
+            before,
+            limit,
+        };
+        if !self.try_request(owner, &frame) {
+            self.overloaded(conn, id);
+        }
     }
 }

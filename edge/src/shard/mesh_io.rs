@@ -184,11 +184,7 @@ impl Shard {
             }
             ArchivedFrame::Deliver { room, payload, seq } => {
                 let payload = router::payload_bytes(&buf, payload.as_slice());
-                if self.clustered() {
-                    self.on_cluster_deliver(room.as_str(), seq.to_native(), &payload);
-                } else {
-                    self.deliver_local(room.as_str(), &payload);
-                }
+                self.seq_deliver(room.as_str(), seq.to_native(), &payload);
             }
             ArchivedFrame::Reset { room, seq, payload } => {
                 self.on_cluster_reset(room.as_str(), seq.to_native(), &router::payload_bytes(&buf, payload.as_slice()));
@@ -230,7 +226,7 @@ impl Shard {
             }),
             reply_to: reply_to.as_ref().map(|r| r.to_native()),
         };
-        self.owner_send(&args);
+        self.seq_send(&args);
     }
 }
 

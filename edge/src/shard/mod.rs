@@ -21,6 +21,7 @@ mod mesh_io;
 pub mod outbox;
 mod publish;
 mod requests;
+mod sequencer;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -131,8 +132,8 @@ pub(crate) struct Shard {
     completions: Completions,
     run_epoch: u64,
     next_ticket: Cell<u64>,
-    /// Cluster mode: the Redis bridge.
-    bridge: Option<BridgeHandle>,
+    /// The sequencer this node started with (the only difference between the modes).
+    sequencer: sequencer::Sequencer,
     /// Cluster mode: rooms this shard receives from Redis (member side).
     cluster: RefCell<HashMap<String, cluster::ClusterRoom>>,
     /// Cluster mode: rooms this shard publishes (owner side).
@@ -174,7 +175,10 @@ impl Shard {
             completions: s.completions,
             run_epoch: s.run_epoch,
             next_ticket: Cell::new(0),
-            bridge: s.bridge,
+            sequencer: match s.bridge {
+                Some(b) => sequencer::Sequencer::Redis(b),
+                None => sequencer::Sequencer::Local,
+            },
             cluster: RefCell::new(HashMap::new()),
             publishing: RefCell::new(HashMap::new()),
             me,
@@ -226,11 +230,6 @@ impl Shard {
     /// runtime, so the upgrade only fails during teardown.
     fn rc(&self) -> Option<Rc<Self>> {
         self.me.upgrade()
-    }
-
-    /// Whether the node runs in a cluster (through Redis).
-    pub(crate) fn clustered(&self) -> bool {
-        self.bridge.is_some()
     }
 }
 

@@ -48,7 +48,7 @@ pub(crate) struct PubRoom {
 impl Shard {
     /// A send in cluster mode, on the room's owner shard.
     pub(super) fn cluster_send(self: &Rc<Self>, a: &SendArgs<'_>) {
-        let Some(bridge) = self.bridge.clone() else { return };
+        let Some(bridge) = self.sequencer.bridge().cloned() else { return };
         let mut rooms = self.publishing.borrow_mut();
         if !rooms.contains_key(a.room) && rooms.len() >= self.cfg.max_rooms_per_shard {
             rooms.retain(|_, r| r.running || !r.queued.is_empty());

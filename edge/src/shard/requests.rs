@@ -12,7 +12,7 @@ use router::Frame;
 
 use super::{Conn, Shard};
 use crate::auth::{self, Claims};
-use crate::engine::owner::{HistoryArgs, JoinArgs, SendArgs};
+use crate::engine::owner::SendArgs;
 use crate::engine::Busy;
 use crate::metrics::ShardStats;
 use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target};
@@ -142,7 +142,6 @@ impl Shard {
     }
 
     fn on_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
-        let Some(claims) = conn.user() else { return };
         if !self.may_see(conn, id, room) {
             return;
         }
@@ -156,40 +155,7 @@ impl Shard {
             let msg = format!("at most {} rooms per connection", self.cfg.max_rooms_per_conn);
             return self.reply_error(conn, id, ErrorCode::Forbidden, &msg, None);
         }
-        if self.clustered() {
-            if let Some(me) = self.rc() {
-                me.cluster_join(conn, id, room, since);
-            }
-            return;
-        }
-        let owner = crate::room::owner(room, self.shards);
-        let token = self.take_ticket();
-        if owner == self.id {
-            conn.rooms.borrow_mut().push(room.to_owned());
-            conn.joins.borrow_mut().push((room.to_owned(), token));
-            return self.owner_join(JoinArgs {
-                room,
-                shard: self.id,
-                conn: conn.id,
-                req: id,
-                since,
-                token,
-            });
-        }
-        let frame = Frame::Join {
-            room: room.to_owned(),
-            shard: self.id as u16,
-            conn: conn.id,
-            user: claims.sub.clone(),
-            req: id.map(str::to_owned),
-            since,
-            token,
-        };
-        if !self.try_request(owner, &frame) {
-            return self.overloaded(conn, id);
-        }
-        conn.rooms.borrow_mut().push(room.to_owned());
-        conn.joins.borrow_mut().push((room.to_owned(), token));
+        self.seq_join(conn, id, room, since);
     }
 
     fn on_leave(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
@@ -207,21 +173,7 @@ impl Shard {
         // A join still waiting for its answer no longer stands: its answer will say so.
         conn.joins.borrow_mut().retain(|(r, _)| r != room);
         let was_member = self.members.borrow_mut().remove(room, conn.id);
-        if self.clustered() {
-            self.cluster_leave(conn, room, was_member);
-            return true;
-        }
-        let owner = crate::room::owner(room, self.shards);
-        if owner == self.id {
-            self.owner_leave(room, self.id, conn.id);
-        } else {
-            let frame = Frame::Leave {
-                room: room.to_owned(),
-                shard: self.id as u16,
-                conn: conn.id,
-            };
-            self.send_frame(owner, &frame);
-        }
+        self.seq_leave(conn, room, was_member);
         true
     }
 
@@ -262,7 +214,7 @@ impl Shard {
         };
         let owner = crate::room::owner(&room, self.shards);
         if owner == self.id {
-            return self.owner_send(&args);
+            return self.seq_send(&args);
         }
         if !self.try_request(owner, &super::mesh_io::send_frame(&args)) {
             self.overloaded(conn, id);
@@ -282,16 +234,12 @@ impl Shard {
         false
     }
 
-    /// Who is online in a room (cluster mode: presence lives in Redis with leases).
+    /// Who is online in a room.
     fn on_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
         if !self.may_see(conn, id, room) {
             return;
         }
-        if !self.clustered() {
-            let msg = "presence is served in cluster mode (--redis-url); a single node does not track it yet";
-            return self.reply_error(conn, id, ErrorCode::BadRequest, msg, None);
-        }
-        self.cluster_presence(conn, id, room);
+        self.seq_presence(conn, id, room);
     }
 
     /// A page of history; the user needs the right to join the room, not membership.
@@ -299,29 +247,7 @@ impl Shard {
         if !self.may_see(conn, id, room) || !self.reply_budget_ok(conn, id) {
             return;
         }
-        if self.clustered() {
-            return self.cluster_history(conn, id, room, before, limit);
-        }
-        let owner = crate::room::owner(room, self.shards);
-        if owner == self.id {
-            return self.owner_history(HistoryArgs {
-                room,
-                conn: conn.id,
-                req: id,
-                before,
-                limit,
-            });
-        }
-        let frame = Frame::History {
-            room: room.to_owned(),
-            conn: conn.id,
-            req: id.map(str::to_owned),
-            before,
-            limit,
-        };
-        if !self.try_request(owner, &frame) {
-            self.overloaded(conn, id);
-        }
+        self.seq_history(conn, id, room, before, limit);
     }
 
     /// Flow control of large replies: while more than `reply_budget_bytes` of
@@ -338,7 +264,7 @@ impl Shard {
         false
     }
 
-    fn overloaded(&self, conn: &Conn, id: Option<&str>) {
+    pub(super) fn overloaded(&self, conn: &Conn, id: Option<&str>) {
         ShardStats::inc(&self.stats().overloaded_total);
         conn.out.push_text(Busy::Shard.reply(id, "server busy, retry"));
     }

@@ -1,0 +1,97 @@
+//! The one place where the two modes differ: the sequencer the node started
+//! with. The member side (`requests.rs`, `mesh_io.rs`) asks the sequencer to
+//! join, leave, send, page history and list presence, and never asks which
+//! one it is.
+//!
+//! - `Local` (one node): a room's owner shard sequences (`engine::owner`,
+//!   driven by `local.rs`), reached over the mesh; the store keeps history.
+//! - `Redis` (a cluster): Redis sequences and carries messages between nodes
+//!   (`cluster.rs` member side, `publish.rs` owner side, `pump.rs`).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use router::bridge::BridgeHandle;
+
+use super::{Conn, Shard};
+use crate::engine::owner::SendArgs;
+use crate::protocol::ErrorCode;
+
+/// Which sequencer this node runs with: chosen once, at start.
+pub(crate) enum Sequencer {
+    /// One node: the owner shard of each room, with the store.
+    Local,
+    /// A cluster: Redis, through the bridge.
+    Redis(BridgeHandle),
+}
+
+impl Sequencer {
+    /// The bridge, in a cluster.
+    pub(crate) fn bridge(&self) -> Option<&BridgeHandle> {
+        match self {
+            Self::Local => None,
+            Self::Redis(b) => Some(b),
+        }
+    }
+}
+
+impl Shard {
+    /// A join that passed the member side's checks.
+    pub(super) fn seq_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
+        match &self.sequencer {
+            Sequencer::Local => self.local_join(conn, id, room, since),
+            Sequencer::Redis(_) => {
+                if let Some(me) = self.rc() {
+                    me.cluster_join(conn, id, room, since);
+                }
+            }
+        }
+    }
+
+    /// `conn` left `room` (already taken off the member side); `was_member`: it was in the fan-out list.
+    pub(super) fn seq_leave(&self, conn: &Conn, room: &str, was_member: bool) {
+        match &self.sequencer {
+            Sequencer::Local => self.local_leave(conn, room),
+            Sequencer::Redis(_) => self.cluster_leave(conn, room, was_member),
+        }
+    }
+
+    /// A send to a room this shard owns (a local connection's, or one from the mesh).
+    pub(super) fn seq_send(&self, a: &SendArgs<'_>) {
+        match &self.sequencer {
+            Sequencer::Local => self.owner_send(a),
+            Sequencer::Redis(_) => {
+                if let Some(me) = self.rc() {
+                    me.cluster_send(a);
+                }
+            }
+        }
+    }
+
+    /// A history page for a connection of this shard.
+    pub(super) fn seq_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
+        match &self.sequencer {
+            Sequencer::Local => self.local_history(conn, id, room, before, limit),
+            Sequencer::Redis(_) => self.cluster_history(conn, id, room, before, limit),
+        }
+    }
+
+    /// Who is online in a room.
+    pub(super) fn seq_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
+        match &self.sequencer {
+            Sequencer::Local => {
+                let msg = "presence is served in cluster mode (--redis-url); a single node does not track it yet";
+                self.reply_error(conn, id, ErrorCode::BadRequest, msg, None);
+            }
+            Sequencer::Redis(_) => self.cluster_presence(conn, id, room),
+        }
+    }
+
+    /// A delivery for this shard's members of `room` (from a local owner, or from Redis through the pump).
+    pub(super) fn seq_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
+        match &self.sequencer {
+            Sequencer::Local => self.deliver_local(room, payload),
+            Sequencer::Redis(_) => self.on_cluster_deliver(room, seq, payload),
+        }
+    }
+}
