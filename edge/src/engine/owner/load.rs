@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use router::FileRef;
 use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
 
 use super::{HistoryArgs, JoinArgs, Owner, SendArgs, StorePort, Wait};
@@ -78,7 +79,7 @@ pub(super) struct OwnedSend {
     client_id: Option<String>,
     body: String,
     kind: String,
-    file: Option<(String, String, u64, String)>,
+    file: Option<FileRef>,
     reply_to: Option<u64>,
 }
 
@@ -93,11 +94,11 @@ impl OwnedSend {
             client_id: self.client_id.as_deref(),
             body: &self.body,
             kind: &self.kind,
-            file: self.file.as_ref().map(|(url, name, size, mime)| FileOut {
-                url,
-                name,
-                size: *size,
-                mime,
+            file: self.file.as_ref().map(|f| FileOut {
+                url: &f.url,
+                name: &f.name,
+                size: f.size,
+                mime: &f.mime,
             }),
             reply_to: self.reply_to,
         }
@@ -127,7 +128,12 @@ impl Op {
                 client_id: a.client_id.map(str::to_owned),
                 body: a.body.to_owned(),
                 kind: a.kind.to_owned(),
-                file: a.file.map(|f| (f.url.to_owned(), f.name.to_owned(), f.size, f.mime.to_owned())),
+                file: a.file.map(|f| FileRef {
+                    url: f.url.to_owned(),
+                    name: f.name.to_owned(),
+                    size: f.size,
+                    mime: f.mime.to_owned(),
+                }),
                 reply_to: a.reply_to,
             }))
         }
