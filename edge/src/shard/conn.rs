@@ -169,7 +169,7 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
         monoio::time::sleep(Duration::from_secs(1)).await;
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {
-            if conn.out.write_stalled(now, stall_ms) {
+            if conn.out.write_stalled(outbox::mono_ms(), stall_ms) {
                 if !conn.stall_cut.replace(true) {
                     ShardStats::inc(&shard.stats().write_stalled_total);
                     tracing::debug!(conn = conn.id, "write stalled: socket shut down");

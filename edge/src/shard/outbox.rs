@@ -89,7 +89,7 @@ pub struct Outbox {
     live_frames: Cell<usize>,
     /// Bytes of reply frames queued (the request-side flow control).
     reply_bytes: Cell<usize>,
-    /// Wall-clock ms at which the pending `writev` started or last made
+    /// [`mono_ms`] at which the pending `writev` started or last made
     /// progress; 0 while the writer is not inside a write.
     write_since_ms: Cell<u64>,
     state: Cell<State>,
@@ -185,7 +185,7 @@ impl Outbox {
     }
 
     /// Whether a `writev` has been pending without progress for more than
-    /// `limit_ms` at `now_ms` (the peer stopped reading).
+    /// `limit_ms` at `now_ms` (a [`mono_ms`] reading; the peer stopped reading).
     pub fn write_stalled(&self, now_ms: u64, limit_ms: u64) -> bool {
         let since = self.write_since_ms.get();
         since != 0 && now_ms.saturating_sub(since) > limit_ms
@@ -329,7 +329,7 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
 async fn write_all(half: &mut OwnedWriteHalf<TcpStream>, mut batch: WriteBatch, out: &Outbox) -> (bool, WriteBatch) {
     let mut ok = true;
     while ok && !batch.is_done() {
-        out.write_since_ms.set(now_ms());
+        out.write_since_ms.set(mono_ms());
         let (res, b) = half.writev(batch).await;
         batch = b;
         match res {
@@ -341,9 +341,11 @@ async fn write_all(half: &mut OwnedWriteHalf<TcpStream>, mut batch: WriteBatch, 
     (ok, batch)
 }
 
-/// Wall-clock milliseconds (never 0, which means "not writing").
-fn now_ms() -> u64 {
-    super::Shard::now_ms().max(1)
+/// Monotonic milliseconds since the process first asked (never 0, which means "not
+/// writing"): a wall-clock step must not make a moving write look stalled.
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The iovecs of one `writev`: headers and shared payloads, kept alive (and
