@@ -366,15 +366,7 @@ impl Config {
         if self.outbound_queue_max_frames == 0 || self.outbound_queue_max_bytes < self.max_frame_bytes {
             return invalid("outbound_queue_max_bytes", "must be >= max_frame_bytes");
         }
-        if self.reply_budget_bytes < self.max_frame_bytes {
-            return invalid("reply_budget_bytes", "must be >= max_frame_bytes");
-        }
-        if self.history_page_max_bytes < self.max_frame_bytes {
-            return invalid("history_page_max_bytes", "must be >= max_frame_bytes");
-        }
-        if self.write_stall_timeout_ms < 100 {
-            return invalid("write_stall_timeout_ms", "must be at least 100");
-        }
+        self.validate_outbound()?;
         if let Some(p) = &self.echo_path {
             if !p.starts_with('/') || p == "/ws" {
                 return invalid("echo_path", "must start with '/' and differ from /ws");
@@ -402,6 +394,26 @@ impl Config {
             if let Err(e) = b.validate() {
                 return invalid("redis_url", &e.to_string());
             }
+        }
+        Ok(())
+    }
+
+    /// The bounds of what is sent to clients beyond the outbound queue.
+    fn validate_outbound(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.reply_budget_bytes < self.max_frame_bytes {
+            return invalid("reply_budget_bytes", "must be >= max_frame_bytes");
+        }
+        if self.history_page_max_bytes < self.max_frame_bytes {
+            return invalid("history_page_max_bytes", "must be >= max_frame_bytes");
+        }
+        if self.write_stall_timeout_ms < 100 {
+            return invalid("write_stall_timeout_ms", "must be at least 100");
         }
         Ok(())
     }

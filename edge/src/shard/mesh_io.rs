@@ -110,63 +110,12 @@ impl Shard {
             ArchivedFrame::Handoff { fd, head, peer } => {
                 super::accept::adopt(self, fd.to_native(), head.as_slice(), peer.as_str());
             }
-            ArchivedFrame::Join {
-                room,
-                shard,
-                conn,
-                req,
-                since,
-                token,
-                ..
-            } => {
-                let since = since.as_ref().map(|s| s.to_native());
-                let req = req.as_ref().map(|r| r.as_str());
-                self.owner_join(JoinArgs {
-                    room: room.as_str(),
-                    shard: usize::from(shard.to_native()),
-                    conn: conn.to_native(),
-                    req,
-                    since,
-                    token: token.to_native(),
-                });
-            }
-            ArchivedFrame::Joined {
-                room,
-                conn,
-                req,
-                token,
-                payload,
-                catch_up,
-            } => {
-                let answer = JoinAnswer {
-                    room: room.as_str(),
-                    conn: conn.to_native(),
-                    req: req.as_ref().map(|r| r.as_str()),
-                    token: token.to_native(),
-                };
-                let catch_up = catch_up.iter().map(|p| router::payload_bytes(&buf, p.as_slice()));
-                self.on_joined(answer, router::payload_bytes(&buf, payload.as_slice()), catch_up);
-            }
+            ArchivedFrame::Join { .. } => self.on_join_frame(frame),
+            ArchivedFrame::Joined { .. } => self.on_joined_frame(&buf, frame),
             ArchivedFrame::Leave { room, shard, conn } => {
                 self.owner_leave(room.as_str(), usize::from(shard.to_native()), conn.to_native());
             }
-            ArchivedFrame::History {
-                room,
-                conn,
-                req,
-                before,
-                limit,
-            } => {
-                let req = req.as_ref().map(|r| r.as_str());
-                let before = before.as_ref().map(|b| b.to_native());
-                self.owner_history(HistoryArgs {
-                    room: room.as_str(),
-                    conn: conn.to_native(),
-                    req,
-                    before,
-                    limit: limit.to_native(),
-                });
-            }
+            ArchivedFrame::History { .. } => self.on_history_frame(frame),
             ArchivedFrame::JoinRefused {
                 room,
                 conn,
@@ -191,6 +140,72 @@ impl Shard {
             }
             ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
         }
+    }
+
+    fn on_join_frame(&self, frame: &ArchivedFrame) {
+        let ArchivedFrame::Join {
+            room,
+            shard,
+            conn,
+            req,
+            since,
+            token,
+            ..
+        } = frame
+        else {
+            return;
+        };
+        self.owner_join(JoinArgs {
+            room: room.as_str(),
+            shard: usize::from(shard.to_native()),
+            conn: conn.to_native(),
+            req: req.as_ref().map(|r| r.as_str()),
+            since: since.as_ref().map(|s| s.to_native()),
+            token: token.to_native(),
+        });
+    }
+
+    /// `joined` and its catch-up, sliced out of the received buffer without copies.
+    fn on_joined_frame(&self, buf: &Bytes, frame: &ArchivedFrame) {
+        let ArchivedFrame::Joined {
+            room,
+            conn,
+            req,
+            token,
+            payload,
+            catch_up,
+        } = frame
+        else {
+            return;
+        };
+        let answer = JoinAnswer {
+            room: room.as_str(),
+            conn: conn.to_native(),
+            req: req.as_ref().map(|r| r.as_str()),
+            token: token.to_native(),
+        };
+        let catch_up = catch_up.iter().map(|p| router::payload_bytes(buf, p.as_slice()));
+        self.on_joined(answer, router::payload_bytes(buf, payload.as_slice()), catch_up);
+    }
+
+    fn on_history_frame(&self, frame: &ArchivedFrame) {
+        let ArchivedFrame::History {
+            room,
+            conn,
+            req,
+            before,
+            limit,
+        } = frame
+        else {
+            return;
+        };
+        self.owner_history(HistoryArgs {
+            room: room.as_str(),
+            conn: conn.to_native(),
+            req: req.as_ref().map(|r| r.as_str()),
+            before: before.as_ref().map(|b| b.to_native()),
+            limit: limit.to_native(),
+        });
     }
 
     fn on_send_frame(&self, frame: &ArchivedFrame) {

@@ -17,6 +17,9 @@
 //! - durable: nobody sees or is acked a message before the store has it;
 //! - a retried `client_id` gets the original seq.
 
+mod member;
+mod store;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
@@ -26,96 +29,17 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use storage::{Answer, Completion, HistoryPage, Overloaded, Query, RoomState, StoreError, StoredMessage};
+use storage::{Completion, StoreError};
 
-use super::{Effect, HistoryArgs, JoinArgs, Owner, OwnerConfig, SendArgs, StorePort, JOIN_CANCELLED};
+use super::{Effect, HistoryArgs, JoinArgs, Owner, OwnerConfig, SendArgs};
 use crate::config::Durability;
 use crate::metrics::ShardStats;
 use crate::room::owner as owner_of;
+use store::{query_room, MemStore, Port};
 
 const SHARDS: usize = 3;
 const ROOMS: [&str; 5] = ["a", "b", "c", "d", "e"];
 const CLIENTS_PER_SHARD: u64 = 3;
-
-/// The store as the harness keeps it: what is committed, and what waits for an answer.
-#[derive(Default)]
-struct MemStore {
-    epochs: HashMap<String, u64>,
-    messages: HashMap<String, BTreeMap<u64, StoredMessage>>,
-    /// Submitted and not answered: (shard, ticket, request), oldest first.
-    writes: VecDeque<(usize, u64, StoredMessage)>,
-    queries: VecDeque<(usize, u64, Query)>,
-    write_cap: usize,
-    query_cap: usize,
-}
-
-impl MemStore {
-    fn answer(&mut self, q: Query) -> Answer {
-        match q {
-            Query::RoomState { room, new_epoch } => {
-                let epoch = *self.epochs.entry(room.clone()).or_insert(new_epoch);
-                let last_seq = self.messages.get(&room).and_then(|m| m.keys().next_back().copied()).unwrap_or(0);
-                Answer::RoomState(RoomState { epoch, last_seq })
-            }
-            Query::SetEpoch { room, epoch } => {
-                self.epochs.insert(room, epoch);
-                Answer::EpochSet
-            }
-            Query::History { room, before, limit } => {
-                let all = self.messages.get(&room);
-                let below: Vec<&StoredMessage> = all
-                    .into_iter()
-                    .flat_map(|m| m.range(..before.unwrap_or(u64::MAX)))
-                    .map(|(_, m)| m)
-                    .collect();
-                let page: Vec<StoredMessage> = below[below.len().saturating_sub(limit)..].iter().map(|m| (*m).clone()).collect();
-                let more = below.len() > limit;
-                let next_before = if more { page.first().map(|m| m.seq) } else { None };
-                Answer::History(HistoryPage {
-                    messages: page,
-                    next_before,
-                })
-            }
-            Query::RangeAfter { room, after, limit } => {
-                let all = self.messages.get(&room);
-                let msgs = all
-                    .into_iter()
-                    .flat_map(|m| m.range(after + 1..))
-                    .take(limit)
-                    .map(|(_, m)| m.clone())
-                    .collect();
-                Answer::RangeAfter(msgs)
-            }
-            other => panic!("the owner sent a query it does not use: {other:?}"),
-        }
-    }
-}
-
-/// One shard's admission into the shared in-memory store.
-struct Port {
-    shard: usize,
-    store: Rc<RefCell<MemStore>>,
-}
-
-impl StorePort for Port {
-    fn write(&mut self, msg: StoredMessage, ticket: u64) -> Result<(), Overloaded> {
-        let mut s = self.store.borrow_mut();
-        if s.writes.len() >= s.write_cap {
-            return Err(Overloaded);
-        }
-        s.writes.push_back((self.shard, ticket, msg));
-        Ok(())
-    }
-
-    fn query(&mut self, query: Query, ticket: u64) -> Result<(), Overloaded> {
-        let mut s = self.store.borrow_mut();
-        if s.queries.len() >= s.query_cap {
-            return Err(Overloaded);
-        }
-        s.queries.push_back((self.shard, ticket, query));
-        Ok(())
-    }
-}
 
 /// A request from a member shard to a room's owner, or an owner's effect for another shard.
 #[derive(Debug)]
@@ -370,241 +294,98 @@ impl World {
         }
     }
 
-    /// The member shard's side of an owner's effect, with the checks.
-    fn on_effect(&mut self, e: Effect) {
-        trace(|| format!("member side <- {e:?}"));
-        match e {
-            Effect::Reply { conn, payload } => self.deliver_to_client(conn, &payload),
-            Effect::Joined {
-                room,
-                conn,
-                req,
-                token,
-                payload,
-                catch_up,
-                ..
-            } => {
-                let req = req.expect("the harness gives every join an id");
-                self.answered(&req);
-                let c = self.clients.get_mut(&conn).expect("client");
-                let since = c.since.remove(&req).flatten();
-                if !take_join(&mut c.joins, &room, token) {
-                    // A leave overtook it: the member side answers "join cancelled" and
-                    // drops the catch-up (shard/members.rs).
-                    return;
-                }
-                let v = json(&payload);
-                assert_eq!(v["type"], "joined", "{v}");
-                let seq = v["seq"].as_u64().expect("joined.seq");
-                c.member.insert(room.to_string(), since.unwrap_or(seq).min(seq));
-                for frame in catch_up {
-                    self.deliver_to_client(conn, &frame);
-                }
-            }
-            Effect::JoinRefused {
-                room,
-                conn,
-                token,
-                payload,
-                ..
-            } => {
-                let v = json(&payload);
-                assert_eq!(v["type"], "error", "{v}");
-                self.answered(&format!("\"{}\"", v["id"].as_str().expect("refusal id")));
-                let c = self.clients.get_mut(&conn).expect("client");
-                if take_join(&mut c.joins, &room, token) {
-                    c.rooms.retain(|r| **r != *room);
-                }
-            }
-            Effect::Deliver { shard, room, payload, .. } => {
-                let v = json(&payload);
-                if v["type"] == "gap" {
-                    let (from, to) = (v["from"].as_u64().expect("from"), v["to"].as_u64().expect("to"));
-                    for seq in from..=to {
-                        assert!(
-                            !self.names.contains_key(&(room.to_string(), seq)),
-                            "{room}/{seq} given up after it was seen"
-                        );
-                        self.given_up.insert((room.to_string(), seq));
-                    }
-                }
-                let members: Vec<u64> = self
-                    .clients
-                    .iter()
-                    .filter(|(id, c)| shard_of(**id) == shard && c.member.contains_key(&*room))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for conn in members {
-                    self.deliver_to_client(conn, &payload);
-                }
-            }
-        }
-    }
-
-    /// A frame reaches a client: replies are counted, room traffic is checked for order.
-    fn deliver_to_client(&mut self, conn: u64, payload: &Bytes) {
-        let v = json(payload);
-        if let Some(id) = v["id"].as_str() {
-            self.answered(&format!("\"{id}\""));
-        }
-        let room = v["room"].as_str().unwrap_or_default().to_owned();
-        match v["type"].as_str() {
-            Some("message") => {
-                let seq = v["seq"].as_u64().expect("seq");
-                self.name(&room, seq, v["msg_id"].as_str().expect("msg_id"));
-                self.check_stored(&room, seq, "delivered");
-                let Some(last) = self.clients.get_mut(&conn).and_then(|c| c.member.get_mut(&room)) else {
-                    return; // a catch-up frame of a join that was cancelled
-                };
-                assert_eq!(seq, *last + 1, "conn {conn:x} in {room}: message {seq} after {last}");
-                *last = seq;
-                self.clients.get_mut(&conn).expect("client").seen.insert(room, seq);
-            }
-            Some("gap") => {
-                let (from, to) = (v["from"].as_u64().expect("from"), v["to"].as_u64().expect("to"));
-                let Some(last) = self.clients.get_mut(&conn).and_then(|c| c.member.get_mut(&room)) else {
-                    return;
-                };
-                assert_eq!(from, *last + 1, "conn {conn:x} in {room}: gap {from}..={to} after {last}");
-                assert!(to >= from);
-                *last = to;
-            }
-            Some("ack") => {
-                let seq = v["seq"].as_u64().expect("seq");
-                self.name(&room, seq, v["msg_id"].as_str().expect("msg_id"));
-                self.check_stored(&room, seq, "acked");
-                let id = format!("\"{}\"", v["id"].as_str().expect("ack id"));
-                if let Some((user, Some(cid))) = self.sends.get(&id).cloned() {
-                    self.check_client_ids(&v, &user, &cid);
-                }
-            }
-            Some("history") => {
-                for m in v["messages"].as_array().expect("messages") {
-                    self.name(&room, m["seq"].as_u64().expect("seq"), m["msg_id"].as_str().expect("msg_id"));
-                }
-            }
-            Some("error") => {
-                let msg = v["message"].as_str().unwrap_or_default();
-                assert!(v["id"].is_string(), "an error without a request id: {v}");
-                if msg == JOIN_CANCELLED {
-                    let c = self.clients.get(&conn).expect("client");
-                    assert!(!c.member.contains_key(&room));
-                }
-            }
-            other => panic!("unexpected frame {other:?}: {v}"),
-        }
-    }
-
-    /// Records that `(room, seq)` names `msg_id`; a second name is a reused seq.
-    fn name(&mut self, room: &str, seq: u64, msg_id: &str) {
-        assert!(
-            !self.given_up.contains(&(room.to_owned(), seq)),
-            "{room}/{seq} was given up (gap), then reused"
-        );
-        let prev = self.names.entry((room.to_owned(), seq)).or_insert_with(|| msg_id.to_owned());
-        assert_eq!(prev, msg_id, "seq {seq} of {room} was reused");
-    }
-
-    /// Durable mode: a message is seen only once the store committed it.
-    fn check_stored(&self, room: &str, seq: u64, what: &str) {
-        if self.durability == Durability::Durable {
-            let held = self.store.borrow().messages.get(room).is_some_and(|m| m.contains_key(&seq));
-            assert!(held, "durable: {room}/{seq} {what} before the store committed it");
-        }
-    }
-
+    /// A random client asks for something: join (with or without `since`), leave, send, history.
     fn client_step(&mut self) {
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         let conn = ids[self.rng.random_range(0..ids.len())];
-        let shard = shard_of(conn);
         let room = ROOMS[self.rng.random_range(0..ROOMS.len())].to_owned();
-        let user = format!("u{conn:x}");
         let joined = self.clients[&conn].rooms.contains(&room);
         match (joined, self.rng.random_range(0..10)) {
-            (false, 0..=5) => {
-                let seen = self.clients[&conn].seen.get(&room).copied();
-                let since = match self.rng.random_range(0..3) {
-                    0 => None,
-                    1 => Some(0),
-                    _ => seen.or(Some(0)),
-                };
-                let c = self.clients.get_mut(&conn).expect("client");
-                c.rooms.push(room.clone());
-                c.member.remove(&room);
-                let req = self.req();
-                let token = self.next_req;
-                let c = self.clients.get_mut(&conn).expect("client");
-                c.since.insert(req.clone(), since);
-                c.joins.push((room.clone(), token));
-                self.send_to_owner(
-                    shard,
-                    &room,
-                    Frame::Join {
-                        room: room.clone(),
-                        shard,
-                        conn,
-                        req,
-                        since,
-                        token,
-                    },
-                );
-            }
-            (true, 0..=1) => {
-                let c = self.clients.get_mut(&conn).expect("client");
-                c.rooms.retain(|r| *r != room);
-                c.joins.retain(|(r, _)| *r != room);
-                c.member.remove(&room);
-                self.send_to_owner(
-                    shard,
-                    &room,
-                    Frame::Leave {
-                        room: room.clone(),
-                        shard,
-                        conn,
-                    },
-                );
-            }
-            (true, 2..=7) => {
-                let key = (user.clone(), room.clone());
-                let earlier = self.sent_ids.get(&key).filter(|ids| !ids.is_empty() && self.rng.random_bool(0.3));
-                let client_id = match earlier {
-                    Some(ids) => Some(ids[self.rng.random_range(ids.len().saturating_sub(3)..ids.len())].clone()),
-                    None if self.rng.random_bool(0.7) => {
-                        let id = format!("c{}", self.next_req);
-                        self.sent_ids.entry(key).or_default().push(id.clone());
-                        Some(id)
-                    }
-                    None => None,
-                };
-                let req = self.req();
-                self.sends.insert(req.clone(), (user.clone(), client_id.clone()));
-                let body = format!("from {user} ({req})");
-                let frame = Frame::Send {
-                    room: room.clone(),
-                    shard,
-                    conn,
-                    user,
-                    req,
-                    client_id,
-                    body,
-                };
-                self.send_to_owner(shard, &room, frame);
-            }
+            (false, 0..=5) => self.client_join(conn, room),
+            (true, 0..=1) => self.client_leave(conn, room),
+            (true, 2..=7) => self.client_send(conn, room),
             _ => {
                 let before = self.rng.random_bool(0.5).then(|| self.rng.random_range(1..30));
                 let req = self.req();
-                self.send_to_owner(
-                    shard,
-                    &room,
-                    Frame::History {
-                        room: room.clone(),
-                        conn,
-                        req,
-                        before,
-                    },
-                );
+                let frame = Frame::History {
+                    room: room.clone(),
+                    conn,
+                    req,
+                    before,
+                };
+                self.send_to_owner(shard_of(conn), &room, frame);
             }
         }
+    }
+
+    fn client_join(&mut self, conn: u64, room: String) {
+        let seen = self.clients[&conn].seen.get(&room).copied();
+        let since = match self.rng.random_range(0..3) {
+            0 => None,
+            1 => Some(0),
+            _ => seen.or(Some(0)),
+        };
+        let req = self.req();
+        let token = self.next_req;
+        let c = self.clients.get_mut(&conn).expect("client");
+        c.rooms.push(room.clone());
+        c.member.remove(&room);
+        c.since.insert(req.clone(), since);
+        c.joins.push((room.clone(), token));
+        let shard = shard_of(conn);
+        let frame = Frame::Join {
+            room: room.clone(),
+            shard,
+            conn,
+            req,
+            since,
+            token,
+        };
+        self.send_to_owner(shard, &room, frame);
+    }
+
+    fn client_leave(&mut self, conn: u64, room: String) {
+        let c = self.clients.get_mut(&conn).expect("client");
+        c.rooms.retain(|r| *r != room);
+        c.joins.retain(|(r, _)| *r != room);
+        c.member.remove(&room);
+        let shard = shard_of(conn);
+        let frame = Frame::Leave {
+            room: room.clone(),
+            shard,
+            conn,
+        };
+        self.send_to_owner(shard, &room, frame);
+    }
+
+    /// A send, with a new client id, a retried recent one, or none.
+    fn client_send(&mut self, conn: u64, room: String) {
+        let user = format!("u{conn:x}");
+        let key = (user.clone(), room.clone());
+        let earlier = self.sent_ids.get(&key).filter(|ids| !ids.is_empty() && self.rng.random_bool(0.3));
+        let client_id = match earlier {
+            Some(ids) => Some(ids[self.rng.random_range(ids.len().saturating_sub(3)..ids.len())].clone()),
+            None if self.rng.random_bool(0.7) => {
+                let id = format!("c{}", self.next_req);
+                self.sent_ids.entry(key).or_default().push(id.clone());
+                Some(id)
+            }
+            None => None,
+        };
+        let req = self.req();
+        self.sends.insert(req.clone(), (user.clone(), client_id.clone()));
+        let body = format!("from {user} ({req})");
+        let shard = shard_of(conn);
+        let frame = Frame::Send {
+            room: room.clone(),
+            shard,
+            conn,
+            user,
+            req,
+            client_id,
+            body,
+        };
+        self.send_to_owner(shard, &room, frame);
     }
 
     /// The oldest write is committed (or, sometimes, fails).
@@ -703,37 +484,6 @@ impl World {
                 }
             }
         }
-    }
-
-    /// Every ack of one `(user, room, client_id)` carries the same seq.
-    fn check_client_ids(&mut self, payload: &Value, user: &str, client_id: &str) {
-        let seq = payload["seq"].as_u64().expect("seq");
-        let key = (
-            user.to_owned(),
-            payload["room"].as_str().unwrap_or_default().to_owned(),
-            client_id.to_owned(),
-        );
-        if self.durability == Durability::Fast && self.unstored_ids.contains(&key) {
-            return;
-        }
-        let first = *self.client_ids.entry(key).or_insert(seq);
-        assert_eq!(first, seq, "a retried client_id {client_id} got another seq");
-    }
-}
-
-/// Removes the pending join `(room, token)`; false when it no longer stands.
-fn take_join(joins: &mut Vec<(String, u64)>, room: &str, token: u64) -> bool {
-    let Some(pos) = joins.iter().position(|(r, t)| r == room && *t == token) else {
-        return false;
-    };
-    joins.swap_remove(pos);
-    true
-}
-
-fn query_room(q: &Query) -> &str {
-    match q {
-        Query::RoomState { room, .. } | Query::SetEpoch { room, .. } | Query::History { room, .. } | Query::RangeAfter { room, .. } => room,
-        _ => "",
     }
 }
 
