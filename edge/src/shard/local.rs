@@ -11,6 +11,7 @@ use router::Frame;
 use storage::{Completion, Overloaded, Query, StoreHandle, StoredMessage};
 
 use super::members::JoinAnswer;
+use super::sequencer::Sequencer;
 use super::{Conn, Shard};
 use crate::engine::owner::{Effect, HistoryArgs, JoinArgs, Owner, SendArgs, StorePort};
 
@@ -49,10 +50,11 @@ pub(super) async fn run_completions(shard: Rc<Shard>) {
 impl Shard {
     /// Runs `f` on the owner with the time now, then carries out every effect it produced.
     fn with_owner(&self, f: impl FnOnce(&mut LocalOwner, u64)) {
-        f(&mut self.owner.borrow_mut(), Self::now_ms());
+        let Sequencer::Local(owner) = &self.sequencer else { return };
+        f(&mut owner.borrow_mut(), Self::now_ms());
         loop {
             // The borrow ends before the effect runs: carrying one out never re-enters the owner.
-            let Some(effect) = self.owner.borrow_mut().poll() else { break };
+            let Some(effect) = owner.borrow_mut().poll() else { break };
             self.carry_out(effect);
         }
     }

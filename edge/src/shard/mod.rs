@@ -41,7 +41,7 @@ use crate::limits::admission::Admission;
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
 use crate::room::MemberIndex;
-use local::{LocalOwner, ShardStore};
+use local::ShardStore;
 use outbox::Outbox;
 
 pub use accept::bind_listener;
@@ -113,8 +113,6 @@ pub(crate) struct Shard {
     pub(crate) driver: &'static str,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     members: RefCell<MemberIndex>,
-    /// The owner side of the rooms this shard owns (the engine's local sequencer).
-    owner: RefCell<LocalOwner>,
     next_conn: Cell<u64>,
     draining: Cell<bool>,
     drain_waker: Cell<Option<std::task::Waker>>,
@@ -146,12 +144,17 @@ impl Shard {
     fn new(s: ShardSetup, me: Weak<Self>) -> Self {
         let threads = s.mesh.threads();
         let admission = Admission::new(s.cfg.admission_rate_per_shard, s.cfg.admission_burst, s.cfg.admission_retry_max_ms);
-        let owner_cfg = OwnerConfig::new(&s.cfg, s.id, s.shards, s.store.previous_run_clean(), s.run_epoch);
-        let port = ShardStore {
-            handle: s.store.clone(),
-            shard: s.id,
+        let sequencer = match s.bridge {
+            Some(b) => sequencer::Sequencer::Redis(b),
+            None => {
+                let owner_cfg = OwnerConfig::new(&s.cfg, s.id, s.shards, s.store.previous_run_clean(), s.run_epoch);
+                let port = ShardStore {
+                    handle: s.store.clone(),
+                    shard: s.id,
+                };
+                sequencer::Sequencer::Local(Box::new(RefCell::new(Owner::new(owner_cfg, port, s.stats.clone()))))
+            }
         };
-        let owner = Owner::new(owner_cfg, port, s.stats.clone());
         Self {
             id: s.id,
             shards: s.shards,
@@ -162,7 +165,6 @@ impl Shard {
             driver: s.driver,
             conns: RefCell::new(HashMap::new()),
             members: RefCell::new(MemberIndex::default()),
-            owner: RefCell::new(owner),
             next_conn: Cell::new(0),
             draining: Cell::new(false),
             drain_waker: Cell::new(None),
@@ -175,10 +177,7 @@ impl Shard {
             completions: s.completions,
             run_epoch: s.run_epoch,
             next_ticket: Cell::new(0),
-            sequencer: match s.bridge {
-                Some(b) => sequencer::Sequencer::Redis(b),
-                None => sequencer::Sequencer::Local,
-            },
+            sequencer,
             cluster: RefCell::new(HashMap::new()),
             publishing: RefCell::new(HashMap::new()),
             me,

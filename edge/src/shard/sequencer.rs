@@ -8,19 +8,21 @@
 //! - `Redis` (a cluster): Redis sequences and carries messages between nodes
 //!   (`cluster.rs` member side, `publish.rs` owner side, `pump.rs`).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use router::bridge::BridgeHandle;
 
+use super::local::LocalOwner;
 use super::{Conn, Shard};
 use crate::engine::owner::SendArgs;
 use crate::protocol::ErrorCode;
 
 /// Which sequencer this node runs with: chosen once, at start.
 pub(crate) enum Sequencer {
-    /// One node: the owner shard of each room, with the store.
-    Local,
+    /// One node: the owner shard of each room (this shard's owned rooms), with the store.
+    Local(Box<RefCell<LocalOwner>>),
     /// A cluster: Redis, through the bridge.
     Redis(BridgeHandle),
 }
@@ -29,7 +31,7 @@ impl Sequencer {
     /// The bridge, in a cluster.
     pub(crate) fn bridge(&self) -> Option<&BridgeHandle> {
         match self {
-            Self::Local => None,
+            Self::Local(_) => None,
             Self::Redis(b) => Some(b),
         }
     }
@@ -39,7 +41,7 @@ impl Shard {
     /// A join that passed the member side's checks.
     pub(super) fn seq_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
         match &self.sequencer {
-            Sequencer::Local => self.local_join(conn, id, room, since),
+            Sequencer::Local(_) => self.local_join(conn, id, room, since),
             Sequencer::Redis(_) => {
                 if let Some(me) = self.rc() {
                     me.cluster_join(conn, id, room, since);
@@ -51,7 +53,7 @@ impl Shard {
     /// `conn` left `room` (already taken off the member side); `was_member`: it was in the fan-out list.
     pub(super) fn seq_leave(&self, conn: &Conn, room: &str, was_member: bool) {
         match &self.sequencer {
-            Sequencer::Local => self.local_leave(conn, room),
+            Sequencer::Local(_) => self.local_leave(conn, room),
             Sequencer::Redis(_) => self.cluster_leave(conn, room, was_member),
         }
     }
@@ -59,7 +61,7 @@ impl Shard {
     /// A send to a room this shard owns (a local connection's, or one from the mesh).
     pub(super) fn seq_send(&self, a: &SendArgs<'_>) {
         match &self.sequencer {
-            Sequencer::Local => self.owner_send(a),
+            Sequencer::Local(_) => self.owner_send(a),
             Sequencer::Redis(_) => {
                 if let Some(me) = self.rc() {
                     me.cluster_send(a);
@@ -71,7 +73,7 @@ impl Shard {
     /// A history page for a connection of this shard.
     pub(super) fn seq_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
         match &self.sequencer {
-            Sequencer::Local => self.local_history(conn, id, room, before, limit),
+            Sequencer::Local(_) => self.local_history(conn, id, room, before, limit),
             Sequencer::Redis(_) => self.cluster_history(conn, id, room, before, limit),
         }
     }
@@ -79,7 +81,7 @@ impl Shard {
     /// Who is online in a room.
     pub(super) fn seq_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
         match &self.sequencer {
-            Sequencer::Local => {
+            Sequencer::Local(_) => {
                 let msg = "presence is served in cluster mode (--redis-url); a single node does not track it yet";
                 self.reply_error(conn, id, ErrorCode::BadRequest, msg, None);
             }
@@ -90,7 +92,7 @@ impl Shard {
     /// A delivery for this shard's members of `room` (from a local owner, or from Redis through the pump).
     pub(super) fn seq_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
         match &self.sequencer {
-            Sequencer::Local => self.deliver_local(room, payload),
+            Sequencer::Local(_) => self.deliver_local(room, payload),
             Sequencer::Redis(_) => self.on_cluster_deliver(room, seq, payload),
         }
     }
