@@ -7,6 +7,8 @@
 //! - `owner`: the local sequencer, the owner side of a shard's rooms on a
 //!   single node (events in with `now_ms`, effects pulled with `poll()`),
 //!   with its deterministic harness;
+//! - `publisher`: the Redis sequencer's owner side (a room's sends batched
+//!   to Redis, one batch in flight, acks with the seq Redis assigned);
 //! - `ring`: the recent ring of a room, one type for the owner's room state
 //!   and a member shard's feed;
 //! - `catch_up`: the one merge that catches a member up (store or stream
@@ -21,6 +23,7 @@ pub mod catch_up;
 pub mod failure;
 pub mod feed;
 pub mod owner;
+pub mod publisher;
 pub mod ring;
 
 pub use catch_up::Piece;

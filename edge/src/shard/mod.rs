@@ -37,6 +37,7 @@ use storage::{Completions, StoreHandle};
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
 use crate::engine::owner::{Owner, OwnerConfig};
+use crate::engine::publisher::{Publisher, PublisherConfig};
 use crate::limits::admission::Admission;
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
@@ -134,8 +135,6 @@ pub(crate) struct Shard {
     sequencer: sequencer::Sequencer,
     /// Cluster mode: rooms this shard receives from Redis (member side).
     cluster: RefCell<HashMap<String, cluster::ClusterRoom>>,
-    /// Cluster mode: rooms this shard publishes (owner side).
-    publishing: RefCell<publish::PubRooms>,
     /// This shard itself, for handlers that spawn tasks.
     me: Weak<Self>,
 }
@@ -145,7 +144,18 @@ impl Shard {
         let threads = s.mesh.threads();
         let admission = Admission::new(s.cfg.admission_rate_per_shard, s.cfg.admission_burst, s.cfg.admission_retry_max_ms);
         let sequencer = match s.bridge {
-            Some(b) => sequencer::Sequencer::Redis(b),
+            Some(bridge) => {
+                let cfg = PublisherConfig {
+                    node_id: s.cfg.node_id.clone(),
+                    shard: s.id,
+                    dedupe_per_room: s.cfg.dedupe_per_room,
+                    room_queue_max: s.cfg.room_load_queue_max,
+                    batch_max: s.cfg.redis_batch_max as usize,
+                    max_rooms: s.cfg.max_rooms_per_shard,
+                };
+                let publisher = RefCell::new(Publisher::new(cfg, s.stats.clone()));
+                sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer { bridge, publisher }))
+            }
             None => {
                 let owner_cfg = OwnerConfig::new(&s.cfg, s.id, s.shards, s.store.previous_run_clean(), s.run_epoch);
                 let port = ShardStore {
@@ -179,7 +189,6 @@ impl Shard {
             next_ticket: Cell::new(0),
             sequencer,
             cluster: RefCell::new(HashMap::new()),
-            publishing: RefCell::new(HashMap::new()),
             me,
         }
     }

@@ -17,6 +17,7 @@ use router::bridge::BridgeHandle;
 use super::local::LocalOwner;
 use super::{Conn, Shard};
 use crate::engine::owner::SendArgs;
+use crate::engine::publisher::Publisher;
 use crate::protocol::ErrorCode;
 
 /// Which sequencer this node runs with: chosen once, at start.
@@ -24,7 +25,14 @@ pub(crate) enum Sequencer {
     /// One node: the owner shard of each room (this shard's owned rooms), with the store.
     Local(Box<RefCell<LocalOwner>>),
     /// A cluster: Redis, through the bridge.
-    Redis(BridgeHandle),
+    Redis(Box<RedisSequencer>),
+}
+
+/// The Redis sequencer of one shard.
+pub(crate) struct RedisSequencer {
+    pub(crate) bridge: BridgeHandle,
+    /// The owner side of this shard's rooms: sends batched to Redis.
+    pub(crate) publisher: RefCell<Publisher>,
 }
 
 impl Sequencer {
@@ -32,7 +40,7 @@ impl Sequencer {
     pub(crate) fn bridge(&self) -> Option<&BridgeHandle> {
         match self {
             Self::Local(_) => None,
-            Self::Redis(b) => Some(b),
+            Self::Redis(r) => Some(&r.bridge),
         }
     }
 }

@@ -1,0 +1,340 @@
+//! The Redis sequencer's owner side, sans-IO: a room's sends on this node are
+//! rendered once (with the seq slot Redis fills), queued, and published in
+//! batches, one batch in flight per room, so the node's sends of a room keep
+//! their order. Senders are acked with the seq Redis assigned; the message
+//! reaches members (this node's included) through the room's subscription.
+//!
+//! Events are method calls (`send` with `now_ms`, `published` with the
+//! bridge's answer); effects are pulled with [`Publisher::poll`]: a batch to
+//! publish (the shell awaits the bridge and calls `published`), or a reply.
+//!
+//! Invariants: the queue of a room is bounded (`room_queue_max`, then
+//! `overloaded`); a `client_id` is remembered once its message is sequenced,
+//! and a retry while it is queued or in flight is answered `overloaded` (it
+//! then gets the original ack); every send gets exactly one reply, a failed
+//! publish answering each sender of the batch with the failure.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use router::bridge::{BridgeError, PreparedMessage, SeqRange};
+
+use super::owner::{render_message, SendArgs};
+use super::{Busy, Failure};
+use crate::metrics::ShardStats;
+use crate::protocol::server;
+use crate::protocol::ErrorCode;
+use crate::room::{AckInfo, Dedupe};
+
+/// What a publisher is configured with.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// This node, for message ids.
+    pub node_id: String,
+    /// This shard.
+    pub shard: usize,
+    /// `client_id`s remembered per room.
+    pub dedupe_per_room: usize,
+    /// Sends that may wait per room.
+    pub room_queue_max: usize,
+    /// Messages per script call at most.
+    pub batch_max: usize,
+    /// Rooms with publishing state kept (idle ones beyond it are forgotten).
+    pub max_rooms: usize,
+}
+
+/// What the shard must do.
+#[derive(Debug)]
+pub enum PubEffect {
+    /// Publish `batch` of `room` through Redis, then call [`Publisher::published`].
+    Publish { room: String, batch: Vec<PreparedMessage> },
+    /// Bytes for connection `conn` (on any shard).
+    Reply { conn: u64, payload: Bytes },
+}
+
+/// One send waiting for its seq.
+#[derive(Debug)]
+struct Queued {
+    msg: PreparedMessage,
+    conn: u64,
+    req: Option<String>,
+    user: String,
+    client_id: Option<String>,
+    msg_id: String,
+    ts: u64,
+}
+
+/// A room's publishing state.
+#[derive(Debug)]
+struct PubRoom {
+    queued: VecDeque<Queued>,
+    /// The batch Redis is sequencing now.
+    in_flight: Vec<Queued>,
+    /// `(user, client_id)` of sends queued or in flight.
+    pending_ids: HashSet<(String, String)>,
+    dedupe: Dedupe,
+}
+
+impl PubRoom {
+    fn idle(&self) -> bool {
+        self.queued.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+/// The Redis sequencer's owner side of one shard.
+pub struct Publisher {
+    cfg: PublisherConfig,
+    stats: Arc<Vec<ShardStats>>,
+    rooms: HashMap<String, PubRoom>,
+    next_id: u64,
+    effects: VecDeque<PubEffect>,
+}
+
+impl Publisher {
+    /// A publisher with no room; `stats[cfg.shard]` is its stats line.
+    pub fn new(cfg: PublisherConfig, stats: Arc<Vec<ShardStats>>) -> Self {
+        Self {
+            cfg,
+            stats,
+            rooms: HashMap::new(),
+            next_id: 0,
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The next effect to carry out, oldest first.
+    pub fn poll(&mut self) -> Option<PubEffect> {
+        self.effects.pop_front()
+    }
+
+    fn reply(&mut self, conn: u64, payload: Bytes) {
+        self.effects.push_back(PubEffect::Reply { conn, payload });
+    }
+
+    fn refuse(&mut self, a: &SendArgs<'_>, msg: &str) {
+        ShardStats::inc(&self.stats[self.cfg.shard].overloaded_total);
+        self.reply(a.conn, Busy::Publish.reply(a.req, msg));
+    }
+
+    /// A send to a room this shard owns.
+    pub fn send(&mut self, a: &SendArgs<'_>, now_ms: u64) {
+        if !self.rooms.contains_key(a.room) && self.rooms.len() >= self.cfg.max_rooms {
+            self.rooms.retain(|_, r| !r.idle());
+        }
+        let dedupe_cap = self.cfg.dedupe_per_room;
+        let r = self.rooms.entry(a.room.to_owned()).or_insert_with(|| PubRoom {
+            queued: VecDeque::new(),
+            in_flight: Vec::new(),
+            pending_ids: HashSet::new(),
+            dedupe: Dedupe::new(dedupe_cap),
+        });
+        if let Some(cid) = a.client_id {
+            if let Some(ack) = r.dedupe.get(a.user, cid).cloned() {
+                return self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+            }
+            if r.pending_ids.contains(&(a.user.to_owned(), cid.to_owned())) {
+                return self.refuse(a, "this client_id is being sequenced, retry");
+            }
+        }
+        if r.queued.len() >= self.cfg.room_queue_max {
+            return self.refuse(a, "room publish queue full, retry");
+        }
+        self.next_id += 1;
+        let msg_id = format!("{}-{:x}-{:x}", self.cfg.node_id, self.cfg.shard, self.next_id);
+        let payload = render_message(a, None, &msg_id, now_ms);
+        let msg = match PreparedMessage::new(a.room, payload.to_vec()) {
+            Ok(m) => m,
+            Err(e) => return self.reply(a.conn, Failure::Redis(e).reply(a.req, "cannot prepare the message")),
+        };
+        let Some(r) = self.rooms.get_mut(a.room) else { return };
+        if let Some(cid) = a.client_id {
+            r.pending_ids.insert((a.user.to_owned(), cid.to_owned()));
+        }
+        r.queued.push_back(Queued {
+            msg,
+            conn: a.conn,
+            req: a.req.map(str::to_owned),
+            user: a.user.to_owned(),
+            client_id: a.client_id.map(str::to_owned),
+            msg_id,
+            ts: now_ms,
+        });
+        self.next_batch(a.room);
+    }
+
+    /// Starts the room's next batch unless one is in flight or nothing waits.
+    fn next_batch(&mut self, room: &str) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        if !r.in_flight.is_empty() || r.queued.is_empty() {
+            return;
+        }
+        let n = r.queued.len().min(self.cfg.batch_max.max(1));
+        r.in_flight.extend(r.queued.drain(..n));
+        let batch = r.in_flight.iter().map(|q| q.msg.clone()).collect();
+        self.effects.push_back(PubEffect::Publish {
+            room: room.to_owned(),
+            batch,
+        });
+    }
+
+    /// Redis answered the room's batch in flight: ack (or refuse) each sender, then the next batch.
+    pub fn published(&mut self, room: &str, result: Result<SeqRange, BridgeError>) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        let batch = std::mem::take(&mut r.in_flight);
+        let mut replies = Vec::with_capacity(batch.len());
+        match result {
+            Ok(range) => {
+                ShardStats::add(&self.stats[self.cfg.shard].messages_total, u64::from(range.count));
+                let mut seqs = range.iter();
+                for q in batch {
+                    if let Some(cid) = &q.client_id {
+                        r.pending_ids.remove(&(q.user.clone(), cid.clone()));
+                    }
+                    // Redis answers a seq for each message of the batch; a short answer is a bug
+                    // there, and the senders it left out still get their one reply.
+                    let Some(seq) = seqs.next() else {
+                        let err = server::error(q.req.as_deref(), ErrorCode::Internal, "cluster: no seq for this message", None);
+                        replies.push((q.conn, err));
+                        continue;
+                    };
+                    let ack = AckInfo {
+                        seq,
+                        msg_id: q.msg_id,
+                        ts: q.ts,
+                    };
+                    if let Some(cid) = &q.client_id {
+                        r.dedupe.insert(&q.user, cid, ack.clone());
+                    }
+                    replies.push((q.conn, server::ack(q.req.as_deref(), room, ack.seq, &ack.msg_id, ack.ts)));
+                }
+            }
+            Err(e) => {
+                let failure = Failure::Redis(e);
+                for q in batch {
+                    if let Some(cid) = &q.client_id {
+                        r.pending_ids.remove(&(q.user.clone(), cid.clone()));
+                    }
+                    replies.push((q.conn, failure.reply(q.req.as_deref(), "cluster: message not sequenced")));
+                }
+            }
+        }
+        for (conn, payload) in replies {
+            self.reply(conn, payload);
+        }
+        self.next_batch(room);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn publisher(queue_max: usize, batch_max: usize) -> Publisher {
+        let cfg = PublisherConfig {
+            node_id: "n1".into(),
+            shard: 0,
+            dedupe_per_room: 16,
+            room_queue_max: queue_max,
+            batch_max,
+            max_rooms: 100,
+        };
+        Publisher::new(cfg, Arc::new(vec![ShardStats::default()]))
+    }
+
+    fn send<'a>(conn: u64, req: &'a str, client_id: Option<&'a str>) -> SendArgs<'a> {
+        SendArgs {
+            room: "r",
+            shard: 0,
+            conn,
+            user: "u",
+            req: Some(req),
+            client_id,
+            body: "hi",
+            kind: "text",
+            file: None,
+            reply_to: None,
+        }
+    }
+
+    /// Drains the effects: (batch sizes published, replies as JSON).
+    fn drain(p: &mut Publisher) -> (Vec<usize>, Vec<Value>) {
+        let (mut batches, mut replies) = (Vec::new(), Vec::new());
+        while let Some(e) = p.poll() {
+            match e {
+                PubEffect::Publish { batch, .. } => batches.push(batch.len()),
+                PubEffect::Reply { payload, .. } => replies.push(serde_json::from_slice(&payload).expect("json")),
+            }
+        }
+        (batches, replies)
+    }
+
+    fn range(first: u64, count: u32) -> Result<SeqRange, BridgeError> {
+        Ok(SeqRange { first, count })
+    }
+
+    #[test]
+    fn one_batch_in_flight_per_room_and_the_rest_follow_in_order() {
+        let mut p = publisher(100, 2);
+        p.send(&send(1, "1", None), 10);
+        assert_eq!(drain(&mut p).0, [1], "the first send goes at once");
+        for i in 2..=4 {
+            p.send(&send(1, &i.to_string(), None), 10);
+        }
+        assert!(drain(&mut p).0.is_empty(), "nothing more while a batch is in flight");
+        p.published("r", range(1, 1));
+        let (batches, replies) = drain(&mut p);
+        assert_eq!(replies[0]["seq"], 1);
+        assert_eq!(batches, [2], "then the queue, at most batch_max at a time");
+        p.published("r", range(2, 2));
+        let (batches, replies) = drain(&mut p);
+        assert_eq!(replies.iter().map(|r| r["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(batches, [1]);
+        p.published("r", range(4, 1));
+        let (batches, replies) = drain(&mut p);
+        assert!(batches.is_empty(), "the queue is empty");
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0]["seq"], 4);
+    }
+
+    #[test]
+    fn a_retried_client_id_gets_the_original_ack_or_waits() {
+        let mut p = publisher(100, 8);
+        p.send(&send(1, "1", Some("c1")), 10);
+        p.send(&send(2, "2", Some("c1")), 11);
+        let (batches, replies) = drain(&mut p);
+        assert_eq!(batches, [1]);
+        assert_eq!(replies[0]["code"], "overloaded", "in flight: retry later");
+        p.published("r", range(7, 1));
+        let acked = drain(&mut p).1;
+        p.send(&send(3, "3", Some("c1")), 12);
+        let (batches, again) = drain(&mut p);
+        assert!(batches.is_empty(), "not published twice");
+        assert_eq!(again[0]["seq"], 7);
+        assert_eq!(again[0]["msg_id"], acked[0]["msg_id"]);
+    }
+
+    #[test]
+    fn a_full_queue_and_a_failed_publish_answer_every_sender_once() {
+        let mut p = publisher(1, 8);
+        p.send(&send(1, "1", Some("a")), 10); // in flight
+        p.send(&send(1, "2", None), 10); // queued
+        p.send(&send(1, "3", None), 10); // over the queue bound
+        let (_, replies) = drain(&mut p);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0]["id"], 3);
+        assert_eq!(replies[0]["code"], "overloaded");
+        p.published("r", Err(BridgeError::Unavailable));
+        let (batches, replies) = drain(&mut p);
+        assert_eq!(replies[0]["code"], "unavailable");
+        assert!(replies[0]["retry_ms"].as_u64().is_some());
+        assert_eq!(batches, [1], "the queued send goes next");
+        p.published("r", range(1, 0));
+        let (_, replies) = drain(&mut p);
+        assert_eq!(replies[0]["code"], "internal", "a short answer still answers every sender");
+        p.send(&send(1, "4", Some("a")), 12);
+        assert_eq!(drain(&mut p).0, [1], "a failed client_id may be sent again");
+    }
+}
