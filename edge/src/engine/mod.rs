@@ -9,6 +9,8 @@
 //!   with its deterministic harness;
 //! - `publisher`: the Redis sequencer's owner side (a room's sends batched
 //!   to Redis, one batch in flight, acks with the seq Redis assigned);
+//! - `subscriber`: the Redis sequencer's member side (a shard's room feeds
+//!   and its joins: subscribe, learn the seq, fetch, answer in one go);
 //! - `ring`: the recent ring of a room, one type for the owner's room state
 //!   and a member shard's feed;
 //! - `catch_up`: the one merge that catches a member up (store or stream
@@ -25,6 +27,7 @@ pub mod feed;
 pub mod owner;
 pub mod publisher;
 pub mod ring;
+pub mod subscriber;
 
 pub use catch_up::Piece;
 pub use failure::{Busy, Failure};

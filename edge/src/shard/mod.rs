@@ -38,6 +38,7 @@ use crate::auth::{Claims, Verifier};
 use crate::config::Config;
 use crate::engine::owner::{Owner, OwnerConfig};
 use crate::engine::publisher::{Publisher, PublisherConfig};
+use crate::engine::subscriber::{Subscriber, SubscriberConfig};
 use crate::limits::admission::Admission;
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
@@ -129,12 +130,9 @@ pub(crate) struct Shard {
     pub(crate) store: StoreHandle,
     /// This shard's store completions (fed to the owner by `local`).
     completions: Completions,
-    run_epoch: u64,
     next_ticket: Cell<u64>,
     /// The sequencer this node started with (the only difference between the modes).
     sequencer: sequencer::Sequencer,
-    /// Cluster mode: rooms this shard receives from Redis (member side).
-    cluster: RefCell<HashMap<String, cluster::ClusterRoom>>,
     /// This shard itself, for handlers that spawn tasks.
     me: Weak<Self>,
 }
@@ -154,7 +152,16 @@ impl Shard {
                     max_rooms: s.cfg.max_rooms_per_shard,
                 };
                 let publisher = RefCell::new(Publisher::new(cfg, s.stats.clone()));
-                sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer { bridge, publisher }))
+                let subscriber = RefCell::new(Subscriber::new(SubscriberConfig {
+                    ring_cap: s.cfg.recent_per_room,
+                    max_catch_up_messages: s.cfg.max_catch_up_messages,
+                    run_epoch: s.run_epoch,
+                }));
+                sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer {
+                    bridge,
+                    publisher,
+                    subscriber,
+                }))
             }
             None => {
                 let owner_cfg = OwnerConfig::new(&s.cfg, s.id, s.shards, s.store.previous_run_clean(), s.run_epoch);
@@ -185,10 +192,8 @@ impl Shard {
             started: std::time::Instant::now(),
             store: s.store,
             completions: s.completions,
-            run_epoch: s.run_epoch,
             next_ticket: Cell::new(0),
             sequencer,
-            cluster: RefCell::new(HashMap::new()),
             me,
         }
     }

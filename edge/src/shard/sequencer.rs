@@ -18,6 +18,7 @@ use super::local::LocalOwner;
 use super::{Conn, Shard};
 use crate::engine::owner::SendArgs;
 use crate::engine::publisher::Publisher;
+use crate::engine::subscriber::Subscriber;
 use crate::protocol::ErrorCode;
 
 /// Which sequencer this node runs with: chosen once, at start.
@@ -33,6 +34,8 @@ pub(crate) struct RedisSequencer {
     pub(crate) bridge: BridgeHandle,
     /// The owner side of this shard's rooms: sends batched to Redis.
     pub(crate) publisher: RefCell<Publisher>,
+    /// The member side: the rooms this shard receives from Redis, and its joins.
+    pub(crate) subscriber: RefCell<Subscriber>,
 }
 
 impl Sequencer {
@@ -62,7 +65,11 @@ impl Shard {
     pub(super) fn seq_leave(&self, conn: &Conn, room: &str, was_member: bool) {
         match &self.sequencer {
             Sequencer::Local(_) => self.local_leave(conn, room),
-            Sequencer::Redis(_) => self.cluster_leave(conn, room, was_member),
+            Sequencer::Redis(_) => {
+                if let Some(me) = self.rc() {
+                    me.cluster_leave(conn, room, was_member);
+                }
+            }
         }
     }
 
@@ -101,7 +108,11 @@ impl Shard {
     pub(super) fn seq_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
         match &self.sequencer {
             Sequencer::Local(_) => self.deliver_local(room, payload),
-            Sequencer::Redis(_) => self.on_cluster_deliver(room, seq, payload),
+            Sequencer::Redis(_) => {
+                if let Some(me) = self.rc() {
+                    me.on_cluster_deliver(room, seq, payload);
+                }
+            }
         }
     }
 }

@@ -1,0 +1,446 @@
+//! The Redis sequencer's member side, sans-IO: the rooms a shard receives
+//! from Redis, each with its feed (cursor, epoch, ring), and the joins of its
+//! connections, answered by the shard itself:
+//!
+//! 1. subscribe (the bridge counts the shard in), and, if the feed has no
+//!    cursor yet, read the room's seq;
+//! 2. with `since`, fetch what the ring does not hold from the room's stream;
+//! 3. then, in one go: `joined` {seq: cursor}, the catch-up (fetched, then
+//!    ring, `gap` for what neither holds), and the connection joins the
+//!    fan-out list, so no live message overtakes its catch-up.
+//!
+//! Events are method calls (a join with its token, each bridge answer, a
+//! leave, a delivery or a reset from the pump); effects are pulled with
+//! [`Subscriber::poll`]: bridge calls to make (the shell answers each,
+//! `Err(Failure::RedisTimedOut)` when late), answers for connections,
+//! deliveries to the local fan-out list, presence updates.
+//!
+//! Invariants: a delivery whose seq is not above the room's cursor is dropped
+//! (a re-delivery from a resync or a catch-up race); seq 0 frames are
+//! notices passed to members as they are; every join gets exactly one
+//! answer (`Joined`, `Refused`, or `Cancelled` when a leave overtook it); a
+//! room's subscription is dropped once it has no member and no join out.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use router::bridge::RecentMessage;
+
+use super::{Failure, RoomFeed};
+use crate::protocol::server;
+
+/// What a subscriber is configured with.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// Messages kept in each room's ring.
+    pub ring_cap: usize,
+    /// Most messages a catch-up fetches from the stream.
+    pub max_catch_up_messages: usize,
+    /// The epoch members are told until Redis says otherwise (this run's start).
+    pub run_epoch: u64,
+}
+
+/// What the shard must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubEffect {
+    /// Count this shard in `room`'s subscription; answer with [`Subscriber::subscribed`].
+    Subscribe { token: u64, room: String },
+    /// Read `room`'s seq; answer with [`Subscriber::room_seq`].
+    RoomSeq { token: u64, room: String },
+    /// Read `count` messages after `after` from `room`'s stream; answer with [`Subscriber::fetched`].
+    Fetch { token: u64, room: String, after: u64, count: u32 },
+    /// Drop this shard's subscription to `room` (nothing to answer).
+    Unsubscribe { room: String },
+    /// `conn` joins `room`'s fan-out list and gets `payload` (`joined`), then `catch_up`.
+    Joined {
+        conn: u64,
+        room: String,
+        payload: Bytes,
+        catch_up: Vec<Bytes>,
+    },
+    /// The join failed: `conn` forgets `room` and gets the error.
+    Refused { conn: u64, room: String, payload: Bytes },
+    /// A leave overtook the join: `conn` gets "join cancelled" for request `req`.
+    Cancelled { conn: u64, req: Option<String> },
+    /// `payload` for every local member of `room`.
+    Deliver { room: String, payload: Bytes },
+    /// `user` came online in (or left) `room`, cluster-wide (nothing to answer).
+    Presence { room: String, user: String, online: bool },
+}
+
+/// A room this shard receives from Redis.
+#[derive(Debug)]
+struct SubRoom {
+    feed: RoomFeed,
+    /// Connections in the fan-out list.
+    members: u32,
+    /// Joins still waiting for Redis (the subscription stays while any is out).
+    joining: u32,
+    /// The joins still wanted, as (connection, token): a leave drops its entry.
+    wanted: Vec<(u64, u64)>,
+}
+
+impl SubRoom {
+    fn idle(&self) -> bool {
+        self.members == 0 && self.joining == 0
+    }
+}
+
+/// A join waiting for Redis.
+#[derive(Debug)]
+struct PendingJoin {
+    room: String,
+    conn: u64,
+    req: Option<String>,
+    since: Option<u64>,
+    user: String,
+}
+
+/// A join, as the member side asks for it.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinReq<'a> {
+    pub room: &'a str,
+    pub conn: u64,
+    pub token: u64,
+    pub req: Option<&'a str>,
+    pub since: Option<u64>,
+    pub user: &'a str,
+}
+
+/// The Redis sequencer's member side of one shard.
+pub struct Subscriber {
+    cfg: SubscriberConfig,
+    rooms: HashMap<String, SubRoom>,
+    joins: HashMap<u64, PendingJoin>,
+    effects: VecDeque<SubEffect>,
+}
+
+impl Subscriber {
+    /// A subscriber with no room.
+    pub fn new(cfg: SubscriberConfig) -> Self {
+        Self {
+            cfg,
+            rooms: HashMap::new(),
+            joins: HashMap::new(),
+            effects: VecDeque::new(),
+        }
+    }
+
+    /// The next effect to carry out, oldest first.
+    pub fn poll(&mut self) -> Option<SubEffect> {
+        self.effects.pop_front()
+    }
+
+    /// A join whose member-side checks passed: step 1, subscribe.
+    pub fn join(&mut self, j: JoinReq<'_>) {
+        let (ring_cap, epoch) = (self.cfg.ring_cap, self.cfg.run_epoch);
+        let r = self.rooms.entry(j.room.to_owned()).or_insert_with(|| SubRoom {
+            feed: RoomFeed::new(epoch, ring_cap),
+            members: 0,
+            joining: 0,
+            wanted: Vec::new(),
+        });
+        r.joining += 1;
+        r.wanted.push((j.conn, j.token));
+        let pending = PendingJoin {
+            room: j.room.to_owned(),
+            conn: j.conn,
+            req: j.req.map(str::to_owned),
+            since: j.since,
+            user: j.user.to_owned(),
+        };
+        self.joins.insert(j.token, pending);
+        self.effects.push_back(SubEffect::Subscribe {
+            token: j.token,
+            room: j.room.to_owned(),
+        });
+    }
+
+    /// The bridge answered a join's subscribe: learn the room's seq if unknown, else go on.
+    pub fn subscribed(&mut self, token: u64, result: Result<(), Failure>) {
+        let Some(room) = self.joins.get(&token).map(|j| j.room.clone()) else {
+            return;
+        };
+        if let Err(e) = result {
+            return self.finish(token, Err(e));
+        }
+        if self.rooms.get(&room).is_some_and(|r| r.feed.is_known()) {
+            return self.fetch_missed(token);
+        }
+        self.effects.push_back(SubEffect::RoomSeq { token, room });
+    }
+
+    /// The bridge answered the room's seq.
+    pub fn room_seq(&mut self, token: u64, result: Result<u64, Failure>) {
+        let Some(room) = self.joins.get(&token).map(|j| j.room.clone()) else {
+            return;
+        };
+        match result {
+            Err(e) => self.finish(token, Err(e)),
+            Ok(seq) => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.feed.learn(seq);
+                }
+                self.fetch_missed(token);
+            }
+        }
+    }
+
+    /// Step 2: fetch what the ring lacks for `since` (nothing to fetch without one).
+    fn fetch_missed(&mut self, token: u64) {
+        let Some(j) = self.joins.get(&token) else { return };
+        let Some(since) = j.since else {
+            return self.finish(token, Ok(Vec::new()));
+        };
+        let (covered, cursor) = match self.rooms.get(&j.room) {
+            Some(r) => (r.feed.covers(since), r.feed.cursor()),
+            None => (true, 0),
+        };
+        if covered {
+            return self.finish(token, Ok(Vec::new()));
+        }
+        let count = (cursor - since).min(self.cfg.max_catch_up_messages as u64) as u32;
+        let fetch = SubEffect::Fetch {
+            token,
+            room: j.room.clone(),
+            after: cursor - u64::from(count),
+            count,
+        };
+        self.effects.push_back(fetch);
+    }
+
+    /// The bridge answered the catch-up read.
+    pub fn fetched(&mut self, token: u64, result: Result<Vec<RecentMessage>, Failure>) {
+        self.finish(token, result);
+    }
+
+    /// Step 3: the join's Redis work is done; answer it (or refuse it) in one go.
+    fn finish(&mut self, token: u64, prepared: Result<Vec<RecentMessage>, Failure>) {
+        let Some(j) = self.joins.remove(&token) else { return };
+        let Some(r) = self.rooms.get_mut(&j.room) else { return };
+        r.joining = r.joining.saturating_sub(1);
+        let wanted = match r.wanted.iter().position(|&w| w == (j.conn, token)) {
+            Some(i) => {
+                r.wanted.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+        let fetched = match (wanted, prepared) {
+            (true, Ok(f)) => f,
+            (wanted, result) => {
+                if r.idle() {
+                    self.rooms.remove(&j.room);
+                    self.effects.push_back(SubEffect::Unsubscribe { room: j.room.clone() });
+                }
+                let answer = match (wanted, result) {
+                    (true, Err(e)) => SubEffect::Refused {
+                        conn: j.conn,
+                        payload: e.reply(j.req.as_deref(), "cluster"),
+                        room: j.room,
+                    },
+                    // Left before Redis answered: the join still gets its one reply.
+                    _ => SubEffect::Cancelled { conn: j.conn, req: j.req },
+                };
+                return self.effects.push_back(answer);
+            }
+        };
+        r.members += 1;
+        let payload = server::joined(j.req.as_deref(), &j.room, r.feed.cursor(), r.feed.epoch(), u64::from(r.members));
+        let read = fetched.iter().map(|m| (m.seq, &m.payload));
+        let catch_up = j.since.map_or_else(Vec::new, |s| r.feed.catch_up(&j.room, s, read));
+        self.effects.push_back(SubEffect::Joined {
+            conn: j.conn,
+            room: j.room.clone(),
+            payload,
+            catch_up,
+        });
+        self.effects.push_back(SubEffect::Presence {
+            room: j.room,
+            user: j.user,
+            online: true,
+        });
+    }
+
+    /// `conn` (of `user`) left `room`; `was_member`: it was in the fan-out list (else its join is out).
+    pub fn leave(&mut self, room: &str, conn: u64, user: &str, was_member: bool) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        if !was_member {
+            // Its join is still waiting for Redis: it must not count when it lands
+            // (`finish` drops the subscription if nothing else holds it).
+            r.wanted.retain(|&(c, _)| c != conn);
+            return;
+        }
+        r.members = r.members.saturating_sub(1);
+        let idle = r.idle();
+        self.effects.push_back(SubEffect::Presence {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            online: false,
+        });
+        if idle {
+            self.rooms.remove(room);
+            self.effects.push_back(SubEffect::Unsubscribe { room: room.to_owned() });
+        }
+    }
+
+    /// A room message (or, seq 0, a notice) from Redis, through the pump.
+    pub fn deliver(&mut self, room: &str, seq: u64, payload: &Bytes) {
+        if seq != 0 {
+            let Some(r) = self.rooms.get_mut(room) else { return };
+            if !r.feed.advance(seq, payload) {
+                return;
+            }
+        }
+        self.effects.push_back(SubEffect::Deliver {
+            room: room.to_owned(),
+            payload: payload.clone(),
+        });
+    }
+
+    /// Redis lost the room's sequence: the cursor restarts at `seq` in a new epoch; members get `notice`.
+    pub fn reset(&mut self, room: &str, seq: u64, notice: &Bytes, now_ms: u64) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.feed.reset(seq, now_ms);
+        }
+        self.effects.push_back(SubEffect::Deliver {
+            room: room.to_owned(),
+            payload: notice.clone(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use router::bridge::BridgeError;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn sub() -> Subscriber {
+        Subscriber::new(SubscriberConfig {
+            ring_cap: 4,
+            max_catch_up_messages: 100,
+            run_epoch: 1,
+        })
+    }
+
+    fn join(token: u64, conn: u64, since: Option<u64>) -> JoinReq<'static> {
+        JoinReq {
+            room: "r",
+            conn,
+            token,
+            req: Some("1"),
+            since,
+            user: "u",
+        }
+    }
+
+    fn effects(s: &mut Subscriber) -> Vec<SubEffect> {
+        std::iter::from_fn(|| s.poll()).collect()
+    }
+
+    fn recent(seq: u64) -> RecentMessage {
+        let b = Bytes::from(seq.to_string());
+        RecentMessage {
+            seq,
+            payload: b.clone(),
+            frame: b,
+        }
+    }
+
+    fn json(b: &Bytes) -> Value {
+        serde_json::from_slice(b).expect("json")
+    }
+
+    #[test]
+    fn a_join_subscribes_learns_the_seq_fetches_and_answers_in_one_go() {
+        let mut s = sub();
+        s.join(join(7, 1, Some(2)));
+        assert_eq!(
+            effects(&mut s),
+            [SubEffect::Subscribe {
+                token: 7,
+                room: "r".into()
+            }]
+        );
+        s.subscribed(7, Ok(()));
+        assert_eq!(
+            effects(&mut s),
+            [SubEffect::RoomSeq {
+                token: 7,
+                room: "r".into()
+            }]
+        );
+        s.room_seq(7, Ok(5));
+        assert_eq!(
+            effects(&mut s),
+            [SubEffect::Fetch {
+                token: 7,
+                room: "r".into(),
+                after: 2,
+                count: 3
+            }]
+        );
+        s.fetched(7, Ok(vec![recent(3), recent(4), recent(5)]));
+        let out = effects(&mut s);
+        let SubEffect::Joined { payload, catch_up, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(json(payload)["seq"], 5);
+        assert_eq!(catch_up, &[Bytes::from("3"), Bytes::from("4"), Bytes::from("5")]);
+        assert!(matches!(&out[1], SubEffect::Presence { online: true, .. }));
+        // Live traffic: re-deliveries are dropped, notices pass.
+        s.deliver("r", 5, &Bytes::from("5"));
+        s.deliver("r", 6, &Bytes::from("6"));
+        s.deliver("r", 0, &Bytes::from("note"));
+        let delivered: Vec<Bytes> = effects(&mut s)
+            .into_iter()
+            .map(|e| match e {
+                SubEffect::Deliver { payload, .. } => payload,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(delivered, [Bytes::from("6"), Bytes::from("note")]);
+    }
+
+    #[test]
+    fn a_join_overtaken_by_a_leave_is_cancelled_and_drops_the_idle_subscription() {
+        let mut s = sub();
+        s.join(join(1, 9, None));
+        effects(&mut s);
+        s.leave("r", 9, "u", false);
+        s.subscribed(1, Ok(()));
+        s.room_seq(1, Ok(0));
+        let out = effects(&mut s);
+        assert_eq!(
+            out[1..],
+            [
+                SubEffect::Unsubscribe { room: "r".into() },
+                SubEffect::Cancelled {
+                    conn: 9,
+                    req: Some("1".into())
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_join_is_refused_once_and_other_members_keep_the_subscription() {
+        let mut s = sub();
+        s.join(join(1, 1, None));
+        s.subscribed(1, Ok(()));
+        s.room_seq(1, Ok(3));
+        effects(&mut s);
+        s.join(join(2, 2, None));
+        s.subscribed(2, Err(Failure::Redis(BridgeError::Unavailable)));
+        let out = effects(&mut s);
+        let SubEffect::Refused { conn: 2, payload, .. } = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(json(payload)["code"], "unavailable");
+        assert_eq!(out.len(), 2, "member 1 still holds the subscription: {out:?}");
+        s.leave("r", 1, "u", true);
+        assert_eq!(effects(&mut s)[1], SubEffect::Unsubscribe { room: "r".into() });
+    }
+}
