@@ -29,8 +29,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (unit + integration, both drivers)"
 cargo test --workspace --locked
-echo "== the engine's deterministic harness: 5,000 seeded interleavings per durability mode"
-HARNESS_SEEDS=5000 cargo test --locked -p edge --lib engine::owner::harness
+echo "== the engine's deterministic harnesses: 5,000 seeded interleavings per mode"
+HARNESS_SEEDS=5000 cargo test --locked -p edge --lib -- engine::owner::harness engine::cluster_harness
 echo "== stress tests (10k idle connections + a 10k reconnect storm, release build)"
 # Same command as scripts/autobahn.sh, so the Autobahn step reuses this build.
 cargo build --release --locked --bin edge

@@ -19,8 +19,12 @@ use super::ring::RecentRing;
 /// What a member shard knows of a room it delivers.
 #[derive(Debug)]
 pub struct RoomFeed {
-    /// The last seq delivered here; `None` until learned or delivered.
+    /// The last seq delivered here; `None` before any is known.
     cursor: Option<u64>,
+    /// Whether the position came from the sequencer (a read of the room's seq, or a
+    /// reset). Before that, deliveries are only held: some may be stale, left in
+    /// flight by an earlier subscription of this shard.
+    learned: bool,
     epoch: u64,
     ring: RecentRing,
 }
@@ -30,6 +34,7 @@ impl RoomFeed {
     pub fn new(epoch: u64, ring_cap: usize) -> Self {
         Self {
             cursor: None,
+            learned: false,
             epoch,
             ring: RecentRing::new(ring_cap),
         }
@@ -40,9 +45,9 @@ impl RoomFeed {
         self.cursor.unwrap_or(0)
     }
 
-    /// Whether the cursor is known (learned from the sequencer or a delivery).
+    /// Whether the position is known from the sequencer (members may be answered).
     pub fn is_known(&self) -> bool {
-        self.cursor.is_some()
+        self.learned
     }
 
     /// The epoch members are told in `joined`.
@@ -50,24 +55,41 @@ impl RoomFeed {
         self.epoch
     }
 
-    /// The sequencer says the room is at `seq`: the cursor moves there unless it is already past it.
+    /// The sequencer says the room is at `seq` (read after this shard subscribed).
+    ///
+    /// The first read sets the position: `seq`, or the newest delivery held if one
+    /// came after it (deliveries of one room arrive in order, so those above `seq`
+    /// are the run that follows it); the ring keeps only what is contiguous up to
+    /// there, so stale deliveries of an earlier subscription go. A later read never
+    /// moves the position: deliveries are the room's in-order stream, and a read
+    /// that raced ahead of them would make those still in flight look like
+    /// re-deliveries and drop them for the members already here.
     pub fn learn(&mut self, seq: u64) {
-        self.cursor = Some(self.cursor().max(seq));
+        if self.learned {
+            return;
+        }
+        self.learned = true;
+        let at = self.cursor.map_or(seq, |c| c.max(seq));
+        self.cursor = Some(at);
+        self.ring.keep_run_to(at);
     }
 
-    /// A delivery: true (and recorded) when it is newer than the cursor; false for a re-delivery.
+    /// A delivery: true (recorded, for members) when the position is known and it is
+    /// newer than the cursor; false for a re-delivery, or while the position is not
+    /// known yet (it is only held until [`Self::learn`]).
     pub fn advance(&mut self, seq: u64, payload: &Bytes) -> bool {
         if self.cursor.is_some_and(|c| seq <= c) {
             return false;
         }
         self.cursor = Some(seq);
         self.ring.push(seq, payload.clone());
-        true
+        self.learned
     }
 
     /// The room's sequence restarted at `seq` (a new epoch): forget what was held.
     pub fn reset(&mut self, seq: u64, epoch: u64) {
         self.cursor = Some(seq);
+        self.learned = true;
         self.epoch = epoch;
         self.ring.clear();
     }
@@ -106,9 +128,35 @@ mod tests {
         assert!(f.covers(7));
         f.learn(3);
         assert_eq!(f.cursor(), 7, "learning an older seq does not move the cursor back");
+        f.learn(9);
+        assert_eq!(f.cursor(), 7, "nor a newer one: 8 and 9 are still on their way");
+        assert!(f.advance(8, &b(8)));
         f.reset(2, 9);
         assert_eq!((f.cursor(), f.epoch()), (2, 9));
         assert!(f.advance(3, &b(3)), "after a reset, the restarted sequence is delivered");
+    }
+
+    #[test]
+    fn deliveries_before_the_first_read_are_held_and_only_the_fresh_run_kept() {
+        let mut f = RoomFeed::new(1, 8);
+        // Stale deliveries of an earlier subscription, then 21 after re-subscribing (20 missed).
+        for s in [6, 7, 8, 21] {
+            assert!(!f.advance(s, &b(s)), "not for members before the position is known");
+        }
+        assert!(!f.is_known());
+        f.learn(20);
+        assert!(f.is_known());
+        assert_eq!(f.cursor(), 21, "21 came after the read: the position is past it");
+        assert!(f.covers(20), "21 is held");
+        assert!(!f.covers(19), "20 never reached this shard: it must be fetched");
+        assert!(!f.advance(21, &b(21)));
+        assert!(f.advance(22, &b(22)));
+        // Stale only: the read decides, the ring is emptied.
+        let mut g = RoomFeed::new(1, 8);
+        g.advance(6, &b(6));
+        g.learn(20);
+        assert_eq!(g.cursor(), 20);
+        assert!(!g.covers(19));
     }
 
     #[test]

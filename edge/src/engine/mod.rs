@@ -22,6 +22,8 @@
 //!   the one retry policy (`retryable()` decides, one table of hints).
 
 pub mod catch_up;
+#[cfg(test)]
+mod cluster_harness;
 pub mod failure;
 pub mod feed;
 pub mod owner;

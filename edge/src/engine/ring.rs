@@ -46,6 +46,23 @@ impl RecentRing {
         self.items.clear();
     }
 
+    /// Keeps only the run of consecutive seqs that ends at `last` (nothing, if the
+    /// newest held is not `last`): what the ring holds then has no hole up to `last`.
+    pub fn keep_run_to(&mut self, last: u64) {
+        if self.items.back().is_none_or(|(s, _)| *s != last) {
+            return self.items.clear();
+        }
+        let run = self
+            .items
+            .iter()
+            .rev()
+            .enumerate()
+            .take_while(|(i, (s, _))| *s + *i as u64 == last)
+            .count();
+        let drop = self.items.len() - run;
+        self.items.drain(..drop);
+    }
+
     /// Seq of the oldest message held.
     pub fn first_seq(&self) -> Option<u64> {
         self.items.front().map(|(s, _)| *s)
@@ -100,6 +117,15 @@ mod tests {
             r.push(s, Bytes::from(s.to_string()));
         }
         r
+    }
+
+    #[test]
+    fn keep_run_to_leaves_no_hole() {
+        let mut r = ring(8, &[3, 4, 6, 7, 8]);
+        r.keep_run_to(8);
+        assert_eq!(r.after(0).map(|(s, _)| s).collect::<Vec<_>>(), [6, 7, 8]);
+        r.keep_run_to(9);
+        assert!(r.is_empty(), "9 is not held: nothing is contiguous up to it");
     }
 
     #[test]

@@ -94,6 +94,8 @@ struct PendingJoin {
     req: Option<String>,
     since: Option<u64>,
     user: String,
+    /// The catch-up read from the stream so far, ascending.
+    fetched: Vec<RecentMessage>,
 }
 
 /// A join, as the member side asks for it.
@@ -148,6 +150,7 @@ impl Subscriber {
             req: j.req.map(str::to_owned),
             since: j.since,
             user: j.user.to_owned(),
+            fetched: Vec::new(),
         };
         self.joins.insert(j.token, pending);
         self.effects.push_back(SubEffect::Subscribe {
@@ -209,9 +212,37 @@ impl Subscriber {
         self.effects.push_back(fetch);
     }
 
-    /// The bridge answered the catch-up read.
+    /// The bridge answered a catch-up read. Deliveries kept coming meanwhile; when the
+    /// ring did not keep all of them, what lies between the read and the ring is read
+    /// too (while reads make progress, up to `max_catch_up_messages`), so a `gap` is
+    /// only ever said of what the stream no longer holds.
     pub fn fetched(&mut self, token: u64, result: Result<Vec<RecentMessage>, Failure>) {
-        self.finish(token, result);
+        let msgs = match result {
+            Ok(m) => m,
+            Err(e) => return self.finish(token, Err(e)),
+        };
+        let Some(j) = self.joins.get_mut(&token) else { return };
+        let high = j.fetched.last().map_or(0, |m| m.seq);
+        let fresh: Vec<RecentMessage> = msgs.into_iter().filter(|m| m.seq > high).collect();
+        let progressed = !fresh.is_empty();
+        j.fetched.extend(fresh);
+        let high = j.fetched.last().map_or(0, |m| m.seq);
+        let room = self.rooms.get(&j.room);
+        let cursor = room.map_or(0, |r| r.feed.cursor());
+        let covered = room.is_none_or(|r| r.feed.covers(high));
+        let room_left = self.cfg.max_catch_up_messages.saturating_sub(j.fetched.len());
+        if covered || !progressed || room_left == 0 {
+            let all = std::mem::take(&mut j.fetched);
+            return self.finish(token, Ok(all));
+        }
+        let count = (cursor - high).min(room_left as u64) as u32;
+        let fetch = SubEffect::Fetch {
+            token,
+            room: j.room.clone(),
+            after: high,
+            count,
+        };
+        self.effects.push_back(fetch);
     }
 
     /// Step 3: the join's Redis work is done; answer it (or refuse it) in one go.
