@@ -45,18 +45,25 @@ const MAX_FRAMES_PER_WRITE: usize = 256;
 /// Time the writer waits for the peer's close reply before cutting the socket.
 const CLOSE_LINGER: Duration = Duration::from_millis(1_000);
 
-/// One queued frame: a header plus a shared payload, or a complete frame.
+/// One queued frame: a header plus a shared payload, or a complete frame, with the
+/// class it counts against (kept inside, so an entry stays 48 bytes).
 #[derive(Debug)]
 enum OutFrame {
-    Shared(Header, Bytes),
-    Whole(Bytes),
+    Shared(Class, Header, Bytes),
+    Whole(Class, Bytes),
 }
 
 impl OutFrame {
     fn len(&self) -> usize {
         match self {
-            Self::Shared(h, p) => h.as_bytes().len() + p.len(),
-            Self::Whole(b) => b.len(),
+            Self::Shared(_, h, p) => h.as_bytes().len() + p.len(),
+            Self::Whole(_, b) => b.len(),
+        }
+    }
+
+    fn class(&self) -> Class {
+        match self {
+            Self::Shared(c, ..) | Self::Whole(c, _) => *c,
         }
     }
 }
@@ -82,16 +89,20 @@ enum State {
 /// The outbound side of one connection, shared by its reader and writer
 /// tasks and by the shard's fan-out (all on one thread).
 pub struct Outbox {
-    queue: RefCell<VecDeque<(Class, OutFrame)>>,
+    queue: RefCell<VecDeque<OutFrame>>,
     /// Bytes of live frames queued (the 4008 bound).
     live_bytes: Cell<usize>,
     /// Live frames queued (the 4008 bound).
     live_frames: Cell<usize>,
     /// Bytes of reply frames queued (the request-side flow control).
     reply_bytes: Cell<usize>,
-    /// [`mono_ms`] at which the pending `writev` started or last made
-    /// progress; 0 while the writer is not inside a write.
-    write_since_ms: Cell<u64>,
+    /// Whether the writer is inside a `writev` (set and cleared by the writer).
+    writing: Cell<bool>,
+    /// `writev` calls completed (the writer's progress; no clock on the write path).
+    writes_done: Cell<u64>,
+    /// The sweep's view: `writes_done` when it last looked, and since when (monotonic
+    /// ms) it has seen no progress while writing; 0 when it has.
+    swept: Cell<(u64, u64)>,
     state: Cell<State>,
     writer: Cell<Option<Waker>>,
     reader_done: Cell<bool>,
@@ -120,7 +131,9 @@ impl Outbox {
             live_bytes: Cell::new(0),
             live_frames: Cell::new(0),
             reply_bytes: Cell::new(0),
-            write_since_ms: Cell::new(0),
+            writing: Cell::new(false),
+            writes_done: Cell::new(0),
+            swept: Cell::new((0, 0)),
             state: Cell::new(State::Open),
             writer: Cell::new(None),
             reader_done: Cell::new(false),
@@ -136,27 +149,25 @@ impl Outbox {
     /// rendered payload is shared with others. Returns false when the
     /// connection is closing or was just closed 4008 (over the live bound).
     pub fn push_live(&self, payload: Bytes) -> bool {
-        let frame = OutFrame::Shared(codec::text_header(payload.len()), payload);
-        self.push(Class::Live, frame)
+        self.push(OutFrame::Shared(Class::Live, codec::text_header(payload.len()), payload))
     }
 
     /// Queues a text frame that answers the client's own request (exempt
     /// from the slow-consumer bound; see the module doc). False when closing.
     pub fn push_text(&self, payload: Bytes) -> bool {
-        let frame = OutFrame::Shared(codec::text_header(payload.len()), payload);
-        self.push(Class::Reply, frame)
+        self.push(OutFrame::Shared(Class::Reply, codec::text_header(payload.len()), payload))
     }
 
     /// Queues an echoed payload behind a header the caller chose (the echo
     /// endpoint: bounded like live traffic, since the peer may never read).
     pub fn push_shared(&self, header: Header, payload: Bytes) -> bool {
-        self.push(Class::Live, OutFrame::Shared(header, payload))
+        self.push(OutFrame::Shared(Class::Live, header, payload))
     }
 
     /// Queues a complete, already-framed control frame (pong, heartbeat ping);
     /// bounded like live traffic, since a peer can send pings without reading.
     pub fn push_frame(&self, frame: Bytes) -> bool {
-        self.push(Class::Live, OutFrame::Whole(frame))
+        self.push(OutFrame::Whole(Class::Live, frame))
     }
 
     /// Queues a close frame; later pushes are refused. A second close is ignored.
@@ -164,7 +175,7 @@ impl Outbox {
         if self.state.get() != State::Open {
             return;
         }
-        self.queue_frame(Class::Reply, OutFrame::Whole(codec::close_frame(code, reason)));
+        self.queue_frame(OutFrame::Whole(Class::Reply, codec::close_frame(code, reason)));
         self.state.set(State::Closing);
         self.wake_writer();
     }
@@ -184,11 +195,22 @@ impl Outbox {
         self.reply_bytes.get()
     }
 
-    /// Whether a `writev` has been pending without progress for more than
-    /// `limit_ms` at `now_ms` (a [`mono_ms`] reading; the peer stopped reading).
+    /// Called by the shard's sweep (about once a second, `now_ms` monotonic): whether
+    /// the writer has been inside a `writev` without completing one for more than
+    /// `limit_ms` (the peer stopped reading). The writer only counts its writes; the
+    /// sweep keeps the time, so the write path reads no clock.
     pub fn write_stalled(&self, now_ms: u64, limit_ms: u64) -> bool {
-        let since = self.write_since_ms.get();
-        since != 0 && now_ms.saturating_sub(since) > limit_ms
+        let (seen, since) = self.swept.get();
+        let done = self.writes_done.get();
+        if !self.writing.get() || done != seen {
+            self.swept.set((done, 0));
+            return false;
+        }
+        if since == 0 {
+            self.swept.set((done, now_ms.max(1)));
+            return false;
+        }
+        now_ms.saturating_sub(since) > limit_ms
     }
 
     /// Called by the reader when it has stopped reading for good.
@@ -212,31 +234,33 @@ impl Outbox {
         }
     }
 
-    fn push(&self, class: Class, frame: OutFrame) -> bool {
+    fn push(&self, frame: OutFrame) -> bool {
         if self.state.get() != State::Open {
             return false;
         }
-        if class == Class::Live && (self.live_bytes.get() + frame.len() > self.max_bytes || self.live_frames.get() >= self.max_frames) {
+        if frame.class() == Class::Live
+            && (self.live_bytes.get() + frame.len() > self.max_bytes || self.live_frames.get() >= self.max_frames)
+        {
             self.drop_queued();
             self.slow.set(true);
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer");
             return false;
         }
-        self.queue_frame(class, frame);
+        self.queue_frame(frame);
         self.wake_writer();
         true
     }
 
-    fn queue_frame(&self, class: Class, frame: OutFrame) {
-        self.count(class, &frame, true);
-        self.queue.borrow_mut().push_back((class, frame));
+    fn queue_frame(&self, frame: OutFrame) {
+        self.count(&frame, true);
+        self.queue.borrow_mut().push_back(frame);
     }
 
     /// Adds (or, `added == false`, takes away) a frame from its class's counters.
-    fn count(&self, class: Class, frame: &OutFrame, added: bool) {
+    fn count(&self, frame: &OutFrame, added: bool) {
         let len = frame.len();
         let apply = |c: &Cell<usize>, n: usize| c.set(if added { c.get() + n } else { c.get() - n });
-        match class {
+        match frame.class() {
             Class::Live => {
                 apply(&self.live_bytes, len);
                 apply(&self.live_frames, 1);
@@ -285,8 +309,8 @@ impl Outbox {
     fn take_into(&self, batch: &mut WriteBatch) {
         let mut q = self.queue.borrow_mut();
         let n = q.len().min(MAX_FRAMES_PER_WRITE);
-        for (class, frame) in q.drain(..n) {
-            self.count(class, &frame, false);
+        for frame in q.drain(..n) {
+            self.count(&frame, false);
             batch.push(frame);
         }
         batch.seal();
@@ -324,25 +348,26 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
     out.shutdown_socket();
 }
 
-/// Writes the whole batch, recording in `out` when the pending write started
-/// or last made progress (the shard's sweep reads it to cut stalled sockets).
+/// Writes the whole batch, counting each completed `writev` in `out` (the shard's
+/// sweep compares the count over time to cut stalled sockets).
 async fn write_all(half: &mut OwnedWriteHalf<TcpStream>, mut batch: WriteBatch, out: &Outbox) -> (bool, WriteBatch) {
     let mut ok = true;
+    out.writing.set(true);
     while ok && !batch.is_done() {
-        out.write_since_ms.set(mono_ms());
         let (res, b) = half.writev(batch).await;
         batch = b;
+        out.writes_done.set(out.writes_done.get().wrapping_add(1));
         match res {
             Ok(0) | Err(_) => ok = false,
             Ok(n) => batch.advance(n),
         }
     }
-    out.write_since_ms.set(0);
+    out.writing.set(false);
     (ok, batch)
 }
 
-/// Monotonic milliseconds since the process first asked (never 0, which means "not
-/// writing"): a wall-clock step must not make a moving write look stalled.
+/// Monotonic milliseconds since the process first asked (never 0): the sweep's clock
+/// for stalls, so a wall-clock step cannot make a moving write look stalled.
 pub fn mono_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
@@ -368,8 +393,8 @@ impl WriteBatch {
         self.start = 0;
         for f in &self.frames {
             let parts: [&[u8]; 2] = match f {
-                OutFrame::Shared(h, p) => [h.as_bytes(), p],
-                OutFrame::Whole(b) => [b, &[]],
+                OutFrame::Shared(_, h, p) => [h.as_bytes(), p],
+                OutFrame::Whole(_, b) => [b, &[]],
             };
             for part in parts.into_iter().filter(|p| !p.is_empty()) {
                 self.iov.push(libc::iovec {
@@ -427,7 +452,7 @@ mod tests {
     use super::*;
 
     fn text(s: &'static str) -> OutFrame {
-        OutFrame::Shared(codec::text_header(s.len()), Bytes::from_static(s.as_bytes()))
+        OutFrame::Shared(Class::Live, codec::text_header(s.len()), Bytes::from_static(s.as_bytes()))
     }
 
     fn flatten(b: &WriteBatch) -> Vec<u8> {
@@ -443,7 +468,7 @@ mod tests {
     fn batch_advances_across_partial_writes() {
         let mut b = WriteBatch::default();
         b.push(text("hello"));
-        b.push(OutFrame::Whole(Bytes::from_static(b"\x8a\x00")));
+        b.push(OutFrame::Whole(Class::Live, Bytes::from_static(b"\x8a\x00")));
         b.push(text("world"));
         b.seal();
         let all = flatten(&b);
@@ -466,9 +491,7 @@ mod tests {
         assert!(out.is_closing());
         let q = out.queue.borrow();
         assert_eq!(q.len(), 1, "only the close frame is left");
-        let (_, OutFrame::Whole(close)) = &q[0] else {
-            panic!("close frame")
-        };
+        let OutFrame::Whole(_, close) = &q[0] else { panic!("close frame") };
         assert_eq!(&close[2..4], &CLOSE_SLOW_CONSUMER.to_be_bytes());
         drop(q);
         assert!(!out.push_live(Bytes::from_static(b"x")));
@@ -512,13 +535,18 @@ mod tests {
     }
 
     #[test]
-    fn a_write_is_stalled_only_while_pending_past_the_limit() {
+    fn a_write_is_stalled_only_while_pending_without_progress_past_the_limit() {
         let out = Outbox::new(-1, 1 << 20, 100);
         assert!(!out.write_stalled(10_000, 1_000), "not writing");
-        out.write_since_ms.set(5_000);
-        assert!(!out.write_stalled(6_000, 1_000), "exactly at the limit");
-        assert!(out.write_stalled(6_001, 1_000));
-        out.write_since_ms.set(0);
-        assert!(!out.write_stalled(60_000, 1_000), "the write completed");
+        out.writing.set(true);
+        assert!(!out.write_stalled(10_000, 1_000), "first seen stuck: the clock starts");
+        assert!(!out.write_stalled(11_000, 1_000), "exactly at the limit");
+        assert!(out.write_stalled(11_001, 1_000));
+        out.writes_done.set(1);
+        assert!(!out.write_stalled(12_000, 1_000), "a write completed: progress");
+        assert!(!out.write_stalled(12_500, 1_000), "stuck again, counted from here");
+        assert!(out.write_stalled(13_600, 1_000));
+        out.writing.set(false);
+        assert!(!out.write_stalled(60_000, 1_000), "the writer left the write");
     }
 }
