@@ -162,7 +162,8 @@ pub struct Config {
     /// newest messages (at least one) and `next_before` continues it.
     pub history_page_max_bytes: usize,
     /// A socket write that makes no progress for this long (the peer stopped
-    /// reading) shuts the socket down; counted in `edge_write_stalled_total`.
+    /// reading) shuts the socket down, found by a sweep once a second (so within
+    /// this plus about two seconds); counted in `edge_write_stalled_total`.
     pub write_stall_timeout_ms: u64,
     /// Interval at which clients should ping; advertised in `welcome`.
     pub heartbeat_ms: u64,
