@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 3;
+pub const FRAME_VERSION: u8 = 4;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -76,28 +76,8 @@ pub enum Frame {
         conn: u64,
     },
     /// A member shard forwards a client's message to the room owner.
-    Send {
-        /// The room.
-        room: String,
-        /// The member shard.
-        shard: u16,
-        /// The sending connection on the member shard.
-        conn: u64,
-        /// The authenticated user.
-        user: String,
-        /// The client's request id, echoed in the answer.
-        req: Option<String>,
-        /// The client's dedupe id.
-        client_id: Option<String>,
-        /// The message text.
-        body: String,
-        /// The message kind.
-        kind: String,
-        /// An attached file, if any.
-        file: Option<FileRef>,
-        /// The seq this message replies to, if any.
-        reply_to: Option<u64>,
-    },
+    /// A client's send for the room's owner shard.
+    Send(SendMsg),
     /// The owner's answer to one connection: rendered JSON.
     Reply {
         /// The connection on the member shard.
@@ -153,6 +133,34 @@ pub enum Frame {
         /// Rendered `error` JSON for the client.
         payload: Vec<u8>,
     },
+}
+
+/// A client's send on its way to the room's owner: the one owned shape of a send
+/// (the mesh carries it archived and the owner reads it in place; a room still
+/// loading keeps it in its queue as it is).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct SendMsg {
+    /// The room.
+    pub room: String,
+    /// The member shard.
+    pub shard: u16,
+    /// The sending connection on the member shard.
+    pub conn: u64,
+    /// The authenticated user.
+    pub user: String,
+    /// The client's request id, echoed in the answer.
+    pub req: Option<String>,
+    /// The client's dedupe id.
+    pub client_id: Option<String>,
+    /// The message text.
+    pub body: String,
+    /// The message kind.
+    pub kind: String,
+    /// An attached file, if any.
+    pub file: Option<FileRef>,
+    /// The seq this message replies to, if any.
+    pub reply_to: Option<u64>,
 }
 
 /// A file attached to a message.
@@ -248,7 +256,7 @@ fn size_hint(frame: &Frame) -> usize {
         } => room.len() + payload.len() + opt(req) + catch_up.iter().map(|p| p.len() + 8).sum::<usize>(),
         Frame::Deliver { room, payload, .. } => room.len() + payload.len(),
         Frame::Leave { room, .. } => room.len(),
-        Frame::Send {
+        Frame::Send(SendMsg {
             room,
             user,
             req,
@@ -257,7 +265,7 @@ fn size_hint(frame: &Frame) -> usize {
             kind,
             file,
             ..
-        } => {
+        }) => {
             let file = file.as_ref().map_or(0, |f| 64 + f.url.len() + f.name.len() + f.mime.len());
             room.len() + user.len() + opt(req) + opt(client_id) + body.len() + kind.len() + file
         }
@@ -311,7 +319,7 @@ mod tests {
                 shard: 65535,
                 conn: 1,
             },
-            Frame::Send {
+            Frame::Send(SendMsg {
                 room: "lobby".into(),
                 shard: 2,
                 conn: 7,
@@ -327,8 +335,8 @@ mod tests {
                     mime: "image/png".into(),
                 }),
                 reply_to: Some(5),
-            },
-            Frame::Send {
+            }),
+            Frame::Send(SendMsg {
                 room: "r".into(),
                 shard: 0,
                 conn: 0,
@@ -339,7 +347,7 @@ mod tests {
                 kind: "text".into(),
                 file: None,
                 reply_to: None,
-            },
+            }),
             Frame::Reply {
                 conn: 99,
                 payload: vec![b'x'; 5000],
@@ -472,8 +480,8 @@ mod tests {
     fn rejects_empty_and_bad_version() {
         assert_eq!(decode(&[]).unwrap_err(), FrameError::Empty);
         let mut buf = encode(&Frame::Shutdown { retry_ms_max: 5 }).to_vec();
-        buf[0] = 2; // version 2 had no join tokens
-        assert_eq!(decode(&buf).unwrap_err(), FrameError::Version { got: 2 });
+        buf[0] = 3; // version 3 carried a send's fields in the variant itself
+        assert_eq!(decode(&buf).unwrap_err(), FrameError::Version { got: 3 });
         assert!(matches!(decode(&[FRAME_VERSION]), Err(FrameError::Invalid(_))));
     }
 

@@ -19,5 +19,8 @@ mod frame;
 mod mesh;
 pub mod spsc;
 
-pub use frame::{decode, encode, payload_bytes, try_encode, ArchivedFileRef, ArchivedFrame, FileRef, Frame, FrameError, FRAME_VERSION};
+pub use frame::{
+    decode, encode, payload_bytes, try_encode, ArchivedFileRef, ArchivedFrame, ArchivedSendMsg, FileRef, Frame, FrameError, SendMsg,
+    FRAME_VERSION,
+};
 pub use mesh::{mesh, Endpoint, Full};

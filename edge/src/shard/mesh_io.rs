@@ -16,13 +16,12 @@ use std::rc::Rc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use router::{ArchivedFrame, FileRef, Frame};
+use router::{ArchivedFrame, Frame};
 
 use super::members::JoinAnswer;
 use super::Shard;
 use crate::engine::owner::{HistoryArgs, JoinArgs, SendArgs};
 use crate::metrics::ShardStats;
-use crate::protocol::server::FileOut;
 
 /// Frames handled per wake-up before yielding to connection tasks.
 const DRAIN_BATCH: usize = 256;
@@ -125,7 +124,7 @@ impl Shard {
                 let payload = router::payload_bytes(&buf, payload.as_slice());
                 self.on_join_refused(room.as_str(), conn.to_native(), Some(token.to_native()), payload);
             }
-            ArchivedFrame::Send { .. } => self.on_send_frame(frame),
+            ArchivedFrame::Send(m) => self.seq_send(&SendArgs::of_archived(m)),
             ArchivedFrame::Reply { conn, payload } => {
                 if let Some(c) = self.conn(conn.to_native()) {
                     c.out.push_text(router::payload_bytes(&buf, payload.as_slice()));
@@ -207,61 +206,9 @@ impl Shard {
             limit: limit.to_native(),
         });
     }
-
-    fn on_send_frame(&self, frame: &ArchivedFrame) {
-        let ArchivedFrame::Send {
-            room,
-            shard,
-            conn,
-            user,
-            req,
-            client_id,
-            body,
-            kind,
-            file,
-            reply_to,
-        } = frame
-        else {
-            return;
-        };
-        let args = SendArgs {
-            room: room.as_str(),
-            shard: usize::from(shard.to_native()),
-            conn: conn.to_native(),
-            user: user.as_str(),
-            req: req.as_ref().map(|r| r.as_str()),
-            client_id: client_id.as_ref().map(|c| c.as_str()),
-            body: body.as_str(),
-            kind: kind.as_str(),
-            file: file.as_ref().map(|f| FileOut {
-                url: f.url.as_str(),
-                name: f.name.as_str(),
-                size: f.size.to_native(),
-                mime: f.mime.as_str(),
-            }),
-            reply_to: reply_to.as_ref().map(|r| r.to_native()),
-        };
-        self.seq_send(&args);
-    }
 }
 
 /// The mesh frame of a send for the room's owner on another shard.
 pub(super) fn send_frame(a: &SendArgs<'_>) -> Frame {
-    Frame::Send {
-        room: a.room.to_owned(),
-        shard: a.shard as u16,
-        conn: a.conn,
-        user: a.user.to_owned(),
-        req: a.req.map(str::to_owned),
-        client_id: a.client_id.map(str::to_owned),
-        body: a.body.to_owned(),
-        kind: a.kind.to_owned(),
-        file: a.file.map(|f| FileRef {
-            url: f.url.to_owned(),
-            name: f.name.to_owned(),
-            size: f.size,
-            mime: f.mime.to_owned(),
-        }),
-        reply_to: a.reply_to,
-    }
+    Frame::Send(a.to_msg())
 }

@@ -18,13 +18,13 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use router::FileRef;
+use router::SendMsg;
 use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
 
 use super::{HistoryArgs, JoinArgs, Owner, SendArgs, StorePort, Wait};
 use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
-use crate::protocol::server::{self, FileOut};
+use crate::protocol::server;
 use crate::room::{fit_page, OwnedRoom};
 
 /// Whether the owner can act on a room now.
@@ -59,50 +59,13 @@ pub(super) enum Op {
         since: Option<u64>,
         token: u64,
     },
-    Send(Box<OwnedSend>),
+    Send(Box<SendMsg>),
     History {
         conn: u64,
         req: Option<String>,
         before: Option<u64>,
         limit: u32,
     },
-}
-
-/// An owned copy of [`SendArgs`].
-#[derive(Debug)]
-pub(super) struct OwnedSend {
-    room: String,
-    shard: usize,
-    conn: u64,
-    user: String,
-    req: Option<String>,
-    client_id: Option<String>,
-    body: String,
-    kind: String,
-    file: Option<FileRef>,
-    reply_to: Option<u64>,
-}
-
-impl OwnedSend {
-    fn args(&self) -> SendArgs<'_> {
-        SendArgs {
-            room: &self.room,
-            shard: self.shard,
-            conn: self.conn,
-            user: &self.user,
-            req: self.req.as_deref(),
-            client_id: self.client_id.as_deref(),
-            body: &self.body,
-            kind: &self.kind,
-            file: self.file.as_ref().map(|f| FileOut {
-                url: &f.url,
-                name: &f.name,
-                size: f.size,
-                mime: &f.mime,
-            }),
-            reply_to: self.reply_to,
-        }
-    }
 }
 
 impl Op {
@@ -118,25 +81,7 @@ impl Op {
     }
 
     pub(super) fn send<'a>(a: &'a SendArgs<'a>) -> impl FnOnce() -> Self + 'a {
-        move || {
-            Self::Send(Box::new(OwnedSend {
-                room: a.room.to_owned(),
-                shard: a.shard,
-                conn: a.conn,
-                user: a.user.to_owned(),
-                req: a.req.map(str::to_owned),
-                client_id: a.client_id.map(str::to_owned),
-                body: a.body.to_owned(),
-                kind: a.kind.to_owned(),
-                file: a.file.map(|f| FileRef {
-                    url: f.url.to_owned(),
-                    name: f.name.to_owned(),
-                    size: f.size,
-                    mime: f.mime.to_owned(),
-                }),
-                reply_to: a.reply_to,
-            }))
-        }
+        move || Self::Send(Box::new(a.to_msg()))
     }
 
     pub(super) fn history(h: &HistoryArgs<'_>) -> impl FnOnce() -> Self {
@@ -445,7 +390,7 @@ impl<S: StorePort> Owner<S> {
                 };
                 self.history(h, now_ms);
             }
-            Op::Send(s) => self.send(&s.args(), now_ms),
+            Op::Send(s) => self.send(&SendArgs::of_msg(&s), now_ms),
         }
     }
 
