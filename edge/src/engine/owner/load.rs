@@ -89,6 +89,28 @@ impl Op {
         move || Self::History { conn, req, before, limit }
     }
 
+    /// A queued join as the owner takes it.
+    fn as_join<'a>(&'a self, room: &'a str) -> Option<JoinArgs<'a>> {
+        let Self::Join {
+            shard,
+            conn,
+            req,
+            since,
+            token,
+        } = self
+        else {
+            return None;
+        };
+        Some(JoinArgs {
+            room,
+            shard: *shard,
+            conn: *conn,
+            req: req.as_deref(),
+            since: *since,
+            token: *token,
+        })
+    }
+
     fn conn_and_req(&self) -> (u64, Option<&str>) {
         match self {
             Self::Join { conn, req, .. } | Self::History { conn, req, .. } => (*conn, req.as_deref()),
@@ -362,24 +384,11 @@ impl<S: StorePort> Owner<S> {
     }
 
     fn replay(&mut self, room: &str, op: Op, now_ms: u64) {
+        if let Some(j) = op.as_join(room) {
+            return self.join(j, now_ms);
+        }
         match op {
-            Op::Join {
-                shard,
-                conn,
-                req,
-                since,
-                token,
-            } => {
-                let j = JoinArgs {
-                    room,
-                    shard,
-                    conn,
-                    req: req.as_deref(),
-                    since,
-                    token,
-                };
-                self.join(j, now_ms);
-            }
+            Op::Join { .. } => {}
             Op::History { conn, req, before, limit } => {
                 let h = HistoryArgs {
                     room,
@@ -402,25 +411,9 @@ impl<S: StorePort> Owner<S> {
         for op in queued {
             let (conn, req) = op.conn_and_req();
             let err = why.reply(req);
-            match op {
-                Op::Join {
-                    shard,
-                    conn,
-                    ref req,
-                    since,
-                    token,
-                } => {
-                    let j = JoinArgs {
-                        room,
-                        shard,
-                        conn,
-                        req: req.as_deref(),
-                        since,
-                        token,
-                    };
-                    self.refuse_join(&j, err);
-                }
-                Op::Send(_) | Op::History { .. } => self.reply(conn, err),
+            match op.as_join(room) {
+                Some(j) => self.refuse_join(&j, err),
+                None => self.reply(conn, err),
             }
         }
     }
