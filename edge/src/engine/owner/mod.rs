@@ -25,6 +25,7 @@
 //! - every join, send and history request gets exactly one answer: a
 //!   `Joined`, a `JoinRefused`, or a reply carrying its id.
 
+mod args;
 mod load;
 
 #[cfg(test)]
@@ -35,16 +36,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use router::{ArchivedSendMsg, FileRef, SendMsg};
 use storage::{Overloaded, Query, StoreError, StoredMessage};
 
 use super::{catch_up, Busy, Failure};
 use crate::config::{Config, Durability};
 use crate::metrics::ShardStats;
-use crate::protocol::server::{self, FileOut, MessageOut};
+use crate::protocol::server;
 use crate::protocol::ErrorCode;
 use crate::room::{fit_page, AckInfo, OwnedRoom, Sequenced};
 
+pub use args::{render_message, HistoryArgs, JoinArgs, SendArgs};
 pub use load::Readiness;
 
 /// The answer to a join whose connection left the room before the join completed.
@@ -137,108 +138,6 @@ pub enum Effect {
         seq: u64,
         payload: Bytes,
     },
-}
-
-/// A send, as the owner receives it (from a local connection or a mesh frame).
-#[derive(Debug, Clone, Copy)]
-pub struct SendArgs<'a> {
-    pub room: &'a str,
-    pub shard: usize,
-    pub conn: u64,
-    pub user: &'a str,
-    pub req: Option<&'a str>,
-    pub client_id: Option<&'a str>,
-    pub body: &'a str,
-    pub kind: &'a str,
-    pub file: Option<FileOut<'a>>,
-    pub reply_to: Option<u64>,
-}
-
-impl<'a> SendArgs<'a> {
-    /// The owned form: what the mesh carries, and what waits in a loading room's queue.
-    pub fn to_msg(&self) -> SendMsg {
-        SendMsg {
-            room: self.room.to_owned(),
-            shard: self.shard as u16,
-            conn: self.conn,
-            user: self.user.to_owned(),
-            req: self.req.map(str::to_owned),
-            client_id: self.client_id.map(str::to_owned),
-            body: self.body.to_owned(),
-            kind: self.kind.to_owned(),
-            file: self.file.map(|f| FileRef {
-                url: f.url.to_owned(),
-                name: f.name.to_owned(),
-                size: f.size,
-                mime: f.mime.to_owned(),
-            }),
-            reply_to: self.reply_to,
-        }
-    }
-
-    /// A view of an owned send.
-    pub fn of_msg(m: &'a SendMsg) -> Self {
-        Self {
-            room: &m.room,
-            shard: usize::from(m.shard),
-            conn: m.conn,
-            user: &m.user,
-            req: m.req.as_deref(),
-            client_id: m.client_id.as_deref(),
-            body: &m.body,
-            kind: &m.kind,
-            file: m.file.as_ref().map(|f| FileOut {
-                url: &f.url,
-                name: &f.name,
-                size: f.size,
-                mime: &f.mime,
-            }),
-            reply_to: m.reply_to,
-        }
-    }
-
-    /// A view of a send read in place from a mesh frame (no copy).
-    pub fn of_archived(m: &'a ArchivedSendMsg) -> Self {
-        Self {
-            room: m.room.as_str(),
-            shard: usize::from(m.shard.to_native()),
-            conn: m.conn.to_native(),
-            user: m.user.as_str(),
-            req: m.req.as_ref().map(|r| r.as_str()),
-            client_id: m.client_id.as_ref().map(|c| c.as_str()),
-            body: m.body.as_str(),
-            kind: m.kind.as_str(),
-            file: m.file.as_ref().map(|f| FileOut {
-                url: f.url.as_str(),
-                name: f.name.as_str(),
-                size: f.size.to_native(),
-                mime: f.mime.as_str(),
-            }),
-            reply_to: m.reply_to.as_ref().map(|r| r.to_native()),
-        }
-    }
-}
-
-/// A join, as the owner receives it.
-#[derive(Debug, Clone, Copy)]
-pub struct JoinArgs<'a> {
-    pub room: &'a str,
-    pub shard: usize,
-    pub conn: u64,
-    pub req: Option<&'a str>,
-    pub since: Option<u64>,
-    /// The member shard's number for this join attempt, echoed in the answer.
-    pub token: u64,
-}
-
-/// A history request, as the owner receives it.
-#[derive(Debug, Clone, Copy)]
-pub struct HistoryArgs<'a> {
-    pub room: &'a str,
-    pub conn: u64,
-    pub req: Option<&'a str>,
-    pub before: Option<u64>,
-    pub limit: u32,
 }
 
 /// A durable send waiting for its commit.
@@ -608,64 +507,5 @@ impl<S: StorePort> Owner<S> {
     /// Rooms in memory (loaded).
     pub fn rooms_owned(&self) -> usize {
         self.rooms.len()
-    }
-}
-
-/// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).
-pub fn render_message(a: &SendArgs<'_>, seq: Option<u64>, msg_id: &str, ts: u64) -> Bytes {
-    let m = MessageOut {
-        room: a.room,
-        seq: seq.unwrap_or(0),
-        msg_id,
-        from: a.user,
-        ts,
-        body: a.body,
-        kind: a.kind,
-        file: a.file,
-        reply_to: a.reply_to,
-    };
-    match seq {
-        Some(_) => server::message(&m),
-        None => server::message_unsequenced(&m),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_send_keeps_every_field_through_the_mesh_and_the_load_queue() {
-        let file = FileOut {
-            url: "https://files.example/a.png",
-            name: "a.png",
-            size: 1234,
-            mime: "image/png",
-        };
-        let a = SendArgs {
-            room: "lobby",
-            shard: 3,
-            conn: 42,
-            user: "ann",
-            req: Some("\"7\""),
-            client_id: Some("c1"),
-            body: "hello",
-            kind: "file",
-            file: Some(file),
-            reply_to: Some(9),
-        };
-        let render = |a: &SendArgs<'_>| render_message(a, Some(5), "m", 1);
-        let msg = a.to_msg();
-        assert_eq!(render(&SendArgs::of_msg(&msg)), render(&a), "the load queue's copy");
-        let buf = router::encode(&router::Frame::Send(msg));
-        let Ok(router::ArchivedFrame::Send(archived)) = router::decode(&buf) else {
-            panic!("a Send frame")
-        };
-        let read = SendArgs::of_archived(archived);
-        assert_eq!(render(&read), render(&a), "read in place from the mesh frame");
-        assert_eq!(
-            (read.shard, read.conn, read.req, read.client_id),
-            (3, 42, Some("\"7\""), Some("c1"))
-        );
     }
 }
