@@ -110,8 +110,9 @@ pub struct Config {
     pub presence_lease_ms: u64,
     /// Cluster: how often a node renews its presence leases and sweeps expired ones, in ms.
     pub presence_heartbeat_ms: u64,
-    /// Cluster: longest wait for a room subscription (and the room's seq) when joining, in ms;
-    /// then the join answers `unavailable`.
+    /// Cluster: longest wait for each Redis step of a join (the subscription, the room's seq,
+    /// the catch-up read) and for a history or presence read, in ms; then the request
+    /// answers `unavailable`.
     pub cluster_join_timeout_ms: u64,
     /// This node's id, shown in `welcome.node`.
     pub node_id: String,
