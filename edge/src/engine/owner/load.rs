@@ -29,7 +29,7 @@ use crate::room::{fit_page, OwnedRoom};
 
 /// Whether the owner can act on a room now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+pub(super) enum Readiness {
     /// Loaded: go ahead.
     Ready,
     /// Being loaded: the request waits in the room's queue.

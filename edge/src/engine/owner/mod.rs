@@ -46,7 +46,7 @@ use crate::protocol::ErrorCode;
 use crate::room::{fit_page, AckInfo, OwnedRoom, Sequenced};
 
 pub use args::{render_message, HistoryArgs, JoinArgs, SendArgs};
-pub use load::Readiness;
+use load::Readiness;
 
 /// The answer to a join whose connection left the room before the join completed.
 pub const JOIN_CANCELLED: &str = "join cancelled: the room was left before the join completed";
@@ -502,10 +502,5 @@ impl<S: StorePort> Owner<S> {
         if !self.submit_query(query, wait) {
             self.reply(h.conn, Busy::Store.reply(h.req, "store busy, retry"));
         }
-    }
-
-    /// Rooms in memory (loaded).
-    pub fn rooms_owned(&self) -> usize {
-        self.rooms.len()
     }
 }
