@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 4;
+pub const FRAME_VERSION: u8 = 5;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -33,49 +33,70 @@ pub enum Frame {
         /// The peer address, for logs.
         peer: String,
     },
-    /// A member shard asks the room owner to add one of its connections.
-    Join {
+    /// A member shard counts itself in a room's fan-out (one per join; the owner loads
+    /// the room first). Answered with [`Frame::Subscribed`].
+    Subscribe {
         /// The room.
         room: String,
         /// The member shard.
         shard: u16,
-        /// The connection on the member shard.
-        conn: u64,
-        /// The authenticated user.
+        /// The member shard's number for the join, echoed in the answer.
+        token: u64,
+    },
+    /// The owner's answer to [`Frame::Subscribe`]: from now on the member shard gets
+    /// every message after `seq`, in order.
+    Subscribed {
+        /// The join's token (from `Subscribe`).
+        token: u64,
+        /// The room's last published seq.
+        seq: u64,
+        /// The room's epoch.
+        epoch: u64,
+        /// Members of the room on other shards.
+        others: u64,
+        /// Why the room could not be served (then the other fields are 0).
+        refusal: Option<Refusal>,
+    },
+    /// A member shard asks the owner for up to `count` messages after `after` (a catch-up).
+    Fetch {
+        /// The room.
+        room: String,
+        /// The member shard.
+        shard: u16,
+        /// The join's token, echoed in the answer.
+        token: u64,
+        /// Messages with seq above this one.
+        after: u64,
+        /// At most this many.
+        count: u32,
+    },
+    /// The owner's answer to [`Frame::Fetch`]: messages ascending by seq.
+    Fetched {
+        /// The join's token (from `Fetch`).
+        token: u64,
+        /// The messages read, each the rendered JSON members got.
+        messages: Vec<SeqPayload>,
+        /// Why they could not be read.
+        refusal: Option<Refusal>,
+    },
+    /// The member shard has no member and no join left in a room: stop delivering it.
+    Unsubscribe {
+        /// The room.
+        room: String,
+        /// The member shard.
+        shard: u16,
+    },
+    /// A member (one connection of `user`) joined (`online`) or left a room.
+    Presence {
+        /// The room.
+        room: String,
+        /// The member shard.
+        shard: u16,
+        /// The member's user.
         user: String,
-        /// The client's request id, echoed in the answer.
-        req: Option<String>,
-        /// Replay messages after this seq, if given.
-        since: Option<u64>,
-        /// The member shard's number for this join attempt, echoed in the answer, so an
-        /// answer to a join that a leave (and maybe a new join) overtook is told apart.
-        token: u64,
+        /// Joined, or left.
+        online: bool,
     },
-    /// The owner's answer to a join: the rendered `joined` message.
-    Joined {
-        /// The room.
-        room: String,
-        /// The connection on the member shard.
-        conn: u64,
-        /// The join's request id (raw JSON), for the answer should the connection have left meanwhile.
-        req: Option<String>,
-        /// The join attempt's token (from `Join`).
-        token: u64,
-        /// Rendered JSON for the client.
-        payload: Vec<u8>,
-        /// The catch-up after `since`, rendered, in order: sent only if the join still stands.
-        catch_up: Vec<Vec<u8>>,
-    },
-    /// A member shard's connection left a room.
-    Leave {
-        /// The room.
-        room: String,
-        /// The member shard.
-        shard: u16,
-        /// The connection on the member shard.
-        conn: u64,
-    },
-    /// A member shard forwards a client's message to the room owner.
     /// A client's send for the room's owner shard.
     Send(SendMsg),
     /// The owner's answer to one connection: rendered JSON.
@@ -122,17 +143,6 @@ pub enum Frame {
         /// Rendered JSON for the members.
         payload: Vec<u8>,
     },
-    /// The owner refused a join (version 2): the member shard forgets the room for this connection.
-    JoinRefused {
-        /// The room.
-        room: String,
-        /// The connection on the member shard.
-        conn: u64,
-        /// The join attempt's token (from `Join`).
-        token: u64,
-        /// Rendered `error` JSON for the client.
-        payload: Vec<u8>,
-    },
 }
 
 /// A client's send on its way to the room's owner: the one owned shape of a send
@@ -161,6 +171,40 @@ pub struct SendMsg {
     pub file: Option<FileRef>,
     /// The seq this message replies to, if any.
     pub reply_to: Option<u64>,
+}
+
+/// A message read for a catch-up: its seq and the rendered JSON members got.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct SeqPayload {
+    /// The message's seq in the room.
+    pub seq: u64,
+    /// Rendered JSON.
+    pub payload: Vec<u8>,
+}
+
+/// Why a room's owner could not serve a member shard's request, as the client is told.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Refusal {
+    /// What kind of refusal it is.
+    pub code: RefusalCode,
+    /// When a retry may succeed: after about this long.
+    pub retry_ms: Option<u64>,
+    /// What happened, for the client.
+    pub message: String,
+}
+
+/// The client-facing kind of a [`Refusal`].
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum RefusalCode {
+    /// A bounded queue was full (`overloaded`).
+    Overloaded,
+    /// A dependency failed; a retry may succeed (`unavailable`).
+    Unavailable,
+    /// A dependency failed; a retry will not help (`internal`).
+    Internal,
 }
 
 /// A file attached to a message.
@@ -246,16 +290,14 @@ fn size_hint(frame: &Frame) -> usize {
     }
     let variable = match frame {
         Frame::Handoff { head, peer, .. } => head.len() + peer.len(),
-        Frame::Join { room, user, req, .. } => room.len() + user.len() + opt(req),
-        Frame::Joined {
-            room,
-            payload,
-            req,
-            catch_up,
-            ..
-        } => room.len() + payload.len() + opt(req) + catch_up.iter().map(|p| p.len() + 8).sum::<usize>(),
+        Frame::Subscribe { room, .. } | Frame::Unsubscribe { room, .. } => room.len(),
+        Frame::Subscribed { refusal, .. } => refusal.as_ref().map_or(0, |r| r.message.len()),
+        Frame::Fetch { room, .. } => room.len(),
+        Frame::Fetched { messages, refusal, .. } => {
+            messages.iter().map(|m| m.payload.len() + 16).sum::<usize>() + refusal.as_ref().map_or(0, |r| r.message.len())
+        }
+        Frame::Presence { room, user, .. } => room.len() + user.len(),
         Frame::Deliver { room, payload, .. } => room.len() + payload.len(),
-        Frame::Leave { room, .. } => room.len(),
         Frame::Send(SendMsg {
             room,
             user,
@@ -272,7 +314,7 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::Reply { payload, .. } => payload.len(),
         Frame::Shutdown { .. } => 0,
         Frame::History { room, req, .. } => room.len() + opt(req),
-        Frame::JoinRefused { room, payload, .. } | Frame::Reset { room, payload, .. } => room.len() + payload.len(),
+        Frame::Reset { room, payload, .. } => room.len() + payload.len(),
     };
     1 + 160 + variable
 }
@@ -288,36 +330,68 @@ mod tests {
                 head: b"GET /ws?room=a HTTP/1.1\r\n\r\n".to_vec(),
                 peer: "127.0.0.1:5555".into(),
             },
-            Frame::Join {
+            Frame::Subscribe {
                 room: "lobby".into(),
                 shard: 3,
-                conn: 42,
-                user: "ann".into(),
-                req: Some("r1".into()),
-                since: Some(9),
                 token: 5,
             },
-            Frame::Join {
+            Frame::Subscribed {
+                token: u64::MAX,
+                seq: 9,
+                epoch: 1_700_000_000_000,
+                others: 2,
+                refusal: None,
+            },
+            Frame::Subscribed {
+                token: 1,
+                seq: 0,
+                epoch: 0,
+                others: 0,
+                refusal: Some(Refusal {
+                    code: RefusalCode::Overloaded,
+                    retry_ms: Some(200),
+                    message: "room is loading, retry".into(),
+                }),
+            },
+            Frame::Fetch {
                 room: "a-much-longer-room-name".into(),
                 shard: 0,
-                conn: u64::MAX,
-                user: String::new(),
-                req: None,
-                since: None,
-                token: u64::MAX,
+                token: 7,
+                after: 3,
+                count: 1000,
             },
-            Frame::Joined {
-                room: "lobby".into(),
-                conn: 42,
-                req: Some("7".into()),
-                token: 5,
-                payload: br#"{"type":"joined","seq":9}"#.to_vec(),
-                catch_up: vec![br#"{"type":"message","seq":9}"#.to_vec(), Vec::new()],
+            Frame::Fetched {
+                token: 7,
+                messages: vec![
+                    SeqPayload {
+                        seq: 4,
+                        payload: br#"{"type":"message","seq":4}"#.to_vec(),
+                    },
+                    SeqPayload {
+                        seq: 5,
+                        payload: Vec::new(),
+                    },
+                ],
+                refusal: None,
             },
-            Frame::Leave {
+            Frame::Fetched {
+                token: 8,
+                messages: Vec::new(),
+                refusal: Some(Refusal {
+                    code: RefusalCode::Internal,
+                    retry_ms: None,
+                    message: "history store unavailable: corrupt".into(),
+                }),
+            },
+            Frame::Unsubscribe {
                 room: "lobby".into(),
                 shard: 65535,
-                conn: 1,
+            },
+            Frame::Presence {
+                room: "lobby".into(),
+                shard: 1,
+                user: "ann".into(),
+                online: true,
             },
             Frame::Send(SendMsg {
                 room: "lobby".into(),
@@ -370,12 +444,6 @@ mod tests {
                 before: Some(40),
                 limit: 50,
             },
-            Frame::JoinRefused {
-                room: "lobby".into(),
-                conn: 6,
-                token: 1,
-                payload: br#"{"type":"error"}"#.to_vec(),
-            },
             Frame::Reset {
                 room: "lobby".into(),
                 seq: 3,
@@ -409,31 +477,28 @@ mod tests {
 
     #[test]
     fn archived_fields_read_in_place() {
-        let buf = encode(&Frame::Join {
+        let buf = encode(&Frame::Fetch {
             room: "lobby".into(),
             shard: 3,
-            conn: 42,
-            user: "ann".into(),
-            req: None,
-            since: Some(9),
-            token: 1,
+            token: 42,
+            after: 9,
+            count: 100,
         });
-        let ArchivedFrame::Join {
+        let ArchivedFrame::Fetch {
             room,
             shard,
-            conn,
-            since,
-            req,
-            ..
+            token,
+            after,
+            count,
         } = decode(&buf).unwrap()
         else {
             panic!("wrong variant");
         };
         assert_eq!(room.as_str(), "lobby");
         assert_eq!(shard.to_native(), 3);
-        assert_eq!(conn.to_native(), 42);
-        assert_eq!(since.as_ref().map(|s| s.to_native()), Some(9));
-        assert!(req.is_none());
+        assert_eq!(token.to_native(), 42);
+        assert_eq!(after.to_native(), 9);
+        assert_eq!(count.to_native(), 100);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use router::bridge::{BridgeError, PreparedMessage, RecentMessage, SeqRange};
+use router::bridge::{BridgeError, PreparedMessage, SeqRange};
 use router::ArchivedFrame;
 use serde_json::Value;
 
@@ -226,17 +226,20 @@ impl World {
                 let req = req.expect("every join has an id");
                 self.answered(req.trim_matches('"'));
             }
-            SubEffect::Deliver { room, payload } => {
-                let members: Vec<u64> = self
-                    .clients
-                    .iter()
-                    .filter(|(id, c)| sid_of(**id) == sid && c.member.contains_key(&room))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for conn in members {
-                    self.deliver_to_client(conn, &payload);
-                }
-            }
+            SubEffect::Deliver { room, payload } => self.deliver_to_members(sid, &room, &payload),
+        }
+    }
+
+    /// `payload` to every member of `room` on shard `sid` (its fan-out list).
+    fn deliver_to_members(&mut self, sid: Sid, room: &str, payload: &Bytes) {
+        let members: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(id, c)| sid_of(**id) == sid && c.member.contains_key(room))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in members {
+            self.deliver_to_client(conn, payload);
         }
     }
 
@@ -357,7 +360,7 @@ impl World {
                 let r = if fail {
                     Err(Failure::Redis(BridgeError::Unavailable))
                 } else {
-                    Ok(())
+                    Ok(None)
                 };
                 self.subscribers[sid].subscribed(token, r);
                 sid
@@ -380,20 +383,11 @@ impl World {
                 count,
             } => {
                 let stream = self.streams.get(&room).cloned().unwrap_or_default();
-                let msgs: Vec<RecentMessage> = stream
-                    .into_iter()
-                    .filter(|(s, _)| *s > after)
-                    .take(count as usize)
-                    .map(|(seq, payload)| RecentMessage {
-                        seq,
-                        frame: payload.clone(),
-                        payload,
-                    })
-                    .collect();
+                let msgs: Vec<(u64, Bytes)> = stream.into_iter().filter(|(s, _)| *s > after).take(count as usize).collect();
                 trace(|| {
                     format!(
                         "shard {sid} <- fetched {token} {room} after {after} (fail {fail}): {:?}",
-                        msgs.iter().map(|m: &RecentMessage| m.seq).collect::<Vec<_>>()
+                        msgs.iter().map(|m| m.0).collect::<Vec<_>>()
                     )
                 });
                 self.subscribers[sid].fetched(token, if fail { Err(Failure::RedisTimedOut) } else { Ok(msgs) });
@@ -438,7 +432,9 @@ impl World {
         let sid = busy[self.rng.random_range(0..busy.len())];
         let (room, seq, payload) = self.inbox[sid].pop_front().expect("non-empty");
         trace(|| format!("shard {sid} <- deliver {room}/{seq}"));
-        self.subscribers[sid].deliver(&room, seq, &payload);
+        if self.subscribers[sid].deliver(&room, seq, &payload) {
+            self.deliver_to_members(sid, &room, &payload);
+        }
         self.drain(sid);
     }
 

@@ -12,6 +12,7 @@
 
 use bytes::Bytes;
 use router::bridge::BridgeError;
+use router::{Refusal, RefusalCode};
 use storage::StoreError;
 
 use crate::protocol::{server, ErrorCode};
@@ -41,6 +42,15 @@ impl Busy {
     pub fn reply(self, req: Option<&str>, message: &str) -> Bytes {
         server::error(req, ErrorCode::Overloaded, message, Some(self.retry_ms()))
     }
+
+    /// The refusal as a room's owner sends it to a member shard (see [`Failure::Owner`]).
+    pub fn refusal(self, message: &str) -> Refusal {
+        Refusal {
+            code: RefusalCode::Overloaded,
+            retry_ms: Some(self.retry_ms()),
+            message: message.to_owned(),
+        }
+    }
 }
 
 /// The `retry_ms` hint when Redis failed or did not answer in time.
@@ -58,6 +68,10 @@ pub enum Failure {
     /// Redis did not answer within the configured time.
     #[error("Redis did not answer in time")]
     RedisTimedOut,
+    /// The room's owner shard refused (its store failed or a queue there was full), as
+    /// it decided and worded it on its side of the mesh.
+    #[error("{}", .0.message)]
+    Owner(Refusal),
 }
 
 impl Failure {
@@ -67,6 +81,7 @@ impl Failure {
             Self::Store(e) => e.is_retryable(),
             Self::Redis(e) => e.retryable(),
             Self::RedisTimedOut => true,
+            Self::Owner(r) => r.code != RefusalCode::Internal,
         }
     }
 
@@ -76,17 +91,41 @@ impl Failure {
             _ if !self.retryable() => None,
             Self::Store(_) => Some(Busy::Store.retry_ms()),
             Self::Redis(_) | Self::RedisTimedOut => Some(REDIS_RETRY_MS),
+            Self::Owner(r) => r.retry_ms,
         }
     }
 
-    /// The error frame for request `req`: `what` says what could not be done.
+    /// The error frame for request `req`: `what` says what could not be done (an owner's
+    /// refusal already says it).
     pub fn reply(&self, req: Option<&str>, what: &str) -> Bytes {
+        if let Self::Owner(r) = self {
+            let code = match r.code {
+                RefusalCode::Overloaded => ErrorCode::Overloaded,
+                RefusalCode::Unavailable => ErrorCode::Unavailable,
+                RefusalCode::Internal => ErrorCode::Internal,
+            };
+            return server::error(req, code, &r.message, r.retry_ms);
+        }
         let code = if self.retryable() {
             ErrorCode::Unavailable
         } else {
             ErrorCode::Internal
         };
         server::error(req, code, &format!("{what}: {self}"), self.retry_ms())
+    }
+
+    /// The failure as a room's owner sends it to a member shard, worded with `what`.
+    pub fn refusal(&self, what: &str) -> Refusal {
+        let code = if self.retryable() {
+            RefusalCode::Unavailable
+        } else {
+            RefusalCode::Internal
+        };
+        Refusal {
+            code,
+            retry_ms: self.retry_ms(),
+            message: format!("{what}: {self}"),
+        }
     }
 }
 
@@ -117,6 +156,24 @@ mod tests {
         assert!(Failure::Redis(BridgeError::Unavailable).retryable());
         assert!(!Failure::Redis(BridgeError::Stopped).retryable());
         assert_eq!(Failure::RedisTimedOut.retry_ms(), Some(REDIS_RETRY_MS));
+    }
+
+    #[test]
+    fn an_owners_refusal_reads_on_the_member_side_as_it_would_have_on_the_owners() {
+        let store = Failure::Store(StoreError::Injected("disk busy"));
+        let remote = Failure::Owner(store.refusal("history store unavailable"));
+        assert_eq!(
+            frame(&remote.reply(Some("1"), "ignored")),
+            frame(&store.reply(Some("1"), "history store unavailable"))
+        );
+        let broken = Failure::Owner(Failure::Store(StoreError::OutOfRange("seq".into())).refusal("x"));
+        assert!(!broken.retryable());
+        assert_eq!(frame(&broken.reply(None, "y"))["code"], "internal");
+        let busy = Failure::Owner(Busy::Store.refusal("room is loading, retry"));
+        assert_eq!(
+            frame(&busy.reply(Some("2"), "z")),
+            frame(&Busy::Store.reply(Some("2"), "room is loading, retry"))
+        );
     }
 
     #[test]

@@ -1,10 +1,9 @@
 //! A member shard's feed of one room: the seq cursor, the epoch, and the
 //! recent ring of what was delivered here.
 //!
-//! The member side keeps this in cluster mode (deliveries come from Redis
-//! in seq order, and resyncs or catch-up races may repeat one); the same
-//! type is meant for a single node's member shards once they take
-//! deliveries with seqs from a local sequencer (see ARCHITECTURE.md).
+//! The member side keeps one per room it delivers, in both modes:
+//! deliveries come in seq order from the room's owner shard or from Redis,
+//! and resyncs or catch-up races may repeat one.
 //!
 //! Invariants: a delivery whose seq is not above the cursor is refused (a
 //! re-delivery is never passed to members twice); the ring holds only seqs
@@ -64,11 +63,16 @@ impl RoomFeed {
     /// moves the position: deliveries are the room's in-order stream, and a read
     /// that raced ahead of them would make those still in flight look like
     /// re-deliveries and drop them for the members already here.
-    pub fn learn(&mut self, seq: u64) {
+    ///
+    /// `epoch`: the room's epoch, when the sequencer says it with the seq.
+    pub fn learn(&mut self, seq: u64, epoch: Option<u64>) {
         if self.learned {
             return;
         }
         self.learned = true;
+        if let Some(e) = epoch {
+            self.epoch = e;
+        }
         let at = self.cursor.map_or(seq, |c| c.max(seq));
         self.cursor = Some(at);
         self.ring.keep_run_to(at);
@@ -118,7 +122,7 @@ mod tests {
     fn re_deliveries_are_refused_and_the_ring_follows_the_cursor() {
         let mut f = RoomFeed::new(1, 2);
         assert!(!f.is_known());
-        f.learn(5);
+        f.learn(5, None);
         assert!(!f.advance(5, &b(5)), "at the cursor: a repeat");
         assert!(f.advance(6, &b(6)));
         assert!(f.advance(7, &b(7)));
@@ -126,9 +130,9 @@ mod tests {
         assert!(f.covers(5), "6 and 7 are held");
         assert!(!f.covers(4), "5 was never delivered here");
         assert!(f.covers(7));
-        f.learn(3);
+        f.learn(3, None);
         assert_eq!(f.cursor(), 7, "learning an older seq does not move the cursor back");
-        f.learn(9);
+        f.learn(9, None);
         assert_eq!(f.cursor(), 7, "nor a newer one: 8 and 9 are still on their way");
         assert!(f.advance(8, &b(8)));
         f.reset(2, 9);
@@ -144,7 +148,7 @@ mod tests {
             assert!(!f.advance(s, &b(s)), "not for members before the position is known");
         }
         assert!(!f.is_known());
-        f.learn(20);
+        f.learn(20, None);
         assert!(f.is_known());
         assert_eq!(f.cursor(), 21, "21 came after the read: the position is past it");
         assert!(f.covers(20), "21 is held");
@@ -154,7 +158,7 @@ mod tests {
         // Stale only: the read decides, the ring is emptied.
         let mut g = RoomFeed::new(1, 8);
         g.advance(6, &b(6));
-        g.learn(20);
+        g.learn(20, None);
         assert_eq!(g.cursor(), 20);
         assert!(!g.covers(19));
     }
@@ -162,7 +166,7 @@ mod tests {
     #[test]
     fn catch_up_takes_the_fetched_then_the_ring() {
         let mut f = RoomFeed::new(1, 3);
-        f.learn(7);
+        f.learn(7, None);
         for s in 8..=10 {
             f.advance(s, &b(s));
         }

@@ -1,33 +1,43 @@
-//! The Redis sequencer's member side, sans-IO: the rooms a shard receives
-//! from Redis, each with its feed (cursor, epoch, ring), and the joins of its
-//! connections, answered by the shard itself:
+//! The member side, sans-IO, written once for both sequencers: the rooms a
+//! shard delivers to its connections, each with its feed (cursor, epoch,
+//! ring), and the joins of its connections, answered by the shard itself:
 //!
-//! 1. subscribe (the bridge counts the shard in), and, if the feed has no
-//!    cursor yet, read the room's seq;
-//! 2. with `since`, fetch what the ring does not hold from the room's stream;
+//! 1. subscribe (the sequencer counts the shard in: a local owner answers
+//!    with the room's position, Redis does not), and, if the feed has no
+//!    position yet, read the room's seq;
+//! 2. with `since`, fetch what the ring does not hold (from the room's owner
+//!    shard, which reads its ring or the store, or from the Redis stream);
 //! 3. then, in one go: `joined` {seq: cursor}, the catch-up (fetched, then
 //!    ring, `gap` for what neither holds), and the connection joins the
 //!    fan-out list, so no live message overtakes its catch-up.
 //!
-//! Events are method calls (a join with its token, each bridge answer, a
-//! leave, a delivery or a reset from the pump); effects are pulled with
-//! [`Subscriber::poll`]: bridge calls to make (the shell answers each,
-//! `Err(Failure::RedisTimedOut)` when late), answers for connections,
-//! deliveries to the local fan-out list, presence updates.
+//! Events are method calls (a join with its token, each sequencer answer, a
+//! leave, a delivery or a reset); effects are pulled with
+//! [`Subscriber::poll`]: sequencer calls to make (the shell carries them to
+//! the owner shard or to Redis and answers each), answers for connections,
+//! deliveries to the local fan-out list, presence updates for the sequencer.
 //!
 //! Invariants: a delivery whose seq is not above the room's cursor is dropped
 //! (a re-delivery from a resync or a catch-up race); seq 0 frames are
 //! notices passed to members as they are; every join gets exactly one
-//! answer (`Joined`, `Refused`, or `Cancelled` when a leave overtook it); a
-//! room's subscription is dropped once it has no member and no join out.
+//! answer (`Joined`, `Refused`, or `Cancelled` when a leave overtook it: this
+//! is the one place that decides it); a room's subscription is dropped once
+//! it has no member and no join out; each member counted online with
+//! `Presence` is counted offline exactly once.
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use router::bridge::RecentMessage;
 
 use super::{Failure, RoomFeed};
 use crate::protocol::server;
+
+/// Most reads one join's catch-up makes while deliveries outrun them (each read must make
+/// progress; the ring catches up long before this in practice).
+const MAX_CATCH_UP_READS: u32 = 16;
+
+/// The answer to a join whose connection left the room before the join completed.
+pub const JOIN_CANCELLED: &str = "join cancelled: the room was left before the join completed";
 
 /// What a subscriber is configured with.
 #[derive(Debug, Clone)]
@@ -43,11 +53,11 @@ pub struct SubscriberConfig {
 /// What the shard must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubEffect {
-    /// Count this shard in `room`'s subscription; answer with [`Subscriber::subscribed`].
+    /// Count this shard in `room`'s fan-out; answer with [`Subscriber::subscribed`].
     Subscribe { token: u64, room: String },
     /// Read `room`'s seq; answer with [`Subscriber::room_seq`].
     RoomSeq { token: u64, room: String },
-    /// Read `count` messages after `after` from `room`'s stream; answer with [`Subscriber::fetched`].
+    /// Read `count` messages after `after` of `room`; answer with [`Subscriber::fetched`].
     Fetch { token: u64, room: String, after: u64, count: u32 },
     /// Drop this shard's subscription to `room` (nothing to answer).
     Unsubscribe { room: String },
@@ -62,18 +72,31 @@ pub enum SubEffect {
     Refused { conn: u64, room: String, payload: Bytes },
     /// A leave overtook the join: `conn` gets "join cancelled" for request `req`.
     Cancelled { conn: u64, req: Option<String> },
-    /// `payload` for every local member of `room`.
+    /// `payload` for every local member of `room` (a reset's notice; deliveries are answered by [`Subscriber::deliver`]).
     Deliver { room: String, payload: Bytes },
-    /// `user` came online in (or left) `room`, cluster-wide (nothing to answer).
+    /// A connection of `user` joined (or left) `room` (for the sequencer's presence and member counts; nothing to answer).
     Presence { room: String, user: String, online: bool },
 }
 
-/// A room this shard receives from Redis.
+/// Where a room stands, as a local owner says when a shard subscribes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomPos {
+    /// The room's last published seq.
+    pub seq: u64,
+    /// The room's epoch.
+    pub epoch: u64,
+    /// Members on other shards.
+    pub others: u64,
+}
+
+/// A room this shard delivers.
 #[derive(Debug)]
 struct SubRoom {
     feed: RoomFeed,
     /// Connections in the fan-out list.
     members: u32,
+    /// Members on other shards, as the owner last said (0 from Redis, which does not count them).
+    others: u64,
     /// Joins still waiting for Redis (the subscription stays while any is out).
     joining: u32,
     /// The joins still wanted, as (connection, token): a leave drops its entry.
@@ -94,8 +117,10 @@ struct PendingJoin {
     req: Option<String>,
     since: Option<u64>,
     user: String,
-    /// The catch-up read from the stream so far, ascending.
-    fetched: Vec<RecentMessage>,
+    /// The catch-up read so far, ascending.
+    fetched: Vec<(u64, Bytes)>,
+    /// Reads made for it.
+    reads: u32,
 }
 
 /// A join, as the member side asks for it.
@@ -109,7 +134,7 @@ pub struct JoinReq<'a> {
     pub user: &'a str,
 }
 
-/// The Redis sequencer's member side of one shard.
+/// The member side of one shard.
 pub struct Subscriber {
     cfg: SubscriberConfig,
     rooms: HashMap<String, SubRoom>,
@@ -139,6 +164,7 @@ impl Subscriber {
         let r = self.rooms.entry(j.room.to_owned()).or_insert_with(|| SubRoom {
             feed: RoomFeed::new(epoch, ring_cap),
             members: 0,
+            others: 0,
             joining: 0,
             wanted: Vec::new(),
         });
@@ -151,6 +177,7 @@ impl Subscriber {
             since: j.since,
             user: j.user.to_owned(),
             fetched: Vec::new(),
+            reads: 0,
         };
         self.joins.insert(j.token, pending);
         self.effects.push_back(SubEffect::Subscribe {
@@ -159,15 +186,22 @@ impl Subscriber {
         });
     }
 
-    /// The bridge answered a join's subscribe: learn the room's seq if unknown, else go on.
-    pub fn subscribed(&mut self, token: u64, result: Result<(), Failure>) {
+    /// The sequencer answered a join's subscribe (with the room's position, from a local
+    /// owner): learn the room's seq if still unknown, then go on.
+    pub fn subscribed(&mut self, token: u64, result: Result<Option<RoomPos>, Failure>) {
         let Some(room) = self.joins.get(&token).map(|j| j.room.clone()) else {
             return;
         };
-        if let Err(e) = result {
-            return self.finish(token, Err(e));
+        let pos = match result {
+            Ok(pos) => pos,
+            Err(e) => return self.finish(token, Err(e)),
+        };
+        let Some(r) = self.rooms.get_mut(&room) else { return };
+        if let Some(p) = pos {
+            r.feed.learn(p.seq, Some(p.epoch));
+            r.others = p.others;
         }
-        if self.rooms.get(&room).is_some_and(|r| r.feed.is_known()) {
+        if r.feed.is_known() {
             return self.fetch_missed(token);
         }
         self.effects.push_back(SubEffect::RoomSeq { token, room });
@@ -182,7 +216,7 @@ impl Subscriber {
             Err(e) => self.finish(token, Err(e)),
             Ok(seq) => {
                 if let Some(r) = self.rooms.get_mut(&room) {
-                    r.feed.learn(seq);
+                    r.feed.learn(seq, None);
                 }
                 self.fetch_missed(token);
             }
@@ -212,30 +246,36 @@ impl Subscriber {
         self.effects.push_back(fetch);
     }
 
-    /// The bridge answered a catch-up read. Deliveries kept coming meanwhile; when the
-    /// ring did not keep all of them, what lies between the read and the ring is read
-    /// too (while reads make progress, up to `max_catch_up_messages`), so a `gap` is
-    /// only ever said of what the stream no longer holds.
-    pub fn fetched(&mut self, token: u64, result: Result<Vec<RecentMessage>, Failure>) {
+    /// The sequencer answered a catch-up read (messages ascending by seq). Deliveries kept
+    /// coming meanwhile; when the ring did not keep all of them, what lies between the
+    /// read and the ring is read too (while reads make progress, up to
+    /// `max_catch_up_messages`), so a `gap` is only ever said of what no source holds.
+    pub fn fetched(&mut self, token: u64, result: Result<Vec<(u64, Bytes)>, Failure>) {
         let msgs = match result {
             Ok(m) => m,
             Err(e) => return self.finish(token, Err(e)),
         };
         let Some(j) = self.joins.get_mut(&token) else { return };
-        let high = j.fetched.last().map_or(0, |m| m.seq);
-        let fresh: Vec<RecentMessage> = msgs.into_iter().filter(|m| m.seq > high).collect();
-        let progressed = !fresh.is_empty();
-        j.fetched.extend(fresh);
-        let high = j.fetched.last().map_or(0, |m| m.seq);
+        let high = j.fetched.last().map_or(0, |m| m.0);
+        let before = j.fetched.len();
+        j.fetched.extend(msgs.into_iter().filter(|m| m.0 > high));
+        let progressed = j.fetched.len() > before;
+        let high = j.fetched.last().map_or(0, |m| m.0);
+        // The catch-up keeps the newest `max_catch_up_messages`: what is older is the `gap`
+        // at its start, never one in its middle.
+        let max = self.cfg.max_catch_up_messages.max(1);
+        if j.fetched.len() > max {
+            j.fetched.drain(..j.fetched.len() - max);
+        }
+        j.reads += 1;
         let room = self.rooms.get(&j.room);
         let cursor = room.map_or(0, |r| r.feed.cursor());
         let covered = room.is_none_or(|r| r.feed.covers(high));
-        let room_left = self.cfg.max_catch_up_messages.saturating_sub(j.fetched.len());
-        if covered || !progressed || room_left == 0 {
+        if covered || !progressed || j.reads >= MAX_CATCH_UP_READS {
             let all = std::mem::take(&mut j.fetched);
             return self.finish(token, Ok(all));
         }
-        let count = (cursor - high).min(room_left as u64) as u32;
+        let count = (cursor - high).min(max as u64) as u32;
         let fetch = SubEffect::Fetch {
             token,
             room: j.room.clone(),
@@ -245,8 +285,8 @@ impl Subscriber {
         self.effects.push_back(fetch);
     }
 
-    /// Step 3: the join's Redis work is done; answer it (or refuse it) in one go.
-    fn finish(&mut self, token: u64, prepared: Result<Vec<RecentMessage>, Failure>) {
+    /// Step 3: the join's sequencer work is done; answer it (or refuse it) in one go.
+    fn finish(&mut self, token: u64, prepared: Result<Vec<(u64, Bytes)>, Failure>) {
         let Some(j) = self.joins.remove(&token) else { return };
         let Some(r) = self.rooms.get_mut(&j.room) else { return };
         r.joining = r.joining.saturating_sub(1);
@@ -267,7 +307,7 @@ impl Subscriber {
                 let answer = match (wanted, result) {
                     (true, Err(e)) => SubEffect::Refused {
                         conn: j.conn,
-                        payload: e.reply(j.req.as_deref(), "cluster"),
+                        payload: e.reply(j.req.as_deref(), "join failed"),
                         room: j.room,
                     },
                     // Left before Redis answered: the join still gets its one reply.
@@ -277,8 +317,9 @@ impl Subscriber {
             }
         };
         r.members += 1;
-        let payload = server::joined(j.req.as_deref(), &j.room, r.feed.cursor(), r.feed.epoch(), u64::from(r.members));
-        let read = fetched.iter().map(|m| (m.seq, &m.payload));
+        let members = r.others + u64::from(r.members);
+        let payload = server::joined(j.req.as_deref(), &j.room, r.feed.cursor(), r.feed.epoch(), members);
+        let read = fetched.iter().map(|(seq, payload)| (*seq, payload));
         let catch_up = j.since.map_or_else(Vec::new, |s| r.feed.catch_up(&j.room, s, read));
         self.effects.push_back(SubEffect::Joined {
             conn: j.conn,
@@ -315,18 +356,15 @@ impl Subscriber {
         }
     }
 
-    /// A room message (or, seq 0, a notice) from Redis, through the pump.
-    pub fn deliver(&mut self, room: &str, seq: u64, payload: &Bytes) {
-        if seq != 0 {
-            let Some(r) = self.rooms.get_mut(room) else { return };
-            if !r.feed.advance(seq, payload) {
-                return;
-            }
+    /// A room message (or, seq 0, a notice) from the room's owner shard, or from Redis
+    /// through the pump: true when this shard's members of `room` get it (false for a
+    /// re-delivery, one held until the room's position is known, or a room not delivered
+    /// here). Answered at once, with no effect queued: this is the hot path.
+    pub fn deliver(&mut self, room: &str, seq: u64, payload: &Bytes) -> bool {
+        if seq == 0 {
+            return true;
         }
-        self.effects.push_back(SubEffect::Deliver {
-            room: room.to_owned(),
-            payload: payload.clone(),
-        });
+        self.rooms.get_mut(room).is_some_and(|r| r.feed.advance(seq, payload))
     }
 
     /// Redis lost the room's sequence: the cursor restarts at `seq` in a new epoch; members get `notice`.
@@ -371,13 +409,8 @@ mod tests {
         std::iter::from_fn(|| s.poll()).collect()
     }
 
-    fn recent(seq: u64) -> RecentMessage {
-        let b = Bytes::from(seq.to_string());
-        RecentMessage {
-            seq,
-            payload: b.clone(),
-            frame: b,
-        }
+    fn recent(seq: u64) -> (u64, Bytes) {
+        (seq, Bytes::from(seq.to_string()))
     }
 
     fn json(b: &Bytes) -> Value {
@@ -395,7 +428,7 @@ mod tests {
                 room: "r".into()
             }]
         );
-        s.subscribed(7, Ok(()));
+        s.subscribed(7, Ok(None));
         assert_eq!(
             effects(&mut s),
             [SubEffect::RoomSeq {
@@ -422,17 +455,11 @@ mod tests {
         assert_eq!(catch_up, &[Bytes::from("3"), Bytes::from("4"), Bytes::from("5")]);
         assert!(matches!(&out[1], SubEffect::Presence { online: true, .. }));
         // Live traffic: re-deliveries are dropped, notices pass.
-        s.deliver("r", 5, &Bytes::from("5"));
-        s.deliver("r", 6, &Bytes::from("6"));
-        s.deliver("r", 0, &Bytes::from("note"));
-        let delivered: Vec<Bytes> = effects(&mut s)
-            .into_iter()
-            .map(|e| match e {
-                SubEffect::Deliver { payload, .. } => payload,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(delivered, [Bytes::from("6"), Bytes::from("note")]);
+        assert!(!s.deliver("r", 5, &Bytes::from("5")), "a re-delivery");
+        assert!(s.deliver("r", 6, &Bytes::from("6")));
+        assert!(s.deliver("r", 0, &Bytes::from("note")), "notices pass");
+        assert!(!s.deliver("other", 1, &Bytes::from("1")), "not delivered here");
+        assert!(effects(&mut s).is_empty());
     }
 
     #[test]
@@ -441,7 +468,7 @@ mod tests {
         s.join(join(1, 9, None));
         effects(&mut s);
         s.leave("r", 9, "u", false);
-        s.subscribed(1, Ok(()));
+        s.subscribed(1, Ok(None));
         s.room_seq(1, Ok(0));
         let out = effects(&mut s);
         assert_eq!(
@@ -460,7 +487,7 @@ mod tests {
     fn a_failed_join_is_refused_once_and_other_members_keep_the_subscription() {
         let mut s = sub();
         s.join(join(1, 1, None));
-        s.subscribed(1, Ok(()));
+        s.subscribed(1, Ok(None));
         s.room_seq(1, Ok(3));
         effects(&mut s);
         s.join(join(2, 2, None));

@@ -15,7 +15,7 @@ pub use dedupe::{AckInfo, Dedupe};
 pub use members::MemberIndex;
 pub use page::{fit_page, Page};
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -62,9 +62,10 @@ pub struct OwnedRoom {
     published: u64,
     epoch: u64,
     room_hash: u64,
+    /// Shards that deliver the room to their members (subscribed), one flag each.
+    subscribed: Vec<bool>,
+    /// Members per shard, as their shards report them (`member_joined`/`member_left`).
     members_by_shard: Vec<u32>,
-    /// The connections counted in `members_by_shard`.
-    counted: HashSet<u64>,
     dedupe: Dedupe,
     recent: RecentRing,
     /// Store writes and queries still out for this room: it must not be evicted meanwhile.
@@ -76,8 +77,6 @@ pub struct OwnedRoom {
     unstored: u64,
     /// Durable sends waiting for their commit: (seq, store ticket), ascending.
     committing: VecDeque<(u64, u64)>,
-    /// Connections whose join waits for a catch-up read from the store (not counted yet).
-    joining: Vec<(u64, u64)>,
 }
 
 impl OwnedRoom {
@@ -94,15 +93,14 @@ impl OwnedRoom {
             published: last_seq,
             epoch,
             room_hash: stable_hash(room),
+            subscribed: vec![false; shards],
             members_by_shard: vec![0; shards],
-            counted: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
             recent: RecentRing::new(recent_cap),
             holds: 0,
             stored: last_seq,
             unstored: 0,
             committing: VecDeque::new(),
-            joining: Vec::new(),
         }
     }
 
@@ -141,67 +139,48 @@ impl OwnedRoom {
         self.name.clone()
     }
 
-    /// Members on `shard`.
-    pub fn members_on(&self, shard: usize) -> u32 {
-        self.members_by_shard.get(shard).copied().unwrap_or(0)
-    }
-
     /// Members on all shards.
     pub fn members(&self) -> u64 {
         self.members_by_shard.iter().map(|&n| u64::from(n)).sum()
     }
 
-    /// Connection `conn` on `shard` is counted as a member (once, however often it
-    /// joins); returns the new total.
-    pub fn join(&mut self, shard: usize, conn: u64) -> u64 {
-        if self.counted.insert(conn) {
-            if let Some(n) = self.members_by_shard.get_mut(shard) {
-                *n = n.saturating_add(1);
-            }
-        }
-        self.members()
+    /// Members on shards other than `shard`.
+    pub fn others(&self, shard: usize) -> u64 {
+        self.members() - self.members_by_shard.get(shard).map_or(0, |&n| u64::from(n))
     }
 
-    /// Connection `conn` on `shard` left. Only a counted member is taken off the count: a
-    /// leave for a join that was refused or never counted changes nothing, so it cannot
-    /// take another member's place in its shard's count.
-    pub fn leave(&mut self, shard: usize, conn: u64) {
-        if !self.counted.remove(&conn) {
-            return;
+    /// `shard` delivers the room to its members from now on (once, however often it asks).
+    pub fn subscribe(&mut self, shard: usize) {
+        if let Some(s) = self.subscribed.get_mut(shard) {
+            *s = true;
         }
+    }
+
+    /// `shard` has no member and no join left in the room.
+    pub fn unsubscribe(&mut self, shard: usize) {
+        if let Some(s) = self.subscribed.get_mut(shard) {
+            *s = false;
+        }
+    }
+
+    /// A member on `shard` joined (`true`) or left: its shard counts each connection once
+    /// each way, so the count never goes below zero.
+    pub fn member(&mut self, shard: usize, joined: bool) {
         if let Some(n) = self.members_by_shard.get_mut(shard) {
-            *n = n.saturating_sub(1);
+            *n = if joined { n.saturating_add(1) } else { n.saturating_sub(1) };
         }
     }
 
-    /// `conn`'s join attempt `token` waits for a store read; it is counted by [`Self::finish_join`].
-    pub fn start_join(&mut self, conn: u64, token: u64) {
-        self.joining.push((conn, token));
-    }
-
-    /// Ends a waiting join; false when the connection left meanwhile (nothing to count).
-    pub fn finish_join(&mut self, conn: u64, token: u64) -> bool {
-        let Some(pos) = self.joining.iter().position(|&j| j == (conn, token)) else {
-            return false;
-        };
-        self.joining.swap_remove(pos);
-        true
-    }
-
-    /// Drops every join of `conn` still waiting for a store read (it left); false when none was.
-    pub fn drop_joins(&mut self, conn: u64) -> bool {
-        let before = self.joining.len();
-        self.joining.retain(|&(c, _)| c != conn);
-        self.joining.len() != before
-    }
-
-    /// Shards other than `me` that have members: one Deliver frame each.
-    pub fn remote_shards(&self, me: usize) -> impl Iterator<Item = usize> + '_ {
-        self.members_by_shard
+    /// The shards that deliver the room: `me` first when it does, one Deliver each.
+    pub fn subscribers(&self, me: usize) -> impl Iterator<Item = usize> + '_ {
+        let mine = self.subscribed.get(me).copied().unwrap_or(false);
+        let others = self
+            .subscribed
             .iter()
             .enumerate()
-            .filter(move |(s, n)| *s != me && **n > 0)
-            .map(|(s, _)| s)
+            .filter(move |(s, on)| *s != me && **on)
+            .map(|(s, _)| s);
+        mine.then_some(me).into_iter().chain(others)
     }
 
     /// Assigns the next seq unless `(user, client_id)` was already sequenced.
@@ -313,9 +292,9 @@ impl OwnedRoom {
         self.recent.first_seq().unwrap_or(self.published + 1)
     }
 
-    /// True when no shard has members: nobody to deliver to.
+    /// True when no shard delivers the room: nobody to deliver to.
     pub fn is_empty(&self) -> bool {
-        self.members_by_shard.iter().all(|&n| n == 0)
+        !self.subscribed.contains(&true)
     }
 
     /// The write of `seq` was committed.
@@ -328,11 +307,11 @@ impl OwnedRoom {
         self.unstored = self.unstored.max(seq);
     }
 
-    /// True when the room may be dropped from memory: no members, no joins or store work
+    /// True when the room may be dropped from memory: no shard subscribed, no store work
     /// pending, and the store's last seq is not below a seq that was given up or delivered
     /// unstored (else a reload would continue from below it and reuse that seq).
     pub fn is_evictable(&self) -> bool {
-        self.is_empty() && self.holds == 0 && self.joining.is_empty() && self.committing.is_empty() && self.unstored <= self.stored
+        self.is_empty() && self.holds == 0 && self.committing.is_empty() && self.unstored <= self.stored
     }
 
     fn msg_id(&self, seq: u64) -> String {
@@ -379,22 +358,26 @@ mod tests {
     }
 
     #[test]
-    fn members_are_counted_per_shard() {
+    fn subscribed_shards_get_deliveries_and_members_are_counted_per_shard() {
         let mut r = OwnedRoom::new("r", 3, 0, 8, 4);
-        r.join(0, 1);
-        r.join(2, 2);
-        assert_eq!(r.join(2, 3), 3);
-        assert_eq!(r.join(2, 3), 3, "a connection counts once");
-        assert_eq!(r.remote_shards(0).collect::<Vec<_>>(), [2]);
-        r.leave(2, 2);
-        r.leave(2, 9); // never counted: no effect on the others
-        r.leave(2, 2); // twice: no effect
+        assert!(r.is_empty() && r.is_evictable());
+        r.subscribe(2);
+        r.subscribe(0);
+        r.subscribe(2);
+        assert_eq!(r.subscribers(2).collect::<Vec<_>>(), [2, 0], "me first, each once");
+        assert_eq!(r.subscribers(1).collect::<Vec<_>>(), [0, 2]);
+        r.member(0, true);
+        r.member(2, true);
+        r.member(2, true);
+        assert_eq!((r.members(), r.others(2), r.others(1)), (3, 1, 3));
+        r.member(2, false);
+        r.member(1, false); // never counted there: stays at zero
         assert_eq!(r.members(), 2);
-        r.leave(2, 3);
-        assert_eq!(r.members(), 1);
-        assert!(r.remote_shards(0).next().is_none());
-        r.leave(0, 1);
-        assert!(r.is_empty());
+        r.unsubscribe(2);
+        assert_eq!(r.subscribers(2).collect::<Vec<_>>(), [0]);
+        assert!(!r.is_evictable(), "shard 0 still subscribed");
+        r.unsubscribe(0);
+        assert!(r.is_empty() && r.is_evictable());
     }
 
     #[test]
@@ -465,15 +448,10 @@ mod tests {
         r.skip(2);
         assert_eq!(r.published(), 2);
         assert!(r.is_evictable());
-        r.start_join(7, 1);
-        assert!(!r.is_evictable());
-        assert!(!r.finish_join(7, 2), "another attempt of the same connection");
-        assert!(r.finish_join(7, 1));
-        assert!(!r.finish_join(7, 1), "counted once");
-        r.start_join(7, 3);
-        assert!(r.drop_joins(7));
-        assert!(!r.finish_join(7, 3), "dropped by a leave");
-        assert!(!r.drop_joins(7));
+        r.hold();
+        assert!(!r.is_evictable(), "a catch-up read is out");
+        r.release();
+        assert!(r.is_evictable());
     }
 
     #[test]

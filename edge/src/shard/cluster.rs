@@ -1,11 +1,7 @@
-//! Cluster mode, member side: the shell around `engine::subscriber` (joins,
-//! leaves, deliveries and resets of the rooms this shard receives from
-//! Redis), and history and presence read from Redis.
-//!
-//! The subscriber decides; this file carries out its effects: each bridge
-//! call runs as a task bounded by `cluster_join_timeout_ms` whose answer
-//! goes back to the subscriber (`RedisTimedOut` when late); answers and
-//! deliveries go to the connections of this shard.
+//! Cluster mode, member side: the Redis sequencer's calls (each a task
+//! bounded by `cluster_join_timeout_ms`, its answer fed back to the member
+//! side, `RedisTimedOut` when late), and history and presence read from
+//! Redis.
 
 use std::future::Future;
 use std::rc::Rc;
@@ -14,21 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use router::bridge::{BridgeError, BridgeHandle, RecentMessage};
 
-use super::sequencer::Sequencer;
+use super::members::JoinStep;
 use super::{Conn, Shard};
-use crate::engine::owner::JOIN_CANCELLED;
-use crate::engine::subscriber::{JoinReq, SubEffect, Subscriber};
+use crate::engine::subscriber::SubEffect;
 use crate::engine::Failure;
 use crate::protocol::server;
-use crate::protocol::ErrorCode;
 use crate::room::{fit_page, Page};
-
-/// A bridge answer for a join in progress.
-enum JoinStep {
-    Subscribed(Result<(), Failure>),
-    RoomSeq(Result<u64, Failure>),
-    Fetched(Result<Vec<RecentMessage>, Failure>),
-}
 
 impl Shard {
     fn bridge(&self) -> Option<BridgeHandle> {
@@ -40,40 +27,24 @@ impl Shard {
         self.sequencer.bridge()
     }
 
-    /// Runs `f` on the subscriber, then carries out every effect it produced.
-    fn with_subscriber(self: &Rc<Self>, f: impl FnOnce(&mut Subscriber)) {
-        let Sequencer::Redis(redis) = &self.sequencer else { return };
-        f(&mut redis.subscriber.borrow_mut());
-        self.carry_out_subscriber();
-    }
-
-    fn carry_out_subscriber(self: &Rc<Self>) {
-        let Sequencer::Redis(redis) = &self.sequencer else { return };
-        loop {
-            // The borrow ends before the effect runs.
-            let Some(effect) = redis.subscriber.borrow_mut().poll() else {
-                break;
-            };
-            self.carry_out_sub(&redis.bridge, effect);
-        }
-    }
-
-    fn carry_out_sub(self: &Rc<Self>, bridge: &BridgeHandle, effect: SubEffect) {
+    /// Carries out a member side's call to Redis.
+    pub(super) fn redis_call(self: &Rc<Self>, bridge: &BridgeHandle, effect: SubEffect) {
         let (b, shard) = (bridge.clone(), self.id as u16);
         let limit = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
         match effect {
             SubEffect::Subscribe { token, room } => {
-                self.join_step(
-                    token,
-                    async move { JoinStep::Subscribed(timed(limit, b.subscribe(&room, shard)).await) },
-                );
+                self.join_step(token, async move {
+                    // Redis does not say the room's position: the member side reads it next.
+                    JoinStep::Subscribed(timed(limit, b.subscribe(&room, shard)).await.map(|()| None))
+                });
             }
             SubEffect::RoomSeq { token, room } => {
                 self.join_step(token, async move { JoinStep::RoomSeq(timed(limit, b.room_seq(&room)).await) });
             }
             SubEffect::Fetch { token, room, after, count } => {
                 self.join_step(token, async move {
-                    JoinStep::Fetched(timed(limit, b.recent_after(&room, after, count)).await)
+                    let read = timed(limit, b.recent_after(&room, after, count)).await;
+                    JoinStep::Fetched(read.map(|msgs| msgs.into_iter().map(|m| (m.seq, m.payload)).collect()))
                 });
             }
             SubEffect::Unsubscribe { room } => {
@@ -95,27 +66,9 @@ impl Shard {
                     }
                 });
             }
-            SubEffect::Joined {
-                conn,
-                room,
-                payload,
-                catch_up,
-            } => {
-                let Some(c) = self.conn(conn) else { return };
-                c.out.push_text(payload);
-                for frame in catch_up {
-                    c.out.push_text(frame);
-                }
-                self.members.borrow_mut().insert(&room, conn);
+            answer @ (SubEffect::Joined { .. } | SubEffect::Refused { .. } | SubEffect::Cancelled { .. } | SubEffect::Deliver { .. }) => {
+                tracing::error!(?answer, "a member-side answer reached the Redis call path");
             }
-            SubEffect::Refused { conn, room, payload } => self.on_join_refused(&room, conn, None, payload),
-            SubEffect::Cancelled { conn, req } => {
-                if let Some(c) = self.conn(conn) {
-                    c.out
-                        .push_text(server::error(req.as_deref(), ErrorCode::BadRequest, JOIN_CANCELLED, None));
-                }
-            }
-            SubEffect::Deliver { room, payload } => self.deliver_local(&room, &payload),
         }
     }
 
@@ -126,47 +79,6 @@ impl Shard {
             let step = call.await;
             shard.join_answered(token, step);
         });
-    }
-
-    fn join_answered(self: &Rc<Self>, token: u64, step: JoinStep) {
-        self.with_subscriber(|s| match step {
-            JoinStep::Subscribed(r) => s.subscribed(token, r),
-            JoinStep::RoomSeq(r) => s.room_seq(token, r),
-            JoinStep::Fetched(r) => s.fetched(token, r),
-        });
-    }
-
-    /// A join in cluster mode (the checks of `on_join` passed).
-    pub(super) fn cluster_join(self: &Rc<Self>, conn: &Rc<Conn>, req: Option<&str>, room: &str, since: Option<u64>) {
-        let Some(claims) = conn.user() else { return };
-        conn.rooms.borrow_mut().push(room.to_owned());
-        let token = self.take_ticket();
-        let j = JoinReq {
-            room,
-            conn: conn.id,
-            token,
-            req,
-            since,
-            user: &claims.sub,
-        };
-        self.with_subscriber(|s| s.join(j));
-    }
-
-    /// A member leaves (or its connection closed); `was_member` says whether it was in the fan-out list.
-    pub(super) fn cluster_leave(self: &Rc<Self>, conn: &Conn, room: &str, was_member: bool) {
-        let user = conn.user().map(|c| c.sub.clone()).unwrap_or_default();
-        self.with_subscriber(|s| s.leave(room, conn.id, &user, was_member));
-    }
-
-    /// A room message (or, seq 0, a notice) from Redis, through the pump.
-    pub(super) fn on_cluster_deliver(self: &Rc<Self>, room: &str, seq: u64, payload: &Bytes) {
-        self.with_subscriber(|s| s.deliver(room, seq, payload));
-    }
-
-    /// Redis lost the room's sequence: restart the cursor at `seq`, new epoch, tell the members.
-    pub(super) fn on_cluster_reset(self: &Rc<Self>, room: &str, seq: u64, notice: &Bytes) {
-        let now = Self::now_ms();
-        self.with_subscriber(|s| s.reset(room, seq, notice, now));
     }
 
     /// `history` in cluster mode: a page from the room's recent stream in Redis.

@@ -201,7 +201,6 @@ impl Shard {
             out: Rc::new(out),
             claims: RefCell::new(None),
             rooms: RefCell::new(Vec::new()),
-            joins: RefCell::new(Vec::new()),
             pending_joins: RefCell::new(Vec::new()),
             last_seen_ms: Cell::new(now),
             last_ping_ms: Cell::new(now),

@@ -1,19 +1,24 @@
-//! The IO shell around the engine's local sequencer (`engine::owner`): it
-//! feeds the owner what reaches this shard for the rooms it owns (requests
-//! of local connections, frames from other shards, store completions, with
-//! the time read here) and carries out what the owner asks, in order:
-//! replies over the mesh or into a local outbox, `Joined`/`JoinRefused`
-//! for member shards, deliveries to every shard with members.
+//! The local sequencer's shell (one node). Around `engine::owner`: it feeds
+//! the owner what reaches this shard for the rooms it owns (member shards'
+//! subscribes, catch-up reads, member counts; sends and history requests;
+//! store completions, with the time read here) and carries out what the owner
+//! asks, in order: replies over the mesh or into a local outbox, answers to
+//! member shards, deliveries to every subscribed shard (this one's go to its
+//! member side directly). And the member side's calls to a room's owner:
+//! a direct call when this shard owns the room, else a mesh frame.
 
 use std::rc::Rc;
 
-use router::Frame;
+use bytes::Bytes;
+use router::{Frame, Refusal, SeqPayload};
 use storage::{Completion, Overloaded, Query, StoreHandle, StoredMessage};
 
-use super::members::JoinAnswer;
+use super::members::JoinStep;
 use super::sequencer::Sequencer;
 use super::{Conn, Shard};
-use crate::engine::owner::{Effect, HistoryArgs, JoinArgs, Owner, SendArgs, StorePort};
+use crate::engine::owner::{Effect, FetchArgs, HistoryArgs, Owner, SendArgs, StorePort};
+use crate::engine::subscriber::{RoomPos, SubEffect};
+use crate::engine::{Busy, Failure};
 
 /// Completions handled per wake-up before yielding to connection tasks.
 const DRAIN_BATCH: usize = 512;
@@ -62,55 +67,47 @@ impl Shard {
     fn carry_out(&self, effect: Effect) {
         match effect {
             Effect::Reply { conn, payload } => self.to_conn(conn, payload),
-            Effect::Joined {
-                shard,
-                room,
-                conn,
-                req,
-                token,
-                payload,
-                catch_up,
-            } => {
+            Effect::Subscribed { shard, token, result } => {
                 if shard == self.id {
-                    let answer = JoinAnswer {
-                        room: &room,
-                        conn,
-                        req: req.as_deref(),
-                        token,
-                    };
-                    return self.on_joined(answer, payload, catch_up);
+                    let step = JoinStep::Subscribed(result.map(Some).map_err(Failure::Owner));
+                    return self.join_answered(token, step);
                 }
-                let frame = Frame::Joined {
-                    room: room.as_ref().to_owned(),
-                    conn,
-                    req,
+                let (pos, refusal) = match result {
+                    Ok(p) => (p, None),
+                    Err(r) => (
+                        RoomPos {
+                            seq: 0,
+                            epoch: 0,
+                            others: 0,
+                        },
+                        Some(r),
+                    ),
+                };
+                let frame = Frame::Subscribed {
                     token,
-                    payload: payload.to_vec(),
-                    catch_up: catch_up.iter().map(|b| b.to_vec()).collect(),
+                    seq: pos.seq,
+                    epoch: pos.epoch,
+                    others: pos.others,
+                    refusal,
                 };
                 self.send_frame(shard, &frame);
             }
-            Effect::JoinRefused {
-                shard,
-                room,
-                conn,
-                token,
-                payload,
-            } => {
+            Effect::Fetched { shard, token, result } => {
                 if shard == self.id {
-                    return self.on_join_refused(&room, conn, Some(token), payload);
+                    return self.join_answered(token, JoinStep::Fetched(result.map_err(Failure::Owner)));
                 }
-                let frame = Frame::JoinRefused {
-                    room: room.as_ref().to_owned(),
-                    conn,
-                    token,
-                    payload: payload.to_vec(),
+                let (messages, refusal) = match result {
+                    Ok(m) => (
+                        m.into_iter().map(|(seq, b)| SeqPayload { seq, payload: b.to_vec() }).collect(),
+                        None,
+                    ),
+                    Err(r) => (Vec::new(), Some(r)),
                 };
-                self.send_frame(shard, &frame);
+                self.send_frame(shard, &Frame::Fetched { token, messages, refusal });
             }
             Effect::Deliver { shard, room, seq, payload } => {
                 if shard == self.id {
-                    return self.deliver_local(&room, &payload);
+                    return self.member_deliver(&room, seq, &payload);
                 }
                 let frame = Frame::Deliver {
                     room: room.as_ref().to_owned(),
@@ -122,14 +119,24 @@ impl Shard {
         }
     }
 
-    /// A member on `j.shard` joins a room this shard owns.
-    pub(super) fn owner_join(&self, j: JoinArgs<'_>) {
-        self.with_owner(|o, now| o.join(j, now));
+    /// A member shard subscribes to a room this shard owns.
+    pub(super) fn owner_subscribe(&self, room: &str, shard: usize, token: u64) {
+        self.with_owner(|o, now| o.subscribe(room, shard, token, now));
     }
 
-    /// A member on `shard` leaves a room this shard owns.
-    pub(super) fn owner_leave(&self, room: &str, shard: usize, conn: u64) {
-        self.with_owner(|o, _| o.leave(room, shard, conn));
+    /// A member shard reads a catch-up of a room this shard owns.
+    pub(super) fn owner_fetch(&self, f: FetchArgs<'_>) {
+        self.with_owner(|o, now| o.fetch(f, now));
+    }
+
+    /// A member shard has no member and no join left in a room this shard owns.
+    pub(super) fn owner_unsubscribe(&self, room: &str, shard: usize) {
+        self.with_owner(|o, _| o.unsubscribe(room, shard));
+    }
+
+    /// A member on `shard` joined or left a room this shard owns.
+    pub(super) fn owner_member(&self, room: &str, shard: usize, online: bool) {
+        self.with_owner(|o, _| o.member(room, shard, online));
     }
 
     /// A send to a room this shard owns.
@@ -146,51 +153,74 @@ impl Shard {
         self.with_owner(|o, now| o.completion(c, now));
     }
 
-    /// Member side: a join (checks passed) to the room's owner shard, with a fresh token.
-    pub(super) fn local_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
-        let Some(claims) = conn.user() else { return };
-        let owner = crate::room::owner(room, self.shards);
-        let token = self.take_ticket();
-        if owner == self.id {
-            conn.rooms.borrow_mut().push(room.to_owned());
-            conn.joins.borrow_mut().push((room.to_owned(), token));
-            return self.owner_join(JoinArgs {
-                room,
-                shard: self.id,
-                conn: conn.id,
-                req: id,
-                since,
-                token,
-            });
-        }
-        let frame = Frame::Join {
-            room: room.to_owned(),
-            shard: self.id as u16,
-            conn: conn.id,
-            user: claims.sub.clone(),
-            req: id.map(str::to_owned),
-            since,
-            token,
-        };
-        if !self.try_request(owner, &frame) {
-            return self.overloaded(conn, id);
-        }
-        conn.rooms.borrow_mut().push(room.to_owned());
-        conn.joins.borrow_mut().push((room.to_owned(), token));
-    }
-
-    /// Member side: `conn` left `room`; the owner takes it off its count.
-    pub(super) fn local_leave(&self, conn: &Conn, room: &str) {
-        let owner = crate::room::owner(room, self.shards);
-        if owner == self.id {
-            self.owner_leave(room, self.id, conn.id);
-        } else {
-            let frame = Frame::Leave {
-                room: room.to_owned(),
-                shard: self.id as u16,
-                conn: conn.id,
-            };
-            self.send_frame(owner, &frame);
+    /// Carries out a member side's call to the room's owner shard: a direct call when it is
+    /// this one, else a frame. A subscribe or fetch (a client's join) is refused while the
+    /// ring to the owner is congested; unsubscribe and presence are never lost.
+    pub(super) fn local_call(&self, call: SubEffect) {
+        let me = self.id;
+        match call {
+            // The local owner always says the room's position with its answer; a seq read
+            // is served by subscribing again (the owner counts a shard once).
+            SubEffect::Subscribe { token, room } | SubEffect::RoomSeq { token, room } => {
+                let owner = crate::room::owner(&room, self.shards);
+                if owner == me {
+                    return self.owner_subscribe(&room, me, token);
+                }
+                let frame = Frame::Subscribe {
+                    room,
+                    shard: me as u16,
+                    token,
+                };
+                if !self.try_request(owner, &frame) {
+                    self.join_answered(token, JoinStep::Subscribed(Err(congested())));
+                }
+            }
+            SubEffect::Fetch { token, room, after, count } => {
+                let owner = crate::room::owner(&room, self.shards);
+                if owner == me {
+                    let f = FetchArgs {
+                        room: &room,
+                        shard: me,
+                        token,
+                        after,
+                        count,
+                    };
+                    return self.owner_fetch(f);
+                }
+                let frame = Frame::Fetch {
+                    room,
+                    shard: me as u16,
+                    token,
+                    after,
+                    count,
+                };
+                if !self.try_request(owner, &frame) {
+                    self.join_answered(token, JoinStep::Fetched(Err(congested())));
+                }
+            }
+            SubEffect::Unsubscribe { room } => {
+                let owner = crate::room::owner(&room, self.shards);
+                if owner == me {
+                    return self.owner_unsubscribe(&room, me);
+                }
+                self.send_frame(owner, &Frame::Unsubscribe { room, shard: me as u16 });
+            }
+            SubEffect::Presence { room, user, online } => {
+                let owner = crate::room::owner(&room, self.shards);
+                if owner == me {
+                    return self.owner_member(&room, me, online);
+                }
+                let frame = Frame::Presence {
+                    room,
+                    shard: me as u16,
+                    user,
+                    online,
+                };
+                self.send_frame(owner, &frame);
+            }
+            answer @ (SubEffect::Joined { .. } | SubEffect::Refused { .. } | SubEffect::Cancelled { .. } | SubEffect::Deliver { .. }) => {
+                tracing::error!(?answer, "a member-side answer reached the owner call path");
+            }
         }
     }
 
@@ -216,5 +246,39 @@ impl Shard {
         if !self.try_request(owner, &frame) {
             self.overloaded(conn, id);
         }
+    }
+}
+
+/// The refusal of a join whose request could not reach the room's owner shard.
+fn congested() -> Failure {
+    Failure::Owner(Busy::Shard.refusal("server busy, retry"))
+}
+
+/// A member shard's view of a `Fetched` frame's messages (payloads sliced from `buf`, no copy).
+pub(super) fn fetched_from_frame(
+    buf: &Bytes,
+    messages: &[router::ArchivedSeqPayload],
+    refusal: Option<&router::ArchivedRefusal>,
+) -> Result<Vec<(u64, Bytes)>, Failure> {
+    if let Some(r) = refusal {
+        return Err(Failure::Owner(refusal_from_frame(r)));
+    }
+    Ok(messages
+        .iter()
+        .map(|m| (m.seq.to_native(), router::payload_bytes(buf, m.payload.as_slice())))
+        .collect())
+}
+
+/// An owner's refusal, read from a frame.
+pub(super) fn refusal_from_frame(r: &router::ArchivedRefusal) -> Refusal {
+    let code = match r.code {
+        router::ArchivedRefusalCode::Overloaded => router::RefusalCode::Overloaded,
+        router::ArchivedRefusalCode::Unavailable => router::RefusalCode::Unavailable,
+        router::ArchivedRefusalCode::Internal => router::RefusalCode::Internal,
+    };
+    Refusal {
+        code,
+        retry_ms: r.retry_ms.as_ref().map(|m| m.to_native()),
+        message: r.message.as_str().to_owned(),
     }
 }

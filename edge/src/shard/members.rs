@@ -1,54 +1,121 @@
-//! The member side's answers from a room's sequencer: a join counted
-//! (`joined`) or refused, and deliveries to the local members of a room.
+//! The member side's shell, one code for both modes: around
+//! `engine::subscriber`, it feeds in this shard's joins and leaves, the
+//! sequencer's answers and the room deliveries, and carries out what the
+//! subscriber decides: answers and deliveries for this shard's connections
+//! here, sequencer calls through `Sequencer::call` (to a room's owner shard
+//! on a single node, to Redis in a cluster).
 
-use std::cell::RefCell;
+use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::Shard;
-use crate::engine::owner::JOIN_CANCELLED;
+use super::{Conn, Shard};
+use crate::engine::subscriber::{JoinReq, RoomPos, SubEffect, JOIN_CANCELLED};
+use crate::engine::Failure;
 use crate::metrics::ShardStats;
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
 
+/// A sequencer's answer for a join in progress.
+pub(super) enum JoinStep {
+    Subscribed(Result<Option<RoomPos>, Failure>),
+    RoomSeq(Result<u64, Failure>),
+    Fetched(Result<Vec<(u64, Bytes)>, Failure>),
+}
+
 impl Shard {
-    /// The member side of a refused join: the connection forgets the room if that join
-    /// attempt still stands (`token`; `None`: the cluster path, which tracks its own), and
-    /// gets the error either way (it is the join's one answer).
-    pub(super) fn on_join_refused(&self, room: &str, conn: u64, token: Option<u64>, error: Bytes) {
-        let Some(c) = self.conn(conn) else { return };
-        let stands = match token {
-            Some(t) => take_join(&c.joins, room, t),
-            None => true,
-        };
-        if stands {
-            let pos = c.rooms.borrow().iter().position(|r| r == room);
-            if let Some(pos) = pos {
-                c.rooms.borrow_mut().swap_remove(pos);
-            }
+    /// Runs `f` on the subscriber, then carries out every effect it produced.
+    fn with_subscriber(&self, f: impl FnOnce(&mut crate::engine::subscriber::Subscriber)) {
+        f(&mut self.subscriber.borrow_mut());
+        loop {
+            // The borrow ends before the effect runs: carrying one out may re-enter.
+            let Some(effect) = self.subscriber.borrow_mut().poll() else { break };
+            self.carry_out_member(effect);
         }
-        c.out.push_text(error);
     }
 
-    /// The member side of a join: the owner has counted the member. If this join attempt
-    /// still stands, the connection joins the fan-out list and gets `joined` and its
-    /// catch-up; if a leave overtook it, the join is answered "cancelled" and the catch-up
-    /// dropped (the owner already took the leave into account).
-    pub(super) fn on_joined(&self, a: JoinAnswer<'_>, joined: Bytes, catch_up: impl IntoIterator<Item = Bytes>) {
-        let Some(c) = self.conn(a.conn) else { return };
-        if !take_join(&c.joins, a.room, a.token) {
-            c.out.push_text(server::error(a.req, ErrorCode::BadRequest, JOIN_CANCELLED, None));
-            return;
+    fn carry_out_member(&self, effect: SubEffect) {
+        match effect {
+            SubEffect::Joined {
+                conn,
+                room,
+                payload,
+                catch_up,
+            } => {
+                let Some(c) = self.conn(conn) else { return };
+                c.out.push_text(payload);
+                for frame in catch_up {
+                    c.out.push_text(frame);
+                }
+                self.members.borrow_mut().insert(&room, conn);
+            }
+            SubEffect::Refused { conn, room, payload } => {
+                let Some(c) = self.conn(conn) else { return };
+                let pos = c.rooms.borrow().iter().position(|r| *r == room);
+                if let Some(pos) = pos {
+                    c.rooms.borrow_mut().swap_remove(pos);
+                }
+                c.out.push_text(payload);
+            }
+            SubEffect::Cancelled { conn, req } => {
+                if let Some(c) = self.conn(conn) {
+                    c.out
+                        .push_text(server::error(req.as_deref(), ErrorCode::BadRequest, JOIN_CANCELLED, None));
+                }
+            }
+            SubEffect::Deliver { room, payload } => self.deliver_local(&room, &payload),
+            call => self.sequencer_call(call),
         }
-        self.members.borrow_mut().insert(a.room, a.conn);
-        c.out.push_text(joined);
-        for frame in catch_up {
-            c.out.push_text(frame);
+    }
+
+    /// A sequencer's answer for join `token`.
+    pub(super) fn join_answered(&self, token: u64, step: JoinStep) {
+        self.with_subscriber(|s| match step {
+            JoinStep::Subscribed(r) => s.subscribed(token, r),
+            JoinStep::RoomSeq(r) => s.room_seq(token, r),
+            JoinStep::Fetched(r) => s.fetched(token, r),
+        });
+    }
+
+    /// A join that passed the member side's checks.
+    pub(super) fn member_join(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str, since: Option<u64>) {
+        let Some(claims) = conn.user() else { return };
+        conn.rooms.borrow_mut().push(room.to_owned());
+        let token = self.take_ticket();
+        let j = JoinReq {
+            room,
+            conn: conn.id,
+            token,
+            req,
+            since,
+            user: &claims.sub,
+        };
+        self.with_subscriber(|s| s.join(j));
+    }
+
+    /// `conn` left `room` (already off `conn.rooms`); `was_member`: it was in the fan-out list.
+    pub(super) fn member_leave(&self, conn: &Conn, room: &str, was_member: bool) {
+        let user = conn.user().map(|c| c.sub.clone()).unwrap_or_default();
+        self.with_subscriber(|s| s.leave(room, conn.id, &user, was_member));
+    }
+
+    /// A room message (or, seq 0, a notice) for this shard's members, from the room's
+    /// owner shard or from Redis.
+    pub(super) fn member_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
+        if self.subscriber.borrow_mut().deliver(room, seq, payload) {
+            self.deliver_local(room, payload);
         }
+    }
+
+    /// The room's sequence restarted (Redis lost it): the cursor restarts at `seq` in a new
+    /// epoch, and the members get `notice`.
+    pub(super) fn member_reset(&self, room: &str, seq: u64, notice: &Bytes) {
+        let now = Self::now_ms();
+        self.with_subscriber(|s| s.reset(room, seq, notice, now));
     }
 
     /// Queues `payload` to every local member of `room`.
-    pub(super) fn deliver_local(&self, room: &str, payload: &Bytes) {
+    fn deliver_local(&self, room: &str, payload: &Bytes) {
         let members = self.members.borrow();
         let conns = self.conns.borrow();
         let mut n = 0;
@@ -61,22 +128,4 @@ impl Shard {
         }
         ShardStats::add(&self.stats().deliveries_total, n);
     }
-}
-
-/// Who a join answer is for.
-pub(super) struct JoinAnswer<'a> {
-    pub(super) room: &'a str,
-    pub(super) conn: u64,
-    pub(super) req: Option<&'a str>,
-    pub(super) token: u64,
-}
-
-/// Removes the pending join `(room, token)`; false when it no longer stands.
-fn take_join(joins: &RefCell<Vec<(String, u64)>>, room: &str, token: u64) -> bool {
-    let mut joins = joins.borrow_mut();
-    let Some(pos) = joins.iter().position(|(r, t)| r == room && *t == token) else {
-        return false;
-    };
-    joins.swap_remove(pos);
-    true
 }

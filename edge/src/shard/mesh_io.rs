@@ -1,8 +1,9 @@
 //! Frames in from the other threads, and frames out to them.
 //!
 //! Inbound: one task drains the shard's inboxes in batches and dispatches each
-//! frame. Payloads of Deliver/Reply/Joined frames are zero-copy slices of the
-//! received buffer.
+//! frame: requests for rooms this shard owns to the owner (`local.rs`),
+//! answers and deliveries to the member side (`members.rs`). Payloads of
+//! Deliver/Reply/Fetched frames are zero-copy slices of the received buffer.
 //!
 //! Outbound: frames produced while handling other frames (responses, fan-out)
 //! never wait: when the ring is full they go to a per-destination spill queue
@@ -18,9 +19,12 @@ use std::task::Poll;
 use bytes::Bytes;
 use router::{ArchivedFrame, Frame};
 
-use super::members::JoinAnswer;
+use super::local::{fetched_from_frame, refusal_from_frame};
+use super::members::JoinStep;
 use super::Shard;
-use crate::engine::owner::{HistoryArgs, JoinArgs, SendArgs};
+use crate::engine::owner::{FetchArgs, HistoryArgs, SendArgs};
+use crate::engine::subscriber::RoomPos;
+use crate::engine::Failure;
 use crate::metrics::ShardStats;
 
 /// Frames handled per wake-up before yielding to connection tasks.
@@ -109,21 +113,50 @@ impl Shard {
             ArchivedFrame::Handoff { fd, head, peer } => {
                 super::accept::adopt(self, fd.to_native(), head.as_slice(), peer.as_str());
             }
-            ArchivedFrame::Join { .. } => self.on_join_frame(frame),
-            ArchivedFrame::Joined { .. } => self.on_joined_frame(&buf, frame),
-            ArchivedFrame::Leave { room, shard, conn } => {
-                self.owner_leave(room.as_str(), usize::from(shard.to_native()), conn.to_native());
+            ArchivedFrame::Subscribe { room, shard, token } => {
+                self.owner_subscribe(room.as_str(), usize::from(shard.to_native()), token.to_native());
+            }
+            ArchivedFrame::Subscribed {
+                token,
+                seq,
+                epoch,
+                others,
+                refusal,
+            } => {
+                let result = match refusal.as_ref() {
+                    Some(r) => Err(Failure::Owner(refusal_from_frame(r))),
+                    None => Ok(Some(RoomPos {
+                        seq: seq.to_native(),
+                        epoch: epoch.to_native(),
+                        others: others.to_native(),
+                    })),
+                };
+                self.join_answered(token.to_native(), JoinStep::Subscribed(result));
+            }
+            ArchivedFrame::Fetch {
+                room,
+                shard,
+                token,
+                after,
+                count,
+            } => self.owner_fetch(FetchArgs {
+                room: room.as_str(),
+                shard: usize::from(shard.to_native()),
+                token: token.to_native(),
+                after: after.to_native(),
+                count: count.to_native(),
+            }),
+            ArchivedFrame::Fetched { token, messages, refusal } => {
+                let result = fetched_from_frame(&buf, messages.as_slice(), refusal.as_ref());
+                self.join_answered(token.to_native(), JoinStep::Fetched(result));
+            }
+            ArchivedFrame::Unsubscribe { room, shard } => {
+                self.owner_unsubscribe(room.as_str(), usize::from(shard.to_native()));
+            }
+            ArchivedFrame::Presence { room, shard, online, .. } => {
+                self.owner_member(room.as_str(), usize::from(shard.to_native()), *online);
             }
             ArchivedFrame::History { .. } => self.on_history_frame(frame),
-            ArchivedFrame::JoinRefused {
-                room,
-                conn,
-                token,
-                payload,
-            } => {
-                let payload = router::payload_bytes(&buf, payload.as_slice());
-                self.on_join_refused(room.as_str(), conn.to_native(), Some(token.to_native()), payload);
-            }
             ArchivedFrame::Send(m) => self.seq_send(&SendArgs::of_archived(m)),
             ArchivedFrame::Reply { conn, payload } => {
                 if let Some(c) = self.conn(conn.to_native()) {
@@ -132,59 +165,13 @@ impl Shard {
             }
             ArchivedFrame::Deliver { room, payload, seq } => {
                 let payload = router::payload_bytes(&buf, payload.as_slice());
-                self.seq_deliver(room.as_str(), seq.to_native(), &payload);
+                self.member_deliver(room.as_str(), seq.to_native(), &payload);
             }
             ArchivedFrame::Reset { room, seq, payload } => {
-                self.on_cluster_reset(room.as_str(), seq.to_native(), &router::payload_bytes(&buf, payload.as_slice()));
+                self.member_reset(room.as_str(), seq.to_native(), &router::payload_bytes(&buf, payload.as_slice()));
             }
             ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
         }
-    }
-
-    fn on_join_frame(&self, frame: &ArchivedFrame) {
-        let ArchivedFrame::Join {
-            room,
-            shard,
-            conn,
-            req,
-            since,
-            token,
-            ..
-        } = frame
-        else {
-            return;
-        };
-        self.owner_join(JoinArgs {
-            room: room.as_str(),
-            shard: usize::from(shard.to_native()),
-            conn: conn.to_native(),
-            req: req.as_ref().map(|r| r.as_str()),
-            since: since.as_ref().map(|s| s.to_native()),
-            token: token.to_native(),
-        });
-    }
-
-    /// `joined` and its catch-up, sliced out of the received buffer without copies.
-    fn on_joined_frame(&self, buf: &Bytes, frame: &ArchivedFrame) {
-        let ArchivedFrame::Joined {
-            room,
-            conn,
-            req,
-            token,
-            payload,
-            catch_up,
-        } = frame
-        else {
-            return;
-        };
-        let answer = JoinAnswer {
-            room: room.as_str(),
-            conn: conn.to_native(),
-            req: req.as_ref().map(|r| r.as_str()),
-            token: token.to_native(),
-        };
-        let catch_up = catch_up.iter().map(|p| router::payload_bytes(buf, p.as_slice()));
-        self.on_joined(answer, router::payload_bytes(buf, payload.as_slice()), catch_up);
     }
 
     fn on_history_frame(&self, frame: &ArchivedFrame) {

@@ -8,9 +8,11 @@
 //!
 //! Files: `accept` (listener, HTTP routing, upgrade, handoff), `conn` (a
 //! connection's reader: WebSocket frames to requests), `requests` (client
-//! requests on the member side), `owner` (sequencing and fan-out on the
-//! owner side), `mesh_io` (frames in from other shards, spill out),
-//! `outbox` (the writer side of a connection).
+//! requests), `members` (the member side around `engine::subscriber`, both
+//! modes), `sequencer` (the one mode choice), `local` (the owner side
+//! around `engine::owner`, and calls to it), `cluster`/`publish` (the same
+//! for Redis), `mesh_io` (frames in from other shards, spill out), `outbox`
+//! (the writer side of a connection).
 
 mod accept;
 mod cluster;
@@ -79,11 +81,8 @@ pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) out: Rc<Outbox>,
     pub(crate) claims: RefCell<Option<Rc<Claims>>>,
-    /// Rooms joined or being joined (the owner has not answered yet).
+    /// Rooms joined or being joined (the member side has not answered yet).
     pub(crate) rooms: RefCell<Vec<String>>,
-    /// Joins waiting for the owner's answer (single node): room and join token. An answer
-    /// whose token is not here belongs to a join that a leave overtook.
-    pub(crate) joins: RefCell<Vec<(String, u64)>>,
     /// `?room=` / `?resume=` joins of a connection still waiting for its `auth` frame.
     pub(crate) pending_joins: RefCell<Vec<(String, Option<u64>)>>,
     pub(crate) last_seen_ms: Cell<u64>,
@@ -131,6 +130,8 @@ pub(crate) struct Shard {
     /// This shard's store completions (fed to the owner by `local`).
     completions: Completions,
     next_ticket: Cell<u64>,
+    /// The member side: the rooms this shard delivers, and its connections' joins.
+    subscriber: RefCell<Subscriber>,
     /// The sequencer this node started with (the only difference between the modes).
     sequencer: sequencer::Sequencer,
     /// This shard itself, for handlers that spawn tasks.
@@ -152,16 +153,7 @@ impl Shard {
                     max_rooms: s.cfg.max_rooms_per_shard,
                 };
                 let publisher = RefCell::new(Publisher::new(cfg, s.stats.clone()));
-                let subscriber = RefCell::new(Subscriber::new(SubscriberConfig {
-                    ring_cap: s.cfg.recent_per_room,
-                    max_catch_up_messages: s.cfg.max_catch_up_messages,
-                    run_epoch: s.run_epoch,
-                }));
-                sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer {
-                    bridge,
-                    publisher,
-                    subscriber,
-                }))
+                sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer { bridge, publisher }))
             }
             None => {
                 let owner_cfg = OwnerConfig::new(&s.cfg, s.id, s.shards, s.store.previous_run_clean(), s.run_epoch);
@@ -172,6 +164,11 @@ impl Shard {
                 sequencer::Sequencer::Local(Box::new(RefCell::new(Owner::new(owner_cfg, port, s.stats.clone()))))
             }
         };
+        let subscriber = RefCell::new(Subscriber::new(SubscriberConfig {
+            ring_cap: s.cfg.recent_per_room,
+            max_catch_up_messages: s.cfg.max_catch_up_messages,
+            run_epoch: s.run_epoch,
+        }));
         Self {
             id: s.id,
             shards: s.shards,
@@ -193,6 +190,7 @@ impl Shard {
             store: s.store,
             completions: s.completions,
             next_ticket: Cell::new(0),
+            subscriber,
             sequencer,
             me,
         }

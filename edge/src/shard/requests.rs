@@ -155,7 +155,7 @@ impl Shard {
             let msg = format!("at most {} rooms per connection", self.cfg.max_rooms_per_conn);
             return self.reply_error(conn, id, ErrorCode::Forbidden, &msg, None);
         }
-        self.seq_join(conn, id, room, since);
+        self.member_join(conn, id, room, since);
     }
 
     fn on_leave(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
@@ -170,10 +170,9 @@ impl Shard {
         let pos = conn.rooms.borrow().iter().position(|r| r == room);
         let Some(pos) = pos else { return false };
         conn.rooms.borrow_mut().swap_remove(pos);
-        // A join still waiting for its answer no longer stands: its answer will say so.
-        conn.joins.borrow_mut().retain(|(r, _)| r != room);
+        // A join still waiting for its answer no longer stands: the member side answers it.
         let was_member = self.members.borrow_mut().remove(room, conn.id);
-        self.seq_leave(conn, room, was_member);
+        self.member_leave(conn, room, was_member);
         true
     }
 

@@ -1,24 +1,24 @@
 //! The one place where the two modes differ: the sequencer the node started
-//! with. The member side (`requests.rs`, `mesh_io.rs`) asks the sequencer to
-//! join, leave, send, page history and list presence, and never asks which
-//! one it is.
+//! with. The member side (`members.rs` around `engine::subscriber`, one code
+//! for both) hands it calls to make (subscribe, read the room's seq, fetch a
+//! catch-up, unsubscribe, presence); `requests.rs` asks it to send, page
+//! history and list presence. Nobody else asks which one it is.
 //!
 //! - `Local` (one node): a room's owner shard sequences (`engine::owner`,
 //!   driven by `local.rs`), reached over the mesh; the store keeps history.
 //! - `Redis` (a cluster): Redis sequences and carries messages between nodes
-//!   (`cluster.rs` member side, `publish.rs` owner side, `pump.rs`).
+//!   (`cluster.rs` for the calls, `publish.rs` owner side, `pump.rs`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use router::bridge::BridgeHandle;
 
 use super::local::LocalOwner;
 use super::{Conn, Shard};
 use crate::engine::owner::SendArgs;
 use crate::engine::publisher::Publisher;
-use crate::engine::subscriber::Subscriber;
+use crate::engine::subscriber::SubEffect;
 use crate::protocol::ErrorCode;
 
 /// Which sequencer this node runs with: chosen once, at start.
@@ -34,8 +34,6 @@ pub(crate) struct RedisSequencer {
     pub(crate) bridge: BridgeHandle,
     /// The owner side of this shard's rooms: sends batched to Redis.
     pub(crate) publisher: RefCell<Publisher>,
-    /// The member side: the rooms this shard receives from Redis, and its joins.
-    pub(crate) subscriber: RefCell<Subscriber>,
 }
 
 impl Sequencer {
@@ -49,25 +47,14 @@ impl Sequencer {
 }
 
 impl Shard {
-    /// A join that passed the member side's checks.
-    pub(super) fn seq_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
+    /// A call the member side makes to the sequencer (the subscriber's effects that are
+    /// not for this shard's connections); its answer comes back through `join_answered`.
+    pub(super) fn sequencer_call(&self, call: SubEffect) {
         match &self.sequencer {
-            Sequencer::Local(_) => self.local_join(conn, id, room, since),
-            Sequencer::Redis(_) => {
+            Sequencer::Local(_) => self.local_call(call),
+            Sequencer::Redis(r) => {
                 if let Some(me) = self.rc() {
-                    me.cluster_join(conn, id, room, since);
-                }
-            }
-        }
-    }
-
-    /// `conn` left `room` (already taken off the member side); `was_member`: it was in the fan-out list.
-    pub(super) fn seq_leave(&self, conn: &Conn, room: &str, was_member: bool) {
-        match &self.sequencer {
-            Sequencer::Local(_) => self.local_leave(conn, room),
-            Sequencer::Redis(_) => {
-                if let Some(me) = self.rc() {
-                    me.cluster_leave(conn, room, was_member);
+                    me.redis_call(&r.bridge, call);
                 }
             }
         }
@@ -101,18 +88,6 @@ impl Shard {
                 self.reply_error(conn, id, ErrorCode::BadRequest, msg, None);
             }
             Sequencer::Redis(_) => self.cluster_presence(conn, id, room),
-        }
-    }
-
-    /// A delivery for this shard's members of `room` (from a local owner, or from Redis through the pump).
-    pub(super) fn seq_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
-        match &self.sequencer {
-            Sequencer::Local(_) => self.deliver_local(room, payload),
-            Sequencer::Redis(_) => {
-                if let Some(me) = self.rc() {
-                    me.on_cluster_deliver(room, seq, payload);
-                }
-            }
         }
     }
 }

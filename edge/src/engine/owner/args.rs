@@ -1,6 +1,7 @@
 //! What the owner is asked, as borrowed views: a send (from a local connection,
-//! a mesh frame read in place, or a loading room's queue), a join, a history
-//! page; and the one rendering of a send's `message` JSON.
+//! a mesh frame read in place, or a loading room's queue), a member shard's
+//! catch-up read, a history page; and the one rendering of a send's `message`
+//! JSON.
 
 use bytes::Bytes;
 use router::{ArchivedSendMsg, FileRef, SendMsg};
@@ -87,16 +88,18 @@ impl<'a> SendArgs<'a> {
     }
 }
 
-/// A join, as the owner receives it.
+/// A member shard's catch-up read for a join, as the owner receives it.
 #[derive(Debug, Clone, Copy)]
-pub struct JoinArgs<'a> {
+pub struct FetchArgs<'a> {
     pub room: &'a str,
+    /// The member shard.
     pub shard: usize,
-    pub conn: u64,
-    pub req: Option<&'a str>,
-    pub since: Option<u64>,
-    /// The member shard's number for this join attempt, echoed in the answer.
+    /// The join's token, echoed in the answer.
     pub token: u64,
+    /// Messages with seq above this one,
+    pub after: u64,
+    /// at most this many.
+    pub count: u32,
 }
 
 /// A history request, as the owner receives it.

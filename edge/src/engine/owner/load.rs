@@ -18,10 +18,10 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use router::SendMsg;
+use router::{Refusal, SendMsg};
 use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
 
-use super::{HistoryArgs, JoinArgs, Owner, SendArgs, StorePort, Wait};
+use super::{Effect, FetchArgs, HistoryArgs, Owner, SendArgs, StorePort, Wait};
 use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
@@ -52,12 +52,15 @@ pub(super) enum Step {
 /// A request waiting for its room to load (owned: it outlives the frame it came in).
 #[derive(Debug)]
 pub(super) enum Op {
-    Join {
+    Subscribe {
         shard: usize,
-        conn: u64,
-        req: Option<String>,
-        since: Option<u64>,
         token: u64,
+    },
+    Fetch {
+        shard: usize,
+        token: u64,
+        after: u64,
+        count: u32,
     },
     Send(Box<SendMsg>),
     History {
@@ -69,17 +72,6 @@ pub(super) enum Op {
 }
 
 impl Op {
-    pub(super) fn join(j: &JoinArgs<'_>) -> impl FnOnce() -> Self {
-        let (shard, conn, req, since, token) = (j.shard, j.conn, j.req.map(str::to_owned), j.since, j.token);
-        move || Self::Join {
-            shard,
-            conn,
-            req,
-            since,
-            token,
-        }
-    }
-
     pub(super) fn send<'a>(a: &'a SendArgs<'a>) -> impl FnOnce() -> Self + 'a {
         move || Self::Send(Box::new(a.to_msg()))
     }
@@ -88,58 +80,12 @@ impl Op {
         let (conn, req, before, limit) = (h.conn, h.req.map(str::to_owned), h.before, h.limit);
         move || Self::History { conn, req, before, limit }
     }
-
-    /// A queued join as the owner takes it.
-    fn as_join<'a>(&'a self, room: &'a str) -> Option<JoinArgs<'a>> {
-        let Self::Join {
-            shard,
-            conn,
-            req,
-            since,
-            token,
-        } = self
-        else {
-            return None;
-        };
-        Some(JoinArgs {
-            room,
-            shard: *shard,
-            conn: *conn,
-            req: req.as_deref(),
-            since: *since,
-            token: *token,
-        })
-    }
-
-    fn conn_and_req(&self) -> (u64, Option<&str>) {
-        match self {
-            Self::Join { conn, req, .. } | Self::History { conn, req, .. } => (*conn, req.as_deref()),
-            Self::Send(s) => (s.conn, s.req.as_deref()),
-        }
-    }
 }
 
 /// Rooms being loaded, with the requests waiting for each (bounded).
 #[derive(Debug, Default)]
 pub(super) struct Loading {
     rooms: HashMap<String, Vec<Op>>,
-}
-
-impl Loading {
-    /// Removes the joins of `conn` queued behind `room`'s load; `None` when the room is not
-    /// loading or none was queued, else the request ids of the cancelled joins.
-    pub(super) fn drop_join(&mut self, room: &str, conn: u64) -> Option<Vec<Option<String>>> {
-        let queue = self.rooms.get_mut(room)?;
-        let mut cancelled = Vec::new();
-        queue.retain_mut(|op| match op {
-            Op::Join { conn: c, req, .. } if *c == conn => {
-                cancelled.push(req.take());
-                false
-            }
-            _ => true,
-        });
-        (!cancelled.is_empty()).then_some(cancelled)
-    }
 }
 
 /// Why a room could not be loaded.
@@ -151,10 +97,21 @@ enum LoadFailed {
 }
 
 impl LoadFailed {
+    const BUSY: &'static str = "room state unavailable: message store busy, retry";
+    const WHAT: &'static str = "room state unavailable";
+
     fn reply(&self, req: Option<&str>) -> Bytes {
         match self {
-            Self::StoreBusy => Busy::Store.reply(req, "room state unavailable: message store busy, retry"),
-            Self::Store(f) => f.reply(req, "room state unavailable"),
+            Self::StoreBusy => Busy::Store.reply(req, Self::BUSY),
+            Self::Store(f) => f.reply(req, Self::WHAT),
+        }
+    }
+
+    /// The same, for a member shard's request.
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::StoreBusy => Busy::Store.refusal(Self::BUSY),
+            Self::Store(f) => f.refusal(Self::WHAT),
         }
     }
 }
@@ -272,13 +229,12 @@ impl<S: StorePort> Owner<S> {
                 self.reply(conn, Failure::Store(e).reply(req.as_deref(), "history store unavailable"));
             }
             (
-                Wait::CatchUp {
+                Wait::Fetch {
                     room,
                     shard,
-                    conn,
-                    req,
-                    since,
                     token,
+                    after,
+                    count,
                 },
                 result,
             ) => {
@@ -287,15 +243,14 @@ impl<S: StorePort> Owner<S> {
                     Ok(other) => Err(unexpected(&other)),
                     Err(e) => Err(e),
                 };
-                let join = JoinArgs {
+                let f = FetchArgs {
                     room: &room,
                     shard,
-                    conn,
-                    req: req.as_deref(),
-                    since: Some(since),
                     token,
+                    after,
+                    count,
                 };
-                self.finish_catch_up(join, since, stored);
+                self.finish_fetch(f, stored);
             }
             (wait @ (Wait::Write { .. } | Wait::Durable(_)), result) => {
                 tracing::error!(shard = self.cfg.shard, ?wait, ?result, "query answer for a write ticket");
@@ -384,11 +339,23 @@ impl<S: StorePort> Owner<S> {
     }
 
     fn replay(&mut self, room: &str, op: Op, now_ms: u64) {
-        if let Some(j) = op.as_join(room) {
-            return self.join(j, now_ms);
-        }
         match op {
-            Op::Join { .. } => {}
+            Op::Subscribe { shard, token } => self.subscribe(room, shard, token, now_ms),
+            Op::Fetch {
+                shard,
+                token,
+                after,
+                count,
+            } => {
+                let f = FetchArgs {
+                    room,
+                    shard,
+                    token,
+                    after,
+                    count,
+                };
+                self.fetch(f, now_ms);
+            }
             Op::History { conn, req, before, limit } => {
                 let h = HistoryArgs {
                     room,
@@ -409,12 +376,27 @@ impl<S: StorePort> Owner<S> {
         tracing::warn!(shard = self.cfg.shard, room, error = %why, "room load from the store failed");
         let queued = self.loading.rooms.remove(room).unwrap_or_default();
         for op in queued {
-            let (conn, req) = op.conn_and_req();
-            let err = why.reply(req);
-            match op.as_join(room) {
-                Some(j) => self.refuse_join(&j, err),
-                None => self.reply(conn, err),
-            }
+            let answer = match op {
+                Op::Subscribe { shard, token } => Effect::Subscribed {
+                    shard,
+                    token,
+                    result: Err(why.refusal()),
+                },
+                Op::Fetch { shard, token, .. } => Effect::Fetched {
+                    shard,
+                    token,
+                    result: Err(why.refusal()),
+                },
+                Op::Send(s) => Effect::Reply {
+                    conn: s.conn,
+                    payload: why.reply(s.req.as_deref()),
+                },
+                Op::History { conn, req, .. } => Effect::Reply {
+                    conn,
+                    payload: why.reply(req.as_deref()),
+                },
+            };
+            self.effects.push_back(answer);
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The local sequencer: the owner side of the rooms one shard owns on a
 //! single node, as a sans-IO state machine.
 //!
-//! Events come in as method calls with `now_ms` passed in (a member joins,
-//! leaves, sends, asks for history; a store completion arrives); what the
-//! shard must do comes out of [`Owner::poll`] as [`Effect`]s, in order:
-//! replies for connections, `joined` / refused joins for member shards, and
-//! deliveries for every shard with members. The store is reached through
+//! Events come in as method calls with `now_ms` passed in (a member shard
+//! subscribes to a room, reads a catch-up, counts a member in or out, or
+//! unsubscribes; a connection sends or asks for history; a store completion
+//! arrives); what the shard must do comes out of [`Owner::poll`] as
+//! [`Effect`]s, in order: replies for connections, answers to member shards
+//! (`Subscribed` with the room's position, `Fetched`), and deliveries for
+//! every subscribed shard. Joins themselves are the member side's
+//! (`engine::subscriber`), the same code as in a cluster. The store is reached through
 //! [`StorePort`], whose calls only admit a request into a bounded queue (the
 //! answer comes back later as a completion), so the owner never waits.
 //!
@@ -22,8 +25,9 @@
 //!   is pending for it, so a reload never reuses a seq;
 //! - `fast`: published (ring, fan-out, ack) when sequenced; `durable`:
 //!   published when the store's completion arrives, in seq order;
-//! - every join, send and history request gets exactly one answer: a
-//!   `Joined`, a `JoinRefused`, or a reply carrying its id.
+//! - every subscribe, fetch, send and history request gets exactly one
+//!   answer; a subscribed shard gets every message published after the seq
+//!   it was told, in order, until it unsubscribes.
 
 mod args;
 mod load;
@@ -38,18 +42,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use storage::{Overloaded, Query, StoreError, StoredMessage};
 
-use super::{catch_up, Busy, Failure};
+use super::subscriber::RoomPos;
+use super::{Busy, Failure};
 use crate::config::{Config, Durability};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
-use crate::protocol::ErrorCode;
 use crate::room::{fit_page, AckInfo, OwnedRoom, Sequenced};
 
-pub use args::{render_message, HistoryArgs, JoinArgs, SendArgs};
+pub use args::{render_message, FetchArgs, HistoryArgs, SendArgs};
 use load::Readiness;
-
-/// The answer to a join whose connection left the room before the join completed.
-pub const JOIN_CANCELLED: &str = "join cancelled: the room was left before the join completed";
+use router::Refusal;
 
 /// Admission into the store's bounded queues (the store service's handle on a shard).
 pub trait StorePort {
@@ -72,8 +74,6 @@ pub struct OwnerConfig {
     pub dedupe_per_room: usize,
     /// Messages kept in a room's recent ring.
     pub recent_per_room: usize,
-    /// Most messages a catch-up reads from the store.
-    pub max_catch_up_messages: usize,
     /// Requests that may wait for a room load.
     pub room_load_queue_max: usize,
     /// Rooms kept in memory (loaded or loading).
@@ -95,7 +95,6 @@ impl OwnerConfig {
             durability: cfg.durability,
             dedupe_per_room: cfg.dedupe_per_room,
             recent_per_room: cfg.recent_per_room,
-            max_catch_up_messages: cfg.max_catch_up_messages,
             room_load_queue_max: cfg.room_load_queue_max,
             max_rooms_per_shard: cfg.max_rooms_per_shard,
             history_page_max_bytes: cfg.history_page_max_bytes,
@@ -110,28 +109,20 @@ impl OwnerConfig {
 pub enum Effect {
     /// Bytes for connection `conn`, which may live on any shard (replies, catch-up).
     Reply { conn: u64, payload: Bytes },
-    /// The member on `shard` is counted: if join attempt `token` still stands, `conn` joins
-    /// the fan-out list and gets `payload` (`joined`), then `catch_up`; if a leave overtook
-    /// it, the member shard answers the join "cancelled" and drops the catch-up.
-    Joined {
+    /// The answer to member shard `shard`'s subscribe for join `token`: from now on it gets
+    /// every message after `RoomPos::seq`, in order.
+    Subscribed {
         shard: usize,
-        room: Rc<str>,
-        conn: u64,
-        req: Option<String>,
         token: u64,
-        payload: Bytes,
-        catch_up: Vec<Bytes>,
+        result: Result<RoomPos, Refusal>,
     },
-    /// Join attempt `token` was refused: the member shard forgets the room for `conn` (if that
-    /// attempt still stands) and relays `payload`.
-    JoinRefused {
+    /// The answer to member shard `shard`'s catch-up read for join `token`: messages ascending.
+    Fetched {
         shard: usize,
-        room: Rc<str>,
-        conn: u64,
         token: u64,
-        payload: Bytes,
+        result: Result<Vec<(u64, Bytes)>, Refusal>,
     },
-    /// `payload` for every member of `room` on `shard` (a message, or a `gap` notice).
+    /// `payload` for the members of `room` on subscribed shard `shard` (a message, or a `gap` notice).
     Deliver {
         shard: usize,
         room: Rc<str>,
@@ -170,14 +161,13 @@ enum Wait {
         /// writes after publishing, so the store may not hold them yet).
         tail: Vec<(u64, Bytes)>,
     },
-    /// Catch-up for a join with `since`.
-    CatchUp {
+    /// A member shard's catch-up read.
+    Fetch {
         room: String,
         shard: usize,
-        conn: u64,
-        req: Option<String>,
-        since: u64,
         token: u64,
+        after: u64,
+        count: u32,
     },
 }
 
@@ -237,113 +227,105 @@ impl<S: StorePort> Owner<S> {
         true
     }
 
-    /// A member on `j.shard` joins: `joined`, then the catch-up after `since`
-    /// (from the ring, or from the store when the ring no longer holds it).
-    pub fn join(&mut self, j: JoinArgs<'_>, now_ms: u64) {
-        match self.room_ready(j.room, load::Op::join(&j), now_ms) {
-            Readiness::Ready => {}
+    /// Member shard `shard` delivers `room` from now on (for join `token`): the answer
+    /// carries the room's position, and every message published after it follows.
+    pub fn subscribe(&mut self, room: &str, shard: usize, token: u64, now_ms: u64) {
+        let result = match self.room_ready(room, || load::Op::Subscribe { shard, token }, now_ms) {
             Readiness::Queued => return,
-            Readiness::Refused(msg) => return self.refuse_join(&j, Busy::Store.reply(j.req, msg)),
-        }
-        let Some(r) = self.rooms.get_mut(j.room) else { return };
-        if let Some(since) = j.since.filter(|&s| !r.ring().covers(s, r.published())) {
-            let after = since.max(r.published().saturating_sub(self.cfg.max_catch_up_messages as u64));
-            r.start_join(j.conn, j.token);
-            r.hold();
-            let query = Query::RangeAfter {
-                room: j.room.to_owned(),
-                after,
-                limit: self.cfg.max_catch_up_messages,
-            };
-            let wait = Wait::CatchUp {
-                room: j.room.to_owned(),
-                shard: j.shard,
-                conn: j.conn,
-                req: j.req.map(str::to_owned),
-                since,
-                token: j.token,
-            };
-            if !self.submit_query(query, wait) {
-                if let Some(r) = self.rooms.get_mut(j.room) {
-                    r.finish_join(j.conn, j.token);
-                    r.release();
-                }
-                self.refuse_join(&j, Busy::Store.reply(j.req, "store busy, retry"));
-            }
-            return;
-        }
-        let members = r.join(j.shard, j.conn);
-        let joined = server::joined(j.req, j.room, r.published(), r.epoch(), members);
-        let missed = j
-            .since
-            .map_or_else(Vec::new, |s| catch_up::frames(j.room, s, r.published(), r.ring().after(s)));
-        let name = r.name();
-        self.send_joined(name, j, joined, missed);
-    }
-
-    /// The store answered a catch-up read: count the member, then `joined`, stored messages, ring messages.
-    fn finish_catch_up(&mut self, w: JoinArgs<'_>, since: u64, stored: Result<Vec<StoredMessage>, StoreError>) {
-        let Some(r) = self.rooms.get_mut(w.room) else { return };
-        r.release();
-        if !r.finish_join(w.conn, w.token) {
-            // Left (or closed) while the store was read: the join still gets its one reply.
-            let err = server::error(w.req, ErrorCode::BadRequest, JOIN_CANCELLED, None);
-            return self.reply(w.conn, err);
-        }
-        let stored = match stored {
-            Ok(s) => s,
-            Err(e) => {
-                let err = Failure::Store(e).reply(w.req, "history store unavailable");
-                return self.refuse_join(&w, err);
+            Readiness::Refused(msg) => Err(Busy::Store.refusal(msg)),
+            Readiness::Ready => {
+                let Some(r) = self.rooms.get_mut(room) else { return };
+                r.subscribe(shard);
+                Ok(RoomPos {
+                    seq: r.published(),
+                    epoch: r.epoch(),
+                    others: r.others(shard),
+                })
             }
         };
-        let members = r.join(w.shard, w.conn);
-        let joined = server::joined(w.req, w.room, r.published(), r.epoch(), members);
-        let read = stored.iter().map(|m| (m.seq, &m.frame));
-        let out = catch_up::frames(w.room, since, r.published(), read.chain(r.ring().after(since)));
-        let name = r.name();
-        self.send_joined(name, w, joined, out);
+        self.effects.push_back(Effect::Subscribed { shard, token, result });
     }
 
-    /// `joined` and the catch-up to the member shard, in one effect (one ring, so they come
-    /// before any live message published after them).
-    fn send_joined(&mut self, room: Rc<str>, j: JoinArgs<'_>, joined: Bytes, catch_up: Vec<Bytes>) {
-        self.effects.push_back(Effect::Joined {
-            shard: j.shard,
-            room,
-            conn: j.conn,
-            req: j.req.map(str::to_owned),
-            token: j.token,
-            payload: joined,
-            catch_up,
-        });
-    }
-
-    /// Refuses a join: the member side forgets the room for that connection and relays the error.
-    fn refuse_join(&mut self, j: &JoinArgs<'_>, error: Bytes) {
-        self.effects.push_back(Effect::JoinRefused {
-            shard: j.shard,
-            room: Rc::from(j.room),
-            conn: j.conn,
-            token: j.token,
-            payload: error,
-        });
-    }
-
-    /// A member on `shard` left `room` (or its join, still waiting for the store, is dropped).
-    pub fn leave(&mut self, room: &str, shard: usize, conn: u64) {
-        if let Some(cancelled) = self.loading.drop_join(room, conn) {
-            for req in cancelled {
-                self.reply(conn, server::error(req.as_deref(), ErrorCode::BadRequest, JOIN_CANCELLED, None));
-            }
-            return;
-        }
+    /// Member shard `shard` has no member and no join left in `room`.
+    pub fn unsubscribe(&mut self, room: &str, shard: usize) {
         if let Some(r) = self.rooms.get_mut(room) {
-            // A join still reading its catch-up is answered "cancelled" when the read is back.
-            if !r.drop_joins(conn) {
-                r.leave(shard, conn);
-            }
+            r.unsubscribe(shard);
         }
+    }
+
+    /// A member on `shard` joined (`online`) or left `room`.
+    pub fn member(&mut self, room: &str, shard: usize, online: bool) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.member(shard, online);
+        }
+    }
+
+    /// A member shard's catch-up read: from the ring when it holds everything after
+    /// `after`, else from the store, then the ring for what the store may not hold yet.
+    pub fn fetch(&mut self, f: FetchArgs<'_>, now_ms: u64) {
+        let op = || load::Op::Fetch {
+            shard: f.shard,
+            token: f.token,
+            after: f.after,
+            count: f.count,
+        };
+        match self.room_ready(f.room, op, now_ms) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(msg) => return self.fetched(&f, Err(Busy::Store.refusal(msg))),
+        }
+        let Some(r) = self.rooms.get_mut(f.room) else { return };
+        if r.ring().covers(f.after, r.published()) {
+            let msgs = r
+                .ring()
+                .after(f.after)
+                .take(f.count as usize)
+                .map(|(s, b)| (s, b.clone()))
+                .collect();
+            return self.fetched(&f, Ok(msgs));
+        }
+        r.hold();
+        let query = Query::RangeAfter {
+            room: f.room.to_owned(),
+            after: f.after,
+            limit: f.count as usize,
+        };
+        let wait = Wait::Fetch {
+            room: f.room.to_owned(),
+            shard: f.shard,
+            token: f.token,
+            after: f.after,
+            count: f.count,
+        };
+        if !self.submit_query(query, wait) {
+            if let Some(r) = self.rooms.get_mut(f.room) {
+                r.release();
+            }
+            self.fetched(&f, Err(Busy::Store.refusal("store busy, retry")));
+        }
+    }
+
+    /// The store answered a catch-up read: what it holds, then the ring past it.
+    fn finish_fetch(&mut self, f: FetchArgs<'_>, stored: Result<Vec<StoredMessage>, StoreError>) {
+        let Some(r) = self.rooms.get_mut(f.room) else { return };
+        r.release();
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => return self.fetched(&f, Err(Failure::Store(e).refusal("history store unavailable"))),
+        };
+        let mut msgs: Vec<(u64, Bytes)> = stored.into_iter().filter(|m| m.seq > f.after).map(|m| (m.seq, m.frame)).collect();
+        let high = msgs.last().map_or(f.after, |m| m.0);
+        msgs.extend(r.ring().after(high).map(|(s, b)| (s, b.clone())));
+        msgs.truncate(f.count as usize);
+        self.fetched(&f, Ok(msgs));
+    }
+
+    fn fetched(&mut self, f: &FetchArgs<'_>, result: Result<Vec<(u64, Bytes)>, Refusal>) {
+        self.effects.push_back(Effect::Fetched {
+            shard: f.shard,
+            token: f.token,
+            result,
+        });
     }
 
     /// Sequences a send, hands it to the store, and publishes it as the durability mode says.
@@ -449,20 +431,11 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
-    /// `payload` to every shard with members of `room` (this one first): one effect per shard, never per member.
+    /// `payload` to every subscribed shard of `room` (this one first): one effect per shard, never per member.
     fn fan_out(&mut self, room: &str, seq: u64, payload: &Bytes) {
         let Some(r) = self.rooms.get(room) else { return };
-        let me = self.cfg.shard;
         let name = r.name();
-        if r.members_on(me) > 0 {
-            self.effects.push_back(Effect::Deliver {
-                shard: me,
-                room: name.clone(),
-                seq,
-                payload: payload.clone(),
-            });
-        }
-        for shard in r.remote_shards(me) {
+        for shard in r.subscribers(self.cfg.shard) {
             self.effects.push_back(Effect::Deliver {
                 shard,
                 room: name.clone(),

@@ -1,62 +1,30 @@
-//! The member side of the harness: what a member shard does with an owner's
-//! effects (as `shard/members.rs` does: a join answer matched by its token,
-//! deliveries to the fan-out list), and the checks on what clients receive.
+//! The member side of the harness: each shard's `Subscriber` (the member
+//! side both modes run) fed with the owners' answers and deliveries, what it
+//! decides carried out as `shard/members.rs` and `shard/local.rs` do, and
+//! the checks on what clients receive.
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{json, shard_of, trace, World};
+use super::{json, shard_of, trace, Frame, World};
 use crate::config::Durability;
-use crate::engine::owner::{Effect, JOIN_CANCELLED};
+use crate::engine::owner::Effect;
+use crate::engine::subscriber::{SubEffect, JOIN_CANCELLED};
+use crate::engine::Failure;
 
 impl World {
-    /// The member shard's side of an owner's effect, with the checks.
-    pub(super) fn on_effect(&mut self, e: Effect) {
-        trace(|| format!("member side <- {e:?}"));
+    /// An owner's effect reaches member shard `to`.
+    pub(super) fn on_effect(&mut self, to: usize, e: Effect) {
+        trace(|| format!("shard {to} <- {e:?}"));
         match e {
             Effect::Reply { conn, payload } => self.deliver_to_client(conn, &payload),
-            Effect::Joined {
-                room,
-                conn,
-                req,
-                token,
-                payload,
-                catch_up,
-                ..
-            } => {
-                let req = req.expect("the harness gives every join an id");
-                self.answered(&req);
-                let c = self.clients.get_mut(&conn).expect("client");
-                let since = c.since.remove(&req).flatten();
-                if !take_join(&mut c.joins, &room, token) {
-                    // A leave overtook it: the member side answers "join cancelled" and
-                    // drops the catch-up (shard/members.rs).
-                    return;
-                }
-                let v = json(&payload);
-                assert_eq!(v["type"], "joined", "{v}");
-                let seq = v["seq"].as_u64().expect("joined.seq");
-                c.member.insert(room.to_string(), since.unwrap_or(seq).min(seq));
-                for frame in catch_up {
-                    self.deliver_to_client(conn, &frame);
-                }
+            Effect::Subscribed { token, result, .. } => {
+                self.subscribers[to].subscribed(token, result.map(Some).map_err(Failure::Owner));
             }
-            Effect::JoinRefused {
-                room,
-                conn,
-                token,
-                payload,
-                ..
-            } => {
-                let v = json(&payload);
-                assert_eq!(v["type"], "error", "{v}");
-                self.answered(&format!("\"{}\"", v["id"].as_str().expect("refusal id")));
-                let c = self.clients.get_mut(&conn).expect("client");
-                if take_join(&mut c.joins, &room, token) {
-                    c.rooms.retain(|r| **r != *room);
-                }
+            Effect::Fetched { token, result, .. } => {
+                self.subscribers[to].fetched(token, result.map_err(Failure::Owner));
             }
-            Effect::Deliver { shard, room, payload, .. } => {
+            Effect::Deliver { room, seq, payload, .. } => {
                 let v = json(&payload);
                 if v["type"] == "gap" {
                     let (from, to) = (v["from"].as_u64().expect("from"), v["to"].as_u64().expect("to"));
@@ -68,16 +36,101 @@ impl World {
                         self.given_up.insert((room.to_string(), seq));
                     }
                 }
-                let members: Vec<u64> = self
-                    .clients
-                    .iter()
-                    .filter(|(id, c)| shard_of(**id) == shard && c.member.contains_key(&*room))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for conn in members {
-                    self.deliver_to_client(conn, &payload);
+                if self.subscribers[to].deliver(&room, seq, &payload) {
+                    self.deliver_to_members(to, &room, &payload);
                 }
             }
+        }
+        self.drain_member(to);
+    }
+
+    /// Carries out what member shard `shard`'s subscriber decided.
+    pub(super) fn drain_member(&mut self, shard: usize) {
+        while let Some(e) = self.subscribers[shard].poll() {
+            trace(|| format!("shard {shard} member side -> {e:?}"));
+            self.member_effect(shard, e);
+        }
+    }
+
+    fn member_effect(&mut self, shard: usize, e: SubEffect) {
+        match e {
+            SubEffect::Subscribe { token, room } | SubEffect::RoomSeq { token, room } => {
+                let frame = Frame::Subscribe {
+                    room: room.clone(),
+                    shard,
+                    token,
+                };
+                self.send_to_owner(shard, &room, frame);
+            }
+            SubEffect::Fetch { token, room, after, count } => {
+                let frame = Frame::Fetch {
+                    room: room.clone(),
+                    shard,
+                    token,
+                    after,
+                    count,
+                };
+                self.send_to_owner(shard, &room, frame);
+            }
+            SubEffect::Unsubscribe { room } => {
+                let frame = Frame::Unsubscribe { room: room.clone(), shard };
+                self.send_to_owner(shard, &room, frame);
+            }
+            SubEffect::Presence { room, online, .. } => {
+                let frame = Frame::Presence {
+                    room: room.clone(),
+                    shard,
+                    online,
+                };
+                self.send_to_owner(shard, &room, frame);
+            }
+            SubEffect::Joined {
+                conn,
+                room,
+                payload,
+                catch_up,
+            } => {
+                let v = json(&payload);
+                assert_eq!(v["type"], "joined", "{v}");
+                let req = format!("\"{}\"", v["id"].as_str().expect("joined id"));
+                self.answered(&req);
+                let c = self.clients.get_mut(&conn).expect("client");
+                assert!(c.rooms.contains(&room), "joined {room} after leaving it");
+                let since = c.since.remove(&req).flatten();
+                let seq = v["seq"].as_u64().expect("joined.seq");
+                c.member.insert(room.clone(), since.unwrap_or(seq).min(seq));
+                for frame in &catch_up {
+                    self.check_catch_up_gap(&room, seq, frame);
+                }
+                for frame in catch_up {
+                    self.deliver_to_client(conn, &frame);
+                }
+            }
+            SubEffect::Refused { conn, room, payload } => {
+                let v = json(&payload);
+                assert_eq!(v["type"], "error", "{v}");
+                self.answered(&format!("\"{}\"", v["id"].as_str().expect("refusal id")));
+                let c = self.clients.get_mut(&conn).expect("client");
+                c.rooms.retain(|r| *r != room);
+            }
+            SubEffect::Cancelled { req, .. } => {
+                // Counted as the join's one answer (`settle` checks there is exactly one).
+                self.answered(&req.expect("the harness gives every join an id"));
+            }
+            SubEffect::Deliver { room, payload } => self.deliver_to_members(shard, &room, &payload),
+        }
+    }
+
+    /// `payload` to every member of `room` on `shard` (its fan-out list).
+    fn deliver_to_members(&mut self, shard: usize, room: &str, payload: &Bytes) {
+        let members: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(id, c)| shard_of(**id) == shard && c.member.contains_key(room))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in members {
+            self.deliver_to_client(conn, payload);
         }
     }
 
@@ -124,14 +177,31 @@ impl World {
                 }
             }
             Some("error") => {
-                let msg = v["message"].as_str().unwrap_or_default();
                 assert!(v["id"].is_string(), "an error without a request id: {v}");
-                if msg == JOIN_CANCELLED {
-                    let c = self.clients.get(&conn).expect("client");
-                    assert!(!c.member.contains_key(&room));
-                }
+                assert_ne!(v["message"], JOIN_CANCELLED, "only the member side cancels a join: {v}");
             }
             other => panic!("unexpected frame {other:?}: {v}"),
+        }
+    }
+
+    /// Durable mode: a catch-up's `gap` names only seqs the store does not hold (given up:
+    /// a durable message is published only once stored, so any read after it has it), or
+    /// older than the catch-up bound below the member's `joined` seq. (Fast mode may also
+    /// miss messages still being written, which the harness cannot time exactly.)
+    fn check_catch_up_gap(&self, room: &str, joined: u64, frame: &Bytes) {
+        let v = json(frame);
+        if self.durability != Durability::Durable || v["type"] != "gap" {
+            return;
+        }
+        let (from, to) = (v["from"].as_u64().expect("from"), v["to"].as_u64().expect("to"));
+        let store = self.store.borrow();
+        let held = store.messages.get(room);
+        for seq in from..=to {
+            let old = seq + self.max_catch_up <= joined;
+            assert!(
+                old || !held.is_some_and(|m| m.contains_key(&seq)),
+                "{room}: catch-up gap {from}..={to} names {seq}, which the store holds (joined at {joined})"
+            );
         }
     }
 
@@ -167,13 +237,4 @@ impl World {
         let first = *self.client_ids.entry(key).or_insert(seq);
         assert_eq!(first, seq, "a retried client_id {client_id} got another seq");
     }
-}
-
-/// Removes the pending join `(room, token)`; false when it no longer stands.
-pub(super) fn take_join(joins: &mut Vec<(String, u64)>, room: &str, token: u64) -> bool {
-    let Some(pos) = joins.iter().position(|(r, t)| r == room && *t == token) else {
-        return false;
-    };
-    joins.swap_remove(pos);
-    true
 }

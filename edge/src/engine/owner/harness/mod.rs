@@ -1,10 +1,10 @@
 //! A deterministic harness for the local sequencer, shaped like quinn's
-//! `Pair`: several shards' owners, an in-memory store whose answers the
-//! harness hands back when it chooses, FIFO mesh rings between shards, a
-//! virtual clock, and member shards that do what `shard/requests.rs` and
-//! `shard/members.rs` do with a join's answer. A seeded RNG picks every
-//! step (a client request, a frame off a ring, a store answer or failure),
-//! so one seed is one interleaving; a failure prints its seed, and
+//! `Pair`: several shards, each with its owner (`engine::owner`) and its
+//! member side (`engine::subscriber`, the code a cluster's shards run too),
+//! an in-memory store whose answers the harness hands back when it chooses,
+//! FIFO mesh rings between shards, and a virtual clock. A seeded RNG picks
+//! every step (a client request, a frame off a ring, a store answer or
+//! failure), so one seed is one interleaving; a failure prints its seed, and
 //! `HARNESS_SEED=<seed>` replays exactly that run.
 //!
 //! Checked, in both durability modes, with rooms evicted and reloaded:
@@ -31,8 +31,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use storage::{Completion, StoreError};
 
-use super::{Effect, HistoryArgs, JoinArgs, Owner, OwnerConfig, SendArgs};
+use super::{Effect, FetchArgs, HistoryArgs, Owner, OwnerConfig, SendArgs};
 use crate::config::Durability;
+use crate::engine::subscriber::{JoinReq, Subscriber, SubscriberConfig};
 use crate::metrics::ShardStats;
 use crate::room::owner as owner_of;
 use store::{query_room, MemStore, Port};
@@ -41,21 +42,29 @@ const SHARDS: usize = 3;
 const ROOMS: [&str; 5] = ["a", "b", "c", "d", "e"];
 const CLIENTS_PER_SHARD: u64 = 3;
 
-/// A request from a member shard to a room's owner, or an owner's effect for another shard.
+/// A call from a member shard to a room's owner, a client's request, or an owner's effect for another shard.
 #[derive(Debug)]
 enum Frame {
-    Join {
+    Subscribe {
         room: String,
         shard: usize,
-        conn: u64,
-        req: String,
-        since: Option<u64>,
         token: u64,
     },
-    Leave {
+    Fetch {
         room: String,
         shard: usize,
-        conn: u64,
+        token: u64,
+        after: u64,
+        count: u32,
+    },
+    Unsubscribe {
+        room: String,
+        shard: usize,
+    },
+    Presence {
+        room: String,
+        shard: usize,
+        online: bool,
     },
     Send {
         room: String,
@@ -80,8 +89,6 @@ enum Frame {
 struct Client {
     /// Rooms joined or being joined (the member side's `conn.rooms`).
     rooms: Vec<String>,
-    /// Joins waiting for their answer: room and token (the member side's `conn.joins`).
-    joins: Vec<(String, u64)>,
     /// The last seq seen per room, kept across leaves (a realistic `since`).
     seen: HashMap<String, u64>,
     /// Rooms whose `joined` arrived: the last seq seen there (the member side's fan-out list).
@@ -96,6 +103,7 @@ struct World {
     now_ms: u64,
     store: Rc<RefCell<MemStore>>,
     owners: Vec<Owner<Port>>,
+    subscribers: Vec<Subscriber>,
     rings: BTreeMap<(usize, usize), VecDeque<Frame>>,
     clients: BTreeMap<u64, Client>,
     next_req: u64,
@@ -115,6 +123,8 @@ struct World {
     /// Send request id -> (user, client_id).
     sends: HashMap<String, (String, Option<String>)>,
     fail_writes: bool,
+    /// The member side's bound on a catch-up (older misses are a `gap`).
+    max_catch_up: u64,
 }
 
 /// `HARNESS_TRACE=1` prints every step (use with `HARNESS_SEED`).
@@ -150,7 +160,6 @@ impl World {
                     durability,
                     dedupe_per_room: 64,
                     recent_per_room: rng.random_range(0..6),
-                    max_catch_up_messages: rng.random_range(2..20),
                     room_load_queue_max: rng.random_range(1..6),
                     // Small, so empty rooms are evicted and reloaded.
                     max_rooms_per_shard: 1,
@@ -163,6 +172,16 @@ impl World {
                     store: store.clone(),
                 };
                 Owner::new(cfg, port, stats.clone())
+            })
+            .collect();
+        let (ring_cap, max_catch_up_messages) = (rng.random_range(0..6), rng.random_range(2..20));
+        let subscribers = (0..SHARDS)
+            .map(|_| {
+                Subscriber::new(SubscriberConfig {
+                    ring_cap,
+                    max_catch_up_messages,
+                    run_epoch: 1,
+                })
             })
             .collect();
         let mut clients = BTreeMap::new();
@@ -178,6 +197,7 @@ impl World {
             now_ms: 1_000,
             store,
             owners,
+            subscribers,
             rings: BTreeMap::new(),
             clients,
             next_req: 0,
@@ -189,6 +209,7 @@ impl World {
             sends: HashMap::new(),
             unstored_ids: Default::default(),
             fail_writes,
+            max_catch_up: max_catch_up_messages as u64,
         }
     }
 
@@ -222,25 +243,25 @@ impl World {
         let now = self.now_ms;
         let o = &mut self.owners[shard];
         match &frame {
-            Frame::Join {
+            Frame::Subscribe { room, shard, token } => o.subscribe(room, *shard, *token, now),
+            Frame::Fetch {
                 room,
                 shard,
-                conn,
-                req,
-                since,
                 token,
-            } => o.join(
-                JoinArgs {
+                after,
+                count,
+            } => {
+                let f = FetchArgs {
                     room,
                     shard: *shard,
-                    conn: *conn,
-                    req: Some(req),
-                    since: *since,
                     token: *token,
-                },
-                now,
-            ),
-            Frame::Leave { room, shard, conn } => o.leave(room, *shard, *conn),
+                    after: *after,
+                    count: *count,
+                };
+                o.fetch(f, now);
+            }
+            Frame::Unsubscribe { room, shard } => o.unsubscribe(room, *shard),
+            Frame::Presence { room, shard, online } => o.member(room, *shard, *online),
             Frame::Send {
                 room,
                 shard,
@@ -284,10 +305,10 @@ impl World {
         while let Some(e) = self.owners[owner].poll() {
             let to = match &e {
                 Effect::Reply { conn, .. } => shard_of(*conn),
-                Effect::Joined { shard, .. } | Effect::JoinRefused { shard, .. } | Effect::Deliver { shard, .. } => *shard,
+                Effect::Subscribed { shard, .. } | Effect::Fetched { shard, .. } | Effect::Deliver { shard, .. } => *shard,
             };
             if to == owner {
-                self.on_effect(e);
+                self.on_effect(to, e);
             } else {
                 self.rings.entry((owner, to)).or_default().push_back(Frame::Effect(e));
             }
@@ -331,31 +352,29 @@ impl World {
         c.rooms.push(room.clone());
         c.member.remove(&room);
         c.since.insert(req.clone(), since);
-        c.joins.push((room.clone(), token));
         let shard = shard_of(conn);
-        let frame = Frame::Join {
-            room: room.clone(),
-            shard,
+        let user = format!("u{conn:x}");
+        let j = JoinReq {
+            room: &room,
             conn,
-            req,
-            since,
             token,
+            req: Some(&req),
+            since,
+            user: &user,
         };
-        self.send_to_owner(shard, &room, frame);
+        trace(|| format!("shard {shard}: {j:?}"));
+        self.subscribers[shard].join(j);
+        self.drain_member(shard);
     }
 
     fn client_leave(&mut self, conn: u64, room: String) {
         let c = self.clients.get_mut(&conn).expect("client");
         c.rooms.retain(|r| *r != room);
-        c.joins.retain(|(r, _)| *r != room);
-        c.member.remove(&room);
+        let was_member = c.member.remove(&room).is_some();
         let shard = shard_of(conn);
-        let frame = Frame::Leave {
-            room: room.clone(),
-            shard,
-            conn,
-        };
-        self.send_to_owner(shard, &room, frame);
+        trace(|| format!("shard {shard}: conn {conn:x} leaves {room} (member: {was_member})"));
+        self.subscribers[shard].leave(&room, conn, &format!("u{conn:x}"), was_member);
+        self.drain_member(shard);
     }
 
     /// A send, with a new client id, a retried recent one, or none.
@@ -443,7 +462,7 @@ impl World {
         let (from, to) = keys[self.rng.random_range(0..keys.len())];
         let frame = self.rings.get_mut(&(from, to)).and_then(VecDeque::pop_front).expect("non-empty");
         match frame {
-            Frame::Effect(e) => self.on_effect(e),
+            Frame::Effect(e) => self.on_effect(to, e),
             request => self.run_owner(to, request),
         }
     }
