@@ -2,20 +2,21 @@
 //! and no spawned tasks, written once for both sequencer modes (a single
 //! node, or a cluster through Redis).
 //!
-//! What lives here so far (ARCHITECTURE.md, "Where the engine goes next",
-//! says what moves in next):
+//! What lives here (ARCHITECTURE.md, "Where the engine goes next", says
+//! what moves in next):
 //! - `owner`: the local sequencer, the owner side of a shard's rooms on a
 //!   single node (events in with `now_ms`, effects pulled with `poll()`),
-//!   with its deterministic harness;
+//!   answering member shards as Redis does in a cluster, with its
+//!   deterministic harness;
 //! - `publisher`: the Redis sequencer's owner side (a room's sends batched
 //!   to Redis, one batch in flight, acks with the seq Redis assigned);
-//! - `subscriber`: the Redis sequencer's member side (a shard's room feeds
-//!   and its joins: subscribe, learn the seq, fetch, answer in one go);
+//! - `subscriber`: the member side, one code for both sequencers (a shard's
+//!   room feeds and its connections' joins: subscribe, learn the seq, fetch,
+//!   answer in one go; "join cancelled" is decided here only);
 //! - `ring`: the recent ring of a room, one type for the owner's room state
 //!   and a member shard's feed;
-//! - `catch_up`: the one merge that catches a member up (store or stream
-//!   read, then the ring, `gap` for the rest), used by single-node joins,
-//!   cluster joins and the cluster pump;
+//! - `catch_up`: the one merge that catches a member up (a read, then the
+//!   ring, `gap` for the rest);
 //! - `feed`: a member shard's feed of a room (cursor, epoch, ring): the
 //!   dedupe of re-deliveries and the catch-up of a joining member;
 //! - `failure`: refusals and dependency failures with their types kept, and

@@ -463,6 +463,80 @@ mod tests {
     }
 
     #[test]
+    fn a_local_owners_position_skips_the_seq_read_and_counts_other_shards_members() {
+        let mut s = sub();
+        s.join(join(3, 1, Some(4)));
+        effects(&mut s);
+        let pos = RoomPos {
+            seq: 6,
+            epoch: 77,
+            others: 2,
+        };
+        s.subscribed(3, Ok(Some(pos)));
+        assert_eq!(
+            effects(&mut s),
+            [SubEffect::Fetch {
+                token: 3,
+                room: "r".into(),
+                after: 4,
+                count: 2
+            }],
+            "no RoomSeq: the owner said where the room stands"
+        );
+        s.fetched(3, Ok(vec![recent(5), recent(6)]));
+        let out = effects(&mut s);
+        let SubEffect::Joined { payload, catch_up, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        let v = json(payload);
+        assert_eq!(
+            (v["seq"].as_u64(), v["epoch"].as_u64(), v["members"].as_u64()),
+            (Some(6), Some(77), Some(3))
+        );
+        assert_eq!(catch_up, &[Bytes::from("5"), Bytes::from("6")]);
+    }
+
+    #[test]
+    fn a_catch_up_keeps_the_newest_and_says_gap_only_at_its_start() {
+        // At most 3 messages per catch-up; deliveries outrun the first read.
+        let mut s = Subscriber::new(SubscriberConfig {
+            ring_cap: 1,
+            max_catch_up_messages: 3,
+            run_epoch: 1,
+        });
+        s.join(join(1, 1, Some(0)));
+        s.subscribed(
+            1,
+            Ok(Some(RoomPos {
+                seq: 4,
+                epoch: 1,
+                others: 0,
+            })),
+        );
+        effects(&mut s);
+        for seq in 5..=8 {
+            s.deliver("r", seq, &Bytes::from(seq.to_string()));
+        }
+        s.fetched(1, Ok(vec![recent(2), recent(3), recent(4)]));
+        let out = effects(&mut s);
+        let [SubEffect::Fetch { after: 4, count: 3, .. }] = out.as_slice() else {
+            panic!("reads on towards the ring (it holds 8 only): {out:?}")
+        };
+        s.fetched(1, Ok(vec![recent(5), recent(6), recent(7)]));
+        let out = effects(&mut s);
+        let SubEffect::Joined { catch_up, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        let frames: Vec<Value> = catch_up.iter().map(json).collect();
+        assert_eq!(frames[0]["type"], "gap");
+        assert_eq!((frames[0]["from"].as_u64(), frames[0]["to"].as_u64()), (Some(1), Some(4)));
+        assert_eq!(
+            &catch_up[1..],
+            &[Bytes::from("5"), Bytes::from("6"), Bytes::from("7"), Bytes::from("8")]
+        );
+    }
+
+    #[test]
     fn a_join_overtaken_by_a_leave_is_cancelled_and_drops_the_idle_subscription() {
         let mut s = sub();
         s.join(join(1, 9, None));
