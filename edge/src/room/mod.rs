@@ -315,7 +315,11 @@ impl OwnedRoom {
     }
 
     fn msg_id(&self, seq: u64) -> String {
-        format!("{:016x}-{:x}-{seq}", self.room_hash, self.epoch)
+        use std::fmt::Write;
+        // Sized once (16 + 1 + up to 16 + 1 + up to 20): `format!` would grow it from empty.
+        let mut id = String::with_capacity(54);
+        let _ = write!(id, "{:016x}-{:x}-{seq}", self.room_hash, self.epoch);
+        id
     }
 }
 

@@ -134,7 +134,7 @@ pub enum Effect {
 /// A durable send waiting for its commit.
 #[derive(Debug)]
 struct PendingSend {
-    room: String,
+    room: Rc<str>,
     user: String,
     client_id: Option<String>,
     ack: AckInfo,
@@ -149,7 +149,7 @@ enum Wait {
     /// A step of a room load.
     Load(load::Step),
     /// A fast-mode write (already published).
-    Write { room: String, seq: u64 },
+    Write { room: Rc<str>, seq: u64 },
     /// A durable-mode write (published when committed).
     Durable(Box<PendingSend>),
     /// A history page for a connection.
@@ -201,6 +201,11 @@ impl<S: StorePort> Owner<S> {
     /// The next effect to carry out, oldest first.
     pub fn poll(&mut self) -> Option<Effect> {
         self.effects.pop_front()
+    }
+
+    /// The store port (for a shell or a test that answers its requests).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 
     fn stats(&self) -> &ShardStats {
@@ -336,18 +341,26 @@ impl<S: StorePort> Owner<S> {
             Readiness::Refused(msg) => return self.reply(a.conn, Busy::Store.reply(a.req, msg)),
         }
         let Some(r) = self.rooms.get_mut(a.room) else { return };
-        let ack = match r.sequence(a.user, a.client_id, now_ms) {
+        let mut ack = match r.sequence(a.user, a.client_id, now_ms) {
             Sequenced::New(ack) => ack,
             Sequenced::Duplicate(ack) => {
                 let ticket = (ack.seq > r.published()).then(|| r.commit_ticket(ack.seq)).flatten();
                 return self.answer_duplicate(a, &ack, ticket);
             }
         };
+        let (name, durable) = (r.name(), self.cfg.durability == Durability::Durable);
         let rendered = render_message(a, Some(ack.seq), &ack.msg_id, ack.ts);
+        // Fast mode acks at once: its ack is rendered before the msg_id moves into the write.
+        let fast_ack = (!durable).then(|| server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+        let msg_id = if durable {
+            ack.msg_id.clone()
+        } else {
+            std::mem::take(&mut ack.msg_id)
+        };
         let stored = StoredMessage {
             room: a.room.to_owned(),
             seq: ack.seq,
-            msg_id: ack.msg_id.clone(),
+            msg_id,
             sender: a.user.to_owned(),
             ts_ms: ack.ts,
             client_id: a.client_id.map(str::to_owned),
@@ -365,10 +378,10 @@ impl<S: StorePort> Owner<S> {
         }
         ShardStats::inc(&self.stats().messages_total);
         let Some(r) = self.rooms.get_mut(a.room) else { return };
-        if self.cfg.durability == Durability::Durable {
+        let Some(ack_now) = fast_ack else {
             r.committing(ack.seq, ticket);
             let pending = PendingSend {
-                room: a.room.to_owned(),
+                room: name,
                 user: a.user.to_owned(),
                 client_id: a.client_id.map(str::to_owned),
                 ack,
@@ -377,18 +390,12 @@ impl<S: StorePort> Owner<S> {
             };
             self.waits.insert(ticket, Wait::Durable(Box::new(pending)));
             return;
-        }
+        };
         r.hold();
         r.publish(ack.seq, rendered.clone());
-        self.waits.insert(
-            ticket,
-            Wait::Write {
-                room: a.room.to_owned(),
-                seq: ack.seq,
-            },
-        );
+        self.waits.insert(ticket, Wait::Write { room: name, seq: ack.seq });
         self.fan_out(a.room, ack.seq, &rendered);
-        self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+        self.reply(a.conn, ack_now);
     }
 
     /// A retried `client_id`: the original ack, now or (durable, still committing) when the commit lands.
@@ -402,7 +409,7 @@ impl<S: StorePort> Owner<S> {
 
     /// Publishes a committed durable send: ring, fan-out, then every waiting ack.
     fn publish_durable(&mut self, p: PendingSend) {
-        let Some(r) = self.rooms.get_mut(&p.room) else { return };
+        let Some(r) = self.rooms.get_mut(&*p.room) else { return };
         r.committed(p.ack.seq);
         r.stored(p.ack.seq);
         r.publish(p.ack.seq, p.rendered.clone());
@@ -417,7 +424,7 @@ impl<S: StorePort> Owner<S> {
     /// the senders get the failure (`unavailable` when a retry may succeed), and the client id
     /// may be retried.
     fn fail_durable(&mut self, p: PendingSend, error: &Failure) {
-        let Some(r) = self.rooms.get_mut(&p.room) else { return };
+        let Some(r) = self.rooms.get_mut(&*p.room) else { return };
         r.committed(p.ack.seq);
         r.skip(p.ack.seq);
         r.unstored(p.ack.seq);
