@@ -19,6 +19,8 @@
 //!   ring, `gap` for the rest);
 //! - `feed`: a member shard's feed of a room (cursor, epoch, ring): the
 //!   dedupe of re-deliveries and the catch-up of a joining member;
+//! - `session`: a connection's session (who, its rooms, its rate) and the
+//!   checks every client frame passes before the shell acts on it;
 //! - `failure`: refusals and dependency failures with their types kept, and
 //!   the one retry policy (`retryable()` decides, one table of hints).
 
@@ -30,6 +32,7 @@ pub mod feed;
 pub mod owner;
 pub mod publisher;
 pub mod ring;
+pub mod session;
 pub mod subscriber;
 
 pub use catch_up::Piece;

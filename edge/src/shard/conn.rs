@@ -19,7 +19,7 @@ use monoio::net::TcpStream;
 use super::outbox::{self, Outbox};
 use super::{Conn, Shard};
 use crate::auth::Claims;
-use crate::limits::gcra::Gcra;
+use crate::engine::session::Session;
 use crate::metrics::ShardStats;
 use crate::ws::codec::{self, Decoder, Limits, Message};
 
@@ -35,13 +35,15 @@ pub(super) async fn run_connection(
     joins: Vec<(String, Option<u64>)>,
     rest: BytesMut,
 ) {
-    let conn = shard.open_conn(&stream, shard.cfg.outbound_queue_max_bytes);
+    let conn = shard.open_conn(&stream, shard.cfg.outbound_queue_max_bytes, joins);
     let (rd, wr) = stream.into_split();
     monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
     match claims {
-        Some(c) => shard.authenticated(&conn, c, joins),
+        Some(c) => {
+            let joins = conn.session.borrow_mut().authenticated(c);
+            shard.welcome(&conn, joins);
+        }
         None => {
-            *conn.pending_joins.borrow_mut() = joins;
             monoio::spawn(auth_deadline(shard.clone(), conn.clone()));
         }
     }
@@ -59,7 +61,7 @@ pub(super) async fn run_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut
     let max = shard.cfg.echo_max_message_bytes;
     // An echo peer may have a whole large message in flight while it is
     // still sending the next: the queue holds a few of the largest.
-    let conn = shard.open_conn(&stream, max.saturating_mul(4));
+    let conn = shard.open_conn(&stream, max.saturating_mul(4), Vec::new());
     let (rd, wr) = stream.into_split();
     monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
     let limits = Limits {
@@ -152,7 +154,7 @@ fn on_message(shard: &Rc<Shard>, conn: &Rc<Conn>, msg: Message, mode: Mode) -> b
 
 async fn auth_deadline(shard: Rc<Shard>, conn: Rc<Conn>) {
     monoio::time::sleep(Duration::from_millis(shard.cfg.auth_timeout_ms)).await;
-    if conn.claims.borrow().is_none() && !conn.out.is_closing() {
+    if conn.user().is_none() && !conn.out.is_closing() {
         conn.out.close(1008, "auth timeout");
     }
 }
@@ -192,20 +194,17 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
 }
 
 impl Shard {
-    fn open_conn(&self, stream: &TcpStream, max_queued_bytes: usize) -> Rc<Conn> {
+    /// A connection's state, with the `?room=`/`?resume=` joins its session runs after `auth`.
+    fn open_conn(&self, stream: &TcpStream, max_queued_bytes: usize, joins: Vec<(String, Option<u64>)>) -> Rc<Conn> {
         let cfg = &self.cfg;
         let out = Outbox::new(stream.as_raw_fd(), max_queued_bytes, cfg.outbound_queue_max_frames);
         let now = Self::now_ms();
         let conn = Rc::new(Conn {
             id: self.new_conn_id(),
             out: Rc::new(out),
-            claims: RefCell::new(None),
-            rooms: RefCell::new(Vec::new()),
-            pending_joins: RefCell::new(Vec::new()),
+            session: RefCell::new(Session::new(&self.session_limits, joins)),
             last_seen_ms: Cell::new(now),
             last_ping_ms: Cell::new(now),
-            rate: RefCell::new(Gcra::new(cfg.max_msgs_per_s, cfg.msgs_burst)),
-            strikes: Cell::new(0),
             stall_cut: Cell::new(false),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());

@@ -51,10 +51,7 @@ impl Shard {
             }
             SubEffect::Refused { conn, room, payload } => {
                 let Some(c) = self.conn(conn) else { return };
-                let pos = c.rooms.borrow().iter().position(|r| *r == room);
-                if let Some(pos) = pos {
-                    c.rooms.borrow_mut().swap_remove(pos);
-                }
+                c.session.borrow_mut().forget_room(&room);
                 c.out.push_text(payload);
             }
             SubEffect::Cancelled { conn, req } => {
@@ -77,10 +74,9 @@ impl Shard {
         });
     }
 
-    /// A join that passed the member side's checks.
+    /// A join that passed the session's checks (the room is the session's already).
     pub(super) fn member_join(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str, since: Option<u64>) {
         let Some(claims) = conn.user() else { return };
-        conn.rooms.borrow_mut().push(room.to_owned());
         let token = self.take_ticket();
         let j = JoinReq {
             room,
@@ -93,7 +89,7 @@ impl Shard {
         self.with_subscriber(|s| s.join(j));
     }
 
-    /// `conn` left `room` (already off `conn.rooms`); `was_member`: it was in the fan-out list.
+    /// `conn` left `room` (already off its session); `was_member`: it was in the fan-out list.
     pub(super) fn member_leave(&self, conn: &Conn, room: &str, was_member: bool) {
         let user = conn.user().map(|c| c.sub.clone()).unwrap_or_default();
         self.with_subscriber(|s| s.leave(room, conn.id, &user, was_member));

@@ -40,9 +40,9 @@ use crate::auth::{Claims, Verifier};
 use crate::config::Config;
 use crate::engine::owner::{Owner, OwnerConfig};
 use crate::engine::publisher::{Publisher, PublisherConfig};
+use crate::engine::session::{Session, SessionLimits};
 use crate::engine::subscriber::{Subscriber, SubscriberConfig};
 use crate::limits::admission::Admission;
-use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
 use crate::room::MemberIndex;
 use local::ShardStore;
@@ -80,26 +80,17 @@ pub struct ShardSetup {
 pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) out: Rc<Outbox>,
-    pub(crate) claims: RefCell<Option<Rc<Claims>>>,
-    /// Rooms joined or being joined (the member side has not answered yet).
-    pub(crate) rooms: RefCell<Vec<String>>,
-    /// `?room=` / `?resume=` joins of a connection still waiting for its `auth` frame.
-    pub(crate) pending_joins: RefCell<Vec<(String, Option<u64>)>>,
+    /// Who it is, its rooms, its rate (`engine::session`).
+    pub(crate) session: RefCell<Session>,
     pub(crate) last_seen_ms: Cell<u64>,
     pub(crate) last_ping_ms: Cell<u64>,
-    pub(crate) rate: RefCell<Gcra>,
-    pub(crate) strikes: Cell<u32>,
     /// The socket was shut down because a write stalled (counted once).
     pub(crate) stall_cut: Cell<bool>,
 }
 
 impl Conn {
     fn user(&self) -> Option<Rc<Claims>> {
-        self.claims.borrow().clone()
-    }
-
-    fn in_room(&self, room: &str) -> bool {
-        self.rooms.borrow().iter().any(|r| r == room)
+        self.session.borrow().user().cloned()
     }
 }
 
@@ -109,6 +100,8 @@ pub(crate) struct Shard {
     pub(crate) shards: usize,
     pub(crate) cfg: Arc<Config>,
     pub(crate) verifier: Verifier,
+    /// What every connection's session checks against.
+    session_limits: SessionLimits,
     pub(crate) mesh: Endpoint,
     pub(crate) all_stats: Arc<Vec<ShardStats>>,
     pub(crate) driver: &'static str,
@@ -172,6 +165,7 @@ impl Shard {
         Self {
             id: s.id,
             shards: s.shards,
+            session_limits: SessionLimits::new(&s.cfg),
             cfg: s.cfg,
             verifier: s.verifier,
             mesh: s.mesh,

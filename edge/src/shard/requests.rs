@@ -1,8 +1,12 @@
-//! Client requests on the connection's own shard (the member side): parse,
-//! rate-limit, authorize, then either answer locally or forward to the room's
-//! owner shard. Requests that would have to queue behind a full mesh ring are
-//! answered `overloaded` with a retry hint instead of buffering.
+//! Client requests on the connection's own shard: each text frame goes
+//! through the connection's session (`engine::session`: parse, rate,
+//! authentication, rights, limits), and what it comes to is carried out here:
+//! a reply, a close, joins and leaves to the member side, a send to the room's
+//! owner shard, history and presence to the sequencer. Requests that would
+//! have to queue behind a full mesh ring are answered `overloaded` with a
+//! retry hint instead of buffering.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -11,16 +15,13 @@ use bytes::Bytes;
 use router::Frame;
 
 use super::{Conn, Shard};
-use crate::auth::{self, Claims};
 use crate::engine::owner::SendArgs;
+use crate::engine::session::{FrameCtx, Step};
 use crate::engine::Busy;
 use crate::metrics::ShardStats;
-use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target};
+use crate::protocol::client::SendReq;
 use crate::protocol::server::{self, AdvertisedLimits, FileOut};
 use crate::protocol::ErrorCode;
-
-/// Close code for a client that keeps exceeding its rate.
-const CLOSE_RATE_LIMIT: u16 = 4029;
 
 fn mono_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -28,97 +29,51 @@ fn mono_ns() -> u64 {
 }
 
 impl Shard {
+    /// What the session is told with a frame.
+    fn frame_ctx<'a>(&'a self, conn: &Conn) -> FrameCtx<'a> {
+        FrameCtx {
+            limits: &self.session_limits,
+            verifier: &self.verifier,
+            mono_ns: mono_ns(),
+            now_ms: Self::now_ms(),
+            reply_bytes: conn.out.reply_bytes(),
+            stats: self.stats(),
+        }
+    }
+
     /// One text frame from a client.
     pub(super) fn handle_text(&self, conn: &Rc<Conn>, text: &str) {
-        ShardStats::inc(&self.stats().frames_in_total);
-        let limits = ParseLimits {
-            max_body_chars: self.cfg.max_body_chars,
-            max_client_id_bytes: 64,
-        };
-        let env = match client::parse(text, &limits) {
-            Ok(env) => env,
-            Err(e) => {
-                let id = e.id.as_deref().map(|r| r.get());
-                return self.reply_error(conn, id, e.code, &e.message, None);
-            }
-        };
-        let id = env.id.map(|r| r.get());
-        if !self.rate_ok(conn, id) {
-            return;
-        }
-        if conn.claims.borrow().is_none() {
-            return match env.request {
-                Request::Auth { token } => self.on_auth(conn, id, &token),
-                _ => {
-                    self.reply_error(
-                        conn,
-                        id,
-                        ErrorCode::Unauthorized,
-                        "authenticate first with {\"type\":\"auth\",\"token\":...}",
-                        None,
-                    );
-                    conn.out.close(1008, "not authenticated");
-                }
-            };
-        }
-        self.dispatch(conn, id, env.request);
+        let cx = self.frame_ctx(conn);
+        let (id, step) = conn.session.borrow_mut().frame(text, &cx);
+        self.carry_out_step(conn, id, step);
     }
 
-    fn dispatch(&self, conn: &Rc<Conn>, id: Option<&str>, req: Request<'_>) {
-        match req {
-            Request::Auth { .. } => self.reply_error(conn, id, ErrorCode::BadRequest, "already authenticated", None),
-            Request::Join { room, since } => self.on_join(conn, id, &room, since),
-            Request::Leave { room } => self.on_leave(conn, id, &room),
-            Request::Send(s) => self.on_send(conn, id, s),
-            Request::History { room, before, limit } => self.on_history(conn, id, &room, before, limit),
-            Request::Presence { room } => self.on_presence(conn, id, &room),
-            Request::Ping => {
-                conn.out.push_text(server::pong(id, Self::now_ms()));
+    fn carry_out_step(&self, conn: &Rc<Conn>, id: Option<&str>, step: Step<'_>) {
+        match step {
+            Step::Nothing => {}
+            Step::Reply(reply) => {
+                conn.out.push_text(reply);
             }
-            other => {
-                let msg = format!("{} is not available yet on this server", client::type_name(&other));
-                self.reply_error(conn, id, ErrorCode::BadRequest, &msg, None);
+            Step::Close { reply, code, reason } => {
+                conn.out.push_text(reply);
+                conn.out.close(code, reason);
             }
+            Step::Welcome { joins } => self.welcome(conn, joins),
+            Step::Join { room, since } => self.member_join(conn, id, &room, since),
+            Step::Leave { room } => {
+                self.leave_room(conn, &room);
+                conn.out.push_text(server::left(id, &room));
+            }
+            Step::Send { room, send } => self.on_send(conn, id, &room, send),
+            Step::History { room, before, limit } => self.seq_history(conn, id, &room, before, limit),
+            Step::Presence { room } => self.seq_presence(conn, id, &room),
         }
     }
 
-    /// GCRA per connection; repeated violations close the socket 4029.
-    fn rate_ok(&self, conn: &Conn, id: Option<&str>) -> bool {
-        let verdict = conn.rate.borrow_mut().check(mono_ns());
-        match verdict {
-            Ok(()) => {
-                conn.strikes.set(0);
-                true
-            }
-            Err(retry_ms) => {
-                ShardStats::inc(&self.stats().rate_limited_total);
-                let strikes = conn.strikes.get() + 1;
-                conn.strikes.set(strikes);
-                if strikes >= self.cfg.rate_limit_strikes {
-                    conn.out.close(CLOSE_RATE_LIMIT, "rate limit exceeded repeatedly");
-                } else {
-                    self.reply_error(conn, id, ErrorCode::RateLimited, "too many requests", Some(retry_ms));
-                }
-                false
-            }
-        }
-    }
-
-    fn on_auth(&self, conn: &Rc<Conn>, id: Option<&str>, token: &str) {
-        match self.verifier.verify(token, Self::now_ms() / 1000) {
-            Ok(claims) => {
-                let joins = std::mem::take(&mut *conn.pending_joins.borrow_mut());
-                self.authenticated(conn, claims, joins);
-            }
-            Err(e) => {
-                self.reply_error(conn, id, ErrorCode::Unauthorized, &format!("invalid token: {e}"), None);
-                conn.out.close(1008, "authentication failed");
-            }
-        }
-    }
-
-    /// The connection proved who it is: `welcome`, then the `?room=` and `?resume=` joins.
-    pub(super) fn authenticated(&self, conn: &Rc<Conn>, claims: Claims, joins: Vec<(String, Option<u64>)>) {
+    /// The connection proved who it is: `welcome`, then the `?room=` and `?resume=` joins
+    /// (each through the session's join checks).
+    pub(super) fn welcome(&self, conn: &Rc<Conn>, joins: Vec<(String, Option<u64>)>) {
+        let Some(user) = conn.user() else { return };
         let limits = AdvertisedLimits {
             max_frame_bytes: self.cfg.max_frame_bytes as u64,
             max_body_chars: self.cfg.max_body_chars as u64,
@@ -127,75 +82,42 @@ impl Shard {
         };
         let conn_id = format!("{:x}", conn.id);
         let welcome = server::welcome(
-            &claims.sub,
+            &user.sub,
             &conn_id,
             &self.cfg.node_id,
             self.id as u16,
             self.cfg.heartbeat_ms,
             &limits,
         );
-        *conn.claims.borrow_mut() = Some(Rc::new(claims));
         conn.out.push_text(welcome);
         for (room, since) in joins {
-            self.on_join(conn, None, &room, since);
+            let cx = self.frame_ctx(conn);
+            let step = conn.session.borrow_mut().join(None, Cow::Owned(room), since, &cx);
+            self.carry_out_step(conn, None, step);
         }
     }
 
-    fn on_join(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, since: Option<u64>) {
-        if !self.may_see(conn, id, room) {
-            return;
-        }
-        if since.is_some() && !self.reply_budget_ok(conn, id) {
-            return;
-        }
-        if conn.in_room(room) {
-            return self.reply_error(conn, id, ErrorCode::BadRequest, &format!("already joined {room}"), None);
-        }
-        if conn.rooms.borrow().len() >= self.cfg.max_rooms_per_conn {
-            let msg = format!("at most {} rooms per connection", self.cfg.max_rooms_per_conn);
-            return self.reply_error(conn, id, ErrorCode::Forbidden, &msg, None);
-        }
-        self.member_join(conn, id, room, since);
-    }
-
-    fn on_leave(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
-        if !self.leave_room(conn, room) {
-            return self.reply_error(conn, id, ErrorCode::NotFound, &format!("not in room {room}"), None);
-        }
-        conn.out.push_text(server::left(id, room));
-    }
-
-    /// Removes `conn` from `room` here and at the owner; false if not a member.
-    fn leave_room(&self, conn: &Conn, room: &str) -> bool {
-        let pos = conn.rooms.borrow().iter().position(|r| r == room);
-        let Some(pos) = pos else { return false };
-        conn.rooms.borrow_mut().swap_remove(pos);
+    /// `conn` is off `room` in its session: the member side and the sequencer forget it.
+    fn leave_room(&self, conn: &Conn, room: &str) {
         // A join still waiting for its answer no longer stands: the member side answers it.
         let was_member = self.members.borrow_mut().remove(room, conn.id);
         self.member_leave(conn, room, was_member);
-        true
     }
 
     /// Leaves every room (the connection is gone).
     pub(super) fn leave_all(&self, conn: &Conn) {
-        let rooms: Vec<String> = conn.rooms.borrow().clone();
+        let rooms: Vec<String> = conn.session.borrow().rooms().to_vec();
         for room in rooms {
+            conn.session.borrow_mut().forget_room(&room);
             self.leave_room(conn, &room);
         }
     }
 
-    fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, s: SendReq<'_>) {
+    /// A send the session allowed: to the room's owner shard.
+    fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, s: SendReq<'_>) {
         let Some(claims) = conn.user() else { return };
-        let room = match s.target {
-            Target::Room(r) if conn.in_room(&r) => r.into_owned(),
-            Target::Room(r) => {
-                return self.reply_error(conn, id, ErrorCode::Forbidden, &format!("join {r} before sending to it"), None);
-            }
-            Target::User(to) if auth::is_valid_user_id(&to) => auth::dm_room(&claims.sub, &to),
-            Target::User(_) => return self.reply_error(conn, id, ErrorCode::BadRequest, "send: invalid user id in to", None),
-        };
         let args = SendArgs {
-            room: &room,
+            room,
             shard: self.id,
             conn: conn.id,
             user: &claims.sub,
@@ -211,56 +133,13 @@ impl Shard {
             }),
             reply_to: s.reply_to,
         };
-        let owner = crate::room::owner(&room, self.shards);
+        let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
             return self.seq_send(&args);
         }
         if !self.try_request(owner, &super::mesh_io::send_frame(&args)) {
             self.overloaded(conn, id);
         }
-    }
-
-    /// Whether the connection's user may see `room` (the join rules); answers the refusal if not.
-    fn may_see(&self, conn: &Conn, id: Option<&str>, room: &str) -> bool {
-        let Some(claims) = conn.user() else { return false };
-        let Err(denied) = auth::may_join(&claims, room) else { return true };
-        let code = if denied.code() == "bad_request" {
-            ErrorCode::BadRequest
-        } else {
-            ErrorCode::Forbidden
-        };
-        self.reply_error(conn, id, code, &denied.to_string(), None);
-        false
-    }
-
-    /// Who is online in a room.
-    fn on_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
-        if !self.may_see(conn, id, room) {
-            return;
-        }
-        self.seq_presence(conn, id, room);
-    }
-
-    /// A page of history; the user needs the right to join the room, not membership.
-    fn on_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
-        if !self.may_see(conn, id, room) || !self.reply_budget_ok(conn, id) {
-            return;
-        }
-        self.seq_history(conn, id, room, before, limit);
-    }
-
-    /// Flow control of large replies: while more than `reply_budget_bytes` of
-    /// this connection's replies still wait for the socket, a new history or
-    /// catch-up request is answered `overloaded` (retry once the client has
-    /// read what it asked for) rather than queued without bound.
-    fn reply_budget_ok(&self, conn: &Conn, id: Option<&str>) -> bool {
-        if conn.out.reply_bytes() <= self.cfg.reply_budget_bytes {
-            return true;
-        }
-        ShardStats::inc(&self.stats().reply_budget_refused_total);
-        let msg = "earlier replies are still being sent: read them, then retry";
-        conn.out.push_text(Busy::Shard.reply(id, msg));
-        false
     }
 
     pub(super) fn overloaded(&self, conn: &Conn, id: Option<&str>) {
