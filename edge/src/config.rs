@@ -110,6 +110,9 @@ pub struct Config {
     pub presence_lease_ms: u64,
     /// Cluster: how often a node renews its presence leases and sweeps expired ones, in ms.
     pub presence_heartbeat_ms: u64,
+    /// Single node: a `presence` answer lists at most this many users of a room
+    /// (those online longest), with the full `count`.
+    pub presence_roster_max: usize,
     /// Cluster: longest wait for each Redis step of a join (the subscription, the room's seq,
     /// the catch-up read) and for a history or presence read, in ms; then the request
     /// answers `unavailable`.
@@ -228,6 +231,7 @@ impl Default for Config {
             redis_command_timeout_ms: 2_000,
             presence_lease_ms: 15_000,
             presence_heartbeat_ms: 5_000,
+            presence_roster_max: 200,
             cluster_join_timeout_ms: 5_000,
             node_id: "edge-1".into(),
             jwt_algorithm: JwtAlgorithm::Hs256,
@@ -355,6 +359,9 @@ impl Config {
         }
         if self.max_body_chars == 0 {
             return invalid("max_body_chars", "must be positive");
+        }
+        if self.presence_roster_max == 0 {
+            return invalid("presence_roster_max", "must be positive");
         }
         if self.max_head_bytes < 512 {
             return invalid("max_head_bytes", "must be at least 512");

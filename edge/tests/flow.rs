@@ -112,9 +112,11 @@ fn a_1000_message_catch_up_is_served_whole_by_join_since_and_resume() {
     });
 }
 
+/// The next messages are exactly `want`, in order (presence events, which members get
+/// when users come and go, are passed over).
 fn expect_seqs(c: &mut Client, room: &str, want: std::ops::RangeInclusive<u64>) {
     for seq in want {
-        let v: Value = c.recv();
+        let v: Value = c.recv_chat();
         assert_eq!(v["type"], "message", "expected seq {seq}, got {v}");
         assert_eq!((v["room"].as_str(), v["seq"].as_u64()), (Some(room), Some(seq)));
     }

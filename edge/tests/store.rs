@@ -282,10 +282,11 @@ fn assert_distinct_seqs(acked: &[Acked]) {
     }
 }
 
-/// Reads the next frames of `c`: exactly the messages `expected` of `room`, in order, with their acked bodies.
+/// Reads the next frames of `c`: exactly the messages `expected` of `room`, in order, with
+/// their acked bodies (presence events passed over).
 fn expect_messages(c: &mut Client, room: &str, expected: RangeInclusive<u64>, acked: &[Acked]) {
     for seq in expected {
-        let v = c.recv();
+        let v = c.recv_chat();
         let want = acked
             .iter()
             .find(|a| a.seq == seq)
@@ -416,7 +417,7 @@ fn since_catch_up_after_reconnect_delivers_exactly_the_missed() {
 
     let live = send_pipelined(&mut a, "s", 35..36, 1);
     assert_eq!(live[0].seq, 36, "the live message after 35 sends: {:?}", live[0]);
-    let next = b.recv();
+    let next = b.recv_chat();
     let got = (next["type"].as_str(), next["seq"].as_u64());
     assert_eq!(
         got,
@@ -472,7 +473,7 @@ fn since_catch_up_after_restart_comes_from_the_store() {
     let mut c = Client::connect(&server.addr, "carol", "");
     let joined = c.request(json!({"type": "join", "room": "r2", "since": 5}), "far-back");
     assert_eq!(joined["seq"], 40, "{joined}");
-    let gap = c.recv();
+    let gap = c.recv_chat();
     let got = (gap["type"].as_str(), gap["from"].as_u64(), gap["to"].as_u64());
     assert_eq!(got, (Some("gap"), Some(6), Some(20)), "past max_catch_up_messages: {gap}");
     expect_messages(&mut c, "r2", 21..=40, &acked);

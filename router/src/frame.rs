@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 5;
+pub const FRAME_VERSION: u8 = 6;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -99,6 +99,15 @@ pub enum Frame {
     },
     /// A client's send for the room's owner shard.
     Send(SendMsg),
+    /// A member shard asks the room's owner who is online, for one connection.
+    Online {
+        /// The room.
+        room: String,
+        /// The connection on the member shard.
+        conn: u64,
+        /// The client's request id, echoed in the answer.
+        req: Option<String>,
+    },
     /// The owner's answer to one connection: rendered JSON.
     Reply {
         /// The connection on the member shard.
@@ -297,6 +306,7 @@ fn size_hint(frame: &Frame) -> usize {
             messages.iter().map(|m| m.payload.len() + 16).sum::<usize>() + refusal.as_ref().map_or(0, |r| r.message.len())
         }
         Frame::Presence { room, user, .. } => room.len() + user.len(),
+        Frame::Online { room, req, .. } => room.len() + opt(req),
         Frame::Deliver { room, payload, .. } => room.len() + payload.len(),
         Frame::Send(SendMsg {
             room,
@@ -386,6 +396,11 @@ mod tests {
             Frame::Unsubscribe {
                 room: "lobby".into(),
                 shard: 65535,
+            },
+            Frame::Online {
+                room: "lobby".into(),
+                conn: 12,
+                req: Some("\"p\"".into()),
             },
             Frame::Presence {
                 room: "lobby".into(),

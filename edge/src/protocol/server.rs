@@ -227,8 +227,9 @@ pub fn history(id: Option<&str>, room: &str, messages: &[Bytes], next_before: Op
     o.done()
 }
 
-/// `presence` answer: the users online in a room (cluster-wide), with the time they came online.
-pub fn presence_list(id: Option<&str>, room: &str, online: &[(String, u64)]) -> Bytes {
+/// `presence` answer: users online in a room, with the time they came online, and how many
+/// are online in all (`online` may list fewer).
+pub fn presence_list(id: Option<&str>, room: &str, online: &[(String, u64)], count: usize) -> Bytes {
     let mut o = Obj::new("presence", 64 + room.len() + online.len() * 48);
     o.id(id).str("room", room).key("online");
     o.0.push(b'[');
@@ -241,7 +242,7 @@ pub fn presence_list(id: Option<&str>, room: &str, online: &[(String, u64)]) -> 
         let _ = write!(o.0, ",\"since\":{since}}}");
     }
     o.0.push(b']');
-    o.num("count", online.len() as u64).done()
+    o.num("count", count as u64).done()
 }
 
 /// `presence` event: `user` came online or went offline in `room`.
@@ -377,7 +378,7 @@ mod tests {
         let filled = text.replace(router::bridge::SEQ_PLACEHOLDER, "\"seq\":                  42");
         let v: Value = serde_json::from_str(&filled).expect("valid JSON once filled");
         assert_eq!(v["seq"], 42);
-        let p = j(&presence_list(Some("7"), "r", &[("a".into(), 5), ("b\"".into(), 6)]));
+        let p = j(&presence_list(Some("7"), "r", &[("a".into(), 5), ("b\"".into(), 6)], 2));
         assert_eq!((p["count"].as_u64(), p["online"][1]["user"].as_str()), (Some(2), Some("b\"")));
         assert_eq!(j(&presence_event("r", "u", false, 3))["status"], "offline");
         assert_eq!(j(&epoch("r", 10, 0))["epoch"], 10);

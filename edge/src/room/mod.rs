@@ -10,10 +10,12 @@
 mod dedupe;
 mod members;
 mod page;
+mod roster;
 
 pub use dedupe::{AckInfo, Dedupe};
 pub use members::MemberIndex;
 pub use page::{fit_page, Page};
+pub use roster::Roster;
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -64,8 +66,10 @@ pub struct OwnedRoom {
     room_hash: u64,
     /// Shards that deliver the room to their members (subscribed), one flag each.
     subscribed: Vec<bool>,
-    /// Members per shard, as their shards report them (`member_joined`/`member_left`).
+    /// Members per shard, as their shards report them ([`Self::member`]).
     members_by_shard: Vec<u32>,
+    /// Who is online in the room.
+    roster: Roster,
     dedupe: Dedupe,
     recent: RecentRing,
     /// Store writes and queries still out for this room: it must not be evicted meanwhile.
@@ -95,6 +99,7 @@ impl OwnedRoom {
             room_hash: stable_hash(room),
             subscribed: vec![false; shards],
             members_by_shard: vec![0; shards],
+            roster: Roster::default(),
             dedupe: Dedupe::new(dedupe_cap),
             recent: RecentRing::new(recent_cap),
             holds: 0,
@@ -163,12 +168,23 @@ impl OwnedRoom {
         }
     }
 
-    /// A member on `shard` joined (`true`) or left: its shard counts each connection once
-    /// each way, so the count never goes below zero.
-    pub fn member(&mut self, shard: usize, joined: bool) {
+    /// A member (a connection of `user`) on `shard` joined (`true`) or left at `now_ms`:
+    /// its shard counts each connection once each way, so no count goes below zero. True
+    /// when the user came online or went offline in the room with it.
+    pub fn member(&mut self, shard: usize, user: &str, joined: bool, now_ms: u64) -> bool {
         if let Some(n) = self.members_by_shard.get_mut(shard) {
             *n = if joined { n.saturating_add(1) } else { n.saturating_sub(1) };
         }
+        if joined {
+            self.roster.joined(user, now_ms)
+        } else {
+            self.roster.left(user)
+        }
+    }
+
+    /// Who is online in the room.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
     }
 
     /// The shards that deliver the room: `me` first when it does, one Deliver each.
@@ -370,12 +386,12 @@ mod tests {
         r.subscribe(2);
         assert_eq!(r.subscribers(2).collect::<Vec<_>>(), [2, 0], "me first, each once");
         assert_eq!(r.subscribers(1).collect::<Vec<_>>(), [0, 2]);
-        r.member(0, true);
-        r.member(2, true);
-        r.member(2, true);
+        assert!(r.member(0, "a", true, 1), "a comes online");
+        assert!(r.member(2, "b", true, 2));
+        assert!(!r.member(2, "a", true, 3), "a's second connection");
         assert_eq!((r.members(), r.others(2), r.others(1)), (3, 1, 3));
-        r.member(2, false);
-        r.member(1, false); // never counted there: stays at zero
+        assert!(!r.member(2, "a", false, 4), "a still has a connection on shard 0");
+        r.member(1, "z", false, 5); // never counted there: stays at zero
         assert_eq!(r.members(), 2);
         r.unsubscribe(2);
         assert_eq!(r.subscribers(2).collect::<Vec<_>>(), [0]);

@@ -99,7 +99,7 @@ impl Shard {
         let r = room.to_owned();
         self.reply_from_redis(conn, req, async move {
             let online = bridge.presence_online(&r).await?;
-            Ok(move |req: Option<&str>| server::presence_list(req, &r, &online))
+            Ok(move |req: Option<&str>| server::presence_list(req, &r, &online, online.len()))
         });
     }
 

@@ -134,9 +134,30 @@ impl Shard {
         self.with_owner(|o, _| o.unsubscribe(room, shard));
     }
 
-    /// A member on `shard` joined or left a room this shard owns.
-    pub(super) fn owner_member(&self, room: &str, shard: usize, online: bool) {
-        self.with_owner(|o, _| o.member(room, shard, online));
+    /// A member (of `user`) on `shard` joined or left a room this shard owns.
+    pub(super) fn owner_member(&self, room: &str, shard: usize, user: &str, online: bool) {
+        self.with_owner(|o, now| o.member(room, shard, user, online, now));
+    }
+
+    /// Who is online in a room this shard owns, for connection `conn`.
+    pub(super) fn owner_presence(&self, room: &str, conn: u64, req: Option<&str>) {
+        self.with_owner(|o, _| o.presence(room, conn, req));
+    }
+
+    /// Member side: who is online, from the room's owner shard.
+    pub(super) fn local_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
+        let owner = crate::room::owner(room, self.shards);
+        if owner == self.id {
+            return self.owner_presence(room, conn.id, id);
+        }
+        let frame = Frame::Online {
+            room: room.to_owned(),
+            conn: conn.id,
+            req: id.map(str::to_owned),
+        };
+        if !self.try_request(owner, &frame) {
+            self.overloaded(conn, id);
+        }
     }
 
     /// A send to a room this shard owns.
@@ -208,7 +229,7 @@ impl Shard {
             SubEffect::Presence { room, user, online } => {
                 let owner = crate::room::owner(&room, self.shards);
                 if owner == me {
-                    return self.owner_member(&room, me, online);
+                    return self.owner_member(&room, me, &user, online);
                 }
                 let frame = Frame::Presence {
                     room,

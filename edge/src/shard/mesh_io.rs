@@ -153,8 +153,11 @@ impl Shard {
             ArchivedFrame::Unsubscribe { room, shard } => {
                 self.owner_unsubscribe(room.as_str(), usize::from(shard.to_native()));
             }
-            ArchivedFrame::Presence { room, shard, online, .. } => {
-                self.owner_member(room.as_str(), usize::from(shard.to_native()), *online);
+            ArchivedFrame::Presence { room, shard, user, online } => {
+                self.owner_member(room.as_str(), usize::from(shard.to_native()), user.as_str(), *online);
+            }
+            ArchivedFrame::Online { room, conn, req } => {
+                self.owner_presence(room.as_str(), conn.to_native(), req.as_ref().map(|r| r.as_str()));
             }
             ArchivedFrame::History { .. } => self.on_history_frame(frame),
             ArchivedFrame::Send(m) => self.seq_send(&SendArgs::of_archived(m)),

@@ -19,7 +19,6 @@ use super::{Conn, Shard};
 use crate::engine::owner::SendArgs;
 use crate::engine::publisher::Publisher;
 use crate::engine::subscriber::SubEffect;
-use crate::protocol::ErrorCode;
 
 /// Which sequencer this node runs with: chosen once, at start.
 pub(crate) enum Sequencer {
@@ -83,10 +82,7 @@ impl Shard {
     /// Who is online in a room.
     pub(super) fn seq_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
         match &self.sequencer {
-            Sequencer::Local(_) => {
-                let msg = "presence is served in cluster mode (--redis-url); a single node does not track it yet";
-                self.reply_error(conn, id, ErrorCode::BadRequest, msg, None);
-            }
+            Sequencer::Local(_) => self.local_presence(conn, id, room),
             Sequencer::Redis(_) => self.cluster_presence(conn, id, room),
         }
     }

@@ -185,6 +185,17 @@ impl Client {
         }
     }
 
+    /// The next room frame: like [`Self::recv`], but passes over `presence` events, which
+    /// members get whenever users come and go and which may fall between any two frames.
+    pub fn recv_chat(&mut self) -> Value {
+        loop {
+            let v = self.recv();
+            if v["type"] != "presence" {
+                return v;
+            }
+        }
+    }
+
     /// Reads frames until one of type `ty` (others are returned in order via `skipped`).
     pub fn recv_type(&mut self, ty: &str) -> Value {
         for _ in 0..10_000 {

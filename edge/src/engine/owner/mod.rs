@@ -3,8 +3,8 @@
 //!
 //! Events come in as method calls with `now_ms` passed in (a member shard
 //! subscribes to a room, reads a catch-up, counts a member in or out, or
-//! unsubscribes; a connection sends or asks for history; a store completion
-//! arrives); what the shard must do comes out of [`Owner::poll`] as
+//! unsubscribes; a connection sends or asks for history or who is online; a
+//! store completion arrives); what the shard must do comes out of [`Owner::poll`] as
 //! [`Effect`]s, in order: replies for connections, answers to member shards
 //! (`Subscribed` with the room's position, `Fetched`), and deliveries for
 //! every subscribed shard. Joins themselves are the member side's
@@ -80,6 +80,8 @@ pub struct OwnerConfig {
     pub max_rooms_per_shard: usize,
     /// Largest history page, in bytes of messages.
     pub history_page_max_bytes: usize,
+    /// Users a presence list shows (with the full count).
+    pub presence_roster_max: usize,
     /// Whether the node's previous run ended cleanly (false re-epochs every room loaded).
     pub previous_run_clean: bool,
     /// This run's epoch, for rooms re-epoched after an unclean run.
@@ -98,6 +100,7 @@ impl OwnerConfig {
             room_load_queue_max: cfg.room_load_queue_max,
             max_rooms_per_shard: cfg.max_rooms_per_shard,
             history_page_max_bytes: cfg.history_page_max_bytes,
+            presence_roster_max: cfg.presence_roster_max,
             previous_run_clean,
             run_epoch,
         }
@@ -258,11 +261,24 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
-    /// A member on `shard` joined (`online`) or left `room`.
-    pub fn member(&mut self, room: &str, shard: usize, online: bool) {
-        if let Some(r) = self.rooms.get_mut(room) {
-            r.member(shard, online);
+    /// A member (a connection of `user`) on `shard` joined (`online`) or left `room`: when
+    /// the user came online or went offline with it, the members get a `presence` event.
+    pub fn member(&mut self, room: &str, shard: usize, user: &str, online: bool, now_ms: u64) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        if r.member(shard, user, online, now_ms) {
+            let event = server::presence_event(room, user, online, now_ms);
+            self.fan_out(room, 0, &event);
         }
+    }
+
+    /// Who is online in `room` (the first `presence_roster_max`, with the full count), for
+    /// connection `conn`; a room not in memory has nobody.
+    pub fn presence(&mut self, room: &str, conn: u64, req: Option<&str>) {
+        let (online, count) = match self.rooms.get(room) {
+            Some(r) => (r.roster().online(self.cfg.presence_roster_max), r.roster().len()),
+            None => (Vec::new(), 0),
+        };
+        self.reply(conn, server::presence_list(req, room, &online, count));
     }
 
     /// A member shard's catch-up read: from the ring when it holds everything after

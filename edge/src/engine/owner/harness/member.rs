@@ -76,10 +76,11 @@ impl World {
                 let frame = Frame::Unsubscribe { room: room.clone(), shard };
                 self.send_to_owner(shard, &room, frame);
             }
-            SubEffect::Presence { room, online, .. } => {
+            SubEffect::Presence { room, user, online } => {
                 let frame = Frame::Presence {
                     room: room.clone(),
                     shard,
+                    user,
                     online,
                 };
                 self.send_to_owner(shard, &room, frame);
@@ -99,6 +100,7 @@ impl World {
                 let since = c.since.remove(&req).flatten();
                 let seq = v["seq"].as_u64().expect("joined.seq");
                 c.member.insert(room.clone(), since.unwrap_or(seq).min(seq));
+                c.presence.retain(|(r, _), _| *r != room);
                 for frame in &catch_up {
                     self.check_catch_up_gap(&room, seq, frame);
                 }
@@ -170,6 +172,26 @@ impl World {
                 if let Some((user, Some(cid))) = self.sends.get(&id).cloned() {
                     self.check_client_ids(&v, &user, &cid);
                 }
+            }
+            Some("presence") if v["id"].is_string() => {
+                let listed = v["online"].as_array().expect("online").len() as u64;
+                assert!(listed <= v["count"].as_u64().expect("count"), "{v}");
+            }
+            Some("presence") => {
+                // Events reach a member in the owner's order: each user's alternate.
+                let Some(c) = self.clients.get_mut(&conn) else { return };
+                if !c.member.contains_key(&room) {
+                    return;
+                }
+                let user = v["user"].as_str().expect("user").to_owned();
+                let online = v["status"] == "online";
+                let before = c.presence.insert((room.clone(), user.clone()), online);
+                assert_ne!(
+                    before,
+                    Some(online),
+                    "conn {conn:x} in {room}: {user} {} twice in a row",
+                    v["status"]
+                );
             }
             Some("history") => {
                 for m in v["messages"].as_array().expect("messages") {

@@ -64,7 +64,13 @@ enum Frame {
     Presence {
         room: String,
         shard: usize,
+        user: String,
         online: bool,
+    },
+    Online {
+        room: String,
+        conn: u64,
+        req: String,
     },
     Send {
         room: String,
@@ -93,6 +99,8 @@ struct Client {
     seen: HashMap<String, u64>,
     /// Rooms whose `joined` arrived: the last seq seen there (the member side's fan-out list).
     member: HashMap<String, u64>,
+    /// The last `presence` status seen per (room, user) since the member's `joined`.
+    presence: HashMap<(String, String), bool>,
     /// The `since` of each join request not answered yet, by request id.
     since: HashMap<String, Option<u64>>,
 }
@@ -135,6 +143,11 @@ fn trace(what: impl FnOnce() -> String) {
     }
 }
 
+/// The user a connection is online as: two users, each with connections on every shard.
+fn presence_user(conn: u64) -> String {
+    format!("p{}", conn % 2)
+}
+
 fn shard_of(conn: u64) -> usize {
     (conn >> 48) as usize
 }
@@ -164,6 +177,7 @@ impl World {
                     // Small, so empty rooms are evicted and reloaded.
                     max_rooms_per_shard: 1,
                     history_page_max_bytes: 64 * 1024,
+                    presence_roster_max: rng.random_range(1..4),
                     previous_run_clean: true,
                     run_epoch: 1,
                 };
@@ -261,7 +275,8 @@ impl World {
                 o.fetch(f, now);
             }
             Frame::Unsubscribe { room, shard } => o.unsubscribe(room, *shard),
-            Frame::Presence { room, shard, online } => o.member(room, *shard, *online),
+            Frame::Presence { room, shard, user, online } => o.member(room, *shard, user, *online, now),
+            Frame::Online { room, conn, req } => o.presence(room, *conn, Some(req)),
             Frame::Send {
                 room,
                 shard,
@@ -315,7 +330,8 @@ impl World {
         }
     }
 
-    /// A random client asks for something: join (with or without `since`), leave, send, history.
+    /// A random client asks for something: join (with or without `since`), leave, send,
+    /// history, who is online.
     fn client_step(&mut self) {
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         let conn = ids[self.rng.random_range(0..ids.len())];
@@ -325,6 +341,15 @@ impl World {
             (false, 0..=5) => self.client_join(conn, room),
             (true, 0..=1) => self.client_leave(conn, room),
             (true, 2..=7) => self.client_send(conn, room),
+            _ if self.rng.random_bool(0.3) => {
+                let req = self.req();
+                let frame = Frame::Online {
+                    room: room.clone(),
+                    conn,
+                    req,
+                };
+                self.send_to_owner(shard_of(conn), &room, frame);
+            }
             _ => {
                 let before = self.rng.random_bool(0.5).then(|| self.rng.random_range(1..30));
                 let req = self.req();
@@ -353,7 +378,7 @@ impl World {
         c.member.remove(&room);
         c.since.insert(req.clone(), since);
         let shard = shard_of(conn);
-        let user = format!("u{conn:x}");
+        let user = presence_user(conn);
         let j = JoinReq {
             room: &room,
             conn,
@@ -373,7 +398,7 @@ impl World {
         let was_member = c.member.remove(&room).is_some();
         let shard = shard_of(conn);
         trace(|| format!("shard {shard}: conn {conn:x} leaves {room} (member: {was_member})"));
-        self.subscribers[shard].leave(&room, conn, &format!("u{conn:x}"), was_member);
+        self.subscribers[shard].leave(&room, conn, &presence_user(conn), was_member);
         self.drain_member(shard);
     }
 

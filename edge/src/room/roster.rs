@@ -1,0 +1,77 @@
+//! Who is online in a room on a single node: each user's member connections
+//! (on any shard) and since when. A user comes online with their first
+//! connection in the room and goes offline with their last.
+//!
+//! Invariant: a user is listed exactly while their count of connections,
+//! counted in once and out once each, is above zero.
+
+use std::collections::HashMap;
+
+/// A room's online users.
+#[derive(Debug, Default)]
+pub struct Roster {
+    /// User -> (connections in the room, online since ms).
+    users: HashMap<String, (u32, u64)>,
+}
+
+impl Roster {
+    /// A connection of `user` joined at `now_ms`; true when the user came online with it.
+    pub fn joined(&mut self, user: &str, now_ms: u64) -> bool {
+        if let Some((n, _)) = self.users.get_mut(user) {
+            *n += 1;
+            return false;
+        }
+        self.users.insert(user.to_owned(), (1, now_ms));
+        true
+    }
+
+    /// A connection of `user` left; true when it was the user's last (they went offline).
+    pub fn left(&mut self, user: &str) -> bool {
+        let Some((n, _)) = self.users.get_mut(user) else {
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.users.remove(user);
+        true
+    }
+
+    /// How many users are online.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether nobody is online.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// The first `limit` online users with the time they came online, earliest first.
+    pub fn online(&self, limit: usize) -> Vec<(String, u64)> {
+        let mut list: Vec<(&String, u64)> = self.users.iter().map(|(u, (_, since))| (u, *since)).collect();
+        list.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        list.into_iter().take(limit).map(|(u, since)| (u.clone(), since)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_online_from_their_first_connection_to_their_last() {
+        let mut r = Roster::default();
+        assert!(r.joined("bob", 5));
+        assert!(!r.joined("bob", 6), "a second connection: still online since 5");
+        assert!(r.joined("ann", 7));
+        assert_eq!(r.online(10), [("bob".to_owned(), 5), ("ann".to_owned(), 7)]);
+        assert_eq!((r.online(1), r.len()), (vec![("bob".to_owned(), 5)], 2), "the earliest first");
+        assert!(!r.left("bob"));
+        assert!(r.left("bob"), "the last connection");
+        assert!(!r.left("bob"), "a leave never counted changes nothing");
+        assert!(!r.left("nobody"));
+        assert_eq!(r.online(10), [("ann".to_owned(), 7)]);
+    }
+}

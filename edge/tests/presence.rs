@@ -1,0 +1,99 @@
+//! Presence on a single node (no Redis): the real binary and real WebSocket
+//! clients, on both io drivers. (The deterministic harness covers the
+//! interleavings across shards; this is the wire behaviour end to end.)
+
+mod common;
+
+use common::{drivers, Client, Server};
+use serde_json::{json, Value};
+
+fn presence_events(log: &[Value], user: &str) -> Vec<String> {
+    log.iter()
+        .filter(|v| v["type"] == "presence" && v["user"] == user && v.get("id").is_none())
+        .map(|v| v["status"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn listed(reply: &Value) -> Vec<String> {
+    let mut users: Vec<String> = reply["online"]
+        .as_array()
+        .expect("online")
+        .iter()
+        .map(|u| u["user"].as_str().expect("user").to_owned())
+        .collect();
+    users.sort();
+    users
+}
+
+/// Reads `c`'s frames into `log` until `pred` holds for one of them.
+fn read_until(c: &mut Client, log: &mut Vec<Value>, pred: impl Fn(&Value) -> bool) {
+    for _ in 0..1000 {
+        let v = c.recv();
+        let done = pred(&v);
+        log.push(v);
+        if done {
+            return;
+        }
+    }
+    panic!("not seen in 1000 frames: {log:?}");
+}
+
+#[test]
+fn a_single_node_lists_who_is_online_and_pushes_first_and_last_connections() {
+    for driver in drivers() {
+        let s = Server::start(driver, &[]);
+        let mut alice = Client::connect(&s.addr, "alice", "");
+        alice.join("p");
+        let mut log = Vec::new();
+        let mut bob1 = Client::connect(&s.addr, "bob", "");
+        let mut bob2 = Client::connect(&s.addr, "bob", "");
+        bob1.join("p");
+        bob2.join("p");
+        read_until(&mut alice, &mut log, |v| v["type"] == "presence" && v["user"] == "bob");
+
+        let r = alice.request(json!({"type": "presence", "room": "p"}), "q1");
+        assert_eq!(r["type"], "presence", "{r}");
+        assert_eq!(listed(&r), ["alice", "bob"], "{r}");
+        assert_eq!(r["count"], 2);
+        let r = bob1.request(json!({"type": "presence", "room": "elsewhere"}), "q2");
+        assert_eq!(r["online"], json!([]), "a room nobody is in: {r}");
+
+        // Bob's first connection goes: he is still online through the second.
+        drop(bob1);
+        let r = bob2.request(json!({"type": "presence", "room": "p"}), "q3");
+        assert_eq!(listed(&r), ["alice", "bob"], "{r}");
+        drop(bob2);
+        read_until(&mut alice, &mut log, |v| {
+            v["type"] == "presence" && v["user"] == "bob" && v["status"] == "offline"
+        });
+        let offline = log.last().expect("the offline event");
+        assert!(offline["last_seen"].as_u64().is_some_and(|t| t > 1_600_000_000_000), "{offline}");
+        assert_eq!(
+            presence_events(&log, "bob"),
+            ["online", "offline"],
+            "one event per first/last connection, {driver}"
+        );
+
+        let r = alice.request(json!({"type": "presence", "room": "p"}), "q4");
+        assert_eq!(listed(&r), ["alice"], "{r}");
+        let denied = alice.request(json!({"type": "presence", "room": "dm:bob:carol"}), "q5");
+        assert_eq!(denied["code"], "forbidden", "someone else's DM: {denied}");
+    }
+}
+
+#[test]
+fn a_presence_answer_lists_at_most_presence_roster_max_users_with_the_full_count() {
+    let s = Server::start(drivers()[0], &[("EDGE_PRESENCE_ROSTER_MAX", "1")]);
+    let mut first = Client::connect(&s.addr, "first", "");
+    first.join("big");
+    let mut second = Client::connect(&s.addr, "second", "");
+    second.join("big");
+    let mut log = Vec::new();
+    read_until(&mut first, &mut log, |v| v["type"] == "presence" && v["user"] == "second");
+    let r = first.request(json!({"type": "presence", "room": "big"}), "q");
+    assert_eq!(
+        (listed(&r), r["count"].as_u64()),
+        (vec!["first".to_owned()], Some(2)),
+        "the one online longest: {r}"
+    );
+}
