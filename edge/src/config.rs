@@ -113,6 +113,11 @@ pub struct Config {
     /// Single node: a `presence` answer lists at most this many users of a room
     /// (those online longest), with the full `count`.
     pub presence_roster_max: usize,
+    /// A `typing` start stops by itself after this many ms without a refresh.
+    pub typing_ttl_ms: u64,
+    /// A room's typing events go out at most once per this many ms; changes in between
+    /// are coalesced.
+    pub typing_interval_ms: u64,
     /// Cluster: longest wait for each Redis step of a join (the subscription, the room's seq,
     /// the catch-up read) and for a history or presence read, in ms; then the request
     /// answers `unavailable`.
@@ -232,6 +237,8 @@ impl Default for Config {
             presence_lease_ms: 15_000,
             presence_heartbeat_ms: 5_000,
             presence_roster_max: 200,
+            typing_ttl_ms: 5_000,
+            typing_interval_ms: 500,
             cluster_join_timeout_ms: 5_000,
             node_id: "edge-1".into(),
             jwt_algorithm: JwtAlgorithm::Hs256,
@@ -360,9 +367,7 @@ impl Config {
         if self.max_body_chars == 0 {
             return invalid("max_body_chars", "must be positive");
         }
-        if self.presence_roster_max == 0 {
-            return invalid("presence_roster_max", "must be positive");
-        }
+        self.validate_chat()?;
         if self.max_head_bytes < 512 {
             return invalid("max_head_bytes", "must be at least 512");
         }
@@ -403,6 +408,26 @@ impl Config {
             if let Err(e) = b.validate() {
                 return invalid("redis_url", &e.to_string());
             }
+        }
+        Ok(())
+    }
+
+    /// The bounds of presence and typing.
+    fn validate_chat(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.presence_roster_max == 0 {
+            return invalid("presence_roster_max", "must be positive");
+        }
+        if self.typing_ttl_ms == 0 {
+            return invalid("typing_ttl_ms", "must be positive");
+        }
+        if self.typing_interval_ms > self.typing_ttl_ms {
+            return invalid("typing_interval_ms", "must be <= typing_ttl_ms");
         }
         Ok(())
     }

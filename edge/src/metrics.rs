@@ -45,6 +45,10 @@ stats! {
     messages_total: "counter",
     /// Message frames queued to local sockets.
     deliveries_total: "counter",
+    /// Events without a seq (typing) queued to local sockets.
+    events_total: "counter",
+    /// Events without a seq (typing) shed: the member's queue was backed up, or the ring to the room's owner congested.
+    events_shed_total: "counter",
     /// Connections closed 4008 (slow consumer).
     slow_consumer_total: "counter",
     /// Sockets cut because a write made no progress for `write_stall_timeout_ms` (the peer stopped reading).

@@ -13,6 +13,8 @@
 //! - `Resync` (Redis reconnect, or the event reader fell behind): for each
 //!   room, the seq in Redis is compared with the last one forwarded, and the
 //!   difference is fetched and forwarded, or announced.
+//! - `Event` (typing): the received frame is already a mesh `Event` frame; it
+//!   goes as is to each subscribed shard.
 //! - `PresenceChanged`: a rendered `presence` event to the room's shards.
 //!
 //! What must stay true: events are handled one at a time in bridge order,
@@ -77,6 +79,11 @@ impl Pump {
                 BridgeEvent::Resync { rooms } => {
                     for room in rooms {
                         self.resync(&room).await;
+                    }
+                }
+                BridgeEvent::Event { frame, shards, .. } => {
+                    for &s in shards.iter() {
+                        self.mesh.send(usize::from(s), frame.clone()).await;
                     }
                 }
                 BridgeEvent::PresenceChanged { room, user, online, .. } => {

@@ -81,7 +81,7 @@ fn per_send(durability: Durability, client_ids: bool) -> f64 {
     let stats = Arc::new((0..3).map(|_| ShardStats::default()).collect::<Vec<_>>());
     let mut o = Owner::new(cfg, Port::default(), stats);
     for shard in 0..3 {
-        o.subscribe("lobby", shard, shard as u64, 1_000);
+        o.subscribe("lobby", shard, shard as u64, None, 1_000);
     }
     let mut polled = 0;
     // The room loads: its state, then (no message yet) nothing to warm.

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 6;
+pub const FRAME_VERSION: u8 = 7;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -34,7 +34,8 @@ pub enum Frame {
         peer: String,
     },
     /// A member shard counts itself in a room's fan-out (one per join; the owner loads
-    /// the room first). Answered with [`Frame::Subscribed`].
+    /// the room first), and with `user` a member of that user too (version 7). Answered
+    /// with [`Frame::Subscribed`].
     Subscribe {
         /// The room.
         room: String,
@@ -42,6 +43,8 @@ pub enum Frame {
         shard: u16,
         /// The member shard's number for the join, echoed in the answer.
         token: u64,
+        /// The joining member's user, counted in before the answer.
+        user: Option<String>,
     },
     /// The owner's answer to [`Frame::Subscribe`]: from now on the member shard gets
     /// every message after `seq`, in order.
@@ -149,6 +152,27 @@ pub enum Frame {
         room: String,
         /// The last seq Redis now holds for the room.
         seq: u64,
+        /// Rendered JSON for the members.
+        payload: Vec<u8>,
+    },
+    /// A member (`user`) started (`typing`) or stopped typing: for the room's owner shard
+    /// (version 7).
+    Typing {
+        /// The room.
+        room: String,
+        /// Who types.
+        user: String,
+        /// Started, or stopped.
+        typing: bool,
+    },
+    /// An event without a seq (typing) for the receiving shard's members of `room`, except
+    /// the connections of `from`; in a cluster, also the bytes published on the room's
+    /// Redis channel (version 7).
+    Event {
+        /// The room.
+        room: String,
+        /// The user it is about, who does not get it.
+        from: String,
         /// Rendered JSON for the members.
         payload: Vec<u8>,
     },
@@ -299,7 +323,8 @@ fn size_hint(frame: &Frame) -> usize {
     }
     let variable = match frame {
         Frame::Handoff { head, peer, .. } => head.len() + peer.len(),
-        Frame::Subscribe { room, .. } | Frame::Unsubscribe { room, .. } => room.len(),
+        Frame::Subscribe { room, user, .. } => room.len() + opt(user),
+        Frame::Unsubscribe { room, .. } => room.len(),
         Frame::Subscribed { refusal, .. } => refusal.as_ref().map_or(0, |r| r.message.len()),
         Frame::Fetch { room, .. } => room.len(),
         Frame::Fetched { messages, refusal, .. } => {
@@ -325,6 +350,8 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::Shutdown { .. } => 0,
         Frame::History { room, req, .. } => room.len() + opt(req),
         Frame::Reset { room, payload, .. } => room.len() + payload.len(),
+        Frame::Typing { room, user, .. } => room.len() + user.len(),
+        Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
     };
     1 + 160 + variable
 }
@@ -344,6 +371,13 @@ mod tests {
                 room: "lobby".into(),
                 shard: 3,
                 token: 5,
+                user: Some("ann".into()),
+            },
+            Frame::Subscribe {
+                room: "lobby".into(),
+                shard: 0,
+                token: 6,
+                user: None,
             },
             Frame::Subscribed {
                 token: u64::MAX,
@@ -463,6 +497,16 @@ mod tests {
                 room: "lobby".into(),
                 seq: 3,
                 payload: br#"{"type":"epoch"}"#.to_vec(),
+            },
+            Frame::Typing {
+                room: "lobby".into(),
+                user: "ann".into(),
+                typing: true,
+            },
+            Frame::Event {
+                room: "lobby".into(),
+                from: "ann".into(),
+                payload: br#"{"type":"typing"}"#.to_vec(),
             },
         ]
     }

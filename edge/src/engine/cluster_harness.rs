@@ -182,7 +182,7 @@ impl World {
     fn sub_effect(&mut self, sid: Sid, e: SubEffect) {
         trace(|| format!("shard {sid} subscriber -> {e:?}"));
         match e {
-            SubEffect::Subscribe { token, room } => {
+            SubEffect::Subscribe { token, room, .. } => {
                 // Redis routes the room's messages to the shard from the moment it asks.
                 self.subscribed.entry(room).or_default().insert(sid);
                 self.calls.push(Call::Subscribe { sid, token });

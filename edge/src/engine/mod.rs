@@ -34,6 +34,7 @@ pub mod publisher;
 pub mod ring;
 pub mod session;
 pub mod subscriber;
+pub mod typing;
 
 pub use catch_up::Piece;
 pub use failure::{Busy, Failure};

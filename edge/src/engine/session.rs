@@ -22,7 +22,7 @@ use super::Busy;
 use crate::auth::{self, Claims, Verifier};
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
-use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target};
+use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target, TypingState};
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
 
@@ -96,6 +96,8 @@ pub enum Step<'a> {
     },
     /// Who is online in a room the user may see.
     Presence { room: Cow<'a, str> },
+    /// The user started (`typing`) or stopped typing in a joined room.
+    Typing { room: Cow<'a, str>, typing: bool },
 }
 
 /// One connection's session.
@@ -206,6 +208,11 @@ impl Session {
                 Ok(()) => Step::Presence { room },
                 Err(refusal) => Step::Reply(refusal),
             },
+            Request::Typing { room, state } if self.rooms.iter().any(|r| *r == room) => Step::Typing {
+                room,
+                typing: state == TypingState::Start,
+            },
+            Request::Typing { room, .. } => Step::Reply(error(id, ErrorCode::Forbidden, &format!("join {room} before typing in it"))),
             Request::Ping => Step::Reply(server::pong(id, cx.now_ms)),
             other => {
                 let msg = format!("{} is not available yet on this server", client::type_name(&other));

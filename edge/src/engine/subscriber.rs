@@ -22,8 +22,10 @@
 //! notices passed to members as they are; every join gets exactly one
 //! answer (`Joined`, `Refused`, or `Cancelled` when a leave overtook it: this
 //! is the one place that decides it); a room's subscription is dropped once
-//! it has no member and no join out; each member counted online with
-//! `Presence` is counted offline exactly once.
+//! it has no member and no join out; a member is counted online by the
+//! sequencer when it answers the join's `Subscribe` (so it is in the count
+//! before its `joined` goes), and counted offline with `Presence` exactly
+//! once: when it leaves, or when its join fails or is cancelled after that.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -54,7 +56,7 @@ pub struct SubscriberConfig {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubEffect {
     /// Count this shard in `room`'s fan-out; answer with [`Subscriber::subscribed`].
-    Subscribe { token: u64, room: String },
+    Subscribe { token: u64, room: String, user: String },
     /// Read `room`'s seq; answer with [`Subscriber::room_seq`].
     RoomSeq { token: u64, room: String },
     /// Read `count` messages after `after` of `room`; answer with [`Subscriber::fetched`].
@@ -74,7 +76,8 @@ pub enum SubEffect {
     Cancelled { conn: u64, req: Option<String> },
     /// `payload` for every local member of `room` (a reset's notice; deliveries are answered by [`Subscriber::deliver`]).
     Deliver { room: String, payload: Bytes },
-    /// A connection of `user` joined (or left) `room` (for the sequencer's presence and member counts; nothing to answer).
+    /// A connection of `user` left `room` (or, never here, joined it): for the sequencer's
+    /// presence and member counts; nothing to answer.
     Presence { room: String, user: String, online: bool },
 }
 
@@ -121,6 +124,8 @@ struct PendingJoin {
     fetched: Vec<(u64, Bytes)>,
     /// Reads made for it.
     reads: u32,
+    /// The sequencer counted it in (its subscribe was answered).
+    counted: bool,
 }
 
 /// A join, as the member side asks for it.
@@ -178,24 +183,26 @@ impl Subscriber {
             user: j.user.to_owned(),
             fetched: Vec::new(),
             reads: 0,
+            counted: false,
         };
         self.joins.insert(j.token, pending);
         self.effects.push_back(SubEffect::Subscribe {
             token: j.token,
             room: j.room.to_owned(),
+            user: j.user.to_owned(),
         });
     }
 
     /// The sequencer answered a join's subscribe (with the room's position, from a local
     /// owner): learn the room's seq if still unknown, then go on.
     pub fn subscribed(&mut self, token: u64, result: Result<Option<RoomPos>, Failure>) {
-        let Some(room) = self.joins.get(&token).map(|j| j.room.clone()) else {
-            return;
-        };
+        let Some(j) = self.joins.get_mut(&token) else { return };
         let pos = match result {
             Ok(pos) => pos,
             Err(e) => return self.finish(token, Err(e)),
         };
+        j.counted = true;
+        let room = j.room.clone();
         let Some(r) = self.rooms.get_mut(&room) else { return };
         if let Some(p) = pos {
             r.feed.learn(p.seq, Some(p.epoch));
@@ -300,6 +307,13 @@ impl Subscriber {
         let fetched = match (wanted, prepared) {
             (true, Ok(f)) => f,
             (wanted, result) => {
+                if j.counted {
+                    self.effects.push_back(SubEffect::Presence {
+                        room: j.room.clone(),
+                        user: j.user.clone(),
+                        online: false,
+                    });
+                }
                 if r.idle() {
                     self.rooms.remove(&j.room);
                     self.effects.push_back(SubEffect::Unsubscribe { room: j.room.clone() });
@@ -326,11 +340,6 @@ impl Subscriber {
             room: j.room.clone(),
             payload,
             catch_up,
-        });
-        self.effects.push_back(SubEffect::Presence {
-            room: j.room,
-            user: j.user,
-            online: true,
         });
     }
 
@@ -425,7 +434,8 @@ mod tests {
             effects(&mut s),
             [SubEffect::Subscribe {
                 token: 7,
-                room: "r".into()
+                room: "r".into(),
+                user: "u".into(),
             }]
         );
         s.subscribed(7, Ok(None));
@@ -453,7 +463,7 @@ mod tests {
         };
         assert_eq!(json(payload)["seq"], 5);
         assert_eq!(catch_up, &[Bytes::from("3"), Bytes::from("4"), Bytes::from("5")]);
-        assert!(matches!(&out[1], SubEffect::Presence { online: true, .. }));
+        assert_eq!(out.len(), 1, "counted online by the sequencer at the subscribe: {out:?}");
         // Live traffic: re-deliveries are dropped, notices pass.
         assert!(!s.deliver("r", 5, &Bytes::from("5")), "a re-delivery");
         assert!(s.deliver("r", 6, &Bytes::from("6")));
@@ -548,6 +558,12 @@ mod tests {
         assert_eq!(
             out[1..],
             [
+                // Counted in when the subscribe was answered, so counted out once.
+                SubEffect::Presence {
+                    room: "r".into(),
+                    user: "u".into(),
+                    online: false
+                },
                 SubEffect::Unsubscribe { room: "r".into() },
                 SubEffect::Cancelled {
                     conn: 9,

@@ -255,6 +255,15 @@ pub fn presence_event(room: &str, user: &str, online: bool, ts_ms: u64) -> Bytes
         .done()
 }
 
+/// `typing`: `user` started or stopped typing in `room`.
+pub fn typing(room: &str, user: &str, typing: bool) -> Bytes {
+    Obj::new("typing", 64 + room.len() + user.len())
+        .str("room", room)
+        .str("user", user)
+        .str("state", if typing { "start" } else { "stop" })
+        .done()
+}
+
 /// `epoch` (**extension**): the room's sequence restarted; `seq` is the last seq of the new
 /// epoch before the next message. The client resyncs with `history`.
 pub fn epoch(room: &str, epoch: u64, seq: u64) -> Bytes {

@@ -32,10 +32,17 @@ impl Shard {
         let (b, shard) = (bridge.clone(), self.id as u16);
         let limit = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
         match effect {
-            SubEffect::Subscribe { token, room } => {
+            SubEffect::Subscribe { token, room, user } => {
                 self.join_step(token, async move {
                     // Redis does not say the room's position: the member side reads it next.
-                    JoinStep::Subscribed(timed(limit, b.subscribe(&room, shard)).await.map(|()| None))
+                    let subscribed = timed(limit, b.subscribe(&room, shard)).await.map(|()| None);
+                    // The member counts as online from here (the member side counts it out).
+                    if subscribed.is_ok() {
+                        if let Err(e) = timed(limit, b.presence_join(&room, &user)).await {
+                            tracing::debug!(room, user, error = %e, "cluster: presence update deferred to the next heartbeat");
+                        }
+                    }
+                    JoinStep::Subscribed(subscribed)
                 });
             }
             SubEffect::RoomSeq { token, room } => {
@@ -78,6 +85,22 @@ impl Shard {
         monoio::spawn(async move {
             let step = call.await;
             shard.join_answered(token, step);
+        });
+    }
+
+    /// An event without a seq about `from`, published on the room's channel (best effort:
+    /// an ephemeral event is not retried).
+    pub(super) fn cluster_event(bridge: &BridgeHandle, room: &str, from: &str, payload: &Bytes) {
+        let frame = router::encode(&router::Frame::Event {
+            room: room.to_owned(),
+            from: from.to_owned(),
+            payload: payload.to_vec(),
+        });
+        let (b, room) = (bridge.clone(), room.to_owned());
+        monoio::spawn(async move {
+            if let Err(e) = b.notify(&room, frame).await {
+                tracing::debug!(room, error = %e, "cluster: event not published");
+            }
         });
     }
 

@@ -116,12 +116,50 @@ impl Shard {
                 };
                 self.send_frame(shard, &frame);
             }
+            Effect::Event {
+                shard,
+                room,
+                from,
+                payload,
+            } => {
+                if shard == self.id {
+                    return self.member_event(&room, &from, &payload);
+                }
+                let frame = Frame::Event {
+                    room: room.as_ref().to_owned(),
+                    from: from.as_ref().to_owned(),
+                    payload: payload.to_vec(),
+                };
+                self.send_frame(shard, &frame);
+            }
         }
     }
 
+    /// An event without a seq about `from` for the members of a room this shard owns.
+    pub(super) fn owner_event(&self, room: &str, from: &str, payload: &Bytes) {
+        self.with_owner(|o, _| o.event(room, from, payload));
+    }
+
     /// A member shard subscribes to a room this shard owns.
-    pub(super) fn owner_subscribe(&self, room: &str, shard: usize, token: u64) {
-        self.with_owner(|o, now| o.subscribe(room, shard, token, now));
+    pub(super) fn owner_subscribe(&self, room: &str, shard: usize, token: u64, user: Option<&str>) {
+        self.with_owner(|o, now| o.subscribe(room, shard, token, user, now));
+    }
+
+    /// A join's subscribe (counting a member of `user`) to the room's owner shard.
+    fn local_subscribe(&self, token: u64, room: String, user: Option<String>) {
+        let owner = crate::room::owner(&room, self.shards);
+        if owner == self.id {
+            return self.owner_subscribe(&room, self.id, token, user.as_deref());
+        }
+        let frame = Frame::Subscribe {
+            room,
+            shard: self.id as u16,
+            token,
+            user,
+        };
+        if !self.try_request(owner, &frame) {
+            self.join_answered(token, JoinStep::Subscribed(Err(congested())));
+        }
     }
 
     /// A member shard reads a catch-up of a room this shard owns.
@@ -181,21 +219,9 @@ impl Shard {
         let me = self.id;
         match call {
             // The local owner always says the room's position with its answer; a seq read
-            // is served by subscribing again (the owner counts a shard once).
-            SubEffect::Subscribe { token, room } | SubEffect::RoomSeq { token, room } => {
-                let owner = crate::room::owner(&room, self.shards);
-                if owner == me {
-                    return self.owner_subscribe(&room, me, token);
-                }
-                let frame = Frame::Subscribe {
-                    room,
-                    shard: me as u16,
-                    token,
-                };
-                if !self.try_request(owner, &frame) {
-                    self.join_answered(token, JoinStep::Subscribed(Err(congested())));
-                }
-            }
+            // is served by subscribing again (the owner counts a shard once, and no member).
+            SubEffect::Subscribe { token, room, user } => self.local_subscribe(token, room, Some(user)),
+            SubEffect::RoomSeq { token, room } => self.local_subscribe(token, room, None),
             SubEffect::Fetch { token, room, after, count } => {
                 let owner = crate::room::owner(&room, self.shards);
                 if owner == me {

@@ -113,8 +113,9 @@ impl Shard {
             ArchivedFrame::Handoff { fd, head, peer } => {
                 super::accept::adopt(self, fd.to_native(), head.as_slice(), peer.as_str());
             }
-            ArchivedFrame::Subscribe { room, shard, token } => {
-                self.owner_subscribe(room.as_str(), usize::from(shard.to_native()), token.to_native());
+            ArchivedFrame::Subscribe { room, shard, token, user } => {
+                let user = user.as_ref().map(|u| u.as_str());
+                self.owner_subscribe(room.as_str(), usize::from(shard.to_native()), token.to_native(), user);
             }
             ArchivedFrame::Subscribed {
                 token,
@@ -172,6 +173,10 @@ impl Shard {
             }
             ArchivedFrame::Reset { room, seq, payload } => {
                 self.member_reset(room.as_str(), seq.to_native(), &router::payload_bytes(&buf, payload.as_slice()));
+            }
+            ArchivedFrame::Typing { room, user, typing } => self.typing_update(room.as_str(), user.as_str(), *typing),
+            ArchivedFrame::Event { room, from, payload } => {
+                self.member_event(room.as_str(), from.as_str(), &router::payload_bytes(&buf, payload.as_slice()));
             }
             ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
         }

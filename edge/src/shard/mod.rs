@@ -11,12 +11,14 @@
 //! requests), `members` (the member side around `engine::subscriber`, both
 //! modes), `sequencer` (the one mode choice), `local` (the owner side
 //! around `engine::owner`, and calls to it), `cluster`/`publish` (the same
-//! for Redis), `mesh_io` (frames in from other shards, spill out), `outbox`
-//! (the writer side of a connection).
+//! for Redis), `events` (typing: events without a seq, both modes), `mesh_io`
+//! (frames in from other shards, spill out), `outbox` (the writer side of a
+//! connection).
 
 mod accept;
 mod cluster;
 mod conn;
+mod events;
 mod local;
 mod members;
 mod mesh_io;
@@ -42,6 +44,7 @@ use crate::engine::owner::{Owner, OwnerConfig};
 use crate::engine::publisher::{Publisher, PublisherConfig};
 use crate::engine::session::{Session, SessionLimits};
 use crate::engine::subscriber::{Subscriber, SubscriberConfig};
+use crate::engine::typing::{Typing, TypingConfig};
 use crate::limits::admission::Admission;
 use crate::metrics::ShardStats;
 use crate::room::MemberIndex;
@@ -49,6 +52,9 @@ use local::ShardStore;
 use outbox::Outbox;
 
 pub use accept::bind_listener;
+
+/// Users a room shows as typing at once (later starts wait until one stops).
+const TYPERS_PER_ROOM: usize = 50;
 
 /// What every shard is started with.
 pub struct ShardSetup {
@@ -127,6 +133,9 @@ pub(crate) struct Shard {
     subscriber: RefCell<Subscriber>,
     /// The sequencer this node started with (the only difference between the modes).
     sequencer: sequencer::Sequencer,
+    /// Typing in the rooms this shard owns (`events`), and when its timer is armed (0: not).
+    typing: RefCell<Typing>,
+    typing_timer: Cell<u64>,
     /// This shard itself, for handlers that spawn tasks.
     me: Weak<Self>,
 }
@@ -157,6 +166,11 @@ impl Shard {
                 sequencer::Sequencer::Local(Box::new(RefCell::new(Owner::new(owner_cfg, port, s.stats.clone()))))
             }
         };
+        let typing = Typing::new(TypingConfig {
+            ttl_ms: s.cfg.typing_ttl_ms,
+            interval_ms: s.cfg.typing_interval_ms,
+            max_per_room: TYPERS_PER_ROOM,
+        });
         let subscriber = RefCell::new(Subscriber::new(SubscriberConfig {
             ring_cap: s.cfg.recent_per_room,
             max_catch_up_messages: s.cfg.max_catch_up_messages,
@@ -186,6 +200,8 @@ impl Shard {
             next_ticket: Cell::new(0),
             subscriber,
             sequencer,
+            typing: RefCell::new(typing),
+            typing_timer: Cell::new(0),
             me,
         }
     }

@@ -152,6 +152,14 @@ impl Outbox {
         self.push(OutFrame::Shared(Class::Live, codec::text_header(payload.len()), payload))
     }
 
+    /// Queues an event without a seq (typing) whose rendered payload is shared with
+    /// others, unless live traffic already fills half the bound: such an event may be
+    /// shed, and never closes the connection. False when shed or closing.
+    pub fn push_ephemeral(&self, payload: Bytes) -> bool {
+        let backed_up = self.live_bytes.get() + payload.len() > self.max_bytes / 2 || self.live_frames.get() >= self.max_frames / 2;
+        !backed_up && self.push_live(payload)
+    }
+
     /// Queues a text frame that answers the client's own request (exempt
     /// from the slow-consumer bound; see the module doc). False when closing.
     pub fn push_text(&self, payload: Bytes) -> bool {

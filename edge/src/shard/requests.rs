@@ -67,6 +67,7 @@ impl Shard {
             Step::Send { room, send } => self.on_send(conn, id, &room, send),
             Step::History { room, before, limit } => self.seq_history(conn, id, &room, before, limit),
             Step::Presence { room } => self.seq_presence(conn, id, &room),
+            Step::Typing { room, typing } => self.on_typing(conn, &room, typing),
         }
     }
 

@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use router::bridge::BridgeHandle;
 
 use super::local::LocalOwner;
@@ -76,6 +77,15 @@ impl Shard {
         match &self.sequencer {
             Sequencer::Local(_) => self.local_history(conn, id, room, before, limit),
             Sequencer::Redis(_) => self.cluster_history(conn, id, room, before, limit),
+        }
+    }
+
+    /// An event without a seq about `from` (typing) for the members of a room this shard
+    /// owns: to the subscribed shards over the mesh, or to every node through Redis.
+    pub(super) fn seq_event(&self, room: &str, from: &str, payload: Bytes) {
+        match &self.sequencer {
+            Sequencer::Local(_) => self.owner_event(room, from, &payload),
+            Sequencer::Redis(r) => Self::cluster_event(&r.bridge, room, from, &payload),
         }
     }
 

@@ -58,6 +58,10 @@ pub(crate) enum Command {
         limit: u32,
         reply: Reply<Vec<RecentMessage>>,
     },
+    Notify {
+        room: String,
+        frame: Bytes,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -126,6 +130,16 @@ pub enum BridgeEvent {
     Resync {
         /// Every room subscribed at the time.
         rooms: Vec<String>,
+    },
+    /// An event without a seq (typing) for `room`'s members: `frame` is the received
+    /// mesh `Event` frame (forward it over the mesh as is).
+    Event {
+        /// The room.
+        room: String,
+        /// The validated `Event` frame it came in.
+        frame: Bytes,
+        /// This node's shards subscribed to the room.
+        shards: Arc<[u16]>,
     },
     /// A user came online in a room (first entry on any node) or went
     /// offline (last entry left or expired).
@@ -225,6 +239,18 @@ impl BridgeHandle {
             reply,
         })
         .await
+    }
+
+    /// Publishes `frame`, an encoded mesh `Frame::Event` of `room` (an event without a
+    /// seq), on the room's channel: every node subscribed to the room gets it as a
+    /// [`BridgeEvent::Event`]. Resolves once queued; the publish is best effort (a
+    /// failure is counted and logged, never retried), as befits an ephemeral event.
+    pub async fn notify(&self, room: &str, frame: Bytes) -> Result<(), BridgeError> {
+        let room = room.to_owned();
+        self.tx
+            .send(Command::Notify { room, frame })
+            .await
+            .map_err(|_| BridgeError::Stopped)
     }
 
     /// Users online in `room` on any node, with the time (ms since the

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
+use fred::interfaces::{ClientLike, KeysInterface, PubsubInterface, StreamsInterface};
 use fred::types::Value;
 
 use super::core::Shared;
@@ -35,6 +35,7 @@ pub(crate) async fn run(shared: Arc<Shared>, cmd: Command) {
         Command::PresenceOnline { room, reply } => {
             let _ = reply.send(presence::online(&shared, &room).await);
         }
+        Command::Notify { room, frame } => notify(&shared, &room, frame).await,
         // Handled by the command loop itself.
         Command::Subscribe { .. } | Command::Unsubscribe { .. } | Command::Presence { .. } | Command::Shutdown { .. } => {}
     }
@@ -107,6 +108,27 @@ async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage]) -> Resu
         .published_total
         .fetch_add(u64::from(count), std::sync::atomic::Ordering::Relaxed);
     Ok(SeqRange { first, count })
+}
+
+/// Publishes an event frame on the room's channel, best effort.
+async fn notify(shared: &Shared, room: &str, frame: Bytes) {
+    let event_of_room = matches!(decode_incoming(&frame), Ok(Incoming::Event { room: r, .. }) if r == room);
+    if !event_of_room || frame.len() > shared.config.max_message_bytes as usize {
+        BridgeMetrics::inc(&shared.metrics.errors_total);
+        return tracing::error!(
+            room,
+            "bridge: an event that is not a valid Event frame of its room was not published"
+        );
+    }
+    let (client, channel) = (&shared.client, keys::channel(room));
+    let sent: Result<i64, BridgeError> = if shared.config.sharded_pubsub {
+        timed(shared, "notify", client.spublish(channel, Value::Bytes(frame))).await
+    } else {
+        timed(shared, "notify", client.publish(channel, Value::Bytes(frame))).await
+    };
+    if let Err(e) = sent {
+        tracing::debug!(room, error = %e, "bridge: event not published");
+    }
 }
 
 async fn room_seq(shared: &Shared, room: &str) -> Result<u64, BridgeError> {

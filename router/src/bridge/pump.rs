@@ -72,6 +72,17 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
     BridgeMetrics::inc(&shared.metrics.received_total);
     match incoming {
         Incoming::Message { seq, payload, .. } => deliver(shared, room, seq, payload_bytes(&buf, payload), buf.clone()),
+        Incoming::Event { .. } => match shared.subs().shards(room) {
+            Some(shards) => [
+                Some(BridgeEvent::Event {
+                    room: room.to_owned(),
+                    frame: buf.clone(),
+                    shards,
+                }),
+                None,
+            ],
+            None => [None, None],
+        },
         Incoming::Presence { user, node, online, .. } => [
             Some(BridgeEvent::PresenceChanged {
                 room: room.to_owned(),

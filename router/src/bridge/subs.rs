@@ -175,7 +175,6 @@ impl SubTable {
     }
 
     /// The shards subscribed to `room`, if any.
-    #[cfg(test)]
     pub(crate) fn shards(&self, room: &str) -> Option<Arc<[u16]>> {
         self.wanted.get(room).map(|w| Arc::clone(&w.snapshot))
     }

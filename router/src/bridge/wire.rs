@@ -191,6 +191,15 @@ pub enum Incoming<'a> {
         /// The client JSON, a slice of the received buffer.
         payload: &'a [u8],
     },
+    /// An event without a seq (typing), a mesh `Event` frame.
+    Event {
+        /// The room named inside the frame.
+        room: &'a str,
+        /// The user it is about.
+        from: &'a str,
+        /// The client JSON, a slice of the received buffer.
+        payload: &'a [u8],
+    },
     /// A presence change.
     Presence {
         /// The room named inside the note.
@@ -208,13 +217,13 @@ impl Incoming<'_> {
     /// The room named inside the message.
     pub fn room(&self) -> &str {
         match self {
-            Self::Message { room, .. } | Self::Presence { room, .. } => room,
+            Self::Message { room, .. } | Self::Event { room, .. } | Self::Presence { room, .. } => room,
         }
     }
 }
 
 /// Validates a buffer received from a room channel. Anything but a
-/// `Deliver` frame or a presence note is rejected with a reason.
+/// `Deliver` or `Event` frame or a presence note is rejected with a reason.
 pub fn decode_incoming(buf: &[u8]) -> Result<Incoming<'_>, String> {
     match buf.first() {
         Some(&FRAME_VERSION) => match decode(buf).map_err(|e| e.to_string())? {
@@ -223,7 +232,12 @@ pub fn decode_incoming(buf: &[u8]) -> Result<Incoming<'_>, String> {
                 seq: seq.to_native(),
                 payload: payload.as_slice(),
             }),
-            _ => Err("frame is not a Deliver".into()),
+            ArchivedFrame::Event { room, from, payload } => Ok(Incoming::Event {
+                room: room.as_str(),
+                from: from.as_str(),
+                payload: payload.as_slice(),
+            }),
+            _ => Err("frame is not a Deliver or an Event".into()),
         },
         Some(&PRESENCE_VERSION) => {
             let note = rkyv::access::<ArchivedPresenceNote, rancor::Error>(&buf[1..]).map_err(|e| e.to_string())?;
@@ -315,6 +329,26 @@ mod tests {
                 online: true
             }
         );
+    }
+
+    #[test]
+    fn event_frames_are_read_in_place_and_cut_ones_refused() {
+        let buf = crate::encode(&Frame::Event {
+            room: "lobby".into(),
+            from: "ann".into(),
+            payload: br#"{"type":"typing"}"#.to_vec(),
+        });
+        assert_eq!(
+            decode_incoming(&buf).unwrap(),
+            Incoming::Event {
+                room: "lobby",
+                from: "ann",
+                payload: br#"{"type":"typing"}"#,
+            }
+        );
+        for len in 0..buf.len() {
+            assert!(decode_incoming(&buf[..len]).is_err(), "a frame cut at {len} bytes");
+        }
     }
 
     #[test]

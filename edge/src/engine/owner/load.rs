@@ -55,6 +55,7 @@ pub(super) enum Op {
     Subscribe {
         shard: usize,
         token: u64,
+        user: Option<String>,
     },
     Fetch {
         shard: usize,
@@ -340,7 +341,7 @@ impl<S: StorePort> Owner<S> {
 
     fn replay(&mut self, room: &str, op: Op, now_ms: u64) {
         match op {
-            Op::Subscribe { shard, token } => self.subscribe(room, shard, token, now_ms),
+            Op::Subscribe { shard, token, user } => self.subscribe(room, shard, token, user.as_deref(), now_ms),
             Op::Fetch {
                 shard,
                 token,
@@ -377,7 +378,7 @@ impl<S: StorePort> Owner<S> {
         let queued = self.loading.rooms.remove(room).unwrap_or_default();
         for op in queued {
             let answer = match op {
-                Op::Subscribe { shard, token } => Effect::Subscribed {
+                Op::Subscribe { shard, token, .. } => Effect::Subscribed {
                     shard,
                     token,
                     result: Err(why.refusal()),

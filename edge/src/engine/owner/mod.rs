@@ -132,6 +132,14 @@ pub enum Effect {
         seq: u64,
         payload: Bytes,
     },
+    /// `payload`, an event without a seq (typing), for the members of `room` on subscribed
+    /// shard `shard`, except the connections of `from`.
+    Event {
+        shard: usize,
+        room: Rc<str>,
+        from: Rc<str>,
+        payload: Bytes,
+    },
 }
 
 /// A durable send waiting for its commit.
@@ -236,19 +244,31 @@ impl<S: StorePort> Owner<S> {
     }
 
     /// Member shard `shard` delivers `room` from now on (for join `token`): the answer
-    /// carries the room's position, and every message published after it follows.
-    pub fn subscribe(&mut self, room: &str, shard: usize, token: u64, now_ms: u64) {
-        let result = match self.room_ready(room, || load::Op::Subscribe { shard, token }, now_ms) {
+    /// carries the room's position, and every message published after it follows. With
+    /// `user`, a member of that user is counted in before the answer goes (the member side
+    /// counts it out when it leaves, or when its join fails or is cancelled), so a `joined`
+    /// the member side sends later is already in every later join's member count.
+    pub fn subscribe(&mut self, room: &str, shard: usize, token: u64, user: Option<&str>, now_ms: u64) {
+        let op = || load::Op::Subscribe {
+            shard,
+            token,
+            user: user.map(str::to_owned),
+        };
+        let result = match self.room_ready(room, op, now_ms) {
             Readiness::Queued => return,
             Readiness::Refused(msg) => Err(Busy::Store.refusal(msg)),
             Readiness::Ready => {
                 let Some(r) = self.rooms.get_mut(room) else { return };
                 r.subscribe(shard);
-                Ok(RoomPos {
+                let pos = RoomPos {
                     seq: r.published(),
                     epoch: r.epoch(),
                     others: r.others(shard),
-                })
+                };
+                if let Some(user) = user {
+                    self.member(room, shard, user, true, now_ms);
+                }
+                Ok(pos)
             }
         };
         self.effects.push_back(Effect::Subscribed { shard, token, result });
@@ -268,6 +288,21 @@ impl<S: StorePort> Owner<S> {
         if r.member(shard, user, online, now_ms) {
             let event = server::presence_event(room, user, online, now_ms);
             self.fan_out(room, 0, &event);
+        }
+    }
+
+    /// An event without a seq about `from` (typing) for the members of `room`, on every
+    /// subscribed shard; a room not in memory has no members to tell.
+    pub fn event(&mut self, room: &str, from: &str, payload: &Bytes) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let (name, from) = (r.name(), Rc::<str>::from(from));
+        for shard in r.subscribers(self.cfg.shard) {
+            self.effects.push_back(Effect::Event {
+                shard,
+                room: name.clone(),
+                from: from.clone(),
+                payload: payload.clone(),
+            });
         }
     }
 

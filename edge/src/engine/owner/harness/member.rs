@@ -40,8 +40,31 @@ impl World {
                     self.deliver_to_members(to, &room, &payload);
                 }
             }
+            Effect::Event { .. } => unreachable!("the harness makes no events without a seq (typing)"),
         }
         self.drain_member(to);
+    }
+
+    /// A `joined` counts the member itself and every member whose `joined` had arrived
+    /// before its join was asked for and who is still a member.
+    fn check_member_count(&mut self, conn: u64, room: &str, req: &str, joined: &Value) {
+        let before = self
+            .clients
+            .get_mut(&conn)
+            .and_then(|c| c.members_before.remove(req))
+            .unwrap_or_default();
+        let still = before
+            .iter()
+            .filter(|(d, n)| {
+                let other = &self.clients[d];
+                other.member.contains_key(room) && other.membership.get(room) == Some(n)
+            })
+            .count() as u64;
+        let members = joined["members"].as_u64().expect("joined.members");
+        assert!(
+            members > still,
+            "{room}: joined says {members} members, but {still} others (of {before:?}) were members before the join"
+        );
     }
 
     /// Carries out what member shard `shard`'s subscriber decided.
@@ -54,11 +77,21 @@ impl World {
 
     fn member_effect(&mut self, shard: usize, e: SubEffect) {
         match e {
-            SubEffect::Subscribe { token, room } | SubEffect::RoomSeq { token, room } => {
+            SubEffect::Subscribe { token, room, user } => {
                 let frame = Frame::Subscribe {
                     room: room.clone(),
                     shard,
                     token,
+                    user: Some(user),
+                };
+                self.send_to_owner(shard, &room, frame);
+            }
+            SubEffect::RoomSeq { token, room } => {
+                let frame = Frame::Subscribe {
+                    room: room.clone(),
+                    shard,
+                    token,
+                    user: None,
                 };
                 self.send_to_owner(shard, &room, frame);
             }
@@ -95,11 +128,13 @@ impl World {
                 assert_eq!(v["type"], "joined", "{v}");
                 let req = format!("\"{}\"", v["id"].as_str().expect("joined id"));
                 self.answered(&req);
+                self.check_member_count(conn, &room, &req, &v);
                 let c = self.clients.get_mut(&conn).expect("client");
                 assert!(c.rooms.contains(&room), "joined {room} after leaving it");
                 let since = c.since.remove(&req).flatten();
                 let seq = v["seq"].as_u64().expect("joined.seq");
                 c.member.insert(room.clone(), since.unwrap_or(seq).min(seq));
+                c.membership.insert(room.clone(), self.next_req);
                 c.presence.retain(|(r, _), _| *r != room);
                 for frame in &catch_up {
                     self.check_catch_up_gap(&room, seq, frame);

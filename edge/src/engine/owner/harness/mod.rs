@@ -49,6 +49,7 @@ enum Frame {
         room: String,
         shard: usize,
         token: u64,
+        user: Option<String>,
     },
     Fetch {
         room: String,
@@ -103,6 +104,13 @@ struct Client {
     presence: HashMap<(String, String), bool>,
     /// The `since` of each join request not answered yet, by request id.
     since: HashMap<String, Option<u64>>,
+    /// For each join request not answered yet: the other connections that were members of
+    /// its room (their `joined` had arrived) when it was made, with the number of their
+    /// membership. Those still members by that same membership when the `joined` comes must
+    /// be in its `members` count.
+    members_before: HashMap<String, Vec<(u64, u64)>>,
+    /// The number of each current membership (a new one for every `joined`), per room.
+    membership: HashMap<String, u64>,
 }
 
 struct World {
@@ -257,7 +265,7 @@ impl World {
         let now = self.now_ms;
         let o = &mut self.owners[shard];
         match &frame {
-            Frame::Subscribe { room, shard, token } => o.subscribe(room, *shard, *token, now),
+            Frame::Subscribe { room, shard, token, user } => o.subscribe(room, *shard, *token, user.as_deref(), now),
             Frame::Fetch {
                 room,
                 shard,
@@ -320,7 +328,10 @@ impl World {
         while let Some(e) = self.owners[owner].poll() {
             let to = match &e {
                 Effect::Reply { conn, .. } => shard_of(*conn),
-                Effect::Subscribed { shard, .. } | Effect::Fetched { shard, .. } | Effect::Deliver { shard, .. } => *shard,
+                Effect::Subscribed { shard, .. }
+                | Effect::Fetched { shard, .. }
+                | Effect::Deliver { shard, .. }
+                | Effect::Event { shard, .. } => *shard,
             };
             if to == owner {
                 self.on_effect(to, e);
@@ -373,10 +384,17 @@ impl World {
         };
         let req = self.req();
         let token = self.next_req;
+        let before: Vec<(u64, u64)> = self
+            .clients
+            .iter()
+            .filter(|(&d, other)| d != conn && other.member.contains_key(&room))
+            .map(|(&d, other)| (d, other.membership.get(&room).copied().unwrap_or_default()))
+            .collect();
         let c = self.clients.get_mut(&conn).expect("client");
         c.rooms.push(room.clone());
         c.member.remove(&room);
         c.since.insert(req.clone(), since);
+        c.members_before.insert(req.clone(), before);
         let shard = shard_of(conn);
         let user = presence_user(conn);
         let j = JoinReq {
