@@ -13,6 +13,8 @@
 //! - `Resync` (Redis reconnect, or the event reader fell behind): for each
 //!   room, the seq in Redis is compared with the last one forwarded, and the
 //!   difference is fetched and forwarded, or announced.
+//! - `UserDeliver` (a DM room's message on a user's channel): as a mesh
+//!   `UserDeliver` frame to the shards holding that user's connections.
 //! - `Event` (typing): the received frame is already a mesh `Event` frame; it
 //!   goes as is to each subscribed shard.
 //! - `PresenceChanged`: a rendered `presence` event to the room's shards.
@@ -79,6 +81,23 @@ impl Pump {
                 BridgeEvent::Resync { rooms } => {
                     for room in rooms {
                         self.resync(&room).await;
+                    }
+                }
+                BridgeEvent::UserDeliver {
+                    user,
+                    room,
+                    seq,
+                    payload,
+                    shards,
+                } => {
+                    let frame = router::encode(&Frame::UserDeliver {
+                        user: Some(user),
+                        room,
+                        seq,
+                        payload: payload.to_vec(),
+                    });
+                    for &s in shards.iter() {
+                        self.mesh.send(usize::from(s), frame.clone()).await;
                     }
                 }
                 BridgeEvent::Event { frame, shards, .. } => {

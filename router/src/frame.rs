@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 7;
+pub const FRAME_VERSION: u8 = 8;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -164,6 +164,18 @@ pub enum Frame {
         user: String,
         /// Started, or stopped.
         typing: bool,
+    },
+    /// A DM room's message for the receiving shard's connections of the room's two users
+    /// (or of `user` alone) that are not members of it (version 8).
+    UserDeliver {
+        /// The one user it is for (from that user's Redis channel), or both.
+        user: Option<String>,
+        /// The DM room.
+        room: String,
+        /// The message's seq.
+        seq: u64,
+        /// Rendered JSON.
+        payload: Vec<u8>,
     },
     /// An event without a seq (typing) for the receiving shard's members of `room`, except
     /// the connections of `from`; in a cluster, also the bytes published on the room's
@@ -351,6 +363,7 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::History { room, req, .. } => room.len() + opt(req),
         Frame::Reset { room, payload, .. } => room.len() + payload.len(),
         Frame::Typing { room, user, .. } => room.len() + user.len(),
+        Frame::UserDeliver { user, room, payload, .. } => opt(user) + room.len() + payload.len(),
         Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
     };
     1 + 160 + variable
@@ -507,6 +520,12 @@ mod tests {
                 room: "lobby".into(),
                 from: "ann".into(),
                 payload: br#"{"type":"typing"}"#.to_vec(),
+            },
+            Frame::UserDeliver {
+                user: Some("bob".into()),
+                room: "dm:ann:bob".into(),
+                seq: 4,
+                payload: br#"{"type":"message"}"#.to_vec(),
             },
         ]
     }

@@ -365,3 +365,55 @@ fn callers_need_no_tokio_runtime() {
     block_on(a.handle.shutdown()).unwrap();
     a.thread.join().unwrap();
 }
+
+#[tokio::test]
+async fn a_batch_published_also_on_user_channels_reaches_their_subscribers_in_order() {
+    use router::bridge::keys;
+    let redis = RedisServer::start();
+    let mut a = node(config(&redis, "a")).await;
+    let mut b = node(config(&redis, "b")).await;
+    // Node b holds connections of bob (shard 2) only, not the room.
+    b.handle.subscribe(&keys::user("bob"), 2).await.unwrap();
+    a.handle.subscribe("dm:ann:bob", 0).await.unwrap();
+    let also = vec![keys::user("ann"), keys::user("bob")];
+    for batch in 0..3 {
+        let msgs: Vec<_> = (0..4).map(|i| message("dm:ann:bob", &format!("d{batch}-{i}"))).collect();
+        a.handle.publish_also("dm:ann:bob", msgs, also.clone()).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 12 {
+        match next_event(&mut b.events).await {
+            BridgeEvent::UserDeliver {
+                user,
+                room,
+                seq,
+                payload,
+                shards,
+            } => {
+                assert_eq!((user.as_str(), room.as_str(), &shards[..]), ("bob", "dm:ann:bob", &[2u16][..]));
+                assert!(std::str::from_utf8(&payload).unwrap().contains(&format!("\"seq\":{seq:>20}")));
+                seqs.push(seq);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=12).collect::<Vec<_>>(),
+        "a room's messages in seq order on the user's channel"
+    );
+    // The room's own subscriber got them as room deliveries, with no user copy (ann's
+    // channel has no subscriber).
+    let got = delivered(deliveries(&mut a.events, "dm:ann:bob", 12).await);
+    assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.events.try_recv().is_none() && b.events.try_recv().is_none(), "each message once");
+    // More than two other channels, or the room's own, are refused before anything is sent.
+    let three = vec![keys::user("a"), keys::user("b"), keys::user("c")];
+    assert!(a
+        .handle
+        .publish_also("dm:ann:bob", vec![message("dm:ann:bob", "x")], three)
+        .await
+        .is_err());
+    assert_eq!(a.handle.room_seq("dm:ann:bob").await.unwrap(), 12);
+}

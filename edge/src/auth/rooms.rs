@@ -41,7 +41,7 @@ pub fn dm_room(a: &str, b: &str) -> String {
 }
 
 /// The two user ids of `dm:<a>:<b>` if both are valid (in either order).
-fn dm_participants(room: &str) -> Option<(&str, &str)> {
+pub fn dm_participants(room: &str) -> Option<(&str, &str)> {
     let (a, b) = room.strip_prefix(DM_PREFIX)?.split_once(':')?;
     (is_valid_user_id(a) && is_valid_user_id(b)).then_some((a, b))
 }

@@ -217,6 +217,7 @@ impl Shard {
             ShardStats::inc(&self.stats().slow_consumer_total);
         }
         self.leave_all(conn);
+        self.user_offline(conn);
         self.conns.borrow_mut().remove(&conn.id);
         ShardStats::set(&self.stats().connections_open, self.conns.borrow().len() as u64);
     }

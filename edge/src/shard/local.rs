@@ -67,6 +67,7 @@ impl Shard {
     fn carry_out(&self, effect: Effect) {
         match effect {
             Effect::Reply { conn, payload } => self.to_conn(conn, payload),
+            Effect::ToUsers { room, seq, payload } => self.to_users_everywhere(&room, seq, &payload),
             Effect::Subscribed { shard, token, result } => {
                 if shard == self.id {
                     let step = JoinStep::Subscribed(result.map(Some).map_err(Failure::Owner));
@@ -121,18 +122,21 @@ impl Shard {
                 room,
                 from,
                 payload,
-            } => {
-                if shard == self.id {
-                    return self.member_event(&room, &from, &payload);
-                }
-                let frame = Frame::Event {
-                    room: room.as_ref().to_owned(),
-                    from: from.as_ref().to_owned(),
-                    payload: payload.to_vec(),
-                };
-                self.send_frame(shard, &frame);
-            }
+            } => self.event_to(shard, &room, &from, &payload),
         }
+    }
+
+    /// An event without a seq for shard `shard`'s members: its member side, or a frame.
+    fn event_to(&self, shard: usize, room: &str, from: &str, payload: &Bytes) {
+        if shard == self.id {
+            return self.member_event(room, from, payload);
+        }
+        let frame = Frame::Event {
+            room: room.to_owned(),
+            from: from.to_owned(),
+            payload: payload.to_vec(),
+        };
+        self.send_frame(shard, &frame);
     }
 
     /// An event without a seq about `from` for the members of a room this shard owns.

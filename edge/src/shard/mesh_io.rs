@@ -162,23 +162,39 @@ impl Shard {
             }
             ArchivedFrame::History { .. } => self.on_history_frame(frame),
             ArchivedFrame::Send(m) => self.seq_send(&SendArgs::of_archived(m)),
+            ArchivedFrame::Reply { .. }
+            | ArchivedFrame::Deliver { .. }
+            | ArchivedFrame::Reset { .. }
+            | ArchivedFrame::UserDeliver { .. }
+            | ArchivedFrame::Event { .. } => self.on_member_frame(&buf, frame),
+            ArchivedFrame::Typing { room, user, typing } => self.typing_update(room.as_str(), user.as_str(), *typing),
+            ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
+        }
+    }
+
+    /// A frame for this shard's connections: replies, room deliveries, DM deliveries, events.
+    fn on_member_frame(&self, buf: &Bytes, frame: &ArchivedFrame) {
+        match frame {
             ArchivedFrame::Reply { conn, payload } => {
                 if let Some(c) = self.conn(conn.to_native()) {
-                    c.out.push_text(router::payload_bytes(&buf, payload.as_slice()));
+                    c.out.push_text(router::payload_bytes(buf, payload.as_slice()));
                 }
             }
             ArchivedFrame::Deliver { room, payload, seq } => {
-                let payload = router::payload_bytes(&buf, payload.as_slice());
+                let payload = router::payload_bytes(buf, payload.as_slice());
                 self.member_deliver(room.as_str(), seq.to_native(), &payload);
             }
             ArchivedFrame::Reset { room, seq, payload } => {
-                self.member_reset(room.as_str(), seq.to_native(), &router::payload_bytes(&buf, payload.as_slice()));
+                self.member_reset(room.as_str(), seq.to_native(), &router::payload_bytes(buf, payload.as_slice()));
             }
-            ArchivedFrame::Typing { room, user, typing } => self.typing_update(room.as_str(), user.as_str(), *typing),
+            ArchivedFrame::UserDeliver { user, room, payload, .. } => {
+                let only = user.as_ref().map(|u| u.as_str());
+                self.member_to_users(only, room.as_str(), &router::payload_bytes(buf, payload.as_slice()));
+            }
             ArchivedFrame::Event { room, from, payload } => {
-                self.member_event(room.as_str(), from.as_str(), &router::payload_bytes(&buf, payload.as_slice()));
+                self.member_event(room.as_str(), from.as_str(), &router::payload_bytes(buf, payload.as_slice()));
             }
-            ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
+            other => tracing::error!(shard = self.id, ?other, "not a frame for the member side"),
         }
     }
 

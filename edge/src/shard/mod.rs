@@ -11,7 +11,8 @@
 //! requests), `members` (the member side around `engine::subscriber`, both
 //! modes), `sequencer` (the one mode choice), `local` (the owner side
 //! around `engine::owner`, and calls to it), `cluster`/`publish` (the same
-//! for Redis), `events` (typing: events without a seq, both modes), `mesh_io`
+//! for Redis), `events` (typing: events without a seq, both modes), `users`
+//! (the user channel: DMs to connections outside the DM room), `mesh_io`
 //! (frames in from other shards, spill out), `outbox` (the writer side of a
 //! connection).
 
@@ -26,6 +27,7 @@ pub mod outbox;
 mod publish;
 mod requests;
 mod sequencer;
+mod users;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -113,6 +115,8 @@ pub(crate) struct Shard {
     pub(crate) driver: &'static str,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     members: RefCell<MemberIndex>,
+    /// user -> this shard's authenticated connections of that user (`users.rs`).
+    users: RefCell<MemberIndex>,
     next_conn: Cell<u64>,
     draining: Cell<bool>,
     drain_waker: Cell<Option<std::task::Waker>>,
@@ -187,6 +191,7 @@ impl Shard {
             driver: s.driver,
             conns: RefCell::new(HashMap::new()),
             members: RefCell::new(MemberIndex::default()),
+            users: RefCell::new(MemberIndex::default()),
             next_conn: Cell::new(0),
             draining: Cell::new(false),
             drain_waker: Cell::new(None),

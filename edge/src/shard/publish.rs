@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use router::bridge::{BridgeError, SeqRange};
+use router::bridge::{keys, BridgeError, SeqRange};
 
 use super::sequencer::Sequencer;
 use super::Shard;
@@ -42,8 +42,14 @@ impl Shard {
                 PubEffect::Reply { conn, payload } => self.to_conn(conn, payload),
                 PubEffect::Publish { room, batch } => {
                     let (shard, bridge) = (self.clone(), redis.bridge.clone());
+                    // A DM room's messages go to its users' channels too (the user channel).
+                    let also: Vec<String> = match crate::auth::dm_participants(&room) {
+                        Some((a, b)) if a == b => vec![keys::user(a)],
+                        Some((a, b)) => vec![keys::user(a), keys::user(b)],
+                        None => Vec::new(),
+                    };
                     monoio::spawn(async move {
-                        let result = bridge.publish(&room, batch).await;
+                        let result = bridge.publish_also(&room, batch, also).await;
                         shard.batch_published(&room, result);
                     });
                 }

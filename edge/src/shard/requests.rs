@@ -91,6 +91,7 @@ impl Shard {
             &limits,
         );
         conn.out.push_text(welcome);
+        self.user_online(conn, &user.sub);
         for (room, since) in joins {
             let cx = self.frame_ctx(conn);
             let step = conn.session.borrow_mut().join(None, Cow::Owned(room), since, &cx);

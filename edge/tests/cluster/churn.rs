@@ -132,7 +132,14 @@ fn join_leave_churn_leaves_no_stale_subscription() {
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(numsub(port, "c1"), 1, "node A still has a member in c1 one second later");
-    assert_eq!(channels(port), vec!["chat:{c1}:ch".to_owned()], "only c1 is subscribed");
+    // Besides c1, the one connected user's channel (`users.rs`), held while it is connected.
+    let mut subscribed = channels(port);
+    subscribed.sort();
+    assert_eq!(
+        subscribed,
+        vec!["chat:{c1}:ch".to_owned(), "chat:{user/stay}:ch".to_owned()],
+        "only c1 and stay's user channel are subscribed"
+    );
     let ack = a.request(
         json!({"type": "send", "room": "c1", "body": "still here"}),
         "a1",
@@ -143,13 +150,22 @@ fn join_leave_churn_leaves_no_stale_subscription() {
     assert!(got.is_some(), "the remaining member must still get messages of c1\n{}", a.context());
     a.leave("c1");
     let mut last = Vec::new();
+    let only_user = eventually(Duration::from_secs(5), || {
+        last = channels(port);
+        last == ["chat:{user/stay}:ch"]
+    });
+    assert!(
+        only_user,
+        "the last member left c1 (still connected): PUBSUB CHANNELS chat:* lists {last:?} after 5 s, not its user channel alone"
+    );
+    drop(a);
     let empty = eventually(Duration::from_secs(5), || {
         last = channels(port);
         last.is_empty()
     });
     assert!(
         empty,
-        "the last member left c1: PUBSUB CHANNELS chat:* still lists {last:?} after 5 s"
+        "the last connection closed: PUBSUB CHANNELS chat:* still lists {last:?} after 5 s"
     );
 }
 

@@ -27,6 +27,7 @@ pub(crate) enum Command {
     Publish {
         room: String,
         batch: Vec<PreparedMessage>,
+        also: Vec<String>,
         reply: Reply<SeqRange>,
     },
     Subscribe {
@@ -131,6 +132,22 @@ pub enum BridgeEvent {
         /// Every room subscribed at the time.
         rooms: Vec<String>,
     },
+    /// A sequenced message of a room published on a user's channel too (a DM): for that
+    /// user's connections on this node, whatever rooms they joined. A user's channel
+    /// carries several rooms, so no gap check is made on it; each room's messages come in
+    /// seq order.
+    UserDeliver {
+        /// The user (the name subscribed was [`keys::user`]`(user)`).
+        user: String,
+        /// The message's room.
+        room: String,
+        /// Its seq.
+        seq: u64,
+        /// The client JSON (a view into `frame`).
+        payload: Bytes,
+        /// This node's shards subscribed to the user's name.
+        shards: Arc<[u16]>,
+    },
     /// An event without a seq (typing) for `room`'s members: `frame` is the received
     /// mesh `Event` frame (forward it over the mesh as is).
     Event {
@@ -189,8 +206,16 @@ impl BridgeHandle {
     /// unreachable. The script is sent at most once: after an I/O error or
     /// a timeout it may or may not have run (then watch the room's stream).
     pub async fn publish(&self, room: &str, batch: Vec<PreparedMessage>) -> Result<SeqRange, BridgeError> {
+        self.publish_also(room, batch, Vec::new()).await
+    }
+
+    /// [`Self::publish`], and each message is also published, in the same script call and
+    /// order, on the channels of `also` (at most two names such as [`keys::user`]'s: a DM
+    /// room's users), so a node subscribed to one of those names gets the room's messages
+    /// in seq order as [`BridgeEvent::UserDeliver`].
+    pub async fn publish_also(&self, room: &str, batch: Vec<PreparedMessage>, also: Vec<String>) -> Result<SeqRange, BridgeError> {
         let room = room.to_owned();
-        self.ask(|reply| Command::Publish { room, batch, reply }).await
+        self.ask(|reply| Command::Publish { room, batch, also, reply }).await
     }
 
     /// Counts `shard` as a subscriber of `room`; the node subscribes to the

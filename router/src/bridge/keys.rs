@@ -52,6 +52,24 @@ pub fn presence_users(room: &str) -> String {
     key(room, "presence_users")
 }
 
+/// What a user's name starts with where a room's would be (`user/<id>`): no room id
+/// holds a `/`, so no client can join a user's channel as a room.
+pub const USER_PREFIX: &str = "user/";
+
+/// The name whose channel carries what is published for `user` (the messages of the
+/// user's DM rooms): subscribe to it like a room.
+pub fn user(user: &str) -> String {
+    let mut n = String::with_capacity(USER_PREFIX.len() + user.len());
+    n.push_str(USER_PREFIX);
+    n.push_str(user);
+    n
+}
+
+/// The user a name belongs to, if it is a user's (see [`user`]).
+pub fn user_of(name: &str) -> Option<&str> {
+    name.strip_prefix(USER_PREFIX).filter(|u| !u.is_empty())
+}
+
 /// The room a channel name belongs to, if it is a room channel.
 pub fn room_of_channel(channel: &str) -> Option<&str> {
     let room = channel.strip_prefix(PREFIX)?.strip_suffix(CHANNEL_SUFFIX)?;
@@ -69,6 +87,15 @@ mod tests {
         assert_eq!(channel("lobby"), "chat:{lobby}:ch");
         assert_eq!(presence("lobby"), "chat:{lobby}:presence");
         assert_eq!(presence_users("lobby"), "chat:{lobby}:presence_users");
+    }
+
+    #[test]
+    fn user_names_round_trip_and_are_no_room_ids() {
+        assert_eq!(user("ann"), "user/ann");
+        assert_eq!(user_of(&user("ann")), Some("ann"));
+        assert_eq!(user_of("user/"), None);
+        assert_eq!(user_of("lobby"), None);
+        assert_eq!(room_of_channel(&channel(&user("ann"))), Some("user/ann"));
     }
 
     #[test]

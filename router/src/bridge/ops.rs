@@ -20,11 +20,14 @@ use super::wire::{decode_incoming, Incoming};
 use super::{keys, presence, BridgeError, PreparedMessage};
 use crate::payload_bytes;
 
+/// Other names a batch may also be published to (a DM room's two users).
+const MAX_ALSO: usize = 2;
+
 /// Runs one request and answers it.
 pub(crate) async fn run(shared: Arc<Shared>, cmd: Command) {
     match cmd {
-        Command::Publish { room, batch, reply } => {
-            let _ = reply.send(publish(&shared, &room, &batch).await);
+        Command::Publish { room, batch, also, reply } => {
+            let _ = reply.send(publish(&shared, &room, &batch, &also).await);
         }
         Command::RoomSeq { room, reply } => {
             let _ = reply.send(room_seq(&shared, &room).await);
@@ -81,16 +84,24 @@ fn check_batch(shared: &Shared, room: &str, batch: &[PreparedMessage]) -> Result
     Ok(())
 }
 
-async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage]) -> Result<SeqRange, BridgeError> {
+async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage], also: &[String]) -> Result<SeqRange, BridgeError> {
     check_batch(shared, room, batch)?;
+    if also.len() > MAX_ALSO || also.iter().any(|n| n.is_empty() || n == room) {
+        return Err(BridgeError::BadMessage(format!("{} other channels for {room:?}", also.len())));
+    }
     if !shared.client.is_connected() {
         return Err(BridgeError::Unavailable);
     }
     let keys = vec![keys::seq(room), keys::recent(room)];
-    let mut args = Vec::with_capacity(3 + 3 * batch.len());
+    let mut args = Vec::with_capacity(4 + also.len() + 3 * batch.len());
     args.push(Value::from(keys::channel(room)));
     args.push(Value::from(i64::from(shared.config.recent_len)));
     args.push(Value::from(if shared.config.sharded_pubsub { "1" } else { "0" }));
+    // A script may only publish on its own slot's shard channels: with sharded pub/sub the
+    // other names' channels (another slot) are left out.
+    let also = if shared.config.sharded_pubsub { &[][..] } else { also };
+    args.push(Value::from(also.len() as i64));
+    args.extend(also.iter().map(|name| Value::from(keys::channel(name))));
     for m in batch {
         args.push(Value::Bytes(m.frame().clone()));
         args.push(Value::from(m.seq_offset() as i64));

@@ -65,6 +65,25 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
     if buf.len() > shared.config.max_message_bytes as usize {
         return reject();
     }
+    if let Some(user) = keys::user_of(room) {
+        return match decode_incoming(&buf) {
+            Ok(Incoming::Message { room: r, seq, payload }) => {
+                BridgeMetrics::inc(&shared.metrics.received_total);
+                let Some(shards) = shared.subs().shards(room) else {
+                    return [None, None];
+                };
+                let deliver = BridgeEvent::UserDeliver {
+                    user: user.to_owned(),
+                    room: r.to_owned(),
+                    seq,
+                    payload: payload_bytes(&buf, payload),
+                    shards,
+                };
+                [Some(deliver), None]
+            }
+            _ => reject(),
+        };
+    }
     let incoming = match decode_incoming(&buf) {
         Ok(i) if i.room() == room => i,
         Ok(_) | Err(_) => return reject(),

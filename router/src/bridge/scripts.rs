@@ -22,21 +22,28 @@ use fred::types::Value;
 /// Sequences and publishes one batch of one room's messages.
 ///
 /// KEYS: seq counter, recent stream. ARGV: channel, recent_len, sharded
-/// (`1`/`0`), then per message: frame bytes, offset of the archived u64
-/// seq, offset of the 20-byte JSON slot (both 0-based). Returns the first
-/// seq; the batch got `first..first + n`.
+/// (`1`/`0`), the number `x` of other channels, those `x` channels (each
+/// message is published there too, after the room's channel: a DM room's
+/// users' channels), then per message: frame bytes, offset of the archived
+/// u64 seq, offset of the 20-byte JSON slot (both 0-based). Returns the
+/// first seq; the batch got `first..first + n`.
 ///
 /// If the stream already holds a seq at or above the counter (the counter
 /// was lost while the stream survived), the counter jumps past it, so
 /// stream ids, and seqs, only grow.
 pub(crate) const PUBLISH: &str = r"
-local n = (#ARGV - 3) / 3
+local x = tonumber(ARGV[4])
+if not x or x < 0 or x ~= math.floor(x) then
+  return redis.error_reply('ERR chat: bad channel count')
+end
+local m = 5 + x
+local n = (#ARGV - m + 1) / 3
 if n < 1 or n ~= math.floor(n) then
   return redis.error_reply('ERR chat: bad argument count')
 end
 for i = 0, n - 1 do
-  local f = ARGV[4 + 3 * i]
-  local a, b = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i])
+  local f = ARGV[m + 3 * i]
+  local a, b = tonumber(ARGV[m + 1 + 3 * i]), tonumber(ARGV[m + 2 + 3 * i])
   if not a or not b or a < 0 or b < 0 or a + 8 > #f or b + 20 > #f then
     return redis.error_reply('ERR chat: seq offsets outside the frame')
   end
@@ -55,12 +62,15 @@ local cmd = 'PUBLISH'
 if ARGV[3] == '1' then cmd = 'SPUBLISH' end
 for i = 0, n - 1 do
   local seq = first + i
-  local f = ARGV[4 + 3 * i]
-  local a, b = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i])
+  local f = ARGV[m + 3 * i]
+  local a, b = tonumber(ARGV[m + 1 + 3 * i]), tonumber(ARGV[m + 2 + 3 * i])
   f = string.sub(f, 1, a) .. struct.pack('<I8', seq) .. string.sub(f, a + 9)
   f = string.sub(f, 1, b) .. string.format('%20d', seq) .. string.sub(f, b + 21)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'f', f)
   redis.call(cmd, ARGV[1], f)
+  for c = 5, 4 + x do
+    redis.call(cmd, ARGV[c], f)
+  end
 end
 return first
 ";

@@ -132,6 +132,9 @@ pub enum Effect {
         seq: u64,
         payload: Bytes,
     },
+    /// A DM room's message for every shard's connections of the room's two users that are
+    /// not members of it (one effect per message: the shell offers it to every shard).
+    ToUsers { room: Rc<str>, seq: u64, payload: Bytes },
     /// `payload`, an event without a seq (typing), for the members of `room` on subscribed
     /// shard `shard`, except the connections of `from`.
     Event {
@@ -446,6 +449,7 @@ impl<S: StorePort> Owner<S> {
         r.publish(ack.seq, rendered.clone());
         self.waits.insert(ticket, Wait::Write { room: name, seq: ack.seq });
         self.fan_out(a.room, ack.seq, &rendered);
+        self.offer_to_users(a.room, ack.seq, &rendered);
         self.reply(a.conn, ack_now);
     }
 
@@ -465,6 +469,7 @@ impl<S: StorePort> Owner<S> {
         r.stored(p.ack.seq);
         r.publish(p.ack.seq, p.rendered.clone());
         self.fan_out(&p.room, p.ack.seq, &p.rendered);
+        self.offer_to_users(&p.room, p.ack.seq, &p.rendered);
         for (conn, req) in &p.waiters {
             let ack = server::ack(req.as_deref(), &p.room, p.ack.seq, &p.ack.msg_id, p.ack.ts);
             self.reply(*conn, ack);
@@ -487,6 +492,19 @@ impl<S: StorePort> Owner<S> {
         for (conn, req) in &p.waiters {
             self.reply(*conn, error.reply(req.as_deref(), "message not stored"));
         }
+    }
+
+    /// A DM room's message also goes to its two users' connections that did not join it.
+    fn offer_to_users(&mut self, room: &str, seq: u64, payload: &Bytes) {
+        if crate::auth::dm_participants(room).is_none() {
+            return;
+        }
+        let Some(r) = self.rooms.get(room) else { return };
+        self.effects.push_back(Effect::ToUsers {
+            room: r.name(),
+            seq,
+            payload: payload.clone(),
+        });
     }
 
     /// `payload` to every subscribed shard of `room` (this one first): one effect per shard, never per member.

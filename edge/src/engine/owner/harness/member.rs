@@ -41,6 +41,7 @@ impl World {
                 }
             }
             Effect::Event { .. } => unreachable!("the harness makes no events without a seq (typing)"),
+            Effect::ToUsers { .. } => unreachable!("the harness has no DM rooms"),
         }
         self.drain_member(to);
     }

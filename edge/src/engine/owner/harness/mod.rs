@@ -328,6 +328,8 @@ impl World {
         while let Some(e) = self.owners[owner].poll() {
             let to = match &e {
                 Effect::Reply { conn, .. } => shard_of(*conn),
+                // The harness's rooms are no DM rooms.
+                Effect::ToUsers { .. } => unreachable!("a DM delivery in the harness"),
                 Effect::Subscribed { shard, .. }
                 | Effect::Fetched { shard, .. }
                 | Effect::Deliver { shard, .. }
