@@ -110,8 +110,10 @@ pub struct Config {
     pub presence_lease_ms: u64,
     /// Cluster: how often a node renews its presence leases and sweeps expired ones, in ms.
     pub presence_heartbeat_ms: u64,
-    /// Single node: a `presence` answer lists at most this many users of a room
-    /// (those online longest), with the full `count`.
+    /// A `presence` answer lists at most this many users of a room (those online
+    /// longest), with the full `count`. Single node: in a room with more users online,
+    /// members get the online `count` (coalesced, about once a second) instead of each
+    /// user's online/offline event.
     pub presence_roster_max: usize,
     /// A `typing` start stops by itself after this many ms without a refresh.
     pub typing_ttl_ms: u64,

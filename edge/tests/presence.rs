@@ -82,18 +82,35 @@ fn a_single_node_lists_who_is_online_and_pushes_first_and_last_connections() {
 }
 
 #[test]
-fn a_presence_answer_lists_at_most_presence_roster_max_users_with_the_full_count() {
-    let s = Server::start(drivers()[0], &[("EDGE_PRESENCE_ROSTER_MAX", "1")]);
+fn above_presence_roster_max_a_room_lists_the_first_users_and_pushes_coalesced_counts() {
+    let s = Server::start(drivers()[0], &[("EDGE_PRESENCE_ROSTER_MAX", "2")]);
     let mut first = Client::connect(&s.addr, "first", "");
     first.join("big");
+    let mut log = Vec::new();
     let mut second = Client::connect(&s.addr, "second", "");
     second.join("big");
-    let mut log = Vec::new();
     read_until(&mut first, &mut log, |v| v["type"] == "presence" && v["user"] == "second");
+    // Two more users: the room is above the cap, so members get counts, not each user.
+    let mut others: Vec<Client> = ["third", "fourth"].iter().map(|u| Client::connect(&s.addr, u, "")).collect();
+    for c in others.iter_mut() {
+        c.join("big");
+    }
+    read_until(&mut first, &mut log, |v| v["type"] == "presence" && v["count"] == 4);
     let r = first.request(json!({"type": "presence", "room": "big"}), "q");
     assert_eq!(
         (listed(&r), r["count"].as_u64()),
-        (vec!["first".to_owned()], Some(2)),
-        "the one online longest: {r}"
+        (vec!["first".to_owned(), "second".to_owned()], Some(4)),
+        "the two online longest, and everyone counted: {r}"
+    );
+    drop(others);
+    read_until(&mut first, &mut log, |v| v["type"] == "presence" && v["count"] == 2);
+    let told: Vec<&Value> = log.iter().filter(|v| v["type"] == "presence").collect();
+    assert!(
+        told.iter().all(|v| v["user"] != "third" && v["user"] != "fourth"),
+        "no per-user event above the cap: {told:?}"
+    );
+    assert!(
+        told.len() <= 5,
+        "second online, then at most one count per tick of changes: {told:?}"
     );
 }

@@ -255,6 +255,15 @@ pub fn presence_event(room: &str, user: &str, online: bool, ts_ms: u64) -> Bytes
         .done()
 }
 
+/// `presence` count (**extension**): a room above `presence_roster_max` users online tells
+/// its members how many are online, coalesced, instead of every user's event.
+pub fn presence_count(room: &str, count: usize) -> Bytes {
+    Obj::new("presence", 48 + room.len())
+        .str("room", room)
+        .num("count", count as u64)
+        .done()
+}
+
 /// `typing`: `user` started or stopped typing in `room`.
 pub fn typing(room: &str, user: &str, typing: bool) -> Bytes {
     Obj::new("typing", 64 + room.len() + user.len())

@@ -187,6 +187,11 @@ impl OwnedRoom {
         &self.roster
     }
 
+    /// Who is online in the room, to note a coalesced count change.
+    pub fn roster_mut(&mut self) -> &mut Roster {
+        &mut self.roster
+    }
+
     /// The shards that deliver the room: `me` first when it does, one Deliver each.
     pub fn subscribers(&self, me: usize) -> impl Iterator<Item = usize> + '_ {
         let mine = self.subscribed.get(me).copied().unwrap_or(false);

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 pub struct Roster {
     /// User -> (connections in the room, online since ms).
     users: HashMap<String, (u32, u64)>,
+    /// The online count changed since members were last told (large rooms, coalesced).
+    count_changed: bool,
 }
 
 impl Roster {
@@ -36,6 +38,21 @@ impl Roster {
         }
         self.users.remove(user);
         true
+    }
+
+    /// Notes that the count changed; true when it had not since members were last told.
+    pub fn mark_count_changed(&mut self) -> bool {
+        !std::mem::replace(&mut self.count_changed, true)
+    }
+
+    /// Whether a coalesced count change waits to be told.
+    pub fn count_pending(&self) -> bool {
+        self.count_changed
+    }
+
+    /// Whether the count changed since members were last told; they are being told now.
+    pub fn take_count_changed(&mut self) -> bool {
+        std::mem::take(&mut self.count_changed)
     }
 
     /// How many users are online.

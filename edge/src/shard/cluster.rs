@@ -119,10 +119,14 @@ impl Shard {
     /// `presence` in cluster mode: who is online in the room on any node.
     pub(super) fn cluster_presence(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str) {
         let Some(bridge) = self.bridge() else { return };
-        let r = room.to_owned();
+        let (r, cap) = (room.to_owned(), self.cfg.presence_roster_max);
         self.reply_from_redis(conn, req, async move {
-            let online = bridge.presence_online(&r).await?;
-            Ok(move |req: Option<&str>| server::presence_list(req, &r, &online, online.len()))
+            let mut online = bridge.presence_online(&r).await?;
+            let count = online.len();
+            // As on one node: those online longest first, at most `presence_roster_max`.
+            online.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+            online.truncate(cap);
+            Ok(move |req: Option<&str>| server::presence_list(req, &r, &online, count))
         });
     }
 

@@ -159,9 +159,10 @@ async fn auth_deadline(shard: Rc<Shard>, conn: Rc<Conn>) {
     }
 }
 
-/// Every second: cut sockets whose write stalled for `write_stall_timeout_ms`,
-/// ping connections silent for `heartbeat_ms`, close those silent for
-/// `idle_timeout_ms` (0: never).
+/// Every second: the engine's tick (coalesced presence counts), then cut
+/// sockets whose write stalled for `write_stall_timeout_ms`, ping connections
+/// silent for `heartbeat_ms`, close those silent for `idle_timeout_ms` (0:
+/// never).
 pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
     let idle_ms = shard.cfg.idle_timeout_ms;
     let beat_ms = shard.cfg.heartbeat_ms;
@@ -169,6 +170,7 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
     let ping = codec::control_frame(codec::ControlKind::Ping, b"hb");
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
+        shard.owner_tick();
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {
             if conn.out.write_stalled(outbox::mono_ms(), stall_ms) {

@@ -181,6 +181,11 @@ impl Shard {
         self.with_owner(|o, now| o.member(room, shard, user, online, now));
     }
 
+    /// The owner's periodic tick (a single node; nothing in a cluster).
+    pub(super) fn owner_tick(&self) {
+        self.with_owner(|o, now| o.tick(now));
+    }
+
     /// Who is online in a room this shard owns, for connection `conn`.
     pub(super) fn owner_presence(&self, room: &str, conn: u64, req: Option<&str>) {
         self.with_owner(|o, _| o.presence(room, conn, req));

@@ -31,6 +31,7 @@
 
 mod args;
 mod load;
+mod presence;
 
 #[cfg(test)]
 mod harness;
@@ -195,6 +196,8 @@ pub struct Owner<S> {
     waits: HashMap<u64, Wait>,
     next_ticket: u64,
     effects: VecDeque<Effect>,
+    /// Rooms above `presence_roster_max` whose online count changed since the last tick.
+    presence_counts: Vec<Rc<str>>,
 }
 
 impl<S: StorePort> Owner<S> {
@@ -209,6 +212,7 @@ impl<S: StorePort> Owner<S> {
             waits: HashMap::new(),
             next_ticket: 0,
             effects: VecDeque::new(),
+            presence_counts: Vec::new(),
         }
     }
 
@@ -226,7 +230,7 @@ impl<S: StorePort> Owner<S> {
         &self.stats[self.cfg.shard]
     }
 
-    fn reply(&mut self, conn: u64, payload: Bytes) {
+    pub(super) fn reply(&mut self, conn: u64, payload: Bytes) {
         self.effects.push_back(Effect::Reply { conn, payload });
     }
 
@@ -284,16 +288,6 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
-    /// A member (a connection of `user`) on `shard` joined (`online`) or left `room`: when
-    /// the user came online or went offline with it, the members get a `presence` event.
-    pub fn member(&mut self, room: &str, shard: usize, user: &str, online: bool, now_ms: u64) {
-        let Some(r) = self.rooms.get_mut(room) else { return };
-        if r.member(shard, user, online, now_ms) {
-            let event = server::presence_event(room, user, online, now_ms);
-            self.fan_out(room, 0, &event);
-        }
-    }
-
     /// An event without a seq about `from` (typing) for the members of `room`, on every
     /// subscribed shard; a room not in memory has no members to tell.
     pub fn event(&mut self, room: &str, from: &str, payload: &Bytes) {
@@ -307,16 +301,6 @@ impl<S: StorePort> Owner<S> {
                 payload: payload.clone(),
             });
         }
-    }
-
-    /// Who is online in `room` (the first `presence_roster_max`, with the full count), for
-    /// connection `conn`; a room not in memory has nobody.
-    pub fn presence(&mut self, room: &str, conn: u64, req: Option<&str>) {
-        let (online, count) = match self.rooms.get(room) {
-            Some(r) => (r.roster().online(self.cfg.presence_roster_max), r.roster().len()),
-            None => (Vec::new(), 0),
-        };
-        self.reply(conn, server::presence_list(req, room, &online, count));
     }
 
     /// A member shard's catch-up read: from the ring when it holds everything after
@@ -508,7 +492,7 @@ impl<S: StorePort> Owner<S> {
     }
 
     /// `payload` to every subscribed shard of `room` (this one first): one effect per shard, never per member.
-    fn fan_out(&mut self, room: &str, seq: u64, payload: &Bytes) {
+    pub(super) fn fan_out(&mut self, room: &str, seq: u64, payload: &Bytes) {
         let Some(r) = self.rooms.get(room) else { return };
         let name = r.name();
         for shard in r.subscribers(self.cfg.shard) {

@@ -213,6 +213,14 @@ impl World {
                 let listed = v["online"].as_array().expect("online").len() as u64;
                 assert!(listed <= v["count"].as_u64().expect("count"), "{v}");
             }
+            Some("presence") if v.get("user").is_none() => {
+                // A coalesced count (above presence_roster_max): what each user did since the
+                // last event is in it, so the alternation starts afresh.
+                assert!(v["count"].as_u64().is_some(), "{v}");
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    c.presence.retain(|(r, _), _| *r != room);
+                }
+            }
             Some("presence") => {
                 // Events reach a member in the owner's order: each user's alternate.
                 let Some(c) = self.clients.get_mut(&conn) else { return };

@@ -151,9 +151,9 @@ fn trace(what: impl FnOnce() -> String) {
     }
 }
 
-/// The user a connection is online as: two users, each with connections on every shard.
+/// The user a connection is online as: three users, each with connections on every shard.
 fn presence_user(conn: u64) -> String {
-    format!("p{}", conn % 2)
+    format!("p{}", conn % 3)
 }
 
 fn shard_of(conn: u64) -> usize {
@@ -518,6 +518,12 @@ impl World {
             0..=3 => self.client_step(),
             4..=5 => self.complete_write(),
             6..=7 => self.complete_query(),
+            8 if self.rng.random_bool(0.2) => {
+                // The shell's periodic tick (coalesced presence counts).
+                let owner = self.rng.random_range(0..SHARDS);
+                self.owners[owner].tick(self.now_ms);
+                self.drain(owner);
+            }
             _ => self.ring_step(),
         }
     }
