@@ -174,3 +174,55 @@ fn typing_crosses_nodes_through_redis() {
         assert!(a.read_until(WAIT, |v| is_typing(v, "bob", "start")).is_some(), "{}", a.context());
     }
 }
+
+/// Bob stops reading while Alice sends: once his queue is half full he is shed typing
+/// (counted), and when he reads again he has every message, in order, with no gap.
+#[test]
+fn a_backed_up_reader_is_shed_typing_but_gets_every_message_in_order() {
+    let envs = [
+        ("EDGE_TYPING_INTERVAL_MS", "20"),
+        ("EDGE_MAX_MSGS_PER_S", "100000"),
+        ("EDGE_MSGS_BURST", "100000"),
+        ("EDGE_OUTBOUND_QUEUE_MAX_BYTES", "2097152"),
+    ];
+    let s = Server::start("io_uring", &envs);
+    let room = "slow";
+    let mut alice = Member::connect(&s, "n1", "alice");
+    let mut bob = Member::connect(&s, "n1", "bob");
+    alice.join(room);
+    bob.join(room);
+    let body = "x".repeat(4000);
+    let (mut sent, mut typing_sent) = (0u64, 0u64);
+    // Steps of 32 messages (about 128 KiB, well under the 1 MiB between half the bound and
+    // the bound), each followed by a typing change, until Bob was shed one.
+    while common::metric_sum(&s.addr, "events_shed_total") == 0 {
+        assert!(sent < 8_192, "32 MiB sent and no typing shed for a reader that stopped");
+        for _ in 0..32 {
+            sent += 1;
+            alice.send(json!({"type": "send", "room": room, "body": body, "id": format!("m{sent}")}));
+        }
+        let last = format!("m{sent}");
+        assert!(
+            alice.read_until(WAIT, |v| v["id"] == last.as_str()).is_some(),
+            "{}",
+            alice.context()
+        );
+        alice.log.clear();
+        let state = if typing_sent % 2 == 0 { "start" } else { "stop" };
+        alice.send(json!({"type": "typing", "room": room, "state": state}));
+        typing_sent += 1;
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    // Bob reads again: every message, in order, and his connection was never closed.
+    let got = bob.read_until(Duration::from_secs(60), |v| {
+        v["type"] == "message" && cluster_support::seq_of(v) == sent
+    });
+    assert!(got.is_some(), "bob did not get message {sent}: closed {:?}", bob.closed);
+    let seqs: Vec<u64> = bob.messages(room).iter().map(|v| cluster_support::seq_of(v)).collect();
+    assert_eq!(seqs, (1..=sent).collect::<Vec<_>>(), "every message once, in order");
+    let typing_heard = typing_seen(&bob, room, "alice").len() as u64;
+    assert!(
+        typing_heard < typing_sent,
+        "some typing was shed: heard {typing_heard} of {typing_sent}"
+    );
+}
