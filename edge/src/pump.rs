@@ -17,7 +17,8 @@
 //!   `UserDeliver` frame to the shards holding that user's connections.
 //! - `Event` (typing): the received frame is already a mesh `Event` frame; it
 //!   goes as is to each subscribed shard.
-//! - `PresenceChanged`: a rendered `presence` event to the room's shards.
+//! - `PresenceChanged`: a rendered `presence` event to the room's shards, as
+//!   an `Event` for every member (ephemeral: shed for a backed-up member).
 //!
 //! What must stay true: events are handled one at a time in bridge order,
 //! so a room's frames reach each shard in seq order (one ring per shard);
@@ -106,8 +107,16 @@ impl Pump {
                     }
                 }
                 BridgeEvent::PresenceChanged { room, user, online, .. } => {
-                    let note = server::presence_event(&room, &user, online, now_ms());
-                    self.notify(&room, &note).await;
+                    // Ephemeral, for every member (`from` empty): shed for a backed-up member.
+                    let shards = self.shards_of(&room);
+                    let frame = router::encode(&Frame::Event {
+                        payload: server::presence_event(&room, &user, online, now_ms()).to_vec(),
+                        room,
+                        from: String::new(),
+                    });
+                    for s in shards.iter() {
+                        self.mesh.send(usize::from(*s), frame.clone()).await;
+                    }
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! Events without a seq (typing), one code for both modes: a member's `typing`
+//! Events without a seq (typing; presence uses the member side's half too),
+//! one code for both modes: a member's `typing`
 //! goes to the room's owner shard, whose `engine::typing` paces it and runs out
 //! its starts; each event it decides is rendered once and handed to the
 //! sequencer, which fans it out (over the mesh to the subscribed shards on one
@@ -73,14 +74,15 @@ impl Shard {
     }
 
     /// An event without a seq about `from` for this shard's members of `room` (from the
-    /// room's owner shard, or from Redis): to all of them but `from`'s connections.
+    /// room's owner shard, or from Redis): to all of them but `from`'s connections (all of
+    /// them when `from` is empty: presence).
     pub(super) fn member_event(&self, room: &str, from: &str, payload: &Bytes) {
         let members = self.members.borrow();
         let conns = self.conns.borrow();
         let (mut sent, mut shed) = (0, 0);
         for id in members.get(room) {
             let Some(c) = conns.get(id) else { continue };
-            if c.user().is_some_and(|u| u.sub == from) {
+            if !from.is_empty() && c.user().is_some_and(|u| u.sub == from) {
                 continue;
             }
             if c.out.push_ephemeral(payload.clone()) {

@@ -288,8 +288,9 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
-    /// An event without a seq about `from` (typing) for the members of `room`, on every
-    /// subscribed shard; a room not in memory has no members to tell.
+    /// An event without a seq about `from` (typing, presence) for the members of `room` but
+    /// `from`'s connections (`from` empty: all of them), on every subscribed shard; a room
+    /// not in memory has no members to tell.
     pub fn event(&mut self, room: &str, from: &str, payload: &Bytes) {
         let Some(r) = self.rooms.get(room) else { return };
         let (name, from) = (r.name(), Rc::<str>::from(from));

@@ -7,7 +7,9 @@
 //! per-user events would cost O(n) deliveries per join in an O(n) room, so
 //! the changes are coalesced instead: at the next tick the members get one
 //! `{"type":"presence","room","count"}` with the room's online count, and
-//! the full list stays one `presence` request away. Changes made while such
+//! the full list stays one `presence` request away. Presence is ephemeral:
+//! it goes out as an `Effect::Event` for everyone (`from` empty), which a
+//! member whose queue is backed up is shed, before any message is delayed. Changes made while such
 //! a count waits are part of it, so a member never hears a user's events out
 //! of order: after a count, per-user events say what changed since.
 
@@ -36,7 +38,7 @@ impl<S: StorePort> Owner<S> {
             return;
         }
         let event = server::presence_event(room, user, online, now_ms);
-        self.fan_out(room, 0, &event);
+        self.event(room, "", &event);
     }
 
     /// Who is online in `room` (the first `presence_roster_max`, with the full count), for
@@ -55,7 +57,7 @@ impl<S: StorePort> Owner<S> {
             let Some(r) = self.rooms.get_mut(&*room) else { continue };
             if r.roster_mut().take_count_changed() {
                 let count: Bytes = server::presence_count(&room, r.roster().len());
-                self.fan_out(&room, 0, &count);
+                self.event(&room, "", &count);
             }
         }
     }
@@ -116,7 +118,7 @@ mod tests {
     fn told(o: &mut Owner<Port>) -> Vec<String> {
         std::iter::from_fn(|| o.poll())
             .filter_map(|e| match e {
-                Effect::Deliver { seq: 0, payload, .. } => Some(payload),
+                Effect::Event { from, payload, .. } if from.is_empty() => Some(payload),
                 _ => None,
             })
             .map(|p| {

@@ -40,7 +40,11 @@ impl World {
                     self.deliver_to_members(to, &room, &payload);
                 }
             }
-            Effect::Event { .. } => unreachable!("the harness makes no events without a seq (typing)"),
+            Effect::Event { room, from, payload, .. } => {
+                // Presence (the harness makes no typing): for every member of the room there.
+                assert!(from.is_empty(), "an event about {from} in the harness: {payload:?}");
+                self.deliver_to_members(to, &room, &payload);
+            }
             Effect::ToUsers { .. } => unreachable!("the harness has no DM rooms"),
         }
         self.drain_member(to);
