@@ -115,6 +115,9 @@ pub struct Config {
     /// members get the online `count` (coalesced, about once a second) instead of each
     /// user's online/offline event.
     pub presence_roster_max: usize,
+    /// Rooms with more users online than this push no `receipt` events (read marks are
+    /// still stored).
+    pub receipts_room_max: usize,
     /// A `typing` start stops by itself after this many ms without a refresh.
     pub typing_ttl_ms: u64,
     /// A room's typing events go out at most once per this many ms; changes in between
@@ -239,6 +242,7 @@ impl Default for Config {
             presence_lease_ms: 15_000,
             presence_heartbeat_ms: 5_000,
             presence_roster_max: 200,
+            receipts_room_max: 100,
             typing_ttl_ms: 5_000,
             typing_interval_ms: 500,
             cluster_join_timeout_ms: 5_000,

@@ -75,6 +75,7 @@ fn per_send(durability: Durability, client_ids: bool) -> f64 {
         max_rooms_per_shard: 16,
         history_page_max_bytes: 1 << 20,
         presence_roster_max: 100,
+        receipts_room_max: 100,
         previous_run_clean: true,
         run_epoch: 1,
     };

@@ -106,6 +106,9 @@ fn a_dm_crosses_nodes_to_a_recipient_who_never_joined() {
         assert!(both, "both nodes subscribe to {user}'s channel");
     }
     check_dms(&mut alice, &mut bob);
+    // Read marks need the shared store (issue #13): a cluster says so rather than drop them.
+    let r = alice[0].request(json!({"type": "read", "room": ROOM, "seq": 1}), "read", WAIT);
+    assert_eq!(r["code"], "bad_request", "{r}");
     let mut carol = Member::connect(&nodes[1], "n2", "carol");
     carol.drain(Duration::from_millis(300));
     assert!(carol.messages(ROOM).is_empty(), "{}", carol.context());

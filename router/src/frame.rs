@@ -155,6 +155,19 @@ pub enum Frame {
         /// Rendered JSON for the members.
         payload: Vec<u8>,
     },
+    /// A member's `read`: `user` read `room` up to `seq`, for the room's owner shard (version 8).
+    Read {
+        /// The room.
+        room: String,
+        /// Who read.
+        user: String,
+        /// Up to this seq.
+        seq: u64,
+        /// The reading connection on the member shard (told only if the mark is not stored).
+        conn: u64,
+        /// The client's request id.
+        req: Option<String>,
+    },
     /// A member (`user`) started (`typing`) or stopped typing: for the room's owner shard
     /// (version 7).
     Typing {
@@ -363,6 +376,7 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::History { room, req, .. } => room.len() + opt(req),
         Frame::Reset { room, payload, .. } => room.len() + payload.len(),
         Frame::Typing { room, user, .. } => room.len() + user.len(),
+        Frame::Read { room, user, req, .. } => room.len() + user.len() + opt(req),
         Frame::UserDeliver { user, room, payload, .. } => opt(user) + room.len() + payload.len(),
         Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
     };
@@ -515,6 +529,13 @@ mod tests {
                 room: "lobby".into(),
                 user: "ann".into(),
                 typing: true,
+            },
+            Frame::Read {
+                room: "lobby".into(),
+                user: "ann".into(),
+                seq: 42,
+                conn: 9,
+                req: Some("\"r\"".into()),
             },
             Frame::Event {
                 room: "lobby".into(),

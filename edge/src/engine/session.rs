@@ -96,6 +96,8 @@ pub enum Step<'a> {
     },
     /// Who is online in a room the user may see.
     Presence { room: Cow<'a, str> },
+    /// The user read a room it may see up to `seq`.
+    Read { room: Cow<'a, str>, seq: u64 },
     /// The user started (`typing`) or stopped typing in a joined room.
     Typing { room: Cow<'a, str>, typing: bool },
 }
@@ -206,6 +208,10 @@ impl Session {
             },
             Request::Presence { room } => match self.may_see(id, &room) {
                 Ok(()) => Step::Presence { room },
+                Err(refusal) => Step::Reply(refusal),
+            },
+            Request::Read { room, seq } => match self.may_see(id, &room) {
+                Ok(()) => Step::Read { room, seq },
                 Err(refusal) => Step::Reply(refusal),
             },
             Request::Typing { room, state } if self.rooms.iter().any(|r| *r == room) => Step::Typing {

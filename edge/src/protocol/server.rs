@@ -255,6 +255,17 @@ pub fn presence_event(room: &str, user: &str, online: bool, ts_ms: u64) -> Bytes
         .done()
 }
 
+/// `receipt`: `user`'s `status` (`read` or `delivered`) mark in `room` is at `seq`
+/// (a watermark: everything up to it).
+pub fn receipt(room: &str, user: &str, seq: u64, status: &str) -> Bytes {
+    Obj::new("receipt", 80 + room.len() + user.len())
+        .str("room", room)
+        .str("user", user)
+        .num("seq", seq)
+        .str("status", status)
+        .done()
+}
+
 /// `presence` count (**extension**): a room above `presence_roster_max` users online tells
 /// its members how many are online, coalesced, instead of every user's event.
 pub fn presence_count(room: &str, count: usize) -> Bytes {

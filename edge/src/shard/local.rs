@@ -181,6 +181,30 @@ impl Shard {
         self.with_owner(|o, now| o.member(room, shard, user, online, now));
     }
 
+    /// A member's `read`: to the room's owner shard (a direct call when it is this one).
+    pub(super) fn local_read(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, seq: u64) {
+        let Some(user) = conn.user() else { return };
+        let owner = crate::room::owner(room, self.shards);
+        if owner == self.id {
+            return self.owner_read(room, &user.sub, seq, conn.id, id);
+        }
+        let frame = Frame::Read {
+            room: room.to_owned(),
+            user: user.sub.clone(),
+            seq,
+            conn: conn.id,
+            req: id.map(str::to_owned),
+        };
+        if !self.try_request(owner, &frame) {
+            self.overloaded(conn, id);
+        }
+    }
+
+    /// A `read` of a room this shard owns.
+    pub(super) fn owner_read(&self, room: &str, user: &str, seq: u64, conn: u64, req: Option<&str>) {
+        self.with_owner(|o, _| o.read(room, user, seq, conn, req));
+    }
+
     /// The owner's periodic tick (a single node; nothing in a cluster).
     pub(super) fn owner_tick(&self) {
         self.with_owner(|o, now| o.tick(now));

@@ -167,6 +167,16 @@ impl Shard {
             | ArchivedFrame::Reset { .. }
             | ArchivedFrame::UserDeliver { .. }
             | ArchivedFrame::Event { .. } => self.on_member_frame(&buf, frame),
+            ArchivedFrame::Read {
+                room,
+                user,
+                seq,
+                conn,
+                req,
+            } => {
+                let req = req.as_ref().map(|r| r.as_str());
+                self.owner_read(room.as_str(), user.as_str(), seq.to_native(), conn.to_native(), req);
+            }
             ArchivedFrame::Typing { room, user, typing } => self.typing_update(room.as_str(), user.as_str(), *typing),
             ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
         }

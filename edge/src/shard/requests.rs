@@ -68,6 +68,7 @@ impl Shard {
             Step::History { room, before, limit } => self.seq_history(conn, id, &room, before, limit),
             Step::Presence { room } => self.seq_presence(conn, id, &room),
             Step::Typing { room, typing } => self.on_typing(conn, &room, typing),
+            Step::Read { room, seq } => self.seq_read(conn, id, &room, seq),
         }
     }
 

@@ -89,6 +89,18 @@ impl Shard {
         }
     }
 
+    /// A member's `read` of a room: to the room's owner on one node. A cluster keeps no
+    /// marks yet (they need the shared store, issue #13): the client is told so.
+    pub(super) fn seq_read(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, seq: u64) {
+        match &self.sequencer {
+            Sequencer::Local(_) => self.local_read(conn, id, room, seq),
+            Sequencer::Redis(_) => {
+                let msg = "read is not available in cluster mode yet (read marks need the shared store)";
+                self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
+            }
+        }
+    }
+
     /// Who is online in a room.
     pub(super) fn seq_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
         match &self.sequencer {

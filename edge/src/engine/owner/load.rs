@@ -222,6 +222,7 @@ impl<S: StorePort> Owner<S> {
                 let (frames, next) = fit_page(messages, page.next_before, self.cfg.history_page_max_bytes);
                 self.reply(conn, server::history(req.as_deref(), &room, &frames, next));
             }
+            (Wait::Mark(mark), result) => self.marked(*mark, result),
             (Wait::History { conn, req, .. }, result) => {
                 let e = match result {
                     Err(e) => e,

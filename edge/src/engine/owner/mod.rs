@@ -32,6 +32,7 @@
 mod args;
 mod load;
 mod presence;
+mod receipts;
 
 #[cfg(test)]
 mod harness;
@@ -83,6 +84,8 @@ pub struct OwnerConfig {
     pub history_page_max_bytes: usize,
     /// Users a presence list shows (with the full count).
     pub presence_roster_max: usize,
+    /// Rooms with more users online push no receipts.
+    pub receipts_room_max: usize,
     /// Whether the node's previous run ended cleanly (false re-epochs every room loaded).
     pub previous_run_clean: bool,
     /// This run's epoch, for rooms re-epoched after an unclean run.
@@ -102,6 +105,7 @@ impl OwnerConfig {
             max_rooms_per_shard: cfg.max_rooms_per_shard,
             history_page_max_bytes: cfg.history_page_max_bytes,
             presence_roster_max: cfg.presence_roster_max,
+            receipts_room_max: cfg.receipts_room_max,
             previous_run_clean,
             run_epoch,
         }
@@ -176,6 +180,8 @@ enum Wait {
         /// writes after publishing, so the store may not hold them yet).
         tail: Vec<(u64, Bytes)>,
     },
+    /// A `read` whose mark the store is setting.
+    Mark(Box<receipts::MarkWait>),
     /// A member shard's catch-up read.
     Fetch {
         room: String,
@@ -198,6 +204,8 @@ pub struct Owner<S> {
     effects: VecDeque<Effect>,
     /// Rooms above `presence_roster_max` whose online count changed since the last tick.
     presence_counts: Vec<Rc<str>>,
+    /// Read marks that moved since the last tick: (room, user, seq).
+    receipts: Vec<(String, String, u64)>,
 }
 
 impl<S: StorePort> Owner<S> {
@@ -213,6 +221,7 @@ impl<S: StorePort> Owner<S> {
             next_ticket: 0,
             effects: VecDeque::new(),
             presence_counts: Vec::new(),
+            receipts: Vec::new(),
         }
     }
 
@@ -234,7 +243,7 @@ impl<S: StorePort> Owner<S> {
         self.effects.push_back(Effect::Reply { conn, payload });
     }
 
-    fn take_ticket(&mut self) -> u64 {
+    pub(super) fn take_ticket(&mut self) -> u64 {
         self.next_ticket += 1;
         self.next_ticket
     }

@@ -51,8 +51,10 @@ impl<S: StorePort> Owner<S> {
         self.reply(conn, server::presence_list(req, room, &online, count));
     }
 
-    /// The shell's periodic tick (about once a second): coalesced online counts go out.
+    /// The shell's periodic tick (about once a second): coalesced online counts and read
+    /// receipts go out.
     pub fn tick(&mut self, _now_ms: u64) {
+        self.flush_receipts();
         for room in std::mem::take(&mut self.presence_counts) {
             let Some(r) = self.rooms.get_mut(&*room) else { continue };
             if r.roster_mut().take_count_changed() {
@@ -101,6 +103,7 @@ mod tests {
             max_rooms_per_shard: 8,
             history_page_max_bytes: 1 << 20,
             presence_roster_max: cap,
+            receipts_room_max: 100,
             previous_run_clean: true,
             run_epoch: 1,
         };

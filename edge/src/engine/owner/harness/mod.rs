@@ -186,6 +186,7 @@ impl World {
                     max_rooms_per_shard: 1,
                     history_page_max_bytes: 64 * 1024,
                     presence_roster_max: rng.random_range(1..4),
+                    receipts_room_max: 100,
                     previous_run_clean: true,
                     run_epoch: 1,
                 };

@@ -1,0 +1,112 @@
+//! Read receipts on a single node, over real sockets and a real store: `read`
+//! moves the user's read mark forward only, members hear it as a coalesced
+//! `receipt`, and the mark survives a restart.
+
+mod cluster_support;
+mod common;
+
+use std::time::Duration;
+
+use cluster_support::Member;
+use common::{drivers, temp_data_dir, Server};
+use serde_json::{json, Value};
+
+const ENVS: &[(&str, &str)] = &[("EDGE_MAX_MSGS_PER_S", "100000"), ("EDGE_MSGS_BURST", "100000")];
+const WAIT: Duration = Duration::from_secs(10);
+const ROOM: &str = "r";
+
+fn receipts_of(m: &Member, user: &str) -> Vec<u64> {
+    m.log
+        .iter()
+        .filter(|v| v["type"] == "receipt" && v["room"] == ROOM && v["user"] == user)
+        .map(|v| {
+            assert_eq!(v["status"], "read", "{v}");
+            v["seq"].as_u64().expect("seq")
+        })
+        .collect()
+}
+
+fn is_receipt(v: &Value, user: &str, seq: u64) -> bool {
+    v["type"] == "receipt" && v["user"] == user && v["seq"] == seq
+}
+
+/// Reads what `m` was sent until now, past a tick (receipts go out once a second).
+fn settle(m: &mut Member) {
+    m.drain(Duration::from_millis(1_300));
+    let r = m.request(json!({"type": "ping"}), &format!("p{}", m.log.len()), WAIT);
+    assert_eq!(r["type"], "pong");
+}
+
+fn send(m: &mut Member, n: usize) {
+    for i in 0..n {
+        let id = format!("s{i}-{}", m.log.len());
+        let ack = m.request(json!({"type": "send", "room": ROOM, "body": format!("m{i}")}), &id, WAIT);
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+}
+
+#[test]
+fn read_marks_move_forward_only_are_pushed_coalesced_and_survive_a_restart() {
+    for driver in drivers() {
+        let dir = temp_data_dir("receipts");
+        let s = Server::start_with(driver, ENVS, &[], &dir);
+        let mut alice: Vec<Member> = (0..2).map(|_| Member::connect(&s, "n1", "alice")).collect();
+        let mut bob = Member::connect(&s, "n1", "bob");
+        for m in alice.iter_mut() {
+            m.join(ROOM);
+        }
+        bob.join(ROOM);
+        send(&mut bob, 5);
+
+        // Three reads at once: one receipt at the next tick (two if a tick fell between).
+        for seq in 1..=3 {
+            alice[0].send(json!({"type": "read", "room": ROOM, "seq": seq}));
+        }
+        assert!(bob.read_until(WAIT, |v| is_receipt(v, "alice", 3)).is_some(), "{}", bob.context());
+        // Every member hears it, the reader's other connection too.
+        assert!(
+            alice[1].read_until(WAIT, |v| is_receipt(v, "alice", 3)).is_some(),
+            "{}",
+            alice[1].context()
+        );
+        // Backwards: ignored, not an error, nobody told.
+        alice[0].send(json!({"type": "read", "room": ROOM, "seq": 2, "id": "back"}));
+        settle(&mut alice[0]);
+        assert!(
+            alice[0].log.iter().all(|v| v["id"] != "back"),
+            "a read backwards is no error: {}",
+            alice[0].context()
+        );
+        settle(&mut bob);
+        let got = receipts_of(&bob, "alice");
+        assert!(
+            got.len() <= 2 && got.last() == Some(&3) && got.windows(2).all(|w| w[0] < w[1]),
+            "{got:?}"
+        );
+        // Past the last message: marks the last one.
+        alice[0].send(json!({"type": "read", "room": ROOM, "seq": 99}));
+        assert!(bob.read_until(WAIT, |v| is_receipt(v, "alice", 5)).is_some(), "{}", bob.context());
+        // Someone else's DM is refused like a join of it.
+        let r = alice[0].request(json!({"type": "read", "room": "dm:bob:carol", "seq": 1}), "dm", WAIT);
+        assert_eq!(r["code"], "forbidden", "{r}");
+        drop((alice, bob));
+        drop(s);
+
+        // The mark is 5 in the store: after a restart a read of 4 moves nothing, 6 does.
+        let s = Server::start_with(driver, ENVS, &[], &dir);
+        let mut alice = Member::connect(&s, "n1", "alice");
+        let mut bob = Member::connect(&s, "n1", "bob");
+        alice.join(ROOM);
+        bob.join(ROOM);
+        alice.send(json!({"type": "read", "room": ROOM, "seq": 4}));
+        send(&mut bob, 1);
+        alice.send(json!({"type": "read", "room": ROOM, "seq": 6}));
+        assert!(bob.read_until(WAIT, |v| is_receipt(v, "alice", 6)).is_some(), "{}", bob.context());
+        settle(&mut bob);
+        assert_eq!(
+            receipts_of(&bob, "alice"),
+            [6],
+            "the read of 4 stayed below the stored mark, {driver}"
+        );
+    }
+}
