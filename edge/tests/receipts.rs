@@ -110,3 +110,79 @@ fn read_marks_move_forward_only_are_pushed_coalesced_and_survive_a_restart() {
         );
     }
 }
+
+/// `sync` entries by room: (seq, read, unread).
+fn synced(m: &mut Member, id: &str) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+    let r = m.request(json!({"type": "sync"}), id, WAIT);
+    assert_eq!(r["type"], "sync", "{r}");
+    r["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .map(|e| {
+            let n = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k} in {e}"));
+            assert_eq!(n("delivered"), 0, "delivered marks are not kept yet: {e}");
+            (e["room"].as_str().expect("room").to_owned(), (n("seq"), n("read"), n("unread")))
+        })
+        .collect()
+}
+
+/// `sync` until `done` holds, for up to 2.5 s: marks, memberships and (fast mode) the
+/// messages themselves reach the store through its queue, a few ms after the ack.
+fn synced_soon(
+    m: &mut Member,
+    done: impl Fn(&std::collections::BTreeMap<String, (u64, u64, u64)>) -> bool,
+) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+    let mut got = synced(m, "soon");
+    for attempt in 0..50 {
+        if done(&got) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        got = synced(m, &format!("soon-{attempt}"));
+    }
+    got
+}
+
+#[test]
+fn sync_lists_joined_rooms_and_dms_with_seqs_and_read_marks_across_a_restart() {
+    for driver in drivers() {
+        let dir = temp_data_dir("sync");
+        let s = Server::start_with(driver, ENVS, &[], &dir);
+        let mut alice = Member::connect(&s, "n1", "alice");
+        let mut bob = Member::connect(&s, "n1", "bob");
+        let mut carol = Member::connect(&s, "n1", "carol");
+        assert!(synced(&mut alice, "s0").is_empty(), "a new user belongs to no room");
+        for room in ["r", "quiet"] {
+            alice.join(room);
+        }
+        bob.join(ROOM);
+        send(&mut bob, 3);
+        alice.send(json!({"type": "read", "room": ROOM, "seq": 2}));
+        // Carol writes to Alice, who never joined the DM room.
+        let ack = carol.request(json!({"type": "send", "to": "alice", "body": "hi"}), "dm", WAIT);
+        assert_eq!(ack["type"], "ack", "{ack}");
+        let want: std::collections::BTreeMap<String, (u64, u64, u64)> = [
+            ("dm:alice:carol".to_owned(), (1, 0, 1)),
+            ("quiet".to_owned(), (0, 0, 0)),
+            ("r".to_owned(), (3, 2, 1)),
+        ]
+        .into();
+        // A second connection of Alice's, joined nowhere, sees the same inbox.
+        let mut other = Member::connect(&s, "n1", "alice");
+        assert_eq!(synced_soon(&mut other, |got| *got == want), want, "{driver}");
+        let carols = synced_soon(&mut carol, |got| got.get("dm:alice:carol") == Some(&(1, 0, 1)));
+        assert_eq!(carols.get("dm:alice:carol"), Some(&(1, 0, 1)), "the sender's side of the DM");
+        drop((alice, bob, carol, other));
+        // A clean stop (the store flushes; a SIGKILL in fast mode may lose the last batch).
+        let mut s = s;
+        let status = s.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+        assert!(status.is_some_and(|st| st.success()), "clean stop: {status:?}");
+        drop(s);
+
+        // Everything comes from the store now: the same after a restart.
+        let s = Server::start_with(driver, ENVS, &[], &dir);
+        let mut alice = Member::connect(&s, "n1", "alice");
+        assert_eq!(synced(&mut alice, "s2"), want, "after a restart, {driver}");
+    }
+}

@@ -262,7 +262,7 @@ pub async fn reactions_are_a_set<S: MessageStore>(store: &S, p: &str) {
     );
 }
 
-/// A user's rooms, sorted, each once, with the user's marks there.
+/// A user's rooms, sorted, each once, with the room's last stored seq and the user's marks there.
 pub async fn user_rooms_with_marks<S: MessageStore>(store: &S, p: &str) {
     let user = format!("{p}-alice");
     let (ra, rb, rc) = (format!("{p}-a"), format!("{p}-b"), format!("{p}-c"));
@@ -270,6 +270,7 @@ pub async fn user_rooms_with_marks<S: MessageStore>(store: &S, p: &str) {
     for room in [&rb, &ra, &rc, &ra] {
         store.add_user_room(&user, room).await.expect("add");
     }
+    store.write_batch(&messages(&ra, 1..=7)).await.expect("write");
     store.set_mark(&ra, &user, MarkKind::Read, 4).await.expect("mark");
     store.set_mark(&ra, &user, MarkKind::Delivered, 6).await.expect("mark");
     store.set_mark(&rc, &user, MarkKind::Delivered, 2).await.expect("mark");
@@ -281,16 +282,19 @@ pub async fn user_rooms_with_marks<S: MessageStore>(store: &S, p: &str) {
     let want = vec![
         UserRoom {
             room: ra,
+            seq: 7,
             read: 4,
             delivered: 6,
         },
         UserRoom {
             room: rb,
+            seq: 0,
             read: 0,
             delivered: 0,
         },
         UserRoom {
             room: rc,
+            seq: 0,
             read: 0,
             delivered: 2,
         },

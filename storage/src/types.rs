@@ -57,6 +57,8 @@ pub enum MarkKind {
 pub struct UserRoom {
     /// The room.
     pub room: String,
+    /// The room's last stored seq (0 when none).
+    pub seq: u64,
     /// The read mark.
     pub read: u64,
     /// The delivered mark.

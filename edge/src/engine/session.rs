@@ -96,6 +96,8 @@ pub enum Step<'a> {
     },
     /// Who is online in a room the user may see.
     Presence { room: Cow<'a, str> },
+    /// The user's rooms with their seqs and marks.
+    Sync,
     /// The user read a room it may see up to `seq`.
     Read { room: Cow<'a, str>, seq: u64 },
     /// The user started (`typing`) or stopped typing in a joined room.
@@ -210,6 +212,7 @@ impl Session {
                 Ok(()) => Step::Presence { room },
                 Err(refusal) => Step::Reply(refusal),
             },
+            Request::Sync => Step::Sync,
             Request::Read { room, seq } => match self.may_see(id, &room) {
                 Ok(()) => Step::Read { room, seq },
                 Err(refusal) => Step::Reply(refusal),

@@ -255,6 +255,28 @@ pub fn presence_event(room: &str, user: &str, online: bool, ts_ms: u64) -> Bytes
         .done()
 }
 
+/// `sync`: the user's rooms, each {room, seq, read, delivered, unread}.
+pub fn sync(id: Option<&str>, rooms: &[storage::UserRoom]) -> Bytes {
+    let mut o = Obj::new("sync", 32 + rooms.len() * 96);
+    o.id(id).key("rooms");
+    o.0.push(b'[');
+    for (i, r) in rooms.iter().enumerate() {
+        if i > 0 {
+            o.0.push(b',');
+        }
+        o.0.extend_from_slice(b"{\"room\":");
+        let _ = serde_json::to_writer(&mut o.0, r.room.as_str());
+        let unread = r.seq.saturating_sub(r.read);
+        let _ = write!(
+            o.0,
+            ",\"seq\":{},\"read\":{},\"delivered\":{},\"unread\":{unread}}}",
+            r.seq, r.read, r.delivered
+        );
+    }
+    o.0.push(b']');
+    o.done()
+}
+
 /// `receipt`: `user`'s `status` (`read` or `delivered`) mark in `room` is at `seq`
 /// (a watermark: everything up to it).
 pub fn receipt(room: &str, user: &str, seq: u64, status: &str) -> Bytes {

@@ -17,7 +17,7 @@ pub use members::MemberIndex;
 pub use page::{fit_page, Page};
 pub use roster::Roster;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -70,6 +70,8 @@ pub struct OwnedRoom {
     members_by_shard: Vec<u32>,
     /// Who is online in the room.
     roster: Roster,
+    /// Users whose membership (for `sync`) was sent to the store since the room loaded.
+    recorded: HashSet<Rc<str>>,
     dedupe: Dedupe,
     recent: RecentRing,
     /// Store writes and queries still out for this room: it must not be evicted meanwhile.
@@ -100,6 +102,7 @@ impl OwnedRoom {
             subscribed: vec![false; shards],
             members_by_shard: vec![0; shards],
             roster: Roster::default(),
+            recorded: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
             recent: RecentRing::new(recent_cap),
             holds: 0,
@@ -185,6 +188,20 @@ impl OwnedRoom {
     /// Who is online in the room.
     pub fn roster(&self) -> &Roster {
         &self.roster
+    }
+
+    /// Notes that `user`'s membership is being stored; false when it was already (since
+    /// the room loaded).
+    pub fn record_member(&mut self, user: &str) -> bool {
+        if self.recorded.contains(user) {
+            return false;
+        }
+        self.recorded.insert(Rc::from(user))
+    }
+
+    /// The store did not take `user`'s membership: the next join or DM tries again.
+    pub fn unrecord_member(&mut self, user: &str) {
+        self.recorded.remove(user);
     }
 
     /// Who is online in the room, to note a coalesced count change.

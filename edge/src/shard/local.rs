@@ -205,6 +205,12 @@ impl Shard {
         self.with_owner(|o, _| o.read(room, user, seq, conn, req));
     }
 
+    /// `sync` for a connection of this shard, read through this shard's owner.
+    pub(super) fn local_sync(&self, conn: &Rc<Conn>, id: Option<&str>) {
+        let Some(user) = conn.user() else { return };
+        self.with_owner(|o, _| o.sync(&user.sub, conn.id, id));
+    }
+
     /// The owner's periodic tick (a single node; nothing in a cluster).
     pub(super) fn owner_tick(&self) {
         self.with_owner(|o, now| o.tick(now));

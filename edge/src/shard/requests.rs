@@ -69,6 +69,7 @@ impl Shard {
             Step::Presence { room } => self.seq_presence(conn, id, &room),
             Step::Typing { room, typing } => self.on_typing(conn, &room, typing),
             Step::Read { room, seq } => self.seq_read(conn, id, &room, seq),
+            Step::Sync => self.seq_sync(conn, id),
         }
     }
 

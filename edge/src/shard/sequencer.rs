@@ -101,6 +101,18 @@ impl Shard {
         }
     }
 
+    /// `sync`: on one node this shard's owner reads the user's rooms from the store (no mesh
+    /// hop). A cluster keeps no memberships or marks yet (issue #13): the client is told so.
+    pub(super) fn seq_sync(&self, conn: &Rc<Conn>, id: Option<&str>) {
+        match &self.sequencer {
+            Sequencer::Local(_) => self.local_sync(conn, id),
+            Sequencer::Redis(_) => {
+                let msg = "sync is not available in cluster mode yet (memberships and marks need the shared store)";
+                self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
+            }
+        }
+    }
+
     /// Who is online in a room.
     pub(super) fn seq_presence(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str) {
         match &self.sequencer {

@@ -211,21 +211,28 @@ pub(super) fn add_user_room(conn: &Connection, user: &str, room: &str) -> Result
 pub(super) fn user_rooms(conn: &Connection, user: &str) -> Result<Vec<UserRoom>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT ur.room, coalesce(m.read_seq, 0), coalesce(m.delivered_seq, 0) FROM user_rooms ur \
+            "SELECT ur.room, coalesce(m.read_seq, 0), coalesce(m.delivered_seq, 0), \
+             coalesce((SELECT max(seq) FROM messages WHERE room = ur.room), 0) FROM user_rooms ur \
              LEFT JOIN marks m ON m.user_id = ur.user_id AND m.room = ur.room \
              WHERE ur.user_id = ?1 ORDER BY ur.room LIMIT ?2",
         )
         .map_err(sql("prepare user_rooms"))?;
     let rows = stmt
         .query_map(params![user, MAX_LIST_ITEMS as i64], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })
         .map_err(sql("read user rooms"))?;
     let mut out = Vec::new();
     for row in rows {
-        let (room, read, delivered) = row.map_err(sql("read user room row"))?;
+        let (room, read, delivered, seq) = row.map_err(sql("read user room row"))?;
         out.push(UserRoom {
             room,
+            seq: to_u64("seq", seq)?,
             read: to_u64("mark", read)?,
             delivered: to_u64("mark", delivered)?,
         });

@@ -193,11 +193,15 @@ impl MessageStore for ScyllaStore {
             .into_iter()
             .map(|m| (m.room, (m.read_seq, m.delivered_seq)))
             .collect();
+        // Each room's last stored seq, read concurrently (one partition read each).
+        let lasts = futures_util::future::try_join_all(rooms.iter().map(|r| self.newest_before(&r.room, i64::MAX, 1))).await?;
         rooms
             .into_iter()
-            .map(|r| {
+            .zip(lasts)
+            .map(|(r, last)| {
                 let (read, delivered) = marks.get(&r.room).copied().unwrap_or((None, None));
                 Ok(UserRoom {
+                    seq: last.first().map_or(Ok(0), |m| to_u64("seq", m.seq))?,
                     read: to_u64("mark", read.unwrap_or(0))?,
                     delivered: to_u64("mark", delivered.unwrap_or(0))?,
                     room: r.room,

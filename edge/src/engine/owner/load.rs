@@ -223,6 +223,8 @@ impl<S: StorePort> Owner<S> {
                 self.reply(conn, server::history(req.as_deref(), &room, &frames, next));
             }
             (Wait::Mark(mark), result) => self.marked(*mark, result),
+            (Wait::Member { room, user }, result) => self.member_recorded(&room, &user, result),
+            (Wait::Sync { conn, req }, result) => self.synced(conn, req.as_deref(), result),
             (Wait::History { conn, req, .. }, result) => {
                 let e = match result {
                     Err(e) => e,

@@ -33,6 +33,7 @@ mod args;
 mod load;
 mod presence;
 mod receipts;
+mod sync;
 
 #[cfg(test)]
 mod harness;
@@ -182,6 +183,10 @@ enum Wait {
     },
     /// A `read` whose mark the store is setting.
     Mark(Box<receipts::MarkWait>),
+    /// A membership (for `sync`) the store is writing.
+    Member { room: String, user: String },
+    /// A `sync` the store is reading.
+    Sync { conn: u64, req: Option<String> },
     /// A member shard's catch-up read.
     Fetch {
         room: String,
@@ -283,6 +288,7 @@ impl<S: StorePort> Owner<S> {
                 };
                 if let Some(user) = user {
                     self.member(room, shard, user, true, now_ms);
+                    self.record_member(room, user);
                 }
                 Ok(pos)
             }
@@ -490,9 +496,10 @@ impl<S: StorePort> Owner<S> {
 
     /// A DM room's message also goes to its two users' connections that did not join it.
     fn offer_to_users(&mut self, room: &str, seq: u64, payload: &Bytes) {
-        if crate::auth::dm_participants(room).is_none() {
-            return;
-        }
+        let Some((a, b)) = crate::auth::dm_participants(room) else { return };
+        // Both users belong to the DM room from its first message on (`sync`).
+        self.record_member(room, a);
+        self.record_member(room, b);
         let Some(r) = self.rooms.get(room) else { return };
         self.effects.push_back(Effect::ToUsers {
             room: r.name(),

@@ -15,6 +15,8 @@ use crate::engine::owner::StorePort;
 pub(super) struct MemStore {
     pub(super) epochs: HashMap<String, u64>,
     pub(super) messages: HashMap<String, BTreeMap<u64, StoredMessage>>,
+    /// (user, room) memberships, for `sync`.
+    pub(super) user_rooms: std::collections::BTreeSet<(String, String)>,
     /// Submitted and not answered: (shard, ticket, request), oldest first.
     pub(super) writes: VecDeque<(usize, u64, StoredMessage)>,
     pub(super) queries: VecDeque<(usize, u64, Query)>,
@@ -58,6 +60,10 @@ impl MemStore {
                     .map(|(_, m)| m.clone())
                     .collect();
                 Answer::RangeAfter(msgs)
+            }
+            Query::AddUserRoom { user, room } => {
+                self.user_rooms.insert((user, room));
+                Answer::UserRoomAdded
             }
             other => panic!("the owner sent a query it does not use: {other:?}"),
         }
