@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use cluster_support::{Member, DRIVER};
-use common::{drivers, temp_data_dir, RedisServer, Server};
+use cluster_support::Member;
+use common::{drivers, RedisServer, Server};
 use serde_json::{json, Value};
 
 const ENVS: &[(&str, &str)] = &[("EDGE_MAX_MSGS_PER_S", "100000"), ("EDGE_MSGS_BURST", "100000")];
@@ -86,11 +86,7 @@ fn one_node_delivers_a_dm_to_every_connection_of_both_users_without_a_join() {
 #[test]
 fn a_dm_crosses_nodes_to_a_recipient_who_never_joined() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let nodes: Vec<Server> = ["n1", "n2"]
-        .iter()
-        .map(|id| Server::start_with(DRIVER, ENVS, &["--redis-url", &url, "--node-id", id], &temp_data_dir(id)))
-        .collect();
+    let nodes = cluster_support::start_cluster_with(2, &redis, ENVS);
     cluster_support::wait_readyz(&nodes, 200, WAIT, "cluster start");
     let mut alice = vec![Member::connect(&nodes[0], "n1", "alice"), Member::connect(&nodes[1], "n2", "alice")];
     let mut bob = vec![

@@ -9,8 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{Member, DRIVER};
-use common::{drivers, temp_data_dir, RedisServer, Server};
+use cluster_support::Member;
+use common::{drivers, RedisServer, Server};
 use serde_json::{json, Value};
 
 const TTL_MS: u64 = 800;
@@ -154,11 +154,7 @@ fn a_burst_of_typing_is_coalesced_and_alternates() {
 #[test]
 fn typing_crosses_nodes_through_redis() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let nodes: Vec<Server> = ["n1", "n2"]
-        .iter()
-        .map(|id| Server::start_with(DRIVER, ENVS, &["--redis-url", &url, "--node-id", id], &temp_data_dir(id)))
-        .collect();
+    let nodes = cluster_support::start_cluster_with(2, &redis, ENVS);
     cluster_support::wait_readyz(&nodes, 200, WAIT, "cluster start");
     let room = "x";
     let mut alice = vec![Member::connect(&nodes[0], "n1", "alice"), Member::connect(&nodes[1], "n2", "alice")];

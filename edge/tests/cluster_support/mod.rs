@@ -28,11 +28,16 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `n` nodes `n1..=n{n}` in the cluster of `redis`, each with 2 shards and its own data dir.
 pub fn start_cluster(n: usize, redis: &RedisServer) -> Vec<Server> {
+    start_cluster_with(n, redis, ENVS)
+}
+
+/// `n` nodes `n1..=n{n}` in the cluster of `redis` with the environment `envs`.
+pub fn start_cluster_with(n: usize, redis: &RedisServer, envs: &[(&str, &str)]) -> Vec<Server> {
     let url = redis.url();
     (1..=n)
         .map(|i| {
             let id = format!("n{i}");
-            let s = Server::start_with(DRIVER, ENVS, &["--redis-url", &url, "--node-id", &id], &temp_data_dir(&id));
+            let s = Server::start_with(DRIVER, envs, &["--redis-url", &url, "--node-id", &id], &temp_data_dir(&id));
             assert_eq!(s.driver, DRIVER, "node {id} must run the driver it was asked for");
             s
         })
