@@ -209,8 +209,8 @@ pub struct Owner<S> {
     effects: VecDeque<Effect>,
     /// Rooms above `presence_roster_max` whose online count changed since the last tick.
     presence_counts: Vec<Rc<str>>,
-    /// Read marks that moved since the last tick: (room, user, seq).
-    receipts: Vec<(String, String, u64)>,
+    /// Read marks that moved since the last tick: (room, user) -> seq.
+    receipts: HashMap<(String, String), u64>,
 }
 
 impl<S: StorePort> Owner<S> {
@@ -226,7 +226,7 @@ impl<S: StorePort> Owner<S> {
             next_ticket: 0,
             effects: VecDeque::new(),
             presence_counts: Vec::new(),
-            receipts: Vec::new(),
+            receipts: HashMap::new(),
         }
     }
 

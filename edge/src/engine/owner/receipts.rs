@@ -53,10 +53,8 @@ impl<S: StorePort> Owner<S> {
     pub(super) fn marked(&mut self, mark: MarkWait, result: Result<Answer, StoreError>) {
         match result {
             Ok(Answer::Mark(now)) if now == mark.seq => {
-                match self.receipts.iter_mut().find(|(r, u, _)| *r == mark.room && *u == mark.user) {
-                    Some(pending) => pending.2 = pending.2.max(now),
-                    None => self.receipts.push((mark.room, mark.user, now)),
-                }
+                let pending = self.receipts.entry((mark.room, mark.user)).or_default();
+                *pending = (*pending).max(now);
             }
             // The stored mark is ahead already: nothing moved, nobody is told.
             Ok(Answer::Mark(_)) => {}
@@ -70,7 +68,7 @@ impl<S: StorePort> Owner<S> {
 
     /// At the tick: one `receipt` per user and room whose mark moved since the last one.
     pub(super) fn flush_receipts(&mut self) {
-        for (room, user, seq) in std::mem::take(&mut self.receipts) {
+        for ((room, user), seq) in std::mem::take(&mut self.receipts) {
             let Some(r) = self.rooms.get(&room) else { continue };
             if r.roster().len() > self.cfg.receipts_room_max {
                 continue;

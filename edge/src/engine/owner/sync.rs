@@ -3,11 +3,10 @@
 //! user while the room is loaded) with the room's last stored seq and the
 //! user's marks, read in one store query.
 //!
-//! What must stay true: a membership is stored before the `joined` or the
-//! DM's delivery that caused it could be followed by a `sync` on another
-//! connection only as far as the store's queue orders them (queries of one
-//! user run in submit order); a membership the store refused is tried again
-//! at the user's next join or DM.
+//! What must stay true: a membership is written once per user while the
+//! room is loaded, and a write the store refused or failed is tried again
+//! at the user's next join or DM; a `sync` lists at most what the store
+//! holds, with a loaded room's published seq when this shard owns it.
 
 use storage::{Answer, Query, StoreError, UserRoom};
 
