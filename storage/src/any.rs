@@ -2,8 +2,12 @@
 //!
 //! Invariant: adds no behaviour of its own; each method forwards to the backend unchanged.
 
+use bytes::Bytes;
+
 use crate::embedded::EmbeddedStore;
-use crate::{HistoryPage, MarkKind, MessageStore, ReactionOp, RoomState, StoreConfig, StoreError, StoreKind, StoredMessage, UserRoom};
+use crate::{
+    HistoryPage, MarkKind, MessageStore, ReactionCount, ReactionOp, RoomState, StoreConfig, StoreError, StoreKind, StoredMessage, UserRoom,
+};
 
 /// One of the backends.
 #[derive(Debug, Clone)]
@@ -120,6 +124,14 @@ impl MessageStore for AnyStore {
 
     async fn reactions(&self, room: &str, seq: u64) -> Result<Vec<(String, String)>, StoreError> {
         delegate!(self, s => s.reactions(room, seq))
+    }
+
+    async fn reaction_counts(&self, room: &str, from: u64, to: u64, user: &str) -> Result<Vec<ReactionCount>, StoreError> {
+        delegate!(self, s => s.reaction_counts(room, from, to, user))
+    }
+
+    async fn replace_frame(&self, room: &str, seq: u64, frame: &Bytes) -> Result<bool, StoreError> {
+        delegate!(self, s => s.replace_frame(room, seq, frame))
     }
 
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use crate::{MarkKind, MessageStore, ReactionOp, RoomState, StoredMessage, UserRoom};
+use crate::{MarkKind, MessageStore, ReactionCount, ReactionOp, RoomState, StoredMessage, UserRoom};
 
 /// The names of the cases, in the order [`run_all`] runs them.
 pub const CASES: &[&str] = &[
@@ -22,6 +22,8 @@ pub const CASES: &[&str] = &[
     "client_id_lookup",
     "marks_move_forward",
     "reactions_are_a_set",
+    "reaction_counts_per_message",
+    "replace_frame_in_place",
     "user_rooms_with_marks",
     "run_flags",
     "many_rooms_interleaved",
@@ -63,6 +65,8 @@ pub async fn run_case<S: MessageStore>(store: &S, case: &str, prefix: &str) {
         "client_id_lookup" => client_id_lookup(store, &p).await,
         "marks_move_forward" => marks_move_forward(store, &p).await,
         "reactions_are_a_set" => reactions_are_a_set(store, &p).await,
+        "reaction_counts_per_message" => reaction_counts_per_message(store, &p).await,
+        "replace_frame_in_place" => replace_frame_in_place(store, &p).await,
         "user_rooms_with_marks" => user_rooms_with_marks(store, &p).await,
         "run_flags" => run_flags(store, &p).await,
         "many_rooms_interleaved" => many_rooms_interleaved(store, &p).await,
@@ -259,6 +263,62 @@ pub async fn reactions_are_a_set<S: MessageStore>(store: &S, p: &str) {
     assert!(
         store.reactions(&room, 2).await.expect("reactions").is_empty(),
         "other messages are untouched"
+    );
+}
+
+/// Reaction counts over a range of messages: one entry per (seq, emoji), ascending, counted
+/// exactly, `me` for the asking user only, nothing for messages outside the range.
+pub async fn reaction_counts_per_message<S: MessageStore>(store: &S, p: &str) {
+    let room = format!("{p}-room");
+    let (a, b, c) = (format!("{p}-alice"), format!("{p}-bob"), format!("{p}-carol"));
+    for (seq, emoji, user) in [
+        (2, "👍", &a),
+        (2, "👍", &b),
+        (2, "🎉", &c),
+        (3, "👍", &c),
+        (5, "👍", &a),
+        (1, "x", &a),
+    ] {
+        store.react(&room, seq, user, emoji, ReactionOp::Add).await.expect("add");
+    }
+    let count = |seq: u64, emoji: &str, count: u64, me: bool| ReactionCount {
+        seq,
+        emoji: emoji.to_owned(),
+        count,
+        me,
+    };
+    let got = store.reaction_counts(&room, 2, 4, &a).await.expect("reaction_counts");
+    assert_eq!(
+        got,
+        vec![count(2, "🎉", 1, false), count(2, "👍", 2, true), count(3, "👍", 1, false)]
+    );
+    let got = store.reaction_counts(&room, 5, 5, &b).await.expect("reaction_counts");
+    assert_eq!(got, vec![count(5, "👍", 1, false)]);
+    store.react(&room, 2, &b, "👍", ReactionOp::Remove).await.expect("remove");
+    let got = store.reaction_counts(&room, 2, 2, &b).await.expect("reaction_counts");
+    assert_eq!(got, vec![count(2, "🎉", 1, false), count(2, "👍", 1, false)]);
+    assert!(store.reaction_counts(&room, 6, 9, &a).await.expect("empty range").is_empty());
+}
+
+/// An edit or delete replaces a stored message's frame: history and catch-up return the new
+/// bytes, everything else stays; a message not stored is not created.
+pub async fn replace_frame_in_place<S: MessageStore>(store: &S, p: &str) {
+    let room = format!("{p}-room");
+    store.write_batch(&messages(&room, 1..=3)).await.expect("write");
+    let edited = Bytes::from_static(b"{\"type\":\"message\",\"edited\":true}");
+    assert!(store.replace_frame(&room, 2, &edited).await.expect("replace"));
+    let mut want = messages(&room, 1..=3);
+    want[1].frame = edited.clone();
+    assert_eq!(store.range_after(&room, 0, 10).await.expect("range_after"), want);
+    assert_eq!(store.history(&room, None, 10).await.expect("history").messages, want);
+    assert!(
+        !store.replace_frame(&room, 7, &edited).await.expect("replace absent"),
+        "seq 7 was never stored"
+    );
+    assert_eq!(
+        store.room_state(&room, 1).await.expect("room_state").last_seq,
+        3,
+        "no row was created"
     );
 }
 

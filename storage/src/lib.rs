@@ -47,7 +47,7 @@ pub use error::{ErrorSource, Overloaded, StoreError};
 pub use service::{spawn, spawn_with, Answer, Completion, Completions, Query, StoreHandle};
 pub use stats::{LatencyHistogram, StoreStats, StoreStatsSnapshot};
 pub use store::MessageStore;
-pub use types::{HistoryPage, MarkKind, ReactionOp, RoomState, StoredMessage, UserRoom};
+pub use types::{HistoryPage, MarkKind, ReactionCount, ReactionOp, RoomState, StoredMessage, UserRoom};
 
 /// The most messages one `history` page or one `range_after` call returns; larger limits are cut to this.
 pub const MAX_PAGE_MESSAGES: usize = 1000;

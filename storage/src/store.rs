@@ -12,7 +12,9 @@
 
 use std::future::Future;
 
-use crate::{HistoryPage, MarkKind, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom};
+use bytes::Bytes;
+
+use crate::{HistoryPage, MarkKind, ReactionCount, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom};
 
 /// A durable store of rooms' messages and per-user state.
 pub trait MessageStore: Send + Sync + 'static {
@@ -47,6 +49,20 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The reactions on message `seq` as `(emoji, user)` pairs, sorted, at most [`crate::MAX_LIST_ITEMS`].
     fn reactions(&self, room: &str, seq: u64) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
+    /// The reactions on the messages `from..=to` (at most [`crate::MAX_PAGE_MESSAGES`] seqs), one
+    /// entry per message and emoji, ascending by (seq, emoji), with `me` saying whether `user` is among them.
+    fn reaction_counts(
+        &self,
+        room: &str,
+        from: u64,
+        to: u64,
+        user: &str,
+    ) -> impl Future<Output = Result<Vec<ReactionCount>, StoreError>> + Send;
+
+    /// Replaces the frame of stored message `seq` (an edit or a delete); false when the store
+    /// holds no such message. Nothing else of the message changes.
+    fn replace_frame(&self, room: &str, seq: u64, frame: &Bytes) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Adds `room` to `user`'s room list (idempotent).
     fn add_user_room(&self, user: &str, room: &str) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -73,3 +73,16 @@ pub enum ReactionOp {
     /// Remove the reaction (removing an absent one is not an error).
     Remove,
 }
+
+/// How many users reacted to one message with one emoji, and whether the asking user is one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionCount {
+    /// The message.
+    pub seq: u64,
+    /// The emoji.
+    pub emoji: String,
+    /// Users who reacted with it (at least 1).
+    pub count: u64,
+    /// Whether the asking user is one of them.
+    pub me: bool,
+}

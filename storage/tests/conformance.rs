@@ -38,6 +38,8 @@ embedded_cases!(
     client_id_lookup,
     marks_move_forward,
     reactions_are_a_set,
+    reaction_counts_per_message,
+    replace_frame_in_place,
     user_rooms_with_marks,
     run_flags,
     many_rooms_interleaved,

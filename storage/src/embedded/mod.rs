@@ -21,11 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use rusqlite::Connection;
 
 pub use schema::{DB_FILE, SCHEMA_VERSION};
 
-use crate::{HistoryPage, MarkKind, MessageStore, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom};
+use crate::{HistoryPage, MarkKind, MessageStore, ReactionCount, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom};
 
 /// How to open the embedded store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +186,16 @@ impl MessageStore for EmbeddedStore {
     async fn reactions(&self, room: &str, seq: u64) -> Result<Vec<(String, String)>, StoreError> {
         let room = room.to_owned();
         self.on_reader(move |c| ops::reactions(c, &room, seq)).await
+    }
+
+    async fn reaction_counts(&self, room: &str, from: u64, to: u64, user: &str) -> Result<Vec<ReactionCount>, StoreError> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.on_reader(move |c| ops::reaction_counts(c, &room, from, to, &user)).await
+    }
+
+    async fn replace_frame(&self, room: &str, seq: u64, frame: &Bytes) -> Result<bool, StoreError> {
+        let (room, frame) = (room.to_owned(), frame.clone());
+        self.on_writer(move |c| ops::replace_frame(c, &room, seq, &frame)).await
     }
 
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::error::{to_i64, to_u64};
-use crate::{HistoryPage, MarkKind, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom, MAX_LIST_ITEMS, MAX_PAGE_MESSAGES};
+use crate::{
+    HistoryPage, MarkKind, ReactionCount, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom, MAX_LIST_ITEMS, MAX_PAGE_MESSAGES,
+};
 
 /// The columns of a message, in the order [`message_from_row`] reads them.
 macro_rules! message_columns {
@@ -199,6 +201,47 @@ pub(super) fn reactions(conn: &Connection, room: &str, seq: u64) -> Result<Vec<(
         .query_map(params![room, seq, MAX_LIST_ITEMS as i64], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(sql("read reactions"))?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql("read reaction row"))
+}
+
+pub(super) fn reaction_counts(conn: &Connection, room: &str, from: u64, to: u64, user: &str) -> Result<Vec<ReactionCount>, StoreError> {
+    let from = to_i64("from", from)?;
+    let to = to_i64("to", to)?.min(from.saturating_add(MAX_PAGE_MESSAGES as i64 - 1));
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, emoji, count(*), max(user_id = ?4) FROM reactions WHERE room = ?1 AND seq BETWEEN ?2 AND ?3 \
+             GROUP BY seq, emoji ORDER BY seq, emoji",
+        )
+        .map_err(sql("prepare reaction_counts"))?;
+    let rows = stmt
+        .query_map(params![room, from, to, user], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, bool>(3)?,
+            ))
+        })
+        .map_err(sql("read reaction counts"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, emoji, count, me) = row.map_err(sql("read reaction count row"))?;
+        out.push(ReactionCount {
+            seq: to_u64("seq", seq)?,
+            emoji,
+            count: to_u64("count", count)?,
+            me,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn replace_frame(conn: &Connection, room: &str, seq: u64, frame: &[u8]) -> Result<bool, StoreError> {
+    let seq = to_i64("seq", seq)?;
+    let changed = conn
+        .prepare_cached("UPDATE messages SET frame = ?3 WHERE room = ?1 AND seq = ?2")
+        .and_then(|mut s| s.execute(params![room, seq, frame]))
+        .map_err(sql("replace frame"))?;
+    Ok(changed == 1)
 }
 
 pub(super) fn add_user_room(conn: &Connection, user: &str, room: &str) -> Result<(), StoreError> {

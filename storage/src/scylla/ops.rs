@@ -5,13 +5,19 @@
 //! statements; marks go forward through `USING TIMESTAMP <mark>`; a room's
 //! first epoch is set once with `IF NOT EXISTS`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::messages::{bucket_of, clamp_limit, from_row};
 use super::statements::*;
-use super::ScyllaStore;
+use super::{ScyllaStore, PARTITION_CONCURRENCY};
 use crate::error::{to_i64, to_u64};
-use crate::{HistoryPage, MarkKind, MessageStore, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom, MAX_LIST_ITEMS};
+use crate::{
+    HistoryPage, MarkKind, MessageStore, ReactionCount, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom, MAX_LIST_ITEMS,
+    MAX_PAGE_MESSAGES,
+};
 
 impl MessageStore for ScyllaStore {
     async fn write_batch(&self, msgs: &[StoredMessage]) -> Result<(), StoreError> {
@@ -165,6 +171,60 @@ impl MessageStore for ScyllaStore {
         };
         let rows = self.prepared.rows(&SELECT_REACTIONS, &key).await?;
         Ok(rows.into_iter().map(|r| (r.emoji, r.user_id)).collect())
+    }
+
+    async fn reaction_counts(&self, room: &str, from: u64, to: u64, user: &str) -> Result<Vec<ReactionCount>, StoreError> {
+        let from = to_i64("from", from)?;
+        let to = to_i64("to", to)?.min(from.saturating_add(MAX_PAGE_MESSAGES as i64 - 1));
+        // One partition per message: read them concurrently, bounded, and count here.
+        let keys = (from..=to).map(|seq| ReactionsKey {
+            room: room.to_owned(),
+            seq,
+            limit: MAX_LIST_ITEMS as i32,
+        });
+        let pages: Vec<(i64, Vec<ReactionPair>)> = stream::iter(keys)
+            .map(|key| async move { Ok::<_, StoreError>((key.seq, self.prepared.rows(&SELECT_REACTIONS, &key).await?)) })
+            .buffered(PARTITION_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut out = Vec::new();
+        for (seq, pairs) in pages {
+            let mut by_emoji: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+            for pair in pairs {
+                let e = by_emoji.entry(pair.emoji).or_default();
+                e.0 += 1;
+                e.1 |= pair.user_id == user;
+            }
+            let seq = to_u64("seq", seq)?;
+            out.extend(
+                by_emoji
+                    .into_iter()
+                    .map(|(emoji, (count, me))| ReactionCount { seq, emoji, count, me }),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn replace_frame(&self, room: &str, seq: u64, frame: &Bytes) -> Result<bool, StoreError> {
+        let p = &*self.prepared;
+        let seq = to_i64("seq", seq)?;
+        let key = MessageKey {
+            room: room.to_owned(),
+            bucket: bucket_of(seq),
+            seq,
+        };
+        // A plain UPDATE would create a row: only a stored message is replaced.
+        if p.rows(&SELECT_MESSAGE, &key).await?.is_empty() {
+            return Ok(false);
+        }
+        let update = FrameUpdate {
+            frame: frame.clone(),
+            room: key.room,
+            bucket: key.bucket,
+            seq,
+        };
+        p.run(&UPDATE_FRAME, &update).await?;
+        Ok(true)
     }
 
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {

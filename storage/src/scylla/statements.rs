@@ -110,6 +110,12 @@ cql_row!(MessageKey {
     bucket: i64,
     seq: i64
 });
+cql_row!(FrameUpdate {
+    frame: Bytes,
+    room: String,
+    bucket: i64,
+    seq: i64
+});
 cql_row!(ClientIdRow {
     room: String,
     sender: String,
@@ -260,6 +266,8 @@ statements! {
         concat!("SELECT ", message_columns!(), " FROM messages WHERE room = ? AND bucket = ? AND seq > ? ORDER BY seq ASC LIMIT ?");
     SELECT_MESSAGE: MessageKey => MessageRow =
         concat!("SELECT ", message_columns!(), " FROM messages WHERE room = ? AND bucket = ? AND seq = ?");
+    /// An edit or delete: the stored frame of one message (checked to exist first).
+    UPDATE_FRAME: FrameUpdate => () = "UPDATE messages SET frame = ? WHERE room = ? AND bucket = ? AND seq = ?";
     INSERT_CLIENT_ID: ClientIdRow => () = "INSERT INTO client_ids (room, sender, client_id, seq) VALUES (?, ?, ?, ?)";
     SELECT_CLIENT_ID: ClientIdKey => SeqRow = "SELECT seq FROM client_ids WHERE room = ? AND sender = ? AND client_id = ?";
     /// Creates the room with its first epoch unless it exists (a lightweight transaction, run once per room).

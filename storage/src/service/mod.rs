@@ -27,13 +27,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use completions::CompletionQueue;
 pub use completions::Completions;
 
 use crate::{
-    HistoryPage, MarkKind, MessageStore, Overloaded, ReactionOp, RoomState, StoreConfig, StoreError, StoreStats, StoredMessage, UserRoom,
+    HistoryPage, MarkKind, MessageStore, Overloaded, ReactionCount, ReactionOp, RoomState, StoreConfig, StoreError, StoreStats,
+    StoredMessage, UserRoom,
 };
 
 /// A read or a small update, answered by an [`Answer`] of the matching variant.
@@ -66,6 +68,10 @@ pub enum Query {
     },
     /// [`MessageStore::reactions`] → [`Answer::Reactions`].
     Reactions { room: String, seq: u64 },
+    /// [`MessageStore::reaction_counts`] → [`Answer::ReactionCounts`].
+    ReactionCounts { room: String, from: u64, to: u64, user: String },
+    /// [`MessageStore::replace_frame`] → [`Answer::Replaced`].
+    ReplaceFrame { room: String, seq: u64, frame: Bytes },
     /// [`MessageStore::add_user_room`] → [`Answer::UserRoomAdded`].
     AddUserRoom { user: String, room: String },
     /// [`MessageStore::user_rooms`] → [`Answer::UserRooms`].
@@ -83,7 +89,9 @@ impl Query {
             | Self::RangeAfter { room, .. }
             | Self::FindClientId { room, .. }
             | Self::React { room, .. }
-            | Self::Reactions { room, .. } => room,
+            | Self::Reactions { room, .. }
+            | Self::ReactionCounts { room, .. }
+            | Self::ReplaceFrame { room, .. } => room,
         }
     }
 }
@@ -107,6 +115,10 @@ pub enum Answer {
     Reacted,
     /// `(emoji, user)` pairs.
     Reactions(Vec<(String, String)>),
+    /// Per message and emoji: how many reacted, and whether the asking user did.
+    ReactionCounts(Vec<ReactionCount>),
+    /// Whether a stored message's frame was replaced.
+    Replaced(bool),
     /// The room was added to the user's list.
     UserRoomAdded,
     /// The user's rooms with marks.

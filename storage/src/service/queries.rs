@@ -102,6 +102,8 @@ pub(super) async fn answer<S: MessageStore>(store: &S, query: Query) -> Result<A
             Answer::Reacted
         }
         Query::Reactions { room, seq } => Answer::Reactions(store.reactions(&room, seq).await?),
+        Query::ReactionCounts { room, from, to, user } => Answer::ReactionCounts(store.reaction_counts(&room, from, to, &user).await?),
+        Query::ReplaceFrame { room, seq, frame } => Answer::Replaced(store.replace_frame(&room, seq, &frame).await?),
         Query::AddUserRoom { user, room } => {
             store.add_user_room(&user, &room).await?;
             Answer::UserRoomAdded

@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use storage::embedded::{EmbeddedOptions, EmbeddedStore};
-use storage::{Completion, Completions, HistoryPage, MarkKind, MessageStore, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom};
+use storage::{
+    Completion, Completions, HistoryPage, MarkKind, MessageStore, ReactionCount, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom,
+};
 
 /// What the probe saw, shared with the test.
 pub struct ProbeLog {
@@ -151,6 +154,12 @@ impl<S: MessageStore> MessageStore for Probe<S> {
     }
     async fn reactions(&self, room: &str, seq: u64) -> Result<Vec<(String, String)>, StoreError> {
         self.inner.reactions(room, seq).await
+    }
+    async fn reaction_counts(&self, room: &str, from: u64, to: u64, user: &str) -> Result<Vec<ReactionCount>, StoreError> {
+        self.inner.reaction_counts(room, from, to, user).await
+    }
+    async fn replace_frame(&self, room: &str, seq: u64, frame: &Bytes) -> Result<bool, StoreError> {
+        self.inner.replace_frame(room, seq, frame).await
     }
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {
         self.inner.add_user_room(user, room).await
