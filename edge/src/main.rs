@@ -113,6 +113,9 @@ struct TokenArgs {
     /// Display name claim.
     #[arg(long)]
     name: Option<String>,
+    /// Room patterns where the user moderates (may edit and delete anyone's messages), comma-separated.
+    #[arg(long)]
+    moderator: Option<String>,
     /// HS256 secret (else EDGE_JWT_SECRET or the config's).
     #[arg(long)]
     jwt_secret: Option<String>,
@@ -255,11 +258,16 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     if secret.is_empty() {
         bail!("--jwt-secret is required (or EDGE_JWT_SECRET, or jwt_secret in --config)");
     }
-    let rooms = a
-        .rooms
-        .map(|r| r.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
-    let token =
-        auth::mint_hs256(&secret, &a.user, a.ttl_s, rooms, a.name, now_s()).map_err(|e| anyhow::anyhow!("--user {:?}: {e}", a.user))?;
+    let patterns = |list: String| list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    let claims = auth::Claims {
+        sub: a.user.clone(),
+        exp: now_s().saturating_add(a.ttl_s),
+        nbf: None,
+        rooms: a.rooms.map(patterns),
+        name: a.name,
+        moderator: a.moderator.map(patterns),
+    };
+    let token = auth::mint_claims_hs256(&secret, &claims).map_err(|e| anyhow::anyhow!("--user {:?}: {e}", a.user))?;
     println!("{token}");
     Ok(())
 }

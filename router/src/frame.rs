@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 8;
+pub const FRAME_VERSION: u8 = 9;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -136,6 +136,8 @@ pub enum Frame {
     History {
         /// The room.
         room: String,
+        /// The asking user (its own reactions are marked `me`; version 9).
+        user: String,
         /// The connection on the member shard.
         conn: u64,
         /// The client's request id, echoed in the answer.
@@ -200,6 +202,69 @@ pub enum Frame {
         from: String,
         /// Rendered JSON for the members.
         payload: Vec<u8>,
+    },
+    /// A member's edit, delete or reaction of a sent message, for the room's owner shard
+    /// (version 9); answered with a [`Frame::Reply`].
+    Change(ChangeMsg),
+    /// A sent message changed: from the room's owner to a subscribed shard, after the
+    /// message's own delivery (version 9). Its members get `event` (never shed); a ring
+    /// that holds `seq` keeps `message`, the current version, when there is one.
+    Changed {
+        /// The room.
+        room: String,
+        /// The message that changed.
+        seq: u64,
+        /// Its current version (an edit or a delete; none for a reaction).
+        message: Option<Vec<u8>>,
+        /// The `update` or `reaction` event for the members.
+        event: Vec<u8>,
+    },
+}
+
+/// A member's change to a sent message, on its way to the room's owner.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ChangeMsg {
+    /// The room.
+    pub room: String,
+    /// The message.
+    pub seq: u64,
+    /// The asking user.
+    pub user: String,
+    /// Whether the user moderates the room (may edit and delete anyone's messages).
+    pub moderator: bool,
+    /// The asking connection on its member shard (answered with a [`Frame::Reply`]).
+    pub conn: u64,
+    /// The client's request id.
+    pub req: Option<String>,
+    /// What to change.
+    pub op: ChangeOp,
+}
+
+impl ArchivedChangeMsg {
+    /// The owned change (it waits in its room's queue at the owner).
+    pub fn to_owned_msg(&self) -> Result<ChangeMsg, FrameError> {
+        rkyv::deserialize::<ChangeMsg, rancor::Error>(self).map_err(|e| FrameError::Invalid(e.to_string()))
+    }
+}
+
+/// What a [`ChangeMsg`] changes.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum ChangeOp {
+    /// A new body.
+    Edit {
+        /// The new text.
+        body: String,
+    },
+    /// A delete (the seq stays, as a tombstone).
+    Delete,
+    /// A reaction added or removed.
+    React {
+        /// The emoji.
+        emoji: String,
+        /// Added (else removed).
+        add: bool,
     },
 }
 
@@ -373,12 +438,21 @@ fn size_hint(frame: &Frame) -> usize {
         }
         Frame::Reply { payload, .. } => payload.len(),
         Frame::Shutdown { .. } => 0,
-        Frame::History { room, req, .. } => room.len() + opt(req),
+        Frame::History { room, user, req, .. } => room.len() + user.len() + opt(req),
         Frame::Reset { room, payload, .. } => room.len() + payload.len(),
         Frame::Typing { room, user, .. } => room.len() + user.len(),
         Frame::Read { room, user, req, .. } => room.len() + user.len() + opt(req),
         Frame::UserDeliver { user, room, payload, .. } => opt(user) + room.len() + payload.len(),
         Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
+        Frame::Change(c) => {
+            let op = match &c.op {
+                ChangeOp::Edit { body } => body.len(),
+                ChangeOp::Delete => 0,
+                ChangeOp::React { emoji, .. } => emoji.len(),
+            };
+            c.room.len() + c.user.len() + opt(&c.req) + op
+        }
+        Frame::Changed { room, message, event, .. } => room.len() + message.as_ref().map_or(0, Vec::len) + event.len(),
     };
     1 + 160 + variable
 }

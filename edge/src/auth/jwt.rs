@@ -94,6 +94,10 @@ pub struct Claims {
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Room patterns (as `rooms`) where the holder moderates: may edit and delete anyone's
+    /// messages. Never applies to DM rooms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderator: Option<Vec<String>>,
 }
 
 /// Why a token was refused, or why settings or minting failed.
@@ -256,6 +260,7 @@ impl Verifier {
             nbf,
             rooms: raw.rooms,
             name: raw.name,
+            moderator: raw.moderator,
         })
     }
 
@@ -294,6 +299,8 @@ struct RawClaims {
     rooms: Option<Vec<String>>,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    moderator: Option<Vec<String>>,
 }
 
 /// A NumericDate (RFC 7519 §2) as whole seconds: integers as they are,

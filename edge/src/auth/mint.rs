@@ -30,15 +30,27 @@ pub fn mint_hs256(
     if !is_valid_user_id(user) {
         return Err(AuthError::InvalidUserId);
     }
-    ensure_crypto_provider();
     let claims = Claims {
         sub: user.to_owned(),
         exp: now_s.saturating_add(ttl_s),
         nbf: None,
         rooms,
         name,
+        moderator: None,
     };
-    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+    mint_claims_hs256(secret, &claims)
+}
+
+/// Mints an HS256 token carrying exactly `claims` (the `moderator` claim included).
+pub fn mint_claims_hs256(secret: &str, claims: &Claims) -> Result<String, AuthError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(AuthError::SecretTooShort);
+    }
+    if !is_valid_user_id(&claims.sub) {
+        return Err(AuthError::InvalidUserId);
+    }
+    ensure_crypto_provider();
+    jsonwebtoken::encode(&Header::default(), claims, &EncodingKey::from_secret(secret.as_bytes()))
         .map_err(|e| AuthError::Signing(e.to_string()))
 }
 

@@ -114,6 +114,16 @@ pub fn may_join(claims: &Claims, room: &str) -> Result<(), Denied> {
     }
 }
 
+/// May the holder of `claims` edit and delete other users' messages in `room`? Only where a
+/// `moderator` claim pattern matches it, and never in a DM room.
+pub fn may_moderate(claims: &Claims, room: &str) -> bool {
+    !room.starts_with(DM_PREFIX)
+        && claims
+            .moderator
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|p| pattern_matches(p, room)))
+}
+
 /// One `rooms` claim pattern: `*` matches everything, `prefix*` any room
 /// starting with `prefix`, anything else exactly itself.
 fn pattern_matches(pattern: &str, room: &str) -> bool {
@@ -134,7 +144,20 @@ mod tests {
             nbf: None,
             rooms: rooms.map(|r| r.iter().map(|s| (*s).to_owned()).collect()),
             name: None,
+            moderator: None,
         }
+    }
+
+    #[test]
+    fn moderators_moderate_the_rooms_their_claim_names_and_no_dm() {
+        let mut c = claims("mod", None);
+        assert!(!may_moderate(&c, "lobby"), "no claim, no moderation");
+        c.moderator = Some(vec!["team:*".into(), "lobby".into()]);
+        assert!(may_moderate(&c, "lobby") && may_moderate(&c, "team:eng"));
+        assert!(!may_moderate(&c, "lobby2") && !may_moderate(&c, "other"));
+        c.moderator = Some(vec!["*".into()]);
+        assert!(may_moderate(&c, "anything"));
+        assert!(!may_moderate(&c, "dm:a:mod"), "a DM room has no moderator");
     }
 
     #[test]

@@ -90,6 +90,11 @@ impl RoomFeed {
         self.learned
     }
 
+    /// Message `seq` changed (an edit or a delete): the ring keeps its current version.
+    pub fn patch(&mut self, seq: u64, message: Bytes) {
+        self.ring.replace(seq, message);
+    }
+
     /// The room's sequence restarted at `seq` (a new epoch): forget what was held.
     pub fn reset(&mut self, seq: u64, epoch: u64) {
         self.cursor = Some(seq);

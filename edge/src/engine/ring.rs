@@ -63,6 +63,31 @@ impl RecentRing {
         self.items.drain(..drop);
     }
 
+    /// The message `seq`, when held.
+    pub fn get(&self, seq: u64) -> Option<&Bytes> {
+        let first = self.first_seq()?;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        // Seqs ascend with holes possible: the entry is at or before index `seq - first`.
+        let end = i.min(self.items.len().saturating_sub(1));
+        self.items.range(..=end).rev().find(|(s, _)| *s == seq).map(|(_, b)| b)
+    }
+
+    /// Puts `rendered` in place of message `seq` (its new version); false when not held.
+    pub fn replace(&mut self, seq: u64, rendered: Bytes) -> bool {
+        let Some(first) = self.first_seq() else { return false };
+        let Some(i) = seq.checked_sub(first).and_then(|d| usize::try_from(d).ok()) else {
+            return false;
+        };
+        let end = i.min(self.items.len().saturating_sub(1));
+        match self.items.range_mut(..=end).rev().find(|(s, _)| *s == seq) {
+            Some(entry) => {
+                entry.1 = rendered;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Seq of the oldest message held.
     pub fn first_seq(&self) -> Option<u64> {
         self.items.front().map(|(s, _)| *s)
@@ -159,6 +184,28 @@ mod tests {
             prop_assert_eq!(r.covers(since, upto), want);
             let above: Vec<u64> = held.iter().copied().filter(|&x| x > since).collect();
             prop_assert_eq!(r.after(since).map(|(s, _)| s).collect::<Vec<_>>(), above);
+        }
+
+        /// `get` finds exactly the held seqs; `replace` changes that one entry and nothing else.
+        #[test]
+        fn get_and_replace_find_exactly_the_held_seq(cap in 1usize..8, steps in proptest::collection::vec(1u64..4, 0..40), probe in 0u64..130) {
+            let mut seqs = Vec::new();
+            let mut s = 0;
+            for d in steps {
+                s += d;
+                seqs.push(s);
+            }
+            let mut r = ring(cap, &seqs);
+            let held = seqs[seqs.len().saturating_sub(cap)..].contains(&probe);
+            prop_assert_eq!(r.get(probe).is_some(), held);
+            if held {
+                prop_assert_eq!(r.get(probe).cloned(), Some(Bytes::from(probe.to_string())));
+            }
+            prop_assert_eq!(r.replace(probe, Bytes::from_static(b"new")), held);
+            for (seq, b) in r.after(0) {
+                let want = if held && seq == probe { Bytes::from_static(b"new") } else { Bytes::from(seq.to_string()) };
+                prop_assert_eq!(b.clone(), want);
+            }
         }
     }
 }

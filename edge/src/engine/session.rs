@@ -22,7 +22,9 @@ use super::Busy;
 use crate::auth::{self, Claims, Verifier};
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
-use crate::protocol::client::{self, ParseLimits, Request, SendReq, Target, TypingState};
+use router::ChangeOp;
+
+use crate::protocol::client::{self, ParseLimits, ReactOp, Request, SendReq, Target, TypingState};
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
 
@@ -102,6 +104,14 @@ pub enum Step<'a> {
     Read { room: Cow<'a, str>, seq: u64 },
     /// The user started (`typing`) or stopped typing in a joined room.
     Typing { room: Cow<'a, str>, typing: bool },
+    /// An edit, delete or reaction of message `seq` of a room the user may see; `moderator`:
+    /// the token's `moderator` claim covers the room (the owner checks authorship).
+    Change {
+        room: Cow<'a, str>,
+        seq: u64,
+        moderator: bool,
+        op: ChangeOp,
+    },
 }
 
 /// One connection's session.
@@ -223,11 +233,30 @@ impl Session {
             },
             Request::Typing { room, .. } => Step::Reply(error(id, ErrorCode::Forbidden, &format!("join {room} before typing in it"))),
             Request::Ping => Step::Reply(server::pong(id, cx.now_ms)),
-            other => {
-                let msg = format!("{} is not available yet on this server", client::type_name(&other));
-                Step::Reply(error(id, ErrorCode::BadRequest, &msg))
+            Request::Edit { room, seq, body } => self.change(id, room, seq, ChangeOp::Edit { body: body.into_owned() }),
+            Request::Delete { room, seq } => self.change(id, room, seq, ChangeOp::Delete),
+            Request::React { room, seq, emoji, op } => {
+                let add = op == ReactOp::Add;
+                self.change(
+                    id,
+                    room,
+                    seq,
+                    ChangeOp::React {
+                        emoji: emoji.into_owned(),
+                        add,
+                    },
+                )
             }
         }
+    }
+
+    /// An edit, delete or reaction: allowed in a room the user may see.
+    fn change<'a>(&self, id: Option<&str>, room: Cow<'a, str>, seq: u64, op: ChangeOp) -> Step<'a> {
+        if let Err(refusal) = self.may_see(id, &room) {
+            return Step::Reply(refusal);
+        }
+        let moderator = self.user.as_ref().is_some_and(|c| auth::may_moderate(c, &room));
+        Step::Change { room, seq, moderator, op }
     }
 
     /// A join, from a request or from the URL: the checks, then the room is the session's.

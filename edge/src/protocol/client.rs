@@ -10,6 +10,8 @@ use super::{ErrorCode, Kind};
 
 /// Most bytes of a string `id`.
 const MAX_ID_BYTES: usize = 64;
+/// Longest `emoji` of a `react`, in bytes (a multi-codepoint emoji with skin tone and ZWJs fits).
+pub const MAX_EMOJI_BYTES: usize = 32;
 /// `history` page size bounds.
 const MAX_HISTORY_LIMIT: u64 = 100;
 const DEFAULT_HISTORY_LIMIT: u32 = 50;
@@ -125,6 +127,10 @@ pub enum Request<'a> {
         emoji: Cow<'a, str>,
         op: ReactOp,
     },
+    /// Replace the body of one's own message.
+    Edit { room: Cow<'a, str>, seq: u64, body: Cow<'a, str> },
+    /// Delete one's own message (its seq stays, as a tombstone).
+    Delete { room: Cow<'a, str>, seq: u64 },
     /// A page of history.
     History {
         room: Cow<'a, str>,
@@ -178,6 +184,8 @@ pub fn type_name(r: &Request<'_>) -> &'static str {
         Request::Typing { .. } => "typing",
         Request::Read { .. } => "read",
         Request::React { .. } => "react",
+        Request::Edit { .. } => "edit",
+        Request::Delete { .. } => "delete",
         Request::History { .. } => "history",
         Request::Presence { .. } => "presence",
         Request::Sync => "sync",
@@ -390,10 +398,23 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
             Request::React {
                 room: need(r.room, t, "room")?,
                 seq: need(r.seq, t, "seq")?,
-                emoji: need(r.emoji, t, "emoji")?,
+                emoji: emoji(need(r.emoji, t, "emoji")?)?,
                 op,
             }
         }
+        "edit" => {
+            let body = need(r.body, t, "body")?;
+            body_ok(t, &body, limits)?;
+            Request::Edit {
+                room: need(r.room, t, "room")?,
+                seq: need(r.seq, t, "seq")?,
+                body,
+            }
+        }
+        "delete" => Request::Delete {
+            room: need(r.room, t, "room")?,
+            seq: need(r.seq, t, "seq")?,
+        },
         "history" => {
             let limit = r.limit.unwrap_or(u64::from(DEFAULT_HISTORY_LIMIT));
             if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
@@ -417,6 +438,34 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
     })
 }
 
+/// A `body` within the length limit (`too_large` names the count and the limit).
+fn body_ok(ty: &str, body: &str, limits: &ParseLimits) -> Result<(), Refusal> {
+    let chars = body.chars().count();
+    if chars > limits.max_body_chars {
+        return Err((
+            ErrorCode::TooLarge,
+            format!("{ty}: body has {chars} characters, the limit is {}", limits.max_body_chars),
+        ));
+    }
+    Ok(())
+}
+
+/// A `react` emoji: 1..=[`MAX_EMOJI_BYTES`] bytes with no whitespace or control character
+/// (any other text is allowed: custom `:shortcodes:` as well as Unicode emoji).
+fn emoji(e: Cow<'_, str>) -> Result<Cow<'_, str>, Refusal> {
+    if e.is_empty() || e.len() > MAX_EMOJI_BYTES {
+        let msg = format!("react: emoji must be 1..={MAX_EMOJI_BYTES} bytes, not {}", e.len());
+        return Err((ErrorCode::BadRequest, msg));
+    }
+    if e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            ErrorCode::BadRequest,
+            "react: emoji must not hold spaces or control characters".into(),
+        ));
+    }
+    Ok(e)
+}
+
 fn send<'a>(r: Raw<'a>, limits: &ParseLimits) -> Result<SendReq<'a>, Refusal> {
     let target = match (r.room, r.to) {
         (Some(room), None) => Target::Room(room),
@@ -424,13 +473,7 @@ fn send<'a>(r: Raw<'a>, limits: &ParseLimits) -> Result<SendReq<'a>, Refusal> {
         _ => return Err((ErrorCode::BadRequest, "send: exactly one of `room` or `to` is required".into())),
     };
     let body = need(r.body, "send", "body")?;
-    let chars = body.chars().count();
-    if chars > limits.max_body_chars {
-        return Err((
-            ErrorCode::TooLarge,
-            format!("send: body has {chars} characters, the limit is {}", limits.max_body_chars),
-        ));
-    }
+    body_ok("send", &body, limits)?;
     if let Some(c) = &r.client_id {
         if c.is_empty() || c.len() > limits.max_client_id_bytes {
             return Err((

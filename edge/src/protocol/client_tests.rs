@@ -183,3 +183,37 @@ fn seqs_beyond_2_pow_53_are_refused_by_name() {
     assert!(parse(r#"{"type":"join","room":"r","since":9007199254740991}"#, &LIM).is_ok());
     assert!(initial_joins(None, Some("r:9007199254740992"), 4).is_err());
 }
+
+#[test]
+fn edits_deletes_and_reactions_parse_and_bad_ones_are_named() {
+    assert_eq!(
+        ok(r#"{"type":"edit","room":"r","seq":3,"body":"fixed"}"#).request,
+        Request::Edit {
+            room: "r".into(),
+            seq: 3,
+            body: "fixed".into()
+        }
+    );
+    assert_eq!(
+        ok(r#"{"type":"delete","room":"r","seq":3}"#).request,
+        Request::Delete { room: "r".into(), seq: 3 }
+    );
+    let e = err(r#"{"type":"edit","room":"r","seq":3,"body":"much too long a body"}"#);
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::TooLarge, "edit: body has 20 characters, the limit is 10")
+    );
+    assert_eq!(err(r#"{"type":"edit","room":"r","seq":3}"#).message, "edit: missing field `body`");
+    assert_eq!(err(r#"{"type":"delete","room":"r"}"#).message, "delete: missing field `seq`");
+    let long = format!(r#"{{"type":"react","room":"r","seq":1,"op":"add","emoji":"{}"}}"#, "🙂".repeat(9));
+    assert_eq!(err(&long).message, "react: emoji must be 1..=32 bytes, not 36");
+    let e = err(r#"{"type":"react","room":"r","seq":1,"op":"add","emoji":""}"#);
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::BadRequest, "react: emoji must be 1..=32 bytes, not 0")
+    );
+    let e = err(r#"{"type":"react","room":"r","seq":1,"op":"add","emoji":"a b"}"#);
+    assert_eq!(e.message, "react: emoji must not hold spaces or control characters");
+    let ok_emoji = ok(r#"{"type":"react","room":"r","seq":1,"op":"remove","emoji":"👍🏽"}"#).request;
+    assert!(matches!(ok_emoji, Request::React { op: ReactOp::Remove, ref emoji, .. } if emoji == "👍🏽"));
+}

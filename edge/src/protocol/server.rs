@@ -173,16 +173,25 @@ pub fn ack(id: Option<&str>, room: &str, seq: u64, msg_id: &str, ts: u64) -> Byt
 
 /// `message`: rendered once, shared by all recipients.
 pub fn message(m: &MessageOut<'_>) -> Bytes {
-    render_message(m, false)
+    render_message(m, false, None)
 }
 
 /// `message` for the cluster: the seq is a 20-space slot that Redis's sequencing script
 /// fills in place (`"seq":` + right-aligned digits, valid JSON); `m.seq` is ignored.
 pub fn message_unsequenced(m: &MessageOut<'_>) -> Bytes {
-    render_message(m, true)
+    render_message(m, true, None)
 }
 
-fn render_message(m: &MessageOut<'_>, seq_slot: bool) -> Bytes {
+/// How a message was changed after it was sent: its current version carries this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    /// Deleted: the message keeps its seq as a tombstone, without `body` or `file`.
+    pub deleted: bool,
+    /// When it was last edited or deleted, ms since the epoch.
+    pub edited_ts: u64,
+}
+
+fn render_message(m: &MessageOut<'_>, seq_slot: bool, changed: Option<Changed>) -> Bytes {
     let cap = 128 + m.room.len() + m.msg_id.len() + m.from.len() + m.body.len() + m.file.map_or(0, |f| 64 + f.url.len() + f.name.len());
     let mut o = Obj::new("message", cap);
     o.str("room", m.room);
@@ -192,8 +201,12 @@ fn render_message(m: &MessageOut<'_>, seq_slot: bool) -> Bytes {
         o.num("seq", m.seq);
     }
     o.str("msg_id", m.msg_id).str("from", m.from).num("ts", m.ts);
-    o.str("body", m.body).str("kind", m.kind);
-    if let Some(f) = m.file {
+    let deleted = changed.is_some_and(|c| c.deleted);
+    if !deleted {
+        o.str("body", m.body);
+    }
+    o.str("kind", m.kind);
+    if let Some(f) = m.file.filter(|_| !deleted) {
         o.key("file");
         o.0.push(b'{');
         o.0.extend_from_slice(b"\"url\":");
@@ -204,8 +217,17 @@ fn render_message(m: &MessageOut<'_>, seq_slot: bool) -> Bytes {
     if let Some(r) = m.reply_to {
         o.num("reply_to", r);
     }
+    if let Some(c) = changed {
+        if c.deleted {
+            o.raw("deleted", "true");
+        }
+        o.num("edited_ts", c.edited_ts);
+    }
     o.done()
 }
+
+mod changes;
+pub use changes::{reaction, update, with_reactions, StoredView};
 
 /// `history`: a page of stored `message` frames (oldest first), inserted verbatim.
 pub fn history(id: Option<&str>, room: &str, messages: &[Bytes], next_before: Option<u64>) -> Bytes {

@@ -14,7 +14,7 @@ mod roster;
 
 pub use dedupe::{AckInfo, Dedupe};
 pub use members::MemberIndex;
-pub use page::{fit_page, Page};
+pub use page::{fit_page, fit_page_seqs, Page};
 pub use roster::Roster;
 
 use std::collections::{HashSet, VecDeque};
@@ -307,6 +307,17 @@ impl OwnedRoom {
     /// The recent ring: the newest published messages.
     pub fn ring(&self) -> &RecentRing {
         &self.recent
+    }
+
+    /// Message `seq` changed (an edit or a delete): the ring keeps its new version.
+    pub fn patch(&mut self, seq: u64, rendered: Bytes) {
+        self.recent.replace(seq, rendered);
+    }
+
+    /// The highest seq whose store write has completed, stored or failed (writes complete in
+    /// seq order): a message above it may still be on its way to the store.
+    pub fn settled_seq(&self) -> u64 {
+        self.stored.max(self.unstored)
     }
 
     /// Recent messages with seq > `after`, oldest first, when the ring still

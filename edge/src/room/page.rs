@@ -14,6 +14,12 @@ pub type Page = (Vec<(u64, Bytes)>, Option<u64>);
 /// Trims a page (`(seq, rendered message)`, oldest first, with the cursor
 /// `next` the whole page would have had) to at most `max_bytes` of messages.
 pub fn fit_page(messages: Vec<(u64, Bytes)>, next: Option<u64>, max_bytes: usize) -> (Vec<Bytes>, Option<u64>) {
+    let (kept, next) = fit_page_seqs(messages, next, max_bytes);
+    (kept.into_iter().map(|(_, m)| m).collect(), next)
+}
+
+/// [`fit_page`], keeping each message's seq.
+pub fn fit_page_seqs(messages: Vec<(u64, Bytes)>, next: Option<u64>, max_bytes: usize) -> Page {
     let mut total = 0usize;
     let mut keep = 0usize;
     for (_, m) in messages.iter().rev() {
@@ -29,7 +35,7 @@ pub fn fit_page(messages: Vec<(u64, Bytes)>, next: Option<u64>, max_bytes: usize
     } else {
         messages.get(cut).map(|(s, _)| *s).filter(|&s| s > 1)
     };
-    (messages.into_iter().skip(cut).map(|(_, m)| m).collect(), next)
+    (messages.into_iter().skip(cut).collect(), next)
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub(super) async fn run_completions(shard: Rc<Shard>) {
 
 impl Shard {
     /// Runs `f` on the owner with the time now, then carries out every effect it produced.
-    fn with_owner(&self, f: impl FnOnce(&mut LocalOwner, u64)) {
+    pub(super) fn with_owner(&self, f: impl FnOnce(&mut LocalOwner, u64)) {
         let Sequencer::Local(owner) = &self.sequencer else { return };
         f(&mut owner.borrow_mut(), Self::now_ms());
         loop {
@@ -123,6 +123,13 @@ impl Shard {
                 from,
                 payload,
             } => self.event_to(shard, &room, &from, &payload),
+            Effect::Changed {
+                shard,
+                room,
+                seq,
+                message,
+                event,
+            } => self.changed_to(shard, &room, seq, message, &event),
         }
     }
 
@@ -312,10 +319,12 @@ impl Shard {
 
     /// Member side: a history page from the room's owner shard.
     pub(super) fn local_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
+        let Some(user) = conn.user() else { return };
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
             return self.owner_history(HistoryArgs {
                 room,
+                user: &user.sub,
                 conn: conn.id,
                 req: id,
                 before,
@@ -324,6 +333,7 @@ impl Shard {
         }
         let frame = Frame::History {
             room: room.to_owned(),
+            user: user.sub.clone(),
             conn: conn.id,
             req: id.map(str::to_owned),
             before,

@@ -166,7 +166,12 @@ impl Shard {
             | ArchivedFrame::Deliver { .. }
             | ArchivedFrame::Reset { .. }
             | ArchivedFrame::UserDeliver { .. }
-            | ArchivedFrame::Event { .. } => self.on_member_frame(&buf, frame),
+            | ArchivedFrame::Event { .. }
+            | ArchivedFrame::Changed { .. } => self.on_member_frame(&buf, frame),
+            ArchivedFrame::Change(c) => match c.to_owned_msg() {
+                Ok(change) => self.owner_change(change),
+                Err(e) => tracing::error!(shard = self.id, error = %e, "a change frame could not be read"),
+            },
             ArchivedFrame::Read {
                 room,
                 user,
@@ -204,6 +209,11 @@ impl Shard {
             ArchivedFrame::Event { room, from, payload } => {
                 self.member_event(room.as_str(), from.as_str(), &router::payload_bytes(buf, payload.as_slice()));
             }
+            ArchivedFrame::Changed { room, seq, message, event } => {
+                let message = message.as_ref().map(|m| router::payload_bytes(buf, m.as_slice()));
+                let event = router::payload_bytes(buf, event.as_slice());
+                self.member_changed(room.as_str(), seq.to_native(), message.as_ref(), &event);
+            }
             other => tracing::error!(shard = self.id, ?other, "not a frame for the member side"),
         }
     }
@@ -211,6 +221,7 @@ impl Shard {
     fn on_history_frame(&self, frame: &ArchivedFrame) {
         let ArchivedFrame::History {
             room,
+            user,
             conn,
             req,
             before,
@@ -221,6 +232,7 @@ impl Shard {
         };
         self.owner_history(HistoryArgs {
             room: room.as_str(),
+            user: user.as_str(),
             conn: conn.to_native(),
             req: req.as_ref().map(|r| r.as_str()),
             before: before.as_ref().map(|b| b.to_native()),

@@ -17,6 +17,7 @@
 //! connection).
 
 mod accept;
+mod changes;
 mod cluster;
 mod conn;
 mod events;

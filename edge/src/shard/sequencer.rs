@@ -101,6 +101,18 @@ impl Shard {
         }
     }
 
+    /// A member's edit, delete or reaction: to the room's owner on one node. A cluster keeps
+    /// its history in the Redis stream only (issue #13): the client is told so.
+    pub(super) fn seq_change(&self, conn: &Rc<Conn>, id: Option<&str>, change: router::ChangeMsg) {
+        match &self.sequencer {
+            Sequencer::Local(_) => self.local_change(conn, id, change),
+            Sequencer::Redis(_) => {
+                let msg = "edit, delete and react are not available in cluster mode yet (they need the shared store)";
+                self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
+            }
+        }
+    }
+
     /// `sync`: on one node this shard's owner reads the user's rooms from the store (no mesh
     /// hop). A cluster keeps no memberships or marks yet (issue #13): the client is told so.
     pub(super) fn seq_sync(&self, conn: &Rc<Conn>, id: Option<&str>) {

@@ -128,6 +128,7 @@ fn samples() -> Vec<Frame> {
         Frame::Shutdown { retry_ms_max: 30_000 },
         Frame::History {
             room: "lobby".into(),
+            user: "ann".into(),
             conn: 5,
             req: Some("\"h1\"".into()),
             before: Some(40),
@@ -160,6 +161,48 @@ fn samples() -> Vec<Frame> {
             room: "dm:ann:bob".into(),
             seq: 4,
             payload: br#"{"type":"message"}"#.to_vec(),
+        },
+        Frame::Change(ChangeMsg {
+            room: "lobby".into(),
+            seq: 7,
+            user: "ann".into(),
+            moderator: true,
+            conn: 3,
+            req: Some("1".into()),
+            op: ChangeOp::Edit { body: "fixed ✓".into() },
+        }),
+        Frame::Change(ChangeMsg {
+            room: "lobby".into(),
+            seq: 7,
+            user: "ann".into(),
+            moderator: false,
+            conn: 3,
+            req: None,
+            op: ChangeOp::React {
+                emoji: "👍".into(),
+                add: false,
+            },
+        }),
+        Frame::Change(ChangeMsg {
+            room: "r".into(),
+            seq: 1,
+            user: "u".into(),
+            moderator: false,
+            conn: 0,
+            req: None,
+            op: ChangeOp::Delete,
+        }),
+        Frame::Changed {
+            room: "lobby".into(),
+            seq: 7,
+            message: Some(br#"{"type":"message"}"#.to_vec()),
+            event: br#"{"type":"update"}"#.to_vec(),
+        },
+        Frame::Changed {
+            room: "lobby".into(),
+            seq: 7,
+            message: None,
+            event: br#"{"type":"reaction"}"#.to_vec(),
         },
     ]
 }

@@ -106,6 +106,8 @@ pub struct FetchArgs<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryArgs<'a> {
     pub room: &'a str,
+    /// The asking user: its own reactions are marked `me`.
+    pub user: &'a str,
     pub conn: u64,
     pub req: Option<&'a str>,
     pub before: Option<u64>,

@@ -18,14 +18,13 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use router::{Refusal, SendMsg};
+use router::{ChangeMsg, Refusal, SendMsg};
 use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, StoredMessage};
 
 use super::{Effect, FetchArgs, HistoryArgs, Owner, SendArgs, StorePort, Wait};
 use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
-use crate::protocol::server;
-use crate::room::{fit_page, OwnedRoom};
+use crate::room::OwnedRoom;
 
 /// Whether the owner can act on a room now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +63,9 @@ pub(super) enum Op {
         count: u32,
     },
     Send(Box<SendMsg>),
+    Change(Box<ChangeMsg>),
     History {
+        user: String,
         conn: u64,
         req: Option<String>,
         before: Option<u64>,
@@ -78,8 +79,14 @@ impl Op {
     }
 
     pub(super) fn history(h: &HistoryArgs<'_>) -> impl FnOnce() -> Self {
-        let (conn, req, before, limit) = (h.conn, h.req.map(str::to_owned), h.before, h.limit);
-        move || Self::History { conn, req, before, limit }
+        let (user, conn, req, before, limit) = (h.user.to_owned(), h.conn, h.req.map(str::to_owned), h.before, h.limit);
+        move || Self::History {
+            user,
+            conn,
+            req,
+            before,
+            limit,
+        }
     }
 }
 
@@ -127,7 +134,7 @@ impl std::fmt::Display for LoadFailed {
 }
 
 /// A store answer of the wrong kind for its request: a bug, reported as a non-retryable store error.
-fn unexpected(answer: &Answer) -> StoreError {
+pub(super) fn unexpected(answer: &Answer) -> StoreError {
     StoreError::Internal(format!("unexpected answer {answer:?}"))
 }
 
@@ -176,7 +183,11 @@ impl<S: StorePort> Owner<S> {
             return;
         };
         match (wait, c) {
-            (Wait::Write { room, seq }, Completion::Written { result, .. }) => self.fast_written(&room, seq, result),
+            (Wait::Write { room, seq }, Completion::Written { result, .. }) => {
+                self.fast_written(&room, seq, result);
+                // A change that waited for this write to settle may run now.
+                self.next_change(&room, now_ms);
+            }
             (Wait::Durable(p), Completion::Written { result, .. }) => match result {
                 Ok(()) => self.publish_durable(*p),
                 Err(e) => {
@@ -217,21 +228,12 @@ impl<S: StorePort> Owner<S> {
                 };
                 self.fail_load(&room, &LoadFailed::Store(Failure::Store(e)));
             }
-            (Wait::History { room, conn, req, tail }, Ok(Answer::History(page))) => {
-                let messages = page.messages.into_iter().map(|m| (m.seq, m.frame)).chain(tail).collect();
-                let (frames, next) = fit_page(messages, page.next_before, self.cfg.history_page_max_bytes);
-                self.reply(conn, server::history(req.as_deref(), &room, &frames, next));
-            }
+            (Wait::History(w), result) => self.history_answered(*w, result),
+            (Wait::Reactions(w), result) => self.reactions_answered(*w, result),
             (Wait::Mark(mark), result) => self.marked(*mark, result),
             (Wait::Member { room, user }, result) => self.member_recorded(&room, &user, result),
             (Wait::Sync { conn, req }, result) => self.synced(conn, req.as_deref(), result),
-            (Wait::History { conn, req, .. }, result) => {
-                let e = match result {
-                    Err(e) => e,
-                    Ok(other) => unexpected(&other),
-                };
-                self.reply(conn, Failure::Store(e).reply(req.as_deref(), "history store unavailable"));
-            }
+            (Wait::Change(w), result) => self.change_answered(*w, result, now_ms),
             (
                 Wait::Fetch {
                     room,
@@ -360,9 +362,16 @@ impl<S: StorePort> Owner<S> {
                 };
                 self.fetch(f, now_ms);
             }
-            Op::History { conn, req, before, limit } => {
+            Op::History {
+                user,
+                conn,
+                req,
+                before,
+                limit,
+            } => {
                 let h = HistoryArgs {
                     room,
+                    user: &user,
                     conn,
                     req: req.as_deref(),
                     before,
@@ -371,6 +380,7 @@ impl<S: StorePort> Owner<S> {
                 self.history(h, now_ms);
             }
             Op::Send(s) => self.send(&SendArgs::of_msg(&s), now_ms),
+            Op::Change(c) => self.change(*c, now_ms),
         }
     }
 
@@ -394,6 +404,10 @@ impl<S: StorePort> Owner<S> {
                 Op::Send(s) => Effect::Reply {
                     conn: s.conn,
                     payload: why.reply(s.req.as_deref()),
+                },
+                Op::Change(c) => Effect::Reply {
+                    conn: c.conn,
+                    payload: why.reply(c.req.as_deref()),
                 },
                 Op::History { conn, req, .. } => Effect::Reply {
                     conn,

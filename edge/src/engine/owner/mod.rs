@@ -30,6 +30,8 @@
 //!   it was told, in order, until it unsubscribes.
 
 mod args;
+mod changes;
+mod history;
 mod load;
 mod presence;
 mod receipts;
@@ -50,9 +52,10 @@ use super::{Busy, Failure};
 use crate::config::{Config, Durability};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
-use crate::room::{fit_page, AckInfo, OwnedRoom, Sequenced};
+use crate::room::{AckInfo, OwnedRoom, Sequenced};
 
 pub use args::{render_message, FetchArgs, HistoryArgs, SendArgs};
+pub use changes::{MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER};
 use load::Readiness;
 use router::Refusal;
 
@@ -141,6 +144,16 @@ pub enum Effect {
     /// A DM room's message for every shard's connections of the room's two users that are
     /// not members of it (one effect per message: the shell offers it to every shard).
     ToUsers { room: Rc<str>, seq: u64, payload: Bytes },
+    /// Message `seq` of `room` changed: `event` (`update`, `reaction`) for the members on
+    /// subscribed shard `shard`, never shed, and `message`, its current version, for the
+    /// shard's ring (an edit or a delete).
+    Changed {
+        shard: usize,
+        room: Rc<str>,
+        seq: u64,
+        message: Option<Bytes>,
+        event: Bytes,
+    },
     /// `payload`, an event without a seq (typing), for the members of `room` on subscribed
     /// shard `shard`, except the connections of `from`.
     Event {
@@ -172,19 +185,16 @@ enum Wait {
     Write { room: Rc<str>, seq: u64 },
     /// A durable-mode write (published when committed).
     Durable(Box<PendingSend>),
-    /// A history page for a connection.
-    History {
-        room: String,
-        conn: u64,
-        req: Option<String>,
-        /// The page's newest messages, from the ring when the store was asked (fast mode
-        /// writes after publishing, so the store may not hold them yet).
-        tail: Vec<(u64, Bytes)>,
-    },
+    /// A history page for a connection: its older part from the store.
+    History(Box<history::PageWait>),
+    /// A history page's reactions.
+    Reactions(Box<history::PageWait>),
     /// A `read` whose mark the store is setting.
     Mark(Box<receipts::MarkWait>),
     /// A membership (for `sync`) the store is writing.
     Member { room: String, user: String },
+    /// A step of an edit, delete or reaction.
+    Change(Box<changes::ChangeWait>),
     /// A `sync` the store is reading.
     Sync { conn: u64, req: Option<String> },
     /// A member shard's catch-up read.
@@ -211,6 +221,8 @@ pub struct Owner<S> {
     presence_counts: Vec<Rc<str>>,
     /// Read marks that moved since the last tick: (room, user) -> seq.
     receipts: HashMap<(String, String), u64>,
+    /// Edits, deletes and reactions running or waiting, per room.
+    changes: changes::Changes,
 }
 
 impl<S: StorePort> Owner<S> {
@@ -227,6 +239,7 @@ impl<S: StorePort> Owner<S> {
             effects: VecDeque::new(),
             presence_counts: Vec::new(),
             receipts: HashMap::new(),
+            changes: HashMap::new(),
         }
     }
 
@@ -519,38 +532,6 @@ impl<S: StorePort> Owner<S> {
                 seq,
                 payload: payload.clone(),
             });
-        }
-    }
-
-    /// A page of history: from the recent ring when it holds the page; else the older part
-    /// from the store and the newer part from the ring, never past `published`.
-    pub fn history(&mut self, h: HistoryArgs<'_>, now_ms: u64) {
-        match self.room_ready(h.room, load::Op::history(&h), now_ms) {
-            Readiness::Ready => {}
-            Readiness::Queued => return,
-            Readiness::Refused(msg) => return self.reply(h.conn, Busy::Store.reply(h.req, msg)),
-        }
-        let Some(r) = self.rooms.get(h.room) else { return };
-        if let Some((messages, next)) = r.recent_page(h.before, h.limit as usize) {
-            let (messages, next) = fit_page(messages, next, self.cfg.history_page_max_bytes);
-            return self.reply(h.conn, server::history(h.req, h.room, &messages, next));
-        }
-        // The ring holds fewer than `limit` below `before`: they are the page's newest.
-        let top = h.before.unwrap_or(u64::MAX).min(r.published() + 1);
-        let tail: Vec<(u64, Bytes)> = r.ring().after(0).filter(|(s, _)| *s < top).map(|(s, b)| (s, b.clone())).collect();
-        let query = Query::History {
-            room: h.room.to_owned(),
-            before: Some(tail.first().map_or(top, |(s, _)| *s)),
-            limit: (h.limit as usize).saturating_sub(tail.len()),
-        };
-        let wait = Wait::History {
-            room: h.room.to_owned(),
-            conn: h.conn,
-            req: h.req.map(str::to_owned),
-            tail,
-        };
-        if !self.submit_query(query, wait) {
-            self.reply(h.conn, Busy::Store.reply(h.req, "store busy, retry"));
         }
     }
 }

@@ -46,6 +46,7 @@ impl World {
                 self.deliver_to_members(to, &room, &payload);
             }
             Effect::ToUsers { .. } => unreachable!("the harness has no DM rooms"),
+            Effect::Changed { .. } => unreachable!("the harness's clients change no message"),
         }
         self.drain_member(to);
     }

@@ -313,6 +313,7 @@ impl World {
             Frame::History { room, conn, req, before } => o.history(
                 HistoryArgs {
                     room,
+                    user: "u",
                     conn: *conn,
                     req: Some(req),
                     before: *before,
@@ -330,8 +331,9 @@ impl World {
         while let Some(e) = self.owners[owner].poll() {
             let to = match &e {
                 Effect::Reply { conn, .. } => shard_of(*conn),
-                // The harness's rooms are no DM rooms.
+                // The harness's rooms are no DM rooms, and its clients change no message.
                 Effect::ToUsers { .. } => unreachable!("a DM delivery in the harness"),
+                Effect::Changed { .. } => unreachable!("a changed message in the harness"),
                 Effect::Subscribed { shard, .. }
                 | Effect::Fetched { shard, .. }
                 | Effect::Deliver { shard, .. }

@@ -65,6 +65,8 @@ impl MemStore {
                 self.user_rooms.insert((user, room));
                 Answer::UserRoomAdded
             }
+            // The harness makes no reactions: every page's count is empty.
+            Query::ReactionCounts { .. } => Answer::ReactionCounts(Vec::new()),
             other => panic!("the owner sent a query it does not use: {other:?}"),
         }
     }
@@ -99,7 +101,11 @@ impl StorePort for Port {
 /// The room a query is about (one room's queries stay in order, as the store's lanes keep them).
 pub(super) fn query_room(q: &Query) -> &str {
     match q {
-        Query::RoomState { room, .. } | Query::SetEpoch { room, .. } | Query::History { room, .. } | Query::RangeAfter { room, .. } => room,
+        Query::RoomState { room, .. }
+        | Query::SetEpoch { room, .. }
+        | Query::History { room, .. }
+        | Query::RangeAfter { room, .. }
+        | Query::ReactionCounts { room, .. } => room,
         _ => "",
     }
 }
