@@ -114,6 +114,14 @@ impl MessageStore for AnyStore {
         delegate!(self, s => s.find_client_id(room, sender, client_id))
     }
 
+    async fn thread(&self, room: &str, root: u64, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
+        delegate!(self, s => s.thread(room, root, before, limit))
+    }
+
+    async fn reply_counts(&self, room: &str, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        delegate!(self, s => s.reply_counts(room, from, to))
+    }
+
     async fn set_mark(&self, room: &str, user: &str, kind: MarkKind, seq: u64) -> Result<u64, StoreError> {
         delegate!(self, s => s.set_mark(room, user, kind, seq))
     }

@@ -24,6 +24,7 @@ pub const CASES: &[&str] = &[
     "reactions_are_a_set",
     "reaction_counts_per_message",
     "replace_frame_in_place",
+    "thread_pages_and_reply_counts",
     "user_rooms_with_marks",
     "run_flags",
     "many_rooms_interleaved",
@@ -41,6 +42,7 @@ pub fn message(room: &str, seq: u64) -> StoredMessage {
         ts_ms: 1_700_000_000_000_u64.saturating_add(seq),
         client_id: None,
         frame: Bytes::from(frame),
+        reply_to: None,
     }
 }
 
@@ -67,6 +69,7 @@ pub async fn run_case<S: MessageStore>(store: &S, case: &str, prefix: &str) {
         "reactions_are_a_set" => reactions_are_a_set(store, &p).await,
         "reaction_counts_per_message" => reaction_counts_per_message(store, &p).await,
         "replace_frame_in_place" => replace_frame_in_place(store, &p).await,
+        "thread_pages_and_reply_counts" => thread_pages_and_reply_counts(store, &p).await,
         "user_rooms_with_marks" => user_rooms_with_marks(store, &p).await,
         "run_flags" => run_flags(store, &p).await,
         "many_rooms_interleaved" => many_rooms_interleaved(store, &p).await,
@@ -320,6 +323,50 @@ pub async fn replace_frame_in_place<S: MessageStore>(store: &S, p: &str) {
         3,
         "no row was created"
     );
+}
+
+/// A thread's replies page like history (ascending, `next_before` None at its first reply),
+/// `reply_to` comes back as written, and reply counts cover exactly the asked range.
+pub async fn thread_pages_and_reply_counts<S: MessageStore>(store: &S, p: &str) {
+    let room = format!("{p}-room");
+    // Roots 1 and 2; replies 3..=12 alternate between them; 13 replies to 3 (a reply to a reply).
+    let mut msgs = messages(&room, 1..=13);
+    for m in &mut msgs[2..12] {
+        m.reply_to = Some(1 + m.seq % 2);
+    }
+    msgs[12].reply_to = Some(3);
+    store.write_batch(&msgs).await.expect("write");
+    assert_eq!(
+        store.range_after(&room, 0, 20).await.expect("range_after"),
+        msgs,
+        "reply_to round-trips"
+    );
+    let odd: Vec<u64> = (3..=12).filter(|s| s % 2 == 0).collect();
+    let page = store.thread(&room, 1, None, 3).await.expect("thread");
+    assert_eq!(
+        seqs(&page.messages),
+        odd[odd.len() - 3..],
+        "the newest replies of root 1, ascending"
+    );
+    assert_eq!(page.next_before, Some(page.messages[0].seq));
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.thread(&room, 1, before, 2).await.expect("thread page");
+        all.splice(0..0, seqs(&page.messages));
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(all, odd, "paging reaches the first reply, nothing skipped or repeated");
+    assert!(store.thread(&room, 5, None, 10).await.expect("no replies").messages.is_empty());
+    assert_eq!(
+        store.reply_counts(&room, 1, 13).await.expect("counts"),
+        vec![(1, 5), (2, 5), (3, 1)]
+    );
+    assert_eq!(store.reply_counts(&room, 2, 2).await.expect("counts"), vec![(2, 5)]);
+    assert!(store.reply_counts(&room, 4, 13).await.expect("counts").is_empty());
 }
 
 /// A user's rooms, sorted, each once, with the room's last stored seq and the user's marks there.

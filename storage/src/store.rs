@@ -41,6 +41,20 @@ pub trait MessageStore: Send + Sync + 'static {
         client_id: &str,
     ) -> impl Future<Output = Result<Option<StoredMessage>, StoreError>> + Send;
 
+    /// One page of the replies to message `root` (its thread): the newest `limit` (at most
+    /// [`crate::MAX_PAGE_MESSAGES`]) with seq < `before` (or the newest), ascending.
+    fn thread(
+        &self,
+        room: &str,
+        root: u64,
+        before: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<HistoryPage, StoreError>> + Send;
+
+    /// How many replies each message `from..=to` (at most [`crate::MAX_PAGE_MESSAGES`] seqs) has,
+    /// as `(root seq, count)` ascending, for the messages with at least one.
+    fn reply_counts(&self, room: &str, from: u64, to: u64) -> impl Future<Output = Result<Vec<(u64, u64)>, StoreError>> + Send;
+
     /// Moves the user's mark in the room forward to `seq` (never back) and returns the resulting mark.
     fn set_mark(&self, room: &str, user: &str, kind: MarkKind, seq: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

@@ -21,6 +21,8 @@ pub struct StoredMessage {
     pub ts_ms: u64,
     /// The client's idempotency key, if it sent one.
     pub client_id: Option<String>,
+    /// The seq of the thread root it replies to, when it is a reply.
+    pub reply_to: Option<u64>,
     /// The complete `message` JSON exactly as sent to clients; stored verbatim and returned verbatim.
     pub frame: Bytes,
 }

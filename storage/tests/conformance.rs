@@ -40,6 +40,7 @@ embedded_cases!(
     reactions_are_a_set,
     reaction_counts_per_message,
     replace_frame_in_place,
+    thread_pages_and_reply_counts,
     user_rooms_with_marks,
     run_flags,
     many_rooms_interleaved,

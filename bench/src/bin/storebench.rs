@@ -93,6 +93,7 @@ fn message(cli: &Cli, n: u64) -> StoredMessage {
         client_id: None,
         room,
         seq,
+        reply_to: None,
     }
 }
 

@@ -168,6 +168,16 @@ impl MessageStore for EmbeddedStore {
         self.on_reader(move |c| ops::range_after(c, &room, after, limit)).await
     }
 
+    async fn thread(&self, room: &str, root: u64, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
+        let room = room.to_owned();
+        self.on_reader(move |c| ops::thread(c, &room, root, before, limit)).await
+    }
+
+    async fn reply_counts(&self, room: &str, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let room = room.to_owned();
+        self.on_reader(move |c| ops::reply_counts(c, &room, from, to)).await
+    }
+
     async fn find_client_id(&self, room: &str, sender: &str, client_id: &str) -> Result<Option<StoredMessage>, StoreError> {
         let (room, sender, client_id) = (room.to_owned(), sender.to_owned(), client_id.to_owned());
         self.on_reader(move |c| ops::find_client_id(c, &room, &sender, &client_id)).await

@@ -18,7 +18,7 @@ use crate::{
 /// The columns of a message, in the order [`message_from_row`] reads them.
 macro_rules! message_columns {
     () => {
-        "room, seq, msg_id, sender, ts_ms, client_id, frame"
+        "room, seq, msg_id, sender, ts_ms, client_id, frame, reply_to"
     };
 }
 
@@ -34,6 +34,12 @@ const RANGE_AFTER_SQL: &str = concat!(
     message_columns!(),
     " FROM messages WHERE room = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
 );
+/// The newest replies to a root below a seq (thread pages).
+const THREAD_SQL: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE room = ?1 AND reply_to = ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
+);
 /// A message by its client id.
 const FIND_CLIENT_ID_SQL: &str = concat!(
     "SELECT ",
@@ -47,7 +53,7 @@ fn sql(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| StoreError::sqlite(context, e)
 }
 
-fn message_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredMessage, i64, i64)> {
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredMessage, i64, i64, Option<i64>)> {
     let frame: Vec<u8> = row.get(6)?;
     let msg = StoredMessage {
         room: row.get(0)?,
@@ -57,8 +63,9 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredMessage, i64, i64)
         ts_ms: 0,
         client_id: row.get(5)?,
         frame: Bytes::from(frame),
+        reply_to: None,
     };
-    Ok((msg, row.get(1)?, row.get(4)?))
+    Ok((msg, row.get(1)?, row.get(4)?, row.get(7)?))
 }
 
 /// Reads the messages a statement returns, checking the stored integers are in range.
@@ -66,9 +73,10 @@ fn collect_messages(stmt: &mut rusqlite::CachedStatement<'_>, args: impl rusqlit
     let rows = stmt.query_map(args, message_from_row).map_err(sql("read messages"))?;
     let mut out = Vec::new();
     for row in rows {
-        let (mut msg, seq, ts_ms) = row.map_err(sql("read message row"))?;
+        let (mut msg, seq, ts_ms, reply_to) = row.map_err(sql("read message row"))?;
         msg.seq = to_u64("seq", seq)?;
         msg.ts_ms = to_u64("ts_ms", ts_ms)?;
+        msg.reply_to = reply_to.map(|r| to_u64("reply_to", r)).transpose()?;
         out.push(msg);
     }
     Ok(out)
@@ -83,14 +91,15 @@ pub(super) fn write_batch(conn: &mut Connection, msgs: &[StoredMessage]) -> Resu
             .prepare_cached(concat!(
                 "INSERT INTO messages (",
                 message_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (room, seq) DO NOTHING"
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (room, seq) DO NOTHING"
             ))
             .map_err(sql("prepare insert message"))?;
         for m in msgs {
             let seq = to_i64("seq", m.seq)?;
             let ts_ms = to_i64("ts_ms", m.ts_ms)?;
+            let reply_to = m.reply_to.map(|r| to_i64("reply_to", r)).transpose()?;
             insert
-                .execute(params![m.room, seq, m.msg_id, m.sender, ts_ms, m.client_id, &m.frame[..]])
+                .execute(params![m.room, seq, m.msg_id, m.sender, ts_ms, m.client_id, &m.frame[..], reply_to])
                 .map_err(sql("insert message"))?;
         }
     }
@@ -125,6 +134,15 @@ pub(super) fn set_epoch(conn: &Connection, room: &str, epoch: u64) -> Result<(),
 }
 
 pub(super) fn history(conn: &Connection, room: &str, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
+    page(conn, room, None, before, limit)
+}
+
+pub(super) fn thread(conn: &Connection, room: &str, root: u64, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
+    page(conn, room, Some(to_i64("root", root)?), before, limit)
+}
+
+/// A page of the room's messages, or of one thread's replies.
+fn page(conn: &Connection, room: &str, root: Option<i64>, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
     let limit = limit.min(MAX_PAGE_MESSAGES);
     let before = match before {
         Some(b) => to_i64("before", b)?,
@@ -136,9 +154,18 @@ pub(super) fn history(conn: &Connection, room: &str, before: Option<u64>, limit:
             next_before: None,
         });
     }
-    let mut stmt = conn.prepare_cached(HISTORY_SQL).map_err(sql("prepare history"))?;
     // One more than asked tells whether an older message exists.
-    let mut newest_first = collect_messages(&mut stmt, params![room, before, limit as i64 + 1])?;
+    let more_than = limit as i64 + 1;
+    let mut newest_first = match root {
+        None => {
+            let mut stmt = conn.prepare_cached(HISTORY_SQL).map_err(sql("prepare history"))?;
+            collect_messages(&mut stmt, params![room, before, more_than])?
+        }
+        Some(root) => {
+            let mut stmt = conn.prepare_cached(THREAD_SQL).map_err(sql("prepare thread"))?;
+            collect_messages(&mut stmt, params![room, root, before, more_than])?
+        }
+    };
     let more = newest_first.len() > limit;
     newest_first.truncate(limit);
     newest_first.reverse();
@@ -231,6 +258,26 @@ pub(super) fn reaction_counts(conn: &Connection, room: &str, from: u64, to: u64,
             count: to_u64("count", count)?,
             me,
         });
+    }
+    Ok(out)
+}
+
+pub(super) fn reply_counts(conn: &Connection, room: &str, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+    let from = to_i64("from", from)?;
+    let to = to_i64("to", to)?.min(from.saturating_add(MAX_PAGE_MESSAGES as i64 - 1));
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT reply_to, count(*) FROM messages WHERE room = ?1 AND reply_to BETWEEN ?2 AND ?3 \
+             GROUP BY reply_to ORDER BY reply_to",
+        )
+        .map_err(sql("prepare reply_counts"))?;
+    let rows = stmt
+        .query_map(params![room, from, to], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(sql("read reply counts"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (root, n) = row.map_err(sql("read reply count row"))?;
+        out.push((to_u64("root", root)?, to_u64("count", n)?));
     }
     Ok(out)
 }

@@ -76,6 +76,12 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE user_rooms (user_id TEXT NOT NULL, room TEXT NOT NULL, PRIMARY KEY (user_id, room)) WITHOUT ROWID;
     CREATE TABLE node_runs (node_id TEXT PRIMARY KEY NOT NULL, open INTEGER NOT NULL) WITHOUT ROWID;",
+    // Version 2: thread replies. Messages stored before it keep their `reply_to` in the
+    // frame only: it is copied out of the JSON, so their threads are complete too.
+    "ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    UPDATE messages SET reply_to = json_extract(CAST(frame AS TEXT), '$.reply_to')
+        WHERE json_valid(CAST(frame AS TEXT)) AND json_type(CAST(frame AS TEXT), '$.reply_to') = 'integer';
+    CREATE INDEX messages_thread ON messages (room, reply_to, seq) WHERE reply_to IS NOT NULL;",
 ];
 
 /// The schema version this binary writes.
@@ -160,6 +166,33 @@ mod tests {
         assert_eq!(v as usize, SCHEMA_VERSION);
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("journal_mode");
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn version_2_copies_reply_to_out_of_frames_stored_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("version 1");
+        conn.pragma_update(None, "user_version", 1).expect("at version 1");
+        let insert = "INSERT INTO messages (room, seq, msg_id, sender, ts_ms, frame) VALUES ('r', ?1, 'm', 'u', 1, ?2)";
+        for (seq, frame) in [
+            (1, &b"{\"type\":\"message\",\"seq\":1}"[..]),
+            (2, b"{\"type\":\"message\",\"seq\":2,\"reply_to\":1}"),
+            (3, b"\x00not json"),
+        ] {
+            conn.execute(insert, rusqlite::params![seq, frame]).expect("insert");
+        }
+        drop(conn);
+        let conn = open_writer(&path, false).expect("migrate to the newest version");
+        let got: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT seq, reply_to FROM messages ORDER BY seq")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(got, vec![(1, None), (2, Some(1)), (3, None)]);
     }
 
     #[test]

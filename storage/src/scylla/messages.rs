@@ -47,6 +47,7 @@ fn to_row(m: &StoredMessage) -> Result<MessageRow, StoreError> {
         ts_ms: to_i64("ts_ms", m.ts_ms)?,
         client_id: m.client_id.clone(),
         frame: m.frame.clone(),
+        reply_to: m.reply_to.map(|r| to_i64("reply_to", r)).transpose()?,
     })
 }
 
@@ -59,6 +60,7 @@ pub(super) fn from_row(r: MessageRow) -> Result<StoredMessage, StoreError> {
         sender: r.sender,
         client_id: r.client_id,
         frame: r.frame,
+        reply_to: r.reply_to.map(|v| to_u64("reply_to", v)).transpose()?,
     })
 }
 
@@ -126,13 +128,55 @@ impl ScyllaStore {
                 })
             })
             .collect();
+        let replies: Vec<ThreadRow> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(ThreadRow {
+                    room: r.room.clone(),
+                    root: r.reply_to?,
+                    seq: r.seq,
+                })
+            })
+            .collect();
         let mut steps: Vec<Step<'_>> = chunks.iter().map(|c| Box::pin(p.batch(&INSERT_MESSAGE, c)) as Step<'_>).collect();
         steps.extend(
             client_ids
                 .iter()
                 .map(|v| Box::pin(async move { p.run(&INSERT_CLIENT_ID, v).await.map(drop) }) as Step<'_>),
         );
+        steps.extend(
+            replies
+                .iter()
+                .map(|v| Box::pin(async move { p.run(&INSERT_THREAD_REPLY, v).await.map(drop) }) as Step<'_>),
+        );
         run_bounded(steps).await
+    }
+
+    /// The newest `want` replies to `root` with seq < `before`, newest first: the thread's
+    /// index, then each message (concurrently, bounded); a reply whose message row is not
+    /// written yet is left out.
+    pub(super) async fn thread_before(&self, room: &str, root: i64, before: i64, want: i32) -> Result<Vec<MessageRow>, StoreError> {
+        let p = &*self.prepared;
+        let key = ThreadFrom {
+            room: room.to_owned(),
+            root,
+            seq: before,
+            limit: want,
+        };
+        let seqs = p.rows(&SELECT_THREAD_BEFORE, &key).await?;
+        let found: Vec<Option<MessageRow>> = stream::iter(seqs)
+            .map(|s| async move {
+                let key = MessageKey {
+                    room: room.to_owned(),
+                    bucket: bucket_of(s.seq),
+                    seq: s.seq,
+                };
+                Ok::<_, StoreError>(p.rows(&SELECT_MESSAGE, &key).await?.pop())
+            })
+            .buffered(PARTITION_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// The newest `want` messages with seq < `before`, newest first, walking buckets downwards.

@@ -26,11 +26,44 @@ pub struct MigrationFile {
 }
 
 /// The migrations, in order.
-pub const MIGRATIONS: &[MigrationFile] = &[MigrationFile {
-    version: 1,
-    name: "001_init.cql",
-    cql: include_str!("../../schema/001_init.cql"),
-}];
+pub const MIGRATIONS: &[MigrationFile] = &[
+    MigrationFile {
+        version: 1,
+        name: "001_init.cql",
+        cql: include_str!("../../schema/001_init.cql"),
+    },
+    MigrationFile {
+        version: 2,
+        name: "002_threads.cql",
+        cql: include_str!("../../schema/002_threads.cql"),
+    },
+];
+
+/// The (table, column) an `ALTER TABLE <table> ADD <column> <type>` statement adds; `None`
+/// for any other statement. CQL has no `ADD IF NOT EXISTS`: the runner skips such a
+/// statement when the column exists, which makes a re-run migration idempotent.
+pub(crate) fn added_column(statement: &str) -> Option<(String, String)> {
+    let words: Vec<String> = statement.split_whitespace().map(str::to_ascii_lowercase).collect();
+    match words.as_slice() {
+        [alter, table, name, add, column, _ty] if alter == "alter" && table == "table" && add == "add" => {
+            let name = name.rsplit('.').next().unwrap_or(name).to_owned();
+            Some((name, column.clone()))
+        }
+        _ => None,
+    }
+}
+
+async fn column_exists(session: &Session, keyspace: &str, table: &str, column: &str) -> Result<bool, StoreError> {
+    const TEXT: &str = "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ? AND column_name = ?";
+    let result = with_retries("read system_schema.columns", || {
+        session.query_unpaged(TEXT, (keyspace, table, column))
+    })
+    .await?;
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| scylla_err("read system_schema.columns", false, e))?;
+    Ok(rows.rows_num() > 0)
+}
 
 /// The table recording applied migrations (created before any migration runs).
 pub const MIGRATIONS_TABLE: &str =
@@ -100,6 +133,11 @@ pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> Re
             continue;
         }
         for statement in split_statements(m.cql) {
+            if let Some((table, column)) = added_column(&statement) {
+                if column_exists(session, keyspace, &table, &column).await? {
+                    continue;
+                }
+            }
             run_ddl(session, "apply migration", &statement).await?;
         }
         let now_ms = SystemTime::now()

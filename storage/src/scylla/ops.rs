@@ -87,6 +87,51 @@ impl MessageStore for ScyllaStore {
         rows.into_iter().map(from_row).collect()
     }
 
+    async fn thread(&self, room: &str, root: u64, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
+        let limit = clamp_limit(limit);
+        let before = match before {
+            Some(b) => to_i64("before", b)?,
+            None => i64::MAX,
+        };
+        if limit == 0 || before <= 0 {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                next_before: None,
+            });
+        }
+        // One more than asked tells whether an older reply exists.
+        let mut rows = self.thread_before(room, to_i64("root", root)?, before, limit + 1).await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        rows.reverse();
+        let messages = rows.into_iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_before = if more { messages.first().map(|m| m.seq) } else { None };
+        Ok(HistoryPage { messages, next_before })
+    }
+
+    async fn reply_counts(&self, room: &str, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let from = to_i64("from", from)?;
+        let to = to_i64("to", to)?.min(from.saturating_add(MAX_PAGE_MESSAGES as i64 - 1));
+        // One partition per root: read them concurrently, bounded, and count here.
+        let counts: Vec<(i64, usize)> = stream::iter(from..=to)
+            .map(|root| async move {
+                let key = ThreadKey {
+                    room: room.to_owned(),
+                    root,
+                    limit: MAX_LIST_ITEMS as i32,
+                };
+                Ok::<_, StoreError>((root, self.prepared.rows(&SELECT_THREAD, &key).await?.len()))
+            })
+            .buffered(PARTITION_CONCURRENCY)
+            .try_collect()
+            .await?;
+        counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(root, n)| Ok((to_u64("root", root)?, n as u64)))
+            .collect()
+    }
+
     async fn find_client_id(&self, room: &str, sender: &str, client_id: &str) -> Result<Option<StoredMessage>, StoreError> {
         let p = &*self.prepared;
         let key = ClientIdKey {

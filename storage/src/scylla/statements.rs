@@ -90,7 +90,7 @@ pub(crate) use cql_row;
 
 cql_row!(
     /// A message row: bound by inserts, read by every message select.
-    MessageRow { room: String, bucket: i64, seq: i64, msg_id: String, sender: String, ts_ms: i64, client_id: Option<String>, frame: Bytes }
+    MessageRow { room: String, bucket: i64, seq: i64, msg_id: String, sender: String, ts_ms: i64, client_id: Option<String>, frame: Bytes, reply_to: Option<i64> }
 );
 cql_row!(RoomBucket { room: String, bucket: i64 });
 cql_row!(BucketsFrom {
@@ -128,6 +128,22 @@ cql_row!(ClientIdKey {
     client_id: String
 });
 cql_row!(SeqRow { seq: i64 });
+cql_row!(ThreadRow {
+    room: String,
+    root: i64,
+    seq: i64
+});
+cql_row!(ThreadFrom {
+    room: String,
+    root: i64,
+    seq: i64,
+    limit: i32
+});
+cql_row!(ThreadKey {
+    room: String,
+    root: i64,
+    limit: i32
+});
 cql_row!(RoomKey { room: String });
 cql_row!(RoomEpoch { room: String, epoch: i64 });
 cql_row!(EpochUpdate { epoch: i64, room: String });
@@ -245,13 +261,13 @@ macro_rules! statements {
 /// The columns of [`MessageRow`], in its field order.
 macro_rules! message_columns {
     () => {
-        "room, bucket, seq, msg_id, sender, ts_ms, client_id, frame"
+        "room, bucket, seq, msg_id, sender, ts_ms, client_id, frame, reply_to"
     };
 }
 
 statements! {
     INSERT_MESSAGE: MessageRow => () =
-        concat!("INSERT INTO messages (", message_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+        concat!("INSERT INTO messages (", message_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
     INSERT_ROOM_BUCKET: RoomBucket => () = "INSERT INTO room_buckets (room, bucket) VALUES (?, ?)";
     /// Buckets at or below `bucket`, newest first.
     SELECT_BUCKETS_DOWN: BucketsFrom => BucketRow = "SELECT bucket FROM room_buckets WHERE room = ? AND bucket <= ? LIMIT ?";
@@ -268,6 +284,11 @@ statements! {
         concat!("SELECT ", message_columns!(), " FROM messages WHERE room = ? AND bucket = ? AND seq = ?");
     /// An edit or delete: the stored frame of one message (checked to exist first).
     UPDATE_FRAME: FrameUpdate => () = "UPDATE messages SET frame = ? WHERE room = ? AND bucket = ? AND seq = ?";
+    INSERT_THREAD_REPLY: ThreadRow => () = "INSERT INTO thread_replies (room, root, seq) VALUES (?, ?, ?)";
+    /// A thread's replies below `seq`, newest first.
+    SELECT_THREAD_BEFORE: ThreadFrom => SeqRow = "SELECT seq FROM thread_replies WHERE room = ? AND root = ? AND seq < ? LIMIT ?";
+    /// A thread's replies (counted).
+    SELECT_THREAD: ThreadKey => SeqRow = "SELECT seq FROM thread_replies WHERE room = ? AND root = ? LIMIT ?";
     INSERT_CLIENT_ID: ClientIdRow => () = "INSERT INTO client_ids (room, sender, client_id, seq) VALUES (?, ?, ?, ?)";
     SELECT_CLIENT_ID: ClientIdKey => SeqRow = "SELECT seq FROM client_ids WHERE room = ? AND sender = ? AND client_id = ?";
     /// Creates the room with its first epoch unless it exists (a lightweight transaction, run once per room).

@@ -49,6 +49,15 @@ pub enum Query {
     History { room: String, before: Option<u64>, limit: usize },
     /// [`MessageStore::range_after`] → [`Answer::RangeAfter`].
     RangeAfter { room: String, after: u64, limit: usize },
+    /// [`MessageStore::thread`] → [`Answer::History`].
+    Thread {
+        room: String,
+        root: u64,
+        before: Option<u64>,
+        limit: usize,
+    },
+    /// [`MessageStore::reply_counts`] → [`Answer::ReplyCounts`].
+    ReplyCounts { room: String, from: u64, to: u64 },
     /// [`MessageStore::find_client_id`] → [`Answer::ClientId`].
     FindClientId { room: String, sender: String, client_id: String },
     /// [`MessageStore::set_mark`] → [`Answer::Mark`].
@@ -91,6 +100,8 @@ impl Query {
             | Self::React { room, .. }
             | Self::Reactions { room, .. }
             | Self::ReactionCounts { room, .. }
+            | Self::Thread { room, .. }
+            | Self::ReplyCounts { room, .. }
             | Self::ReplaceFrame { room, .. } => room,
         }
     }
@@ -117,6 +128,8 @@ pub enum Answer {
     Reactions(Vec<(String, String)>),
     /// Per message and emoji: how many reacted, and whether the asking user did.
     ReactionCounts(Vec<ReactionCount>),
+    /// `(root seq, replies)` of the messages with replies.
+    ReplyCounts(Vec<(u64, u64)>),
     /// Whether a stored message's frame was replaced.
     Replaced(bool),
     /// The room was added to the user's list.

@@ -88,6 +88,8 @@ pub(super) async fn answer<S: MessageStore>(store: &S, query: Query) -> Result<A
             Answer::EpochSet
         }
         Query::History { room, before, limit } => Answer::History(store.history(&room, before, limit).await?),
+        Query::Thread { room, root, before, limit } => Answer::History(store.thread(&room, root, before, limit).await?),
+        Query::ReplyCounts { room, from, to } => Answer::ReplyCounts(store.reply_counts(&room, from, to).await?),
         Query::RangeAfter { room, after, limit } => Answer::RangeAfter(store.range_after(&room, after, limit).await?),
         Query::FindClientId { room, sender, client_id } => Answer::ClientId(store.find_client_id(&room, &sender, &client_id).await?),
         Query::SetMark { room, user, kind, seq } => Answer::Mark(store.set_mark(&room, &user, kind, seq).await?),

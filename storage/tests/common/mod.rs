@@ -146,6 +146,12 @@ impl<S: MessageStore> MessageStore for Probe<S> {
     async fn find_client_id(&self, room: &str, sender: &str, client_id: &str) -> Result<Option<StoredMessage>, StoreError> {
         self.inner.find_client_id(room, sender, client_id).await
     }
+    async fn thread(&self, room: &str, root: u64, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
+        self.inner.thread(room, root, before, limit).await
+    }
+    async fn reply_counts(&self, room: &str, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.inner.reply_counts(room, from, to).await
+    }
     async fn set_mark(&self, room: &str, user: &str, kind: MarkKind, seq: u64) -> Result<u64, StoreError> {
         self.inner.set_mark(room, user, kind, seq).await
     }

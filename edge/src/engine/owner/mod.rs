@@ -432,6 +432,7 @@ impl<S: StorePort> Owner<S> {
             ts_ms: ack.ts,
             client_id: a.client_id.map(str::to_owned),
             frame: rendered.clone(),
+            reply_to: a.reply_to,
         };
         self.next_ticket += 1;
         let ticket = self.next_ticket;

@@ -191,8 +191,23 @@ pub(super) fn parse_schema(files: &[&str]) -> Result<(Schema, Vec<String>), Stri
     for file in files {
         for stmt in split_statements(file) {
             let mut c = Cursor::new(&stmt);
+            if c.eat("alter") {
+                // `ALTER TABLE t ADD c type`: the runner skips it when the column exists.
+                c.expect("table")?;
+                let name = c.table_name()?;
+                c.expect("add")?;
+                let (col, ty_name) = (c.ident()?, c.ident()?);
+                let ty = parse_type_name(&ty_name).ok_or_else(|| format!("unknown type {ty_name} in `{stmt}`"))?;
+                c.done()?;
+                let table = schema.get_mut(&name).ok_or_else(|| format!("ALTER of unknown table {name}"))?;
+                if table.column(&col).is_some() {
+                    return Err(format!("column {name}.{col} added twice"));
+                }
+                table.columns.push((col, ty));
+                continue;
+            }
             c.expect("create")
-                .map_err(|e| format!("{e} in `{stmt}` (only CREATE ... IF NOT EXISTS is allowed)"))?;
+                .map_err(|e| format!("{e} in `{stmt}` (only CREATE ... IF NOT EXISTS and ALTER TABLE ... ADD are allowed)"))?;
             let what = c.ident()?;
             if what != "table" {
                 not_idempotent.extend((!stmt.to_ascii_lowercase().contains("if not exists")).then(|| stmt.clone()));

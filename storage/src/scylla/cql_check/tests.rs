@@ -59,6 +59,8 @@ fn schema_files_are_numbered_and_idempotent() {
     assert_eq!(messages.partition_key, vec!["room", "bucket"]);
     assert_eq!(messages.clustering, vec!["seq"]);
     assert_eq!(messages.column("frame"), Some(CqlType::Blob));
+    assert_eq!(messages.column("reply_to"), Some(CqlType::BigInt), "added by 002");
+    assert_eq!(schema["thread_replies"].partition_key, vec!["room", "root"]);
     for t in [
         "room_buckets",
         "rooms",
@@ -77,7 +79,7 @@ cql_row!(WrongBucketType {
     bucket: i32,
     seq: i64
 });
-cql_row!(FrameAsText { room: String, bucket: i64, seq: i64, msg_id: String, sender: String, ts_ms: i64, client_id: Option<String>, frame: String });
+cql_row!(FrameAsText { room: String, bucket: i64, seq: i64, msg_id: String, sender: String, ts_ms: i64, client_id: Option<String>, frame: String, reply_to: Option<i64> });
 cql_row!(SwappedEpoch { room: String, epoch: i64 });
 cql_row!(RoomOnly { room: String });
 
@@ -88,7 +90,7 @@ fn errors_of<B: CqlColumns, R: CqlColumns>(text: &'static str) -> Vec<String> {
 #[test]
 fn checker_catches_a_wrong_bind_type() {
     let errs = errors_of::<WrongBucketType, MessageRow>(
-        "SELECT room, bucket, seq, msg_id, sender, ts_ms, client_id, frame FROM messages WHERE room = ? AND bucket = ? AND seq = ?",
+        "SELECT room, bucket, seq, msg_id, sender, ts_ms, client_id, frame, reply_to FROM messages WHERE room = ? AND bucket = ? AND seq = ?",
     );
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(
@@ -97,7 +99,7 @@ fn checker_catches_a_wrong_bind_type() {
     );
     // The same statement with the right type passes: the failure above is the type, nothing else.
     let ok = errors_of::<super::super::statements::MessageKey, MessageRow>(
-        "SELECT room, bucket, seq, msg_id, sender, ts_ms, client_id, frame FROM messages WHERE room = ? AND bucket = ? AND seq = ?",
+        "SELECT room, bucket, seq, msg_id, sender, ts_ms, client_id, frame, reply_to FROM messages WHERE room = ? AND bucket = ? AND seq = ?",
     );
     assert!(ok.is_empty(), "{ok:?}");
 }
@@ -105,7 +107,7 @@ fn checker_catches_a_wrong_bind_type() {
 #[test]
 fn checker_catches_a_wrong_row_type() {
     let errs = errors_of::<super::super::statements::MessageKey, FrameAsText>(
-        "SELECT room, bucket, seq, msg_id, sender, ts_ms, client_id, frame FROM messages WHERE room = ? AND bucket = ? AND seq = ?",
+        "SELECT room, bucket, seq, msg_id, sender, ts_ms, client_id, frame, reply_to FROM messages WHERE room = ? AND bucket = ? AND seq = ?",
     );
     assert!(errs.iter().any(|e| e.contains("`frame`") && e.contains("Blob")), "{errs:?}");
 }
@@ -143,4 +145,19 @@ fn tokenizer_and_parser_basics() {
     assert_eq!(p.binds, vec!["write_timestamp", "read_seq", "user_id", "room"]);
     assert!(parse_statement("SELECT * FROM messages").is_err(), "`*` must be refused");
     assert_eq!(<Option<String> as CqlTyped>::CQL, CqlType::Text);
+}
+
+#[test]
+fn added_columns_are_recognised_for_the_runner() {
+    use super::super::migrate::added_column;
+    assert_eq!(
+        added_column("ALTER TABLE messages ADD reply_to bigint"),
+        Some(("messages".into(), "reply_to".into()))
+    );
+    assert_eq!(
+        added_column("alter table ks.messages add x text"),
+        Some(("messages".into(), "x".into()))
+    );
+    assert_eq!(added_column("CREATE TABLE IF NOT EXISTS t (a int PRIMARY KEY)"), None);
+    assert_eq!(added_column("ALTER TABLE messages DROP x"), None);
 }
