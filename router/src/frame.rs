@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 9;
+pub const FRAME_VERSION: u8 = 10;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -146,6 +146,8 @@ pub enum Frame {
         before: Option<u64>,
         /// Page size, 1..=100.
         limit: u32,
+        /// A thread's page: the replies to this root seq (version 10).
+        thread: Option<u64>,
     },
     /// Cluster: a room's sequence restarted (Redis lost its data): the receiving shard
     /// resets its cursor to `seq` and sends `payload` (a rendered notice) to the room's members (version 2).

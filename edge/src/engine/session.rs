@@ -95,6 +95,7 @@ pub enum Step<'a> {
         room: Cow<'a, str>,
         before: Option<u64>,
         limit: u32,
+        thread: Option<u64>,
     },
     /// Who is online in a room the user may see.
     Presence { room: Cow<'a, str> },
@@ -214,8 +215,18 @@ impl Session {
                 None => Step::Reply(error(id, ErrorCode::NotFound, &format!("not in room {room}"))),
             },
             Request::Send(s) => self.send(id, s),
-            Request::History { room, before, limit } => match self.may_see(id, &room).and_then(|()| reply_budget(id, cx)) {
-                Ok(()) => Step::History { room, before, limit },
+            Request::History {
+                room,
+                before,
+                limit,
+                thread,
+            } => match self.may_see(id, &room).and_then(|()| reply_budget(id, cx)) {
+                Ok(()) => Step::History {
+                    room,
+                    before,
+                    limit,
+                    thread,
+                },
                 Err(refusal) => Step::Reply(refusal),
             },
             Request::Presence { room } => match self.may_see(id, &room) {

@@ -131,11 +131,12 @@ pub enum Request<'a> {
     Edit { room: Cow<'a, str>, seq: u64, body: Cow<'a, str> },
     /// Delete one's own message (its seq stays, as a tombstone).
     Delete { room: Cow<'a, str>, seq: u64 },
-    /// A page of history.
+    /// A page of history (of one thread's replies, with `thread`: its root's seq).
     History {
         room: Cow<'a, str>,
         before: Option<u64>,
         limit: u32,
+        thread: Option<u64>,
     },
     /// Who is online.
     Presence { room: Cow<'a, str> },
@@ -229,6 +230,7 @@ struct RawIn<'a> {
     before: Option<u64>,
     reply_to: Option<u64>,
     limit: Option<u64>,
+    thread: Option<u64>,
 }
 
 struct Raw<'a> {
@@ -249,6 +251,7 @@ struct Raw<'a> {
     before: Option<u64>,
     reply_to: Option<u64>,
     limit: Option<u64>,
+    thread: Option<u64>,
 }
 
 impl<'a> From<RawIn<'a>> for Raw<'a> {
@@ -271,6 +274,7 @@ impl<'a> From<RawIn<'a>> for Raw<'a> {
             before: r.before,
             reply_to: r.reply_to,
             limit: r.limit,
+            thread: r.thread,
         }
     }
 }
@@ -362,6 +366,7 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
     seq_ok(t, "before", r.before)?;
     seq_ok(t, "seq", r.seq)?;
     seq_ok(t, "reply_to", r.reply_to)?;
+    seq_ok(t, "thread", r.thread)?;
     Ok(match t {
         "auth" => Request::Auth {
             token: need(r.token, t, "token")?,
@@ -424,6 +429,7 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
                 room: need(r.room, t, "room")?,
                 before: r.before,
                 limit: limit as u32,
+                thread: r.thread,
             }
         }
         "presence" => Request::Presence {

@@ -47,7 +47,17 @@ fn every_type_parses() {
         Request::History {
             room: "r".into(),
             before: None,
-            limit: 50
+            limit: 50,
+            thread: None
+        }
+    );
+    assert_eq!(
+        ok(r#"{"type":"history","room":"r","thread":4,"before":9,"limit":5}"#).request,
+        Request::History {
+            room: "r".into(),
+            before: Some(9),
+            limit: 5,
+            thread: Some(4)
         }
     );
     assert_eq!(

@@ -227,7 +227,7 @@ fn render_message(m: &MessageOut<'_>, seq_slot: bool, changed: Option<Changed>) 
 }
 
 mod changes;
-pub use changes::{reaction, update, with_reactions, StoredView};
+pub use changes::{reaction, update, with_extras, StoredView};
 
 /// `history`: a page of stored `message` frames (oldest first), inserted verbatim.
 pub fn history(id: Option<&str>, room: &str, messages: &[Bytes], next_before: Option<u64>) -> Bytes {

@@ -74,6 +74,8 @@ pub struct OwnedRoom {
     recorded: HashSet<Rc<str>>,
     dedupe: Dedupe,
     recent: RecentRing,
+    /// The thread replies the recent ring holds: (seq, root seq), ascending.
+    replies: VecDeque<(u64, u64)>,
     /// Store writes and queries still out for this room: it must not be evicted meanwhile.
     holds: u32,
     /// The highest seq the store is known to hold (at load, or committed since).
@@ -105,6 +107,7 @@ impl OwnedRoom {
             recorded: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
             recent: RecentRing::new(recent_cap),
+            replies: VecDeque::new(),
             holds: 0,
             stored: last_seq,
             unstored: 0,
@@ -307,6 +310,26 @@ impl OwnedRoom {
     /// The recent ring: the newest published messages.
     pub fn ring(&self) -> &RecentRing {
         &self.recent
+    }
+
+    /// Published message `seq` replies to `root`: kept while the ring holds `seq`.
+    pub fn note_reply(&mut self, seq: u64, root: u64) {
+        let first = self.first_recent_seq();
+        while self.replies.front().is_some_and(|(s, _)| *s < first) {
+            self.replies.pop_front();
+        }
+        if seq >= first {
+            self.replies.push_back((seq, root));
+        }
+    }
+
+    /// The replies to `root` the ring holds with seq < `before`, oldest first, with their renderings.
+    pub fn ring_replies(&self, root: u64, before: u64) -> Vec<(u64, Bytes)> {
+        self.replies
+            .iter()
+            .filter(|(s, r)| *r == root && *s < before)
+            .filter_map(|(s, _)| self.recent.get(*s).map(|b| (*s, b.clone())))
+            .collect()
     }
 
     /// Message `seq` changed (an edit or a delete): the ring keeps its new version.

@@ -14,7 +14,7 @@ use router::{Frame, Refusal, SeqPayload};
 use storage::{Completion, Overloaded, Query, StoreHandle, StoredMessage};
 
 use super::members::JoinStep;
-use super::sequencer::Sequencer;
+use super::sequencer::{Page, Sequencer};
 use super::{Conn, Shard};
 use crate::engine::owner::{Effect, FetchArgs, HistoryArgs, Owner, SendArgs, StorePort};
 use crate::engine::subscriber::{RoomPos, SubEffect};
@@ -318,7 +318,8 @@ impl Shard {
     }
 
     /// Member side: a history page from the room's owner shard.
-    pub(super) fn local_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
+    pub(super) fn local_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, page: Page) {
+        let Page { before, limit, thread } = page;
         let Some(user) = conn.user() else { return };
         let owner = crate::room::owner(room, self.shards);
         if owner == self.id {
@@ -329,6 +330,7 @@ impl Shard {
                 req: id,
                 before,
                 limit,
+                thread,
             });
         }
         let frame = Frame::History {
@@ -338,6 +340,7 @@ impl Shard {
             req: id.map(str::to_owned),
             before,
             limit,
+            thread,
         };
         if !self.try_request(owner, &frame) {
             self.overloaded(conn, id);

@@ -226,6 +226,7 @@ impl Shard {
             req,
             before,
             limit,
+            thread,
         } = frame
         else {
             return;
@@ -237,6 +238,7 @@ impl Shard {
             req: req.as_ref().map(|r| r.as_str()),
             before: before.as_ref().map(|b| b.to_native()),
             limit: limit.to_native(),
+            thread: thread.as_ref().map(|t| t.to_native()),
         });
     }
 }

@@ -65,7 +65,12 @@ impl Shard {
                 conn.out.push_text(server::left(id, &room));
             }
             Step::Send { room, send } => self.on_send(conn, id, &room, send),
-            Step::History { room, before, limit } => self.seq_history(conn, id, &room, before, limit),
+            Step::History {
+                room,
+                before,
+                limit,
+                thread,
+            } => self.seq_history(conn, id, &room, super::sequencer::Page { before, limit, thread }),
             Step::Presence { room } => self.seq_presence(conn, id, &room),
             Step::Typing { room, typing } => self.on_typing(conn, &room, typing),
             Step::Read { room, seq } => self.seq_read(conn, id, &room, seq),

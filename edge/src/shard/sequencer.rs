@@ -21,6 +21,17 @@ use crate::engine::owner::SendArgs;
 use crate::engine::publisher::Publisher;
 use crate::engine::subscriber::SubEffect;
 
+/// Which page of history a connection asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Page {
+    /// Messages below this seq (the newest when absent).
+    pub(crate) before: Option<u64>,
+    /// At most this many.
+    pub(crate) limit: u32,
+    /// Only the replies to this root seq.
+    pub(crate) thread: Option<u64>,
+}
+
 /// Which sequencer this node runs with: chosen once, at start.
 pub(crate) enum Sequencer {
     /// One node: the owner shard of each room (this shard's owned rooms), with the store.
@@ -72,11 +83,16 @@ impl Shard {
         }
     }
 
-    /// A history page for a connection of this shard.
-    pub(super) fn seq_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
+    /// A history page for a connection of this shard. A cluster's history is the Redis stream,
+    /// which has no thread index (issue #13): a thread's page is refused there.
+    pub(super) fn seq_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, page: Page) {
         match &self.sequencer {
-            Sequencer::Local(_) => self.local_history(conn, id, room, before, limit),
-            Sequencer::Redis(_) => self.cluster_history(conn, id, room, before, limit),
+            Sequencer::Local(_) => self.local_history(conn, id, room, page),
+            Sequencer::Redis(_) if page.thread.is_some() => {
+                let msg = "history by thread is not available in cluster mode yet (it needs the shared store)";
+                self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
+            }
+            Sequencer::Redis(_) => self.cluster_history(conn, id, room, page.before, page.limit),
         }
     }
 

@@ -133,6 +133,7 @@ fn samples() -> Vec<Frame> {
             req: Some("\"h1\"".into()),
             before: Some(40),
             limit: 50,
+            thread: Some(3),
         },
         Frame::Reset {
             room: "lobby".into(),

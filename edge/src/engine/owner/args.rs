@@ -112,6 +112,8 @@ pub struct HistoryArgs<'a> {
     pub req: Option<&'a str>,
     pub before: Option<u64>,
     pub limit: u32,
+    /// A thread's page: the replies to this root seq.
+    pub thread: Option<u64>,
 }
 
 /// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).

@@ -70,6 +70,7 @@ pub(super) enum Op {
         req: Option<String>,
         before: Option<u64>,
         limit: u32,
+        thread: Option<u64>,
     },
 }
 
@@ -79,13 +80,14 @@ impl Op {
     }
 
     pub(super) fn history(h: &HistoryArgs<'_>) -> impl FnOnce() -> Self {
-        let (user, conn, req, before, limit) = (h.user.to_owned(), h.conn, h.req.map(str::to_owned), h.before, h.limit);
+        let (user, conn, req, before, limit, thread) = (h.user.to_owned(), h.conn, h.req.map(str::to_owned), h.before, h.limit, h.thread);
         move || Self::History {
             user,
             conn,
             req,
             before,
             limit,
+            thread,
         }
     }
 }
@@ -185,8 +187,9 @@ impl<S: StorePort> Owner<S> {
         match (wait, c) {
             (Wait::Write { room, seq }, Completion::Written { result, .. }) => {
                 self.fast_written(&room, seq, result);
-                // A change that waited for this write to settle may run now.
+                // A change or a page that waited for this write to settle may go on now.
                 self.next_change(&room, now_ms);
+                self.read_deferred_pages(&room);
             }
             (Wait::Durable(p), Completion::Written { result, .. }) => match result {
                 Ok(()) => self.publish_durable(*p),
@@ -230,6 +233,7 @@ impl<S: StorePort> Owner<S> {
             }
             (Wait::History(w), result) => self.history_answered(*w, result),
             (Wait::Reactions(w), result) => self.reactions_answered(*w, result),
+            (Wait::Replies(w), result) => self.replies_answered(*w, result),
             (Wait::Mark(mark), result) => self.marked(*mark, result),
             (Wait::Member { room, user }, result) => self.member_recorded(&room, &user, result),
             (Wait::Sync { conn, req }, result) => self.synced(conn, req.as_deref(), result),
@@ -332,9 +336,13 @@ impl<S: StorePort> Owner<S> {
                 ts_ms,
                 client_id,
                 frame,
+                reply_to,
                 ..
             } = m;
             r.warm(seq, &sender, client_id.as_deref(), &msg_id, ts_ms, frame);
+            if let Some(root) = reply_to.filter(|_| seq <= state.last_seq) {
+                r.note_reply(seq, root);
+            }
         }
         self.rooms.insert(room.to_owned(), r);
         ShardStats::set(&self.stats().rooms_owned, self.rooms.len() as u64);
@@ -368,6 +376,7 @@ impl<S: StorePort> Owner<S> {
                 req,
                 before,
                 limit,
+                thread,
             } => {
                 let h = HistoryArgs {
                     room,
@@ -376,6 +385,7 @@ impl<S: StorePort> Owner<S> {
                     req: req.as_deref(),
                     before,
                     limit,
+                    thread,
                 };
                 self.history(h, now_ms);
             }

@@ -39,6 +39,8 @@ mod sync;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod store_model;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -170,6 +172,7 @@ struct PendingSend {
     room: Rc<str>,
     user: String,
     client_id: Option<String>,
+    reply_to: Option<u64>,
     ack: AckInfo,
     rendered: Bytes,
     /// Connections (and request ids) to ack once committed: the sender, and retries of its client id.
@@ -189,6 +192,8 @@ enum Wait {
     History(Box<history::PageWait>),
     /// A history page's reactions.
     Reactions(Box<history::PageWait>),
+    /// A history page's reply counts.
+    Replies(Box<history::PageWait>),
     /// A `read` whose mark the store is setting.
     Mark(Box<receipts::MarkWait>),
     /// A membership (for `sync`) the store is writing.
@@ -223,6 +228,9 @@ pub struct Owner<S> {
     receipts: HashMap<(String, String), u64>,
     /// Edits, deletes and reactions running or waiting, per room.
     changes: changes::Changes,
+    /// History pages whose older part waits for the room's writes to settle (fast mode):
+    /// (the seq below which the store must hold everything, the page, its query).
+    deferred_pages: HashMap<String, Vec<(u64, Box<history::PageWait>, Query)>>,
 }
 
 impl<S: StorePort> Owner<S> {
@@ -240,6 +248,7 @@ impl<S: StorePort> Owner<S> {
             presence_counts: Vec::new(),
             receipts: HashMap::new(),
             changes: HashMap::new(),
+            deferred_pages: HashMap::new(),
         }
     }
 
@@ -408,6 +417,10 @@ impl<S: StorePort> Owner<S> {
             Readiness::Refused(msg) => return self.reply(a.conn, Busy::Store.reply(a.req, msg)),
         }
         let Some(r) = self.rooms.get_mut(a.room) else { return };
+        if let Some(root) = a.reply_to.filter(|&t| t == 0 || t > r.seq()) {
+            let msg = format!("{} has no message {root} to reply to", a.room);
+            return self.reply(a.conn, server::error(a.req, crate::protocol::ErrorCode::NotFound, &msg, None));
+        }
         let mut ack = match r.sequence(a.user, a.client_id, now_ms) {
             Sequenced::New(ack) => ack,
             Sequenced::Duplicate(ack) => {
@@ -452,6 +465,7 @@ impl<S: StorePort> Owner<S> {
                 room: name,
                 user: a.user.to_owned(),
                 client_id: a.client_id.map(str::to_owned),
+                reply_to: a.reply_to,
                 ack,
                 rendered,
                 waiters: vec![(a.conn, a.req.map(str::to_owned))],
@@ -461,6 +475,9 @@ impl<S: StorePort> Owner<S> {
         };
         r.hold();
         r.publish(ack.seq, rendered.clone());
+        if let Some(root) = a.reply_to {
+            r.note_reply(ack.seq, root);
+        }
         self.waits.insert(ticket, Wait::Write { room: name, seq: ack.seq });
         self.fan_out(a.room, ack.seq, &rendered);
         self.offer_to_users(a.room, ack.seq, &rendered);
@@ -482,6 +499,9 @@ impl<S: StorePort> Owner<S> {
         r.committed(p.ack.seq);
         r.stored(p.ack.seq);
         r.publish(p.ack.seq, p.rendered.clone());
+        if let Some(root) = p.reply_to {
+            r.note_reply(p.ack.seq, root);
+        }
         self.fan_out(&p.room, p.ack.seq, &p.rendered);
         self.offer_to_users(&p.room, p.ack.seq, &p.rendered);
         for (conn, req) in &p.waiters {

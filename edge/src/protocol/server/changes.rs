@@ -128,27 +128,43 @@ pub fn reaction(room: &str, seq: u64, user: &str, emoji: &str, add: bool) -> Byt
         .done()
 }
 
-/// A stored message frame with its reactions (`counts`, this message's, ascending by emoji)
-/// as `"reactions":[{"emoji","count","me"}]`; the frame itself when it has none.
-pub fn with_reactions(frame: &Bytes, counts: &[ReactionCount]) -> Bytes {
+/// Whether a stored message frame is a tombstone. Sound on the bytes: inside a JSON string
+/// every `"` is escaped, so this key sequence only occurs as the renderer's own keys.
+fn is_tombstone(frame: &[u8]) -> bool {
+    const KEYS: &[u8] = b"\"deleted\":true,\"edited_ts\":";
+    frame.windows(KEYS.len()).any(|w| w == KEYS)
+}
+
+/// A stored message frame as `history` shows it: with its reactions (`counts`, this
+/// message's, ascending by emoji) as `"reactions":[{"emoji","count","me"}]` and, for a
+/// thread root, its reply count as `"replies"`; the frame itself when it has neither. A
+/// tombstone shows no reactions.
+pub fn with_extras(frame: &Bytes, counts: &[ReactionCount], replies: u64) -> Bytes {
     let Some(body) = frame.strip_suffix(b"}") else {
         return frame.clone();
     };
-    if counts.is_empty() {
+    let counts = if is_tombstone(frame) { &[][..] } else { counts };
+    if counts.is_empty() && replies == 0 {
         return frame.clone();
     }
-    let mut v = Vec::with_capacity(frame.len() + 16 + counts.len() * 48);
+    let mut v = Vec::with_capacity(frame.len() + 32 + counts.len() * 48);
     v.extend_from_slice(body);
-    v.extend_from_slice(b",\"reactions\":[");
-    for (i, c) in counts.iter().enumerate() {
-        if i > 0 {
-            v.push(b',');
+    if !counts.is_empty() {
+        v.extend_from_slice(b",\"reactions\":[");
+        for (i, c) in counts.iter().enumerate() {
+            if i > 0 {
+                v.push(b',');
+            }
+            v.extend_from_slice(b"{\"emoji\":");
+            let _ = serde_json::to_writer(&mut v, &c.emoji);
+            v.extend_from_slice(format!(",\"count\":{},\"me\":{}}}", c.count, c.me).as_bytes());
         }
-        v.extend_from_slice(b"{\"emoji\":");
-        let _ = serde_json::to_writer(&mut v, &c.emoji);
-        v.extend_from_slice(format!(",\"count\":{},\"me\":{}}}", c.count, c.me).as_bytes());
+        v.push(b']');
     }
-    v.extend_from_slice(b"]}");
+    if replies > 0 {
+        v.extend_from_slice(format!(",\"replies\":{replies}").as_bytes());
+    }
+    v.push(b'}');
     Bytes::from(v)
 }
 
@@ -228,12 +244,23 @@ mod tests {
             count,
             me,
         };
-        let with = json(&with_reactions(&sent(), &[count("🎉", 1, false), count("👍", 2, true)]));
+        let both = [count("🎉", 1, false), count("👍", 2, true)];
+        let with = json(&with_extras(&sent(), &both, 0));
         assert_eq!(
             with["reactions"],
             json!([{"emoji":"🎉","count":1,"me":false},{"emoji":"👍","count":2,"me":true}])
         );
         assert_eq!(with["body"], json!("hello \"you\""));
-        assert_eq!(with_reactions(&sent(), &[]), sent(), "no reactions: the frame as stored");
+        assert!(with.get("replies").is_none());
+        assert_eq!(with_extras(&sent(), &[], 0), sent(), "no reactions: the frame as stored");
+        assert_eq!(json(&with_extras(&sent(), &[], 3))["replies"], json!(3));
+        let view = StoredView::parse(&sent()).expect("message");
+        let gone = view.deleted(9);
+        assert!(is_tombstone(&gone) && !is_tombstone(&sent()));
+        let shown = json(&with_extras(&gone, &both, 2));
+        assert!(shown.get("reactions").is_none(), "a tombstone shows no reactions: {shown}");
+        assert_eq!(shown["replies"], json!(2), "its thread is still there");
+        // A body that spells the keys is escaped in the frame: no tombstone.
+        assert!(!is_tombstone(&view.edited(r#""deleted":true,"edited_ts":1"#, 5)));
     }
 }

@@ -318,6 +318,7 @@ impl World {
                     req: Some(req),
                     before: *before,
                     limit: 10,
+                    thread: None,
                 },
                 now,
             ),

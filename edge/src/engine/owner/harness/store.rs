@@ -67,6 +67,8 @@ impl MemStore {
             }
             // The harness makes no reactions: every page's count is empty.
             Query::ReactionCounts { .. } => Answer::ReactionCounts(Vec::new()),
+            // Nor threads: no message has replies.
+            Query::ReplyCounts { .. } => Answer::ReplyCounts(Vec::new()),
             other => panic!("the owner sent a query it does not use: {other:?}"),
         }
     }
@@ -105,7 +107,8 @@ pub(super) fn query_room(q: &Query) -> &str {
         | Query::SetEpoch { room, .. }
         | Query::History { room, .. }
         | Query::RangeAfter { room, .. }
-        | Query::ReactionCounts { room, .. } => room,
+        | Query::ReactionCounts { room, .. }
+        | Query::ReplyCounts { room, .. } => room,
         _ => "",
     }
 }
