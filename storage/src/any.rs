@@ -126,6 +126,10 @@ impl MessageStore for AnyStore {
         delegate!(self, s => s.set_mark(room, user, kind, seq))
     }
 
+    async fn set_marks(&self, room: &str, users: &[String], kind: MarkKind, seq: u64) -> Result<Vec<u64>, StoreError> {
+        delegate!(self, s => s.set_marks(room, users, kind, seq))
+    }
+
     async fn react(&self, room: &str, seq: u64, user: &str, emoji: &str, op: ReactionOp) -> Result<(), StoreError> {
         delegate!(self, s => s.react(room, seq, user, emoji, op))
     }

@@ -243,6 +243,17 @@ pub async fn marks_move_forward<S: MessageStore>(store: &S, p: &str) {
         9,
         "same value is fine"
     );
+    // Many users at once: each mark forward only, the results in order.
+    let users: Vec<String> = ["bob", "carol", "alice"].iter().map(|u| format!("{p}-{u}")).collect();
+    store.set_mark(&room, &users[1], MarkKind::Delivered, 7).await.expect("mark");
+    let got = store.set_marks(&room, &users, MarkKind::Delivered, 4).await.expect("marks");
+    assert_eq!(got, vec![4, 7, 4], "carol's 7 stays, alice's 2 moves to 4");
+    assert_eq!(
+        store.set_mark(&room, &user, MarkKind::Read, 1).await.expect("mark"),
+        9,
+        "other kind untouched"
+    );
+    assert!(store.set_marks(&room, &[], MarkKind::Read, 4).await.expect("none").is_empty());
 }
 
 /// Reactions are a set of (emoji, user): add twice keeps one, remove of an absent one is fine.

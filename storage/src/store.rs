@@ -58,6 +58,16 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Moves the user's mark in the room forward to `seq` (never back) and returns the resulting mark.
     fn set_mark(&self, room: &str, user: &str, kind: MarkKind, seq: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// [`Self::set_mark`] for each of `users` (all or, on error, possibly some); the resulting
+    /// marks in `users` order.
+    fn set_marks(
+        &self,
+        room: &str,
+        users: &[String],
+        kind: MarkKind,
+        seq: u64,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
     /// Adds or removes `user`'s `emoji` on message `seq`; both are idempotent.
     fn react(&self, room: &str, seq: u64, user: &str, emoji: &str, op: ReactionOp) -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -188,6 +188,11 @@ impl MessageStore for EmbeddedStore {
         self.on_writer(move |c| ops::set_mark(c, &room, &user, kind, seq)).await
     }
 
+    async fn set_marks(&self, room: &str, users: &[String], kind: MarkKind, seq: u64) -> Result<Vec<u64>, StoreError> {
+        let (room, users) = (room.to_owned(), users.to_vec());
+        self.on_writer(move |c| ops::set_marks(c, &room, &users, kind, seq)).await
+    }
+
     async fn react(&self, room: &str, seq: u64, user: &str, emoji: &str, op: ReactionOp) -> Result<(), StoreError> {
         let (room, user, emoji) = (room.to_owned(), user.to_owned(), emoji.to_owned());
         self.on_writer(move |c| ops::react(c, &room, seq, &user, &emoji, op)).await

@@ -207,6 +207,18 @@ pub(super) fn set_mark(conn: &Connection, room: &str, user: &str, kind: MarkKind
     to_u64("mark", mark)
 }
 
+pub(super) fn set_marks(conn: &mut Connection, room: &str, users: &[String], kind: MarkKind, seq: u64) -> Result<Vec<u64>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql("begin set marks"))?;
+    let marks = users
+        .iter()
+        .map(|u| set_mark(&tx, room, u, kind, seq))
+        .collect::<Result<Vec<_>, _>>()?;
+    tx.commit().map_err(sql("commit set marks"))?;
+    Ok(marks)
+}
+
 pub(super) fn react(conn: &Connection, room: &str, seq: u64, user: &str, emoji: &str, op: ReactionOp) -> Result<(), StoreError> {
     let seq = to_i64("seq", seq)?;
     let text = match op {

@@ -194,6 +194,15 @@ impl MessageStore for ScyllaStore {
         to_u64("mark", mark.unwrap_or(seq).max(seq))
     }
 
+    async fn set_marks(&self, room: &str, users: &[String], kind: MarkKind, seq: u64) -> Result<Vec<u64>, StoreError> {
+        // One partition per user: concurrently, bounded, in `users` order.
+        let mut marks = Vec::with_capacity(users.len());
+        for chunk in users.chunks(PARTITION_CONCURRENCY) {
+            marks.extend(futures_util::future::try_join_all(chunk.iter().map(|u| self.set_mark(room, u, kind, seq))).await?);
+        }
+        Ok(marks)
+    }
+
     async fn react(&self, room: &str, seq: u64, user: &str, emoji: &str, op: ReactionOp) -> Result<(), StoreError> {
         let row = Reaction {
             room: room.to_owned(),

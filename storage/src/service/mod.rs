@@ -67,6 +67,13 @@ pub enum Query {
         kind: MarkKind,
         seq: u64,
     },
+    /// [`MessageStore::set_marks`] → [`Answer::Marks`].
+    SetMarks {
+        room: String,
+        users: Vec<String>,
+        kind: MarkKind,
+        seq: u64,
+    },
     /// [`MessageStore::react`] → [`Answer::Reacted`].
     React {
         room: String,
@@ -100,6 +107,7 @@ impl Query {
             | Self::React { room, .. }
             | Self::Reactions { room, .. }
             | Self::ReactionCounts { room, .. }
+            | Self::SetMarks { room, .. }
             | Self::Thread { room, .. }
             | Self::ReplyCounts { room, .. }
             | Self::ReplaceFrame { room, .. } => room,
@@ -122,6 +130,8 @@ pub enum Answer {
     ClientId(Option<StoredMessage>),
     /// The resulting mark.
     Mark(u64),
+    /// The resulting marks, one per user asked.
+    Marks(Vec<u64>),
     /// The reaction was added or removed.
     Reacted,
     /// `(emoji, user)` pairs.

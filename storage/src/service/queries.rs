@@ -93,6 +93,7 @@ pub(super) async fn answer<S: MessageStore>(store: &S, query: Query) -> Result<A
         Query::RangeAfter { room, after, limit } => Answer::RangeAfter(store.range_after(&room, after, limit).await?),
         Query::FindClientId { room, sender, client_id } => Answer::ClientId(store.find_client_id(&room, &sender, &client_id).await?),
         Query::SetMark { room, user, kind, seq } => Answer::Mark(store.set_mark(&room, &user, kind, seq).await?),
+        Query::SetMarks { room, users, kind, seq } => Answer::Marks(store.set_marks(&room, &users, kind, seq).await?),
         Query::React {
             room,
             seq,

@@ -155,6 +155,9 @@ impl<S: MessageStore> MessageStore for Probe<S> {
     async fn set_mark(&self, room: &str, user: &str, kind: MarkKind, seq: u64) -> Result<u64, StoreError> {
         self.inner.set_mark(room, user, kind, seq).await
     }
+    async fn set_marks(&self, room: &str, users: &[String], kind: MarkKind, seq: u64) -> Result<Vec<u64>, StoreError> {
+        self.inner.set_marks(room, users, kind, seq).await
+    }
     async fn react(&self, room: &str, seq: u64, user: &str, emoji: &str, op: ReactionOp) -> Result<(), StoreError> {
         self.inner.react(room, seq, user, emoji, op).await
     }
