@@ -18,7 +18,7 @@ const ROOM: &str = "r";
 fn receipts_of(m: &Member, user: &str) -> Vec<u64> {
     m.log
         .iter()
-        .filter(|v| v["type"] == "receipt" && v["room"] == ROOM && v["user"] == user)
+        .filter(|v| v["type"] == "receipt" && v["status"] == "read" && v["room"] == ROOM && v["user"] == user)
         .map(|v| {
             assert_eq!(v["status"], "read", "{v}");
             v["seq"].as_u64().expect("seq")
@@ -27,7 +27,11 @@ fn receipts_of(m: &Member, user: &str) -> Vec<u64> {
 }
 
 fn is_receipt(v: &Value, user: &str, seq: u64) -> bool {
-    v["type"] == "receipt" && v["user"] == user && v["seq"] == seq
+    v["type"] == "receipt" && v["status"] == "read" && v["user"] == user && v["seq"] == seq
+}
+
+fn is_delivered(v: &Value, user: &str, seq: u64) -> bool {
+    v["type"] == "receipt" && v["status"] == "delivered" && v["user"] == user && v["seq"] == seq
 }
 
 /// Reads what `m` was sent until now, past a tick (receipts go out once a second).
@@ -111,8 +115,10 @@ fn read_marks_move_forward_only_are_pushed_coalesced_and_survive_a_restart() {
     }
 }
 
-/// `sync` entries by room: (seq, read, unread).
-fn synced(m: &mut Member, id: &str) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+/// `sync` entries by room: (seq, read, unread, delivered).
+type Inbox = std::collections::BTreeMap<String, (u64, u64, u64, u64)>;
+
+fn synced(m: &mut Member, id: &str) -> Inbox {
     let r = m.request(json!({"type": "sync"}), id, WAIT);
     assert_eq!(r["type"], "sync", "{r}");
     r["rooms"]
@@ -121,20 +127,18 @@ fn synced(m: &mut Member, id: &str) -> std::collections::BTreeMap<String, (u64, 
         .iter()
         .map(|e| {
             let n = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{k} in {e}"));
-            assert_eq!(n("delivered"), 0, "delivered marks are not kept yet: {e}");
-            (e["room"].as_str().expect("room").to_owned(), (n("seq"), n("read"), n("unread")))
+            let room = e["room"].as_str().expect("room").to_owned();
+            (room, (n("seq"), n("read"), n("unread"), n("delivered")))
         })
         .collect()
 }
 
-/// `sync` until `done` holds, for up to 2.5 s: marks, memberships and (fast mode) the
-/// messages themselves reach the store through its queue, a few ms after the ack.
-fn synced_soon(
-    m: &mut Member,
-    done: impl Fn(&std::collections::BTreeMap<String, (u64, u64, u64)>) -> bool,
-) -> std::collections::BTreeMap<String, (u64, u64, u64)> {
+/// `sync` until `done` holds, for up to 5 s: marks, memberships and (fast mode) the
+/// messages themselves reach the store through its queue, a few ms after the ack, and
+/// delivered marks are reported once a second.
+fn synced_soon(m: &mut Member, done: impl Fn(&Inbox) -> bool) -> Inbox {
     let mut got = synced(m, "soon");
-    for attempt in 0..50 {
+    for attempt in 0..100 {
         if done(&got) {
             break;
         }
@@ -162,17 +166,18 @@ fn sync_lists_joined_rooms_and_dms_with_seqs_and_read_marks_across_a_restart() {
         // Carol writes to Alice, who never joined the DM room.
         let ack = carol.request(json!({"type": "send", "to": "alice", "body": "hi"}), "dm", WAIT);
         assert_eq!(ack["type"], "ack", "{ack}");
-        let want: std::collections::BTreeMap<String, (u64, u64, u64)> = [
-            ("dm:alice:carol".to_owned(), (1, 0, 1)),
-            ("quiet".to_owned(), (0, 0, 0)),
-            ("r".to_owned(), (3, 2, 1)),
+        // Delivered: Alice's connections got all three of `r` and Carol's DM (without joining it).
+        let want: Inbox = [
+            ("dm:alice:carol".to_owned(), (1, 0, 1, 1)),
+            ("quiet".to_owned(), (0, 0, 0, 0)),
+            ("r".to_owned(), (3, 2, 1, 3)),
         ]
         .into();
         // A second connection of Alice's, joined nowhere, sees the same inbox.
         let mut other = Member::connect(&s, "n1", "alice");
         assert_eq!(synced_soon(&mut other, |got| *got == want), want, "{driver}");
-        let carols = synced_soon(&mut carol, |got| got.get("dm:alice:carol") == Some(&(1, 0, 1)));
-        assert_eq!(carols.get("dm:alice:carol"), Some(&(1, 0, 1)), "the sender's side of the DM");
+        let carols = synced_soon(&mut carol, |got| got.get("dm:alice:carol") == Some(&(1, 0, 1, 1)));
+        assert_eq!(carols.get("dm:alice:carol"), Some(&(1, 0, 1, 1)), "the sender's side of the DM");
         drop((alice, bob, carol, other));
         // A clean stop (the store flushes; a SIGKILL in fast mode may lose the last batch).
         let mut s = s;
@@ -184,5 +189,45 @@ fn sync_lists_joined_rooms_and_dms_with_seqs_and_read_marks_across_a_restart() {
         let s = Server::start_with(driver, ENVS, &[], &dir);
         let mut alice = Member::connect(&s, "n1", "alice");
         assert_eq!(synced(&mut alice, "s2"), want, "after a restart, {driver}");
+    }
+}
+
+#[test]
+fn delivered_marks_move_when_a_message_reaches_a_live_connection_and_members_hear_it() {
+    for driver in drivers() {
+        let s = Server::start_with(driver, ENVS, &[], &temp_data_dir("delivered"));
+        let mut alice = Member::connect(&s, "n1", "alice");
+        let mut bob = Member::connect(&s, "n1", "bob");
+        alice.join(ROOM);
+        bob.join(ROOM);
+        // Carol joins, then goes away: what is sent after that never reaches her.
+        let mut carol = Member::connect(&s, "n1", "carol");
+        carol.join(ROOM);
+        drop(carol);
+        send(&mut bob, 4);
+        assert!(
+            bob.read_until(WAIT, |v| is_delivered(v, "alice", 4)).is_some(),
+            "{driver}: {}",
+            bob.context()
+        );
+        // The sender's own connection got it too.
+        assert!(
+            alice.read_until(WAIT, |v| is_delivered(v, "bob", 4)).is_some(),
+            "{}",
+            alice.context()
+        );
+        settle(&mut bob);
+        let carols: Vec<&Value> = bob.log.iter().filter(|v| v["type"] == "receipt" && v["user"] == "carol").collect();
+        assert!(carols.is_empty(), "carol has no live connection: {carols:?}");
+        // Coalesced: at most one delivered receipt per second for four messages sent at once.
+        let alices: Vec<u64> = bob
+            .log
+            .iter()
+            .filter(|v| v["type"] == "receipt" && v["status"] == "delivered" && v["user"] == "alice")
+            .map(|v| v["seq"].as_u64().expect("seq"))
+            .collect();
+        assert!(alices.len() <= 2 && alices.windows(2).all(|w| w[0] < w[1]), "{alices:?}");
+        let inbox = synced_soon(&mut alice, |got| got.get(ROOM).is_some_and(|e| e.3 == 4));
+        assert_eq!(inbox[ROOM], (4, 0, 4, 4), "{driver}");
     }
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 10;
+pub const FRAME_VERSION: u8 = 11;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -204,6 +204,16 @@ pub enum Frame {
         from: String,
         /// Rendered JSON for the members.
         payload: Vec<u8>,
+    },
+    /// Message `seq` of `room` reached connections of `users` on a member shard (coalesced,
+    /// once a second): for the room's owner, which moves their delivered marks (version 11).
+    Delivered {
+        /// The room.
+        room: String,
+        /// The highest seq delivered.
+        seq: u64,
+        /// The users reached.
+        users: Vec<String>,
     },
     /// A member's edit, delete or reaction of a sent message, for the room's owner shard
     /// (version 9); answered with a [`Frame::Reply`].
@@ -446,6 +456,7 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::Read { room, user, req, .. } => room.len() + user.len() + opt(req),
         Frame::UserDeliver { user, room, payload, .. } => opt(user) + room.len() + payload.len(),
         Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
+        Frame::Delivered { room, users, .. } => room.len() + users.iter().map(|u| u.len() + 8).sum::<usize>(),
         Frame::Change(c) => {
             let op = match &c.op {
                 ChangeOp::Edit { body } => body.len(),

@@ -170,6 +170,7 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
     let ping = codec::control_frame(codec::ControlKind::Ping, b"hb");
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
+        shard.delivered_tick();
         shard.owner_tick();
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {

@@ -100,6 +100,9 @@ impl Shard {
     pub(super) fn member_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
         if self.subscriber.borrow_mut().deliver(room, seq, payload) {
             self.deliver_local(room, payload);
+            if seq > 0 {
+                self.note_delivered(room, seq);
+            }
         }
     }
 

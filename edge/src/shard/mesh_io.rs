@@ -182,6 +182,10 @@ impl Shard {
                 let req = req.as_ref().map(|r| r.as_str());
                 self.owner_read(room.as_str(), user.as_str(), seq.to_native(), conn.to_native(), req);
             }
+            ArchivedFrame::Delivered { room, seq, users } => {
+                let users = users.iter().map(|u| u.as_str().to_owned()).collect();
+                self.owner_delivered(room.as_str(), seq.to_native(), users);
+            }
             ArchivedFrame::Typing { room, user, typing } => self.typing_update(room.as_str(), user.as_str(), *typing),
             ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
         }
@@ -202,9 +206,10 @@ impl Shard {
             ArchivedFrame::Reset { room, seq, payload } => {
                 self.member_reset(room.as_str(), seq.to_native(), &router::payload_bytes(buf, payload.as_slice()));
             }
-            ArchivedFrame::UserDeliver { user, room, payload, .. } => {
+            ArchivedFrame::UserDeliver { user, room, seq, payload } => {
                 let only = user.as_ref().map(|u| u.as_str());
-                self.member_to_users(only, room.as_str(), &router::payload_bytes(buf, payload.as_slice()));
+                let payload = router::payload_bytes(buf, payload.as_slice());
+                self.member_to_users(only, room.as_str(), seq.to_native(), &payload);
             }
             ArchivedFrame::Event { room, from, payload } => {
                 self.member_event(room.as_str(), from.as_str(), &router::payload_bytes(buf, payload.as_slice()));

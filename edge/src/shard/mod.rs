@@ -20,6 +20,7 @@ mod accept;
 mod changes;
 mod cluster;
 mod conn;
+mod delivered;
 mod events;
 mod local;
 mod members;
@@ -141,6 +142,9 @@ pub(crate) struct Shard {
     /// Typing in the rooms this shard owns (`events`), and when its timer is armed (0: not).
     typing: RefCell<Typing>,
     typing_timer: Cell<u64>,
+    /// Rooms whose messages reached this shard's connections since the last tick, with the
+    /// highest seq (`delivered.rs`).
+    delivered: RefCell<HashMap<String, u64>>,
     /// This shard itself, for handlers that spawn tasks.
     me: Weak<Self>,
 }
@@ -208,6 +212,7 @@ impl Shard {
             sequencer,
             typing: RefCell::new(typing),
             typing_timer: Cell::new(0),
+            delivered: RefCell::new(HashMap::new()),
             me,
         }
     }

@@ -129,6 +129,21 @@ impl Shard {
         }
     }
 
+    /// The users a room's message `seq` reached on this shard (coalesced, once a second): to
+    /// the room's owner on one node, which stores their delivered marks. A cluster keeps no
+    /// marks yet (they need the shared store, issue #13).
+    pub(super) fn seq_delivered(&self, room: String, seq: u64, users: Vec<String>) {
+        let Sequencer::Local(_) = &self.sequencer else { return };
+        let owner = crate::room::owner(&room, self.shards);
+        if owner == self.id {
+            return self.owner_delivered(&room, seq, users);
+        }
+        // Marks move forward only: one shed when the ring is congested is carried by the next.
+        if !self.try_request(owner, &router::Frame::Delivered { room, seq, users }) {
+            crate::metrics::ShardStats::inc(&self.stats().events_shed_total);
+        }
+    }
+
     /// `sync`: on one node this shard's owner reads the user's rooms from the store (no mesh
     /// hop). A cluster keeps no memberships or marks yet (issue #13): the client is told so.
     pub(super) fn seq_sync(&self, conn: &Rc<Conn>, id: Option<&str>) {

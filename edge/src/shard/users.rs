@@ -57,7 +57,7 @@ impl Shard {
     pub(super) fn to_users_everywhere(&self, room: &str, seq: u64, payload: &Bytes) {
         for shard in 0..self.shards {
             if shard == self.id {
-                self.member_to_users(None, room, payload);
+                self.member_to_users(None, room, seq, payload);
                 continue;
             }
             let frame = Frame::UserDeliver {
@@ -73,7 +73,7 @@ impl Shard {
     /// A DM room's message for this shard's connections of the room's two users (or of
     /// `only`, one of them: what came on that user's channel) that are not members of the
     /// room (members get it as members).
-    pub(super) fn member_to_users(&self, only: Option<&str>, room: &str, payload: &Bytes) {
+    pub(super) fn member_to_users(&self, only: Option<&str>, room: &str, seq: u64, payload: &Bytes) {
         let Some((a, b)) = crate::auth::dm_participants(room) else { return };
         let users = self.users.borrow();
         let members = self.members.borrow();
@@ -89,5 +89,10 @@ impl Shard {
             }
         }
         ShardStats::add(&self.stats().deliveries_total, n);
+        drop((users, members, conns));
+        // Seq 0: an event about the room (an edit, a reaction), not a message.
+        if n > 0 && seq > 0 {
+            self.note_delivered(room, seq);
+        }
     }
 }

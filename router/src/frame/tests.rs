@@ -163,6 +163,11 @@ fn samples() -> Vec<Frame> {
             seq: 4,
             payload: br#"{"type":"message"}"#.to_vec(),
         },
+        Frame::Delivered {
+            room: "lobby".into(),
+            seq: 12,
+            users: vec!["ann".into(), "bob".into()],
+        },
         Frame::Change(ChangeMsg {
             room: "lobby".into(),
             seq: 7,

@@ -47,7 +47,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use storage::{Overloaded, Query, StoreError, StoredMessage};
+use storage::{MarkKind, Overloaded, Query, StoreError, StoredMessage};
 
 use super::subscriber::RoomPos;
 use super::{Busy, Failure};
@@ -196,6 +196,8 @@ enum Wait {
     Replies(Box<history::PageWait>),
     /// A `read` whose mark the store is setting.
     Mark(Box<receipts::MarkWait>),
+    /// Delivered marks the store is setting.
+    Delivered { room: String, users: Vec<String>, seq: u64 },
     /// A membership (for `sync`) the store is writing.
     Member { room: String, user: String },
     /// A step of an edit, delete or reaction.
@@ -224,8 +226,8 @@ pub struct Owner<S> {
     effects: VecDeque<Effect>,
     /// Rooms above `presence_roster_max` whose online count changed since the last tick.
     presence_counts: Vec<Rc<str>>,
-    /// Read marks that moved since the last tick: (room, user) -> seq.
-    receipts: HashMap<(String, String), u64>,
+    /// Marks that moved since the last tick: (room, user, kind) -> seq.
+    receipts: HashMap<(String, String, MarkKind), u64>,
     /// Edits, deletes and reactions running or waiting, per room.
     changes: changes::Changes,
     /// History pages whose older part waits for the room's writes to settle (fast mode):

@@ -1,6 +1,8 @@
-//! Read receipts of the rooms a shard owns, on a single node: a member's
-//! `read` moves the user's read mark in the store, forward only, and the
-//! room's members hear it as a `receipt`, coalesced.
+//! Receipts of the rooms a shard owns, on a single node: a member's `read`
+//! moves the user's read mark in the store, forward only; the member shards
+//! report, once a second, which users a room's messages reached (their
+//! delivered marks, `shard/delivered.rs`); the room's members hear both as
+//! `receipt`s, coalesced.
 //!
 //! What must stay true:
 //! - a mark never moves back: the store keeps the larger seq, and a `read`
@@ -16,6 +18,7 @@ use storage::{Answer, MarkKind, Query, StoreError};
 
 use super::{Owner, StorePort, Wait};
 use crate::engine::{Busy, Failure};
+use crate::metrics::ShardStats;
 use crate::protocol::server;
 
 impl<S: StorePort> Owner<S> {
@@ -49,11 +52,51 @@ impl<S: StorePort> Owner<S> {
         self.waits.insert(ticket, Wait::Mark(Box::new(wait)));
     }
 
+    /// Message `seq` of `room` reached connections of `users` on a member shard: their
+    /// delivered marks move to it. Nobody is answered: a mark the store cannot take now is
+    /// carried by the next one.
+    pub fn delivered(&mut self, room: &str, seq: u64, users: Vec<String>) {
+        let seq = match self.rooms.get(room) {
+            Some(r) => seq.min(r.published()),
+            None => seq,
+        };
+        if seq == 0 || users.is_empty() {
+            return;
+        }
+        let query = Query::SetMarks {
+            room: room.to_owned(),
+            users,
+            kind: MarkKind::Delivered,
+            seq,
+        };
+        let ticket = self.take_ticket();
+        if self.store.query(query.clone(), ticket).is_err() {
+            ShardStats::inc(&self.stats().store_overloaded_total);
+            return;
+        }
+        let Query::SetMarks { room, users, .. } = query else { return };
+        self.waits.insert(ticket, Wait::Delivered { room, users, seq });
+    }
+
+    /// The store answered delivered marks: each that moved to `seq` is told at the next tick.
+    pub(super) fn delivered_marked(&mut self, room: String, users: Vec<String>, seq: u64, result: Result<Answer, StoreError>) {
+        match result {
+            Ok(Answer::Marks(marks)) => {
+                for (user, mark) in users.into_iter().zip(marks).filter(|(_, m)| *m == seq) {
+                    let pending = self.receipts.entry((room.clone(), user, MarkKind::Delivered)).or_default();
+                    *pending = (*pending).max(mark);
+                }
+            }
+            Ok(other) => tracing::error!(shard = self.cfg.shard, ?other, "set_marks answered with something else"),
+            Err(e) => tracing::warn!(shard = self.cfg.shard, room, error = %e, "delivered marks not stored: the next ones carry them"),
+        }
+    }
+
     /// The store answered a `read`: a mark that moved to `seq` is told at the next tick.
     pub(super) fn marked(&mut self, mark: MarkWait, result: Result<Answer, StoreError>) {
         match result {
             Ok(Answer::Mark(now)) if now == mark.seq => {
-                let pending = self.receipts.entry((mark.room, mark.user)).or_default();
+                let pending = self.receipts.entry((mark.room, mark.user, MarkKind::Read)).or_default();
                 *pending = (*pending).max(now);
             }
             // The stored mark is ahead already: nothing moved, nobody is told.
@@ -66,14 +109,18 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
-    /// At the tick: one `receipt` per user and room whose mark moved since the last one.
+    /// At the tick: one `receipt` per user, room and kind whose mark moved since the last one.
     pub(super) fn flush_receipts(&mut self) {
-        for ((room, user), seq) in std::mem::take(&mut self.receipts) {
+        for ((room, user, kind), seq) in std::mem::take(&mut self.receipts) {
             let Some(r) = self.rooms.get(&room) else { continue };
             if r.roster().len() > self.cfg.receipts_room_max {
                 continue;
             }
-            let receipt = server::receipt(&room, &user, seq, "read");
+            let status = match kind {
+                MarkKind::Read => "read",
+                MarkKind::Delivered => "delivered",
+            };
+            let receipt = server::receipt(&room, &user, seq, status);
             self.event(&room, "", &receipt);
         }
     }
