@@ -388,7 +388,9 @@ pub async fn user_rooms_with_marks<S: MessageStore>(store: &S, p: &str) {
     for room in [&rb, &ra, &rc, &ra] {
         store.add_user_room(&user, room).await.expect("add");
     }
-    store.write_batch(&messages(&ra, 1..=7)).await.expect("write");
+    let mut sent = messages(&ra, 1..=8);
+    sent[7].sender = user.clone();
+    store.write_batch(&sent).await.expect("write");
     store.set_mark(&ra, &user, MarkKind::Read, 4).await.expect("mark");
     store.set_mark(&ra, &user, MarkKind::Delivered, 6).await.expect("mark");
     store.set_mark(&rc, &user, MarkKind::Delivered, 2).await.expect("mark");
@@ -398,23 +400,27 @@ pub async fn user_rooms_with_marks<S: MessageStore>(store: &S, p: &str) {
         .expect("mark");
     let got = store.user_rooms(&user).await.expect("user_rooms");
     let want = vec![
+        // Unread: 5, 6 and 7; 8 is the user's own.
         UserRoom {
             room: ra,
-            seq: 7,
+            seq: 8,
             read: 4,
             delivered: 6,
+            unread: 3,
         },
         UserRoom {
             room: rb,
             seq: 0,
             read: 0,
             delivered: 0,
+            unread: 0,
         },
         UserRoom {
             room: rc,
             seq: 0,
             read: 0,
             delivered: 2,
+            unread: 0,
         },
     ];
     assert_eq!(got, want);

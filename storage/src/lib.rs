@@ -52,5 +52,8 @@ pub use types::{HistoryPage, MarkKind, ReactionCount, ReactionOp, RoomState, Sto
 /// The most messages one `history` page or one `range_after` call returns; larger limits are cut to this.
 pub const MAX_PAGE_MESSAGES: usize = 1000;
 
+/// The most unread messages `user_rooms` counts in one room (a client shows "1000+").
+pub const MAX_UNREAD: u64 = 1000;
+
 /// The most items `reactions` and `user_rooms` return.
 pub const MAX_LIST_ITEMS: usize = 10_000;

@@ -65,6 +65,8 @@ pub struct UserRoom {
     pub read: u64,
     /// The delivered mark.
     pub delivered: u64,
+    /// Messages after the read mark that someone else sent, counted up to [`crate::MAX_UNREAD`].
+    pub unread: u64,
 }
 
 /// Add or remove one user's reaction.

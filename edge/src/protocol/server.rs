@@ -288,11 +288,10 @@ pub fn sync(id: Option<&str>, rooms: &[storage::UserRoom]) -> Bytes {
         }
         o.0.extend_from_slice(b"{\"room\":");
         let _ = serde_json::to_writer(&mut o.0, r.room.as_str());
-        let unread = r.seq.saturating_sub(r.read);
         let _ = write!(
             o.0,
-            ",\"seq\":{},\"read\":{},\"delivered\":{},\"unread\":{unread}}}",
-            r.seq, r.read, r.delivered
+            ",\"seq\":{},\"read\":{},\"delivered\":{},\"unread\":{}}}",
+            r.seq, r.read, r.delivered, r.unread
         );
     }
     o.0.push(b']');

@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use crate::error::{to_i64, to_u64};
 use crate::{
     HistoryPage, MarkKind, ReactionCount, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom, MAX_LIST_ITEMS, MAX_PAGE_MESSAGES,
+    MAX_UNREAD,
 };
 
 /// The columns of a message, in the order [`message_from_row`] reads them.
@@ -314,29 +315,33 @@ pub(super) fn user_rooms(conn: &Connection, user: &str) -> Result<Vec<UserRoom>,
     let mut stmt = conn
         .prepare_cached(
             "SELECT ur.room, coalesce(m.read_seq, 0), coalesce(m.delivered_seq, 0), \
-             coalesce((SELECT max(seq) FROM messages WHERE room = ur.room), 0) FROM user_rooms ur \
-             LEFT JOIN marks m ON m.user_id = ur.user_id AND m.room = ur.room \
+             coalesce((SELECT max(seq) FROM messages WHERE room = ur.room), 0), \
+             (SELECT count(*) FROM (SELECT 1 FROM messages WHERE room = ur.room AND seq > coalesce(m.read_seq, 0) \
+               AND sender != ur.user_id LIMIT ?3)) \
+             FROM user_rooms ur LEFT JOIN marks m ON m.user_id = ur.user_id AND m.room = ur.room \
              WHERE ur.user_id = ?1 ORDER BY ur.room LIMIT ?2",
         )
         .map_err(sql("prepare user_rooms"))?;
     let rows = stmt
-        .query_map(params![user, MAX_LIST_ITEMS as i64], |r| {
+        .query_map(params![user, MAX_LIST_ITEMS as i64, MAX_UNREAD as i64], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })
         .map_err(sql("read user rooms"))?;
     let mut out = Vec::new();
     for row in rows {
-        let (room, read, delivered, seq) = row.map_err(sql("read user room row"))?;
+        let (room, read, delivered, seq, unread) = row.map_err(sql("read user room row"))?;
         out.push(UserRoom {
             room,
             seq: to_u64("seq", seq)?,
             read: to_u64("mark", read)?,
             delivered: to_u64("mark", delivered)?,
+            unread: to_u64("unread", unread)?,
         });
     }
     Ok(out)

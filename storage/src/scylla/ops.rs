@@ -16,7 +16,7 @@ use super::{ScyllaStore, PARTITION_CONCURRENCY};
 use crate::error::{to_i64, to_u64};
 use crate::{
     HistoryPage, MarkKind, MessageStore, ReactionCount, ReactionOp, RoomState, StoreError, StoredMessage, UserRoom, MAX_LIST_ITEMS,
-    MAX_PAGE_MESSAGES,
+    MAX_PAGE_MESSAGES, MAX_UNREAD,
 };
 
 impl MessageStore for ScyllaStore {
@@ -309,15 +309,23 @@ impl MessageStore for ScyllaStore {
             .collect();
         // Each room's last stored seq, read concurrently (one partition read each).
         let lasts = futures_util::future::try_join_all(rooms.iter().map(|r| self.newest_before(&r.room, i64::MAX, 1))).await?;
+        let mark = |room: &str| marks.get(room).copied().unwrap_or((None, None));
+        // Each room's unread: what follows the read mark, walked up to MAX_UNREAD rows.
+        let unread = futures_util::future::try_join_all(rooms.iter().map(|r| async {
+            let after = self.oldest_after(&r.room, mark(&r.room).0.unwrap_or(0), MAX_UNREAD as i32).await?;
+            Ok::<_, StoreError>(after.iter().filter(|m| m.sender != user).count() as u64)
+        }))
+        .await?;
         rooms
             .into_iter()
-            .zip(lasts)
-            .map(|(r, last)| {
-                let (read, delivered) = marks.get(&r.room).copied().unwrap_or((None, None));
+            .zip(lasts.into_iter().zip(unread))
+            .map(|(r, (last, unread))| {
+                let (read, delivered) = mark(&r.room);
                 Ok(UserRoom {
                     seq: last.first().map_or(Ok(0), |m| to_u64("seq", m.seq))?,
                     read: to_u64("mark", read.unwrap_or(0))?,
                     delivered: to_u64("mark", delivered.unwrap_or(0))?,
+                    unread,
                     room: r.room,
                 })
             })
