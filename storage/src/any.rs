@@ -146,6 +146,14 @@ impl MessageStore for AnyStore {
         delegate!(self, s => s.replace_frame(room, seq, frame))
     }
 
+    async fn set_last_seen(&self, user: &str, ts_ms: u64) -> Result<(), StoreError> {
+        delegate!(self, s => s.set_last_seen(user, ts_ms))
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        delegate!(self, s => s.last_seen(user))
+    }
+
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {
         delegate!(self, s => s.add_user_room(user, room))
     }

@@ -26,6 +26,7 @@ pub const CASES: &[&str] = &[
     "replace_frame_in_place",
     "thread_pages_and_reply_counts",
     "user_rooms_with_marks",
+    "last_seen_moves_forward",
     "run_flags",
     "many_rooms_interleaved",
 ];
@@ -71,6 +72,7 @@ pub async fn run_case<S: MessageStore>(store: &S, case: &str, prefix: &str) {
         "replace_frame_in_place" => replace_frame_in_place(store, &p).await,
         "thread_pages_and_reply_counts" => thread_pages_and_reply_counts(store, &p).await,
         "user_rooms_with_marks" => user_rooms_with_marks(store, &p).await,
+        "last_seen_moves_forward" => last_seen_moves_forward(store, &p).await,
         "run_flags" => run_flags(store, &p).await,
         "many_rooms_interleaved" => many_rooms_interleaved(store, &p).await,
         other => panic!("unknown conformance case {other:?}"),
@@ -425,6 +427,18 @@ pub async fn user_rooms_with_marks<S: MessageStore>(store: &S, p: &str) {
     ];
     assert_eq!(got, want);
     assert!(store.user_rooms(&format!("{p}-bob")).await.expect("user_rooms").is_empty());
+}
+
+/// A user's last-seen time: none before the first, the latest after several (an older one,
+/// from a slower node or a late write, does not move it back).
+pub async fn last_seen_moves_forward<S: MessageStore>(store: &S, p: &str) {
+    let (a, b) = (format!("{p}-alice"), format!("{p}-bob"));
+    assert_eq!(store.last_seen(&a).await.expect("last_seen"), None);
+    store.set_last_seen(&a, 1_700_000_000_500).await.expect("set");
+    store.set_last_seen(&a, 1_700_000_000_900).await.expect("set");
+    store.set_last_seen(&a, 1_700_000_000_700).await.expect("set older");
+    assert_eq!(store.last_seen(&a).await.expect("last_seen"), Some(1_700_000_000_900));
+    assert_eq!(store.last_seen(&b).await.expect("last_seen"), None, "users are independent");
 }
 
 /// `begin_run` reports whether the previous run ended with `end_run`.

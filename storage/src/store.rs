@@ -88,6 +88,12 @@ pub trait MessageStore: Send + Sync + 'static {
     /// holds no such message. Nothing else of the message changes.
     fn replace_frame(&self, room: &str, seq: u64, frame: &Bytes) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Records that `user` was last seen at `ts_ms` (a later time than the stored one wins).
+    fn set_last_seen(&self, user: &str, ts_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// When `user` was last seen, if ever.
+    fn last_seen(&self, user: &str) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
     /// Adds `room` to `user`'s room list (idempotent).
     fn add_user_room(&self, user: &str, room: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 

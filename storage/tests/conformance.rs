@@ -42,6 +42,7 @@ embedded_cases!(
     replace_frame_in_place,
     thread_pages_and_reply_counts,
     user_rooms_with_marks,
+    last_seen_moves_forward,
     run_flags,
     many_rooms_interleaved,
 );

@@ -213,6 +213,16 @@ impl MessageStore for EmbeddedStore {
         self.on_writer(move |c| ops::replace_frame(c, &room, seq, &frame)).await
     }
 
+    async fn set_last_seen(&self, user: &str, ts_ms: u64) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.on_writer(move |c| ops::set_last_seen(c, &user, ts_ms)).await
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        let user = user.to_owned();
+        self.on_reader(move |c| ops::last_seen(c, &user)).await
+    }
+
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {
         let (user, room) = (user.to_owned(), room.to_owned());
         self.on_writer(move |c| ops::add_user_room(c, &user, &room)).await

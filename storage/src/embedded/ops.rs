@@ -304,6 +304,24 @@ pub(super) fn replace_frame(conn: &Connection, room: &str, seq: u64, frame: &[u8
     Ok(changed == 1)
 }
 
+pub(super) fn set_last_seen(conn: &Connection, user: &str, ts_ms: u64) -> Result<(), StoreError> {
+    let ts = to_i64("ts_ms", ts_ms)?;
+    conn.prepare_cached(
+        "INSERT INTO last_seen (user_id, ts_ms) VALUES (?1, ?2) ON CONFLICT (user_id) DO UPDATE SET ts_ms = max(ts_ms, excluded.ts_ms)",
+    )
+    .and_then(|mut s| s.execute(params![user, ts]))
+    .map_err(sql("set last seen"))?;
+    Ok(())
+}
+
+pub(super) fn last_seen(conn: &Connection, user: &str) -> Result<Option<u64>, StoreError> {
+    let ts: Option<i64> = conn
+        .prepare_cached("SELECT ts_ms FROM last_seen WHERE user_id = ?1")
+        .and_then(|mut s| s.query_row([user], |r| r.get(0)).optional())
+        .map_err(sql("read last seen"))?;
+    ts.map(|t| to_u64("ts_ms", t)).transpose()
+}
+
 pub(super) fn add_user_room(conn: &Connection, user: &str, room: &str) -> Result<(), StoreError> {
     conn.prepare_cached("INSERT INTO user_rooms (user_id, room) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
         .and_then(|mut s| s.execute(params![user, room]))

@@ -82,6 +82,8 @@ const MIGRATIONS: &[&str] = &[
     UPDATE messages SET reply_to = json_extract(CAST(frame AS TEXT), '$.reply_to')
         WHERE json_valid(CAST(frame AS TEXT)) AND json_type(CAST(frame AS TEXT), '$.reply_to') = 'integer';
     CREATE INDEX messages_thread ON messages (room, reply_to, seq) WHERE reply_to IS NOT NULL;",
+    // Version 3: when each user was last seen.
+    "CREATE TABLE last_seen (user_id TEXT PRIMARY KEY NOT NULL, ts_ms INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
 /// The schema version this binary writes.

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[MigrationFile] = &[
         name: "002_threads.cql",
         cql: include_str!("../../schema/002_threads.cql"),
     },
+    MigrationFile {
+        version: 3,
+        name: "003_last_seen.cql",
+        cql: include_str!("../../schema/003_last_seen.cql"),
+    },
 ];
 
 /// The (table, column) an `ALTER TABLE <table> ADD <column> <type>` statement adds; `None`

@@ -281,6 +281,23 @@ impl MessageStore for ScyllaStore {
         Ok(true)
     }
 
+    async fn set_last_seen(&self, user: &str, ts_ms: u64) -> Result<(), StoreError> {
+        let ts = to_i64("ts_ms", ts_ms)?;
+        let row = LastSeenRow {
+            // Microseconds, as Scylla's own write timestamps are.
+            write_timestamp: ts.saturating_mul(1000),
+            ts_ms: ts,
+            user_id: user.to_owned(),
+        };
+        self.prepared.run(&UPDATE_LAST_SEEN, &row).await.map(drop)
+    }
+
+    async fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        let key = UserIdKey { user_id: user.to_owned() };
+        let row = self.prepared.rows(&SELECT_LAST_SEEN, &key).await?.pop();
+        row.and_then(|r| r.ts_ms).map(|t| to_u64("ts_ms", t)).transpose()
+    }
+
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {
         self.prepared
             .run(

@@ -190,6 +190,13 @@ cql_row!(UserRoomRow {
     room: String
 });
 cql_row!(RoomRow { room: String });
+cql_row!(LastSeenRow {
+    write_timestamp: i64,
+    ts_ms: i64,
+    user_id: String
+});
+cql_row!(TsRow { ts_ms: Option<i64> });
+cql_row!(UserIdKey { user_id: String });
 cql_row!(NodeKey { node_id: String });
 cql_row!(NodeRun {
     node_id: String,
@@ -304,6 +311,9 @@ statements! {
     INSERT_REACTION: Reaction => () = "INSERT INTO reactions (room, seq, emoji, user_id) VALUES (?, ?, ?, ?)";
     DELETE_REACTION: Reaction => () = "DELETE FROM reactions WHERE room = ? AND seq = ? AND emoji = ? AND user_id = ?";
     SELECT_REACTIONS: ReactionsKey => ReactionPair = "SELECT emoji, user_id FROM reactions WHERE room = ? AND seq = ? LIMIT ?";
+    /// The write timestamp is the time itself: the latest wins, as with marks.
+    UPDATE_LAST_SEEN: LastSeenRow => () = "UPDATE last_seen USING TIMESTAMP ? SET ts_ms = ? WHERE user_id = ?";
+    SELECT_LAST_SEEN: UserIdKey => TsRow = "SELECT ts_ms FROM last_seen WHERE user_id = ?";
     INSERT_USER_ROOM: UserRoomRow => () = "INSERT INTO user_rooms (user_id, room) VALUES (?, ?)";
     SELECT_USER_ROOMS: UserKey => RoomRow = "SELECT room FROM user_rooms WHERE user_id = ? LIMIT ?";
     SELECT_NODE_RUN: NodeKey => OpenRow = "SELECT open FROM node_runs WHERE node_id = ?";

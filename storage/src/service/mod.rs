@@ -88,6 +88,10 @@ pub enum Query {
     ReactionCounts { room: String, from: u64, to: u64, user: String },
     /// [`MessageStore::replace_frame`] → [`Answer::Replaced`].
     ReplaceFrame { room: String, seq: u64, frame: Bytes },
+    /// [`MessageStore::set_last_seen`] → [`Answer::LastSeenSet`].
+    SetLastSeen { user: String, ts_ms: u64 },
+    /// [`MessageStore::last_seen`] → [`Answer::LastSeen`].
+    LastSeen { user: String },
     /// [`MessageStore::add_user_room`] → [`Answer::UserRoomAdded`].
     AddUserRoom { user: String, room: String },
     /// [`MessageStore::user_rooms`] → [`Answer::UserRooms`].
@@ -98,7 +102,11 @@ impl Query {
     /// The key that orders queries: queries with the same key run one after another in submit order.
     fn order_key(&self) -> &str {
         match self {
-            Self::SetMark { user, .. } | Self::AddUserRoom { user, .. } | Self::UserRooms { user } => user,
+            Self::SetMark { user, .. }
+            | Self::AddUserRoom { user, .. }
+            | Self::UserRooms { user }
+            | Self::SetLastSeen { user, .. }
+            | Self::LastSeen { user } => user,
             Self::RoomState { room, .. }
             | Self::SetEpoch { room, .. }
             | Self::History { room, .. }
@@ -142,6 +150,10 @@ pub enum Answer {
     ReplyCounts(Vec<(u64, u64)>),
     /// Whether a stored message's frame was replaced.
     Replaced(bool),
+    /// The last-seen time was stored.
+    LastSeenSet,
+    /// When the user was last seen, if ever.
+    LastSeen(Option<u64>),
     /// The room was added to the user's list.
     UserRoomAdded,
     /// The user's rooms with marks.

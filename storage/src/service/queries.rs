@@ -107,6 +107,11 @@ pub(super) async fn answer<S: MessageStore>(store: &S, query: Query) -> Result<A
         Query::Reactions { room, seq } => Answer::Reactions(store.reactions(&room, seq).await?),
         Query::ReactionCounts { room, from, to, user } => Answer::ReactionCounts(store.reaction_counts(&room, from, to, &user).await?),
         Query::ReplaceFrame { room, seq, frame } => Answer::Replaced(store.replace_frame(&room, seq, &frame).await?),
+        Query::SetLastSeen { user, ts_ms } => {
+            store.set_last_seen(&user, ts_ms).await?;
+            Answer::LastSeenSet
+        }
+        Query::LastSeen { user } => Answer::LastSeen(store.last_seen(&user).await?),
         Query::AddUserRoom { user, room } => {
             store.add_user_room(&user, &room).await?;
             Answer::UserRoomAdded

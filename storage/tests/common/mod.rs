@@ -170,6 +170,12 @@ impl<S: MessageStore> MessageStore for Probe<S> {
     async fn replace_frame(&self, room: &str, seq: u64, frame: &Bytes) -> Result<bool, StoreError> {
         self.inner.replace_frame(room, seq, frame).await
     }
+    async fn set_last_seen(&self, user: &str, ts_ms: u64) -> Result<(), StoreError> {
+        self.inner.set_last_seen(user, ts_ms).await
+    }
+    async fn last_seen(&self, user: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.last_seen(user).await
+    }
     async fn add_user_room(&self, user: &str, room: &str) -> Result<(), StoreError> {
         self.inner.add_user_room(user, room).await
     }

@@ -69,6 +69,7 @@ fn schema_files_are_numbered_and_idempotent() {
         "reactions",
         "user_rooms",
         "node_runs",
+        "last_seen",
     ] {
         assert!(schema.contains_key(t), "table {t} missing");
     }
