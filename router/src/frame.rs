@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 11;
+pub const FRAME_VERSION: u8 = 12;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -214,6 +214,26 @@ pub enum Frame {
         seq: u64,
         /// The users reached.
         users: Vec<String>,
+    },
+    /// Shard `shard` holds its first connection of `user` (`online`), or closed its last
+    /// one: for the user's home shard, which keeps the user's last seen (version 12).
+    Seen {
+        /// The user.
+        user: String,
+        /// The reporting shard.
+        shard: u16,
+        /// First connection (else last one gone).
+        online: bool,
+    },
+    /// A connection asks whether `user` is online and when it was last seen: for the user's
+    /// home shard, answered with a [`Frame::Reply`] (version 12).
+    LastSeen {
+        /// The user asked about.
+        user: String,
+        /// The asking connection.
+        conn: u64,
+        /// The client's request id.
+        req: Option<String>,
     },
     /// A member's edit, delete or reaction of a sent message, for the room's owner shard
     /// (version 9); answered with a [`Frame::Reply`].
@@ -456,6 +476,8 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::Read { room, user, req, .. } => room.len() + user.len() + opt(req),
         Frame::UserDeliver { user, room, payload, .. } => opt(user) + room.len() + payload.len(),
         Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
+        Frame::Seen { user, .. } => user.len(),
+        Frame::LastSeen { user, req, .. } => user.len() + opt(req),
         Frame::Delivered { room, users, .. } => room.len() + users.iter().map(|u| u.len() + 8).sum::<usize>(),
         Frame::Change(c) => {
             let op = match &c.op {

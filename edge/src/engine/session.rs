@@ -99,6 +99,8 @@ pub enum Step<'a> {
     },
     /// Who is online in a room the user may see.
     Presence { room: Cow<'a, str> },
+    /// Whether `user` (a valid user id) is online, and when it was last seen.
+    LastSeen { user: Cow<'a, str> },
     /// The user's rooms with their seqs and marks.
     Sync,
     /// The user read a room it may see up to `seq`.
@@ -233,6 +235,8 @@ impl Session {
                 Ok(()) => Step::Presence { room },
                 Err(refusal) => Step::Reply(refusal),
             },
+            Request::LastSeen { user } if auth::is_valid_user_id(&user) => Step::LastSeen { user },
+            Request::LastSeen { .. } => Step::Reply(error(id, ErrorCode::BadRequest, "presence: invalid user id")),
             Request::Sync => Step::Sync,
             Request::Read { room, seq } => match self.may_see(id, &room) {
                 Ok(()) => Step::Read { room, seq },

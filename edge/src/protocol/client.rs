@@ -140,6 +140,8 @@ pub enum Request<'a> {
     },
     /// Who is online.
     Presence { room: Cow<'a, str> },
+    /// Whether a user is online, and when it was last seen (`presence` with `user`).
+    LastSeen { user: Cow<'a, str> },
     /// Offline inbox summary.
     Sync,
     /// Liveness check.
@@ -188,7 +190,7 @@ pub fn type_name(r: &Request<'_>) -> &'static str {
         Request::Edit { .. } => "edit",
         Request::Delete { .. } => "delete",
         Request::History { .. } => "history",
-        Request::Presence { .. } => "presence",
+        Request::Presence { .. } | Request::LastSeen { .. } => "presence",
         Request::Sync => "sync",
         Request::Ping => "ping",
     }
@@ -211,6 +213,8 @@ struct RawIn<'a> {
     room: Option<Str<'a>>,
     #[serde(borrow)]
     to: Option<Str<'a>>,
+    #[serde(borrow)]
+    user: Option<Str<'a>>,
     #[serde(borrow)]
     body: Option<Str<'a>>,
     #[serde(borrow)]
@@ -239,6 +243,7 @@ struct Raw<'a> {
     token: Option<Cow<'a, str>>,
     room: Option<Cow<'a, str>>,
     to: Option<Cow<'a, str>>,
+    user: Option<Cow<'a, str>>,
     body: Option<Cow<'a, str>>,
     client_id: Option<Cow<'a, str>>,
     kind: Option<Cow<'a, str>>,
@@ -262,6 +267,7 @@ impl<'a> From<RawIn<'a>> for Raw<'a> {
             token: r.token.map(|s| s.0),
             room: r.room.map(|s| s.0),
             to: r.to.map(|s| s.0),
+            user: r.user.map(|s| s.0),
             body: r.body.map(|s| s.0),
             client_id: r.client_id.map(|s| s.0),
             kind: r.kind.map(|s| s.0),
@@ -432,8 +438,15 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
                 thread: r.thread,
             }
         }
-        "presence" => Request::Presence {
-            room: need(r.room, t, "room")?,
+        "presence" => match (r.room, r.user) {
+            (Some(room), None) => Request::Presence { room },
+            (None, Some(user)) => Request::LastSeen { user },
+            _ => {
+                return Err((
+                    ErrorCode::BadRequest,
+                    "presence: exactly one of `room` or `user` is required".into(),
+                ))
+            }
         },
         "sync" => Request::Sync,
         "ping" => Request::Ping,

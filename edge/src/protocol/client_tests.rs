@@ -64,6 +64,14 @@ fn every_type_parses() {
         ok(r#"{"type":"presence","room":"r"}"#).request,
         Request::Presence { room: "r".into() }
     );
+    assert_eq!(
+        ok(r#"{"type":"presence","user":"bob"}"#).request,
+        Request::LastSeen { user: "bob".into() }
+    );
+    assert_eq!(
+        err(r#"{"type":"presence","user":"bob","room":"r"}"#).message,
+        "presence: exactly one of `room` or `user` is required"
+    );
     assert_eq!(ok(r#"{"type":"sync"}"#).request, Request::Sync);
     let p = ok(r#"{"type":"ping","id":7,"future_field":[1,2]}"#);
     assert_eq!((p.request, p.id.map(|i| i.get())), (Request::Ping, Some("7")));

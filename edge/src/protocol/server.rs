@@ -309,6 +309,18 @@ pub fn receipt(room: &str, user: &str, seq: u64, status: &str) -> Bytes {
         .done()
 }
 
+/// `presence` of one user (the answer to `presence` with `user`): `online`, or `offline`
+/// with the time it was last seen (`null`: never seen).
+pub fn presence_user(id: Option<&str>, user: &str, online: bool, last_seen: Option<u64>) -> Bytes {
+    let mut o = Obj::new("presence", 96 + user.len());
+    o.id(id).str("user", user).str("status", if online { "online" } else { "offline" });
+    match last_seen {
+        Some(ts) => o.num("last_seen", ts),
+        None => o.raw("last_seen", "null"),
+    };
+    o.done()
+}
+
 /// `presence` count (**extension**): a room above `presence_roster_max` users online tells
 /// its members how many are online, coalesced, instead of every user's event.
 pub fn presence_count(room: &str, count: usize) -> Bytes {

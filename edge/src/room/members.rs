@@ -42,6 +42,11 @@ impl MemberIndex {
         self.rooms.get(room).map_or(&[], Vec::as_slice)
     }
 
+    /// The keys with at least one local member (rooms, or users in the user index).
+    pub fn keys(&self) -> Vec<String> {
+        self.rooms.keys().cloned().collect()
+    }
+
     /// Rooms with at least one local member.
     pub fn room_count(&self) -> usize {
         self.rooms.len()

@@ -252,6 +252,7 @@ impl Shard {
         let max = self.drain_retry_ms_max.get().max(1);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         tracing::info!(shard = self.id, connections = conns.len(), "draining");
+        self.seq_stopping();
         for conn in &conns {
             let retry_ms = rand::random_range(0..max);
             conn.out.push_text(crate::protocol::server::reconnect(retry_ms, "drain"));

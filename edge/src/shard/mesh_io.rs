@@ -182,6 +182,14 @@ impl Shard {
                 let req = req.as_ref().map(|r| r.as_str());
                 self.owner_read(room.as_str(), user.as_str(), seq.to_native(), conn.to_native(), req);
             }
+            ArchivedFrame::Seen { user, shard, online } => {
+                let (user, shard) = (user.as_str(), usize::from(shard.to_native()));
+                self.with_owner(|o, now| o.user_seen(user, shard, *online, now));
+            }
+            ArchivedFrame::LastSeen { user, conn, req } => {
+                let req = req.as_ref().map(|r| r.as_str());
+                self.with_owner(|o, now| o.last_seen(user.as_str(), conn.to_native(), req, now));
+            }
             ArchivedFrame::Delivered { room, seq, users } => {
                 let users = users.iter().map(|u| u.as_str().to_owned()).collect();
                 self.owner_delivered(room.as_str(), seq.to_native(), users);

@@ -72,6 +72,7 @@ impl Shard {
                 thread,
             } => self.seq_history(conn, id, &room, super::sequencer::Page { before, limit, thread }),
             Step::Presence { room } => self.seq_presence(conn, id, &room),
+            Step::LastSeen { user } => self.seq_last_seen(conn, id, &user),
             Step::Typing { room, typing } => self.on_typing(conn, &room, typing),
             Step::Read { room, seq } => self.seq_read(conn, id, &room, seq),
             Step::Sync => self.seq_sync(conn, id),

@@ -144,6 +144,52 @@ impl Shard {
         }
     }
 
+    /// This shard holds its first connection of `user` (`online`) or closed its last one: on
+    /// one node, to the user's home shard, which keeps its last seen. A cluster keeps it in
+    /// each room's presence leases instead.
+    pub(super) fn seq_seen(&self, user: &str, online: bool) {
+        let Sequencer::Local(_) = &self.sequencer else { return };
+        let home = crate::room::owner(user, self.shards);
+        if home == self.id {
+            return self.with_owner(|o, now| o.user_seen(user, home, online, now));
+        }
+        // Never shed: a lost report would leave the user online, or offline, for good.
+        let frame = router::Frame::Seen {
+            user: user.to_owned(),
+            shard: self.id as u16,
+            online,
+        };
+        self.send_frame(home, &frame);
+    }
+
+    /// The node is stopping: on one node, the users this shard holds are seen now.
+    pub(super) fn seq_stopping(&self) {
+        let Sequencer::Local(_) = &self.sequencer else { return };
+        let users = self.users.borrow().keys();
+        self.with_owner(|o, now| o.stopping(&users, now));
+    }
+
+    /// `presence` of one user: on one node, from the user's home shard. A cluster does not
+    /// keep users' last seen yet: the client is told so.
+    pub(super) fn seq_last_seen(&self, conn: &Rc<Conn>, id: Option<&str>, user: &str) {
+        if let Sequencer::Redis(_) = &self.sequencer {
+            let msg = "presence of a user is not available in cluster mode yet (ask a room's presence)";
+            return self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
+        }
+        let home = crate::room::owner(user, self.shards);
+        if home == self.id {
+            return self.with_owner(|o, now| o.last_seen(user, conn.id, id, now));
+        }
+        let frame = router::Frame::LastSeen {
+            user: user.to_owned(),
+            conn: conn.id,
+            req: id.map(str::to_owned),
+        };
+        if !self.try_request(home, &frame) {
+            self.overloaded(conn, id);
+        }
+    }
+
     /// `sync`: on one node this shard's owner reads the user's rooms from the store (no mesh
     /// hop). A cluster keeps no memberships or marks yet (issue #13): the client is told so.
     pub(super) fn seq_sync(&self, conn: &Rc<Conn>, id: Option<&str>) {

@@ -25,6 +25,7 @@ impl Shard {
         let first = self.users.borrow().get(user).is_empty();
         if self.users.borrow_mut().insert(user, conn.id) && first {
             self.user_channel(user, true);
+            self.seq_seen(user, true);
         }
     }
 
@@ -34,6 +35,7 @@ impl Shard {
         let removed = self.users.borrow_mut().remove(&user.sub, conn.id);
         if removed && self.users.borrow().get(&user.sub).is_empty() {
             self.user_channel(&user.sub, false);
+            self.seq_seen(&user.sub, false);
         }
     }
 

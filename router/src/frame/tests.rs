@@ -163,6 +163,16 @@ fn samples() -> Vec<Frame> {
             seq: 4,
             payload: br#"{"type":"message"}"#.to_vec(),
         },
+        Frame::Seen {
+            user: "ann".into(),
+            shard: 1,
+            online: false,
+        },
+        Frame::LastSeen {
+            user: "ann".into(),
+            conn: 4,
+            req: Some("\"ls\"".into()),
+        },
         Frame::Delivered {
             room: "lobby".into(),
             seq: 12,

@@ -235,6 +235,8 @@ impl<S: StorePort> Owner<S> {
             (Wait::Reactions(w), result) => self.reactions_answered(*w, result),
             (Wait::Replies(w), result) => self.replies_answered(*w, result),
             (Wait::Mark(mark), result) => self.marked(*mark, result),
+            (Wait::LastSeenSet { user }, result) => self.last_seen_stored(&user, result),
+            (Wait::LastSeen { user, conn, req }, result) => self.last_seen_read(&user, conn, req.as_deref(), result),
             (Wait::Delivered { room, users, seq }, result) => self.delivered_marked(room, users, seq, result),
             (Wait::Member { room, user }, result) => self.member_recorded(&room, &user, result),
             (Wait::Sync { conn, req }, result) => self.synced(conn, req.as_deref(), result),

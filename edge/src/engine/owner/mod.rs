@@ -35,6 +35,7 @@ mod history;
 mod load;
 mod presence;
 mod receipts;
+mod seen;
 mod sync;
 
 #[cfg(test)]
@@ -196,6 +197,10 @@ enum Wait {
     Replies(Box<history::PageWait>),
     /// A `read` whose mark the store is setting.
     Mark(Box<receipts::MarkWait>),
+    /// A user's last-seen time the store is writing.
+    LastSeenSet { user: String },
+    /// A user's last-seen time the store is reading, for a connection.
+    LastSeen { user: String, conn: u64, req: Option<String> },
     /// Delivered marks the store is setting.
     Delivered { room: String, users: Vec<String>, seq: u64 },
     /// A membership (for `sync`) the store is writing.
@@ -230,6 +235,8 @@ pub struct Owner<S> {
     receipts: HashMap<(String, String, MarkKind), u64>,
     /// Edits, deletes and reactions running or waiting, per room.
     changes: changes::Changes,
+    /// Users whose home shard this is and who are online: the shards holding a connection of each.
+    seen: HashMap<String, Vec<usize>>,
     /// History pages whose older part waits for the room's writes to settle (fast mode):
     /// (the seq below which the store must hold everything, the page, its query).
     deferred_pages: HashMap<String, Vec<(u64, Box<history::PageWait>, Query)>>,
@@ -251,6 +258,7 @@ impl<S: StorePort> Owner<S> {
             receipts: HashMap::new(),
             changes: HashMap::new(),
             deferred_pages: HashMap::new(),
+            seen: HashMap::new(),
         }
     }
 

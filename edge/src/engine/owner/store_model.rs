@@ -20,6 +20,7 @@ pub(super) struct Port {
     pub(super) messages: BTreeMap<u64, StoredMessage>,
     /// (seq, emoji, user).
     pub(super) reactions: BTreeSet<(u64, String, String)>,
+    pub(super) last_seen: BTreeMap<String, u64>,
 }
 
 impl StorePort for Port {
@@ -98,6 +99,12 @@ impl Port {
                 Answer::ReplyCounts(counts.into_iter().collect())
             }
             Query::AddUserRoom { .. } => Answer::UserRoomAdded,
+            Query::SetLastSeen { user, ts_ms } => {
+                let t = self.last_seen.entry(user).or_default();
+                *t = (*t).max(ts_ms);
+                Answer::LastSeenSet
+            }
+            Query::LastSeen { user } => Answer::LastSeen(self.last_seen.get(&user).copied()),
             other => panic!("unexpected query {other:?}"),
         }
     }
