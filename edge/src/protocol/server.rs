@@ -309,6 +309,22 @@ pub fn receipt(room: &str, user: &str, seq: u64, status: &str) -> Bytes {
         .done()
 }
 
+/// `receipt` of several users at once (**extension**): the delivered marks of `users` in
+/// `room` reached `seq` (one frame per room and tick, not one per user).
+pub fn receipt_users(room: &str, users: &[String], seq: u64, status: &str) -> Bytes {
+    let mut o = Obj::new("receipt", 80 + room.len() + users.iter().map(|u| u.len() + 3).sum::<usize>());
+    o.str("room", room).key("users");
+    o.0.push(b'[');
+    for (i, u) in users.iter().enumerate() {
+        if i > 0 {
+            o.0.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut o.0, u.as_str());
+    }
+    o.0.push(b']');
+    o.num("seq", seq).str("status", status).done()
+}
+
 /// `presence` of one user (the answer to `presence` with `user`): `online`, or `offline`
 /// with the time it was last seen (`null`: never seen).
 pub fn presence_user(id: Option<&str>, user: &str, online: bool, last_seen: Option<u64>) -> Bytes {

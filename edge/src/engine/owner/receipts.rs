@@ -8,11 +8,14 @@
 //! - a mark never moves back: the store keeps the larger seq, and a `read`
 //!   below the stored mark changes nothing and tells nobody (not an error);
 //! - a `read` past the room's last published message marks that message;
-//! - pushes are coalesced: at each tick, one `receipt` per user and room that
-//!   moved since, with the highest seq; rooms above `receipts_room_max`
+//! - pushes are coalesced: at each tick, one read `receipt` per user and room
+//!   that moved since, with the highest seq, and one delivered `receipt` per
+//!   room and seq naming every user whose mark reached it; rooms above `receipts_room_max`
 //!   users online push none (the marks are still stored);
 //! - a receipt is ephemeral (an event for every member, shed for a member
 //!   whose queue is backed up), never a message.
+
+use std::collections::BTreeMap;
 
 use storage::{Answer, MarkKind, Query, StoreError};
 
@@ -110,17 +113,26 @@ impl<S: StorePort> Owner<S> {
     }
 
     /// At the tick: one `receipt` per user, room and kind whose mark moved since the last one.
+    /// Read receipts go one per user; delivered ones one per room and seq, with every user
+    /// whose mark reached it (they move together: a message reaches all members at once).
     pub(super) fn flush_receipts(&mut self) {
+        let mut delivered: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
         for ((room, user, kind), seq) in std::mem::take(&mut self.receipts) {
             let Some(r) = self.rooms.get(&room) else { continue };
             if r.roster().len() > self.cfg.receipts_room_max {
                 continue;
             }
-            let status = match kind {
-                MarkKind::Read => "read",
-                MarkKind::Delivered => "delivered",
-            };
-            let receipt = server::receipt(&room, &user, seq, status);
+            match kind {
+                MarkKind::Read => {
+                    let receipt = server::receipt(&room, &user, seq, "read");
+                    self.event(&room, "", &receipt);
+                }
+                MarkKind::Delivered => delivered.entry((room, seq)).or_default().push(user),
+            }
+        }
+        for ((room, seq), mut users) in delivered {
+            users.sort_unstable();
+            let receipt = server::receipt_users(&room, &users, seq, "delivered");
             self.event(&room, "", &receipt);
         }
     }
