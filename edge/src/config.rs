@@ -118,6 +118,10 @@ pub struct Config {
     /// Rooms with more users online than this push no `receipt` events (read marks are
     /// still stored).
     pub receipts_room_max: usize,
+    /// Single node: keep delivered marks (a message handed to one of a user's live
+    /// connections moves the user's delivered mark, stored and pushed as `receipt`).
+    /// `false` saves their cost on the fan-out path; `sync` then reports 0.
+    pub delivered_marks: bool,
     /// A `typing` start stops by itself after this many ms without a refresh.
     pub typing_ttl_ms: u64,
     /// A room's typing events go out at most once per this many ms; changes in between
@@ -243,6 +247,7 @@ impl Default for Config {
             presence_heartbeat_ms: 5_000,
             presence_roster_max: 200,
             receipts_room_max: 100,
+            delivered_marks: true,
             typing_ttl_ms: 5_000,
             typing_interval_ms: 500,
             cluster_join_timeout_ms: 5_000,

@@ -244,3 +244,25 @@ fn delivered_marks_move_when_a_message_reaches_a_live_connection_and_members_hea
         assert_eq!(inbox[ROOM], (4, 0, 4, 4), "{driver}");
     }
 }
+
+#[test]
+fn delivered_marks_can_be_turned_off() {
+    let envs = [ENVS, &[("EDGE_DELIVERED_MARKS", "false")]].concat();
+    let s = Server::start_with("io_uring", &envs, &[], &temp_data_dir("no-delivered"));
+    let mut alice = Member::connect(&s, "n1", "alice");
+    let mut bob = Member::connect(&s, "n1", "bob");
+    alice.join(ROOM);
+    bob.join(ROOM);
+    send(&mut bob, 2);
+    alice.send(json!({"type": "read", "room": ROOM, "seq": 2}));
+    // The read receipt goes out at a tick: by then a delivered one would have too.
+    assert!(bob.read_until(WAIT, |v| is_receipt(v, "alice", 2)).is_some(), "{}", bob.context());
+    settle(&mut bob);
+    assert!(
+        bob.log.iter().all(|v| v["status"] != "delivered"),
+        "no delivered receipt: {}",
+        bob.context()
+    );
+    let inbox = synced_soon(&mut alice, |got| got.get(ROOM).is_some_and(|e| e.1 == 2));
+    assert_eq!(inbox[ROOM], (2, 2, 0, 0), "read kept, delivered not");
+}

@@ -20,6 +20,9 @@ use super::Shard;
 impl Shard {
     /// Message `seq` of `room` reached this shard's connections (hot path).
     pub(super) fn note_delivered(&self, room: &str, seq: u64) {
+        if !self.cfg.delivered_marks {
+            return;
+        }
         let mut d = self.delivered.borrow_mut();
         match d.get_mut(room) {
             Some(s) => *s = (*s).max(seq),
