@@ -122,6 +122,10 @@ pub struct Config {
     /// connections moves the user's delivered mark, stored and pushed as `receipt`).
     /// `false` saves their cost on the fan-out path; `sync` then reports 0.
     pub delivered_marks: bool,
+    /// Single node: delivered marks reach the store at most this often (ms), each
+    /// (room, user) once per flush; pushes still go out every second. A crash loses at
+    /// most this much of them.
+    pub delivered_flush_ms: u64,
     /// A `typing` start stops by itself after this many ms without a refresh.
     pub typing_ttl_ms: u64,
     /// A room's typing events go out at most once per this many ms; changes in between
@@ -248,6 +252,7 @@ impl Default for Config {
             presence_roster_max: 200,
             receipts_room_max: 100,
             delivered_marks: true,
+            delivered_flush_ms: 10_000,
             typing_ttl_ms: 5_000,
             typing_interval_ms: 500,
             cluster_join_timeout_ms: 5_000,

@@ -76,6 +76,8 @@ fn per_send(durability: Durability, client_ids: bool) -> f64 {
         history_page_max_bytes: 1 << 20,
         presence_roster_max: 100,
         receipts_room_max: 100,
+        delivered_marks: true,
+        delivered_flush_ms: 1_000,
         previous_run_clean: true,
         run_epoch: 1,
     };

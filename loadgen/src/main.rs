@@ -9,7 +9,7 @@ use loadgen::{output, report, scenario};
 #[command(
     name = "loadgen",
     version,
-    about = "Load generator for the edge: idle, fan-out and reconnect-storm scenarios with correctness checks"
+    about = "Load generator for the edge: idle, fan-out, reconnect-storm, typing and inbox scenarios with correctness checks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,6 +24,10 @@ enum Cmd {
     Fanout(scenario::fanout::FanoutArgs),
     /// Make N connections reconnect at once.
     Storm(scenario::storm::StormArgs),
+    /// One room where every member types: typing events delivered and their server CPU.
+    Typing(scenario::typing::TypingArgs),
+    /// The latency of `sync` for a user in many rooms.
+    Inbox(scenario::inbox::InboxArgs),
     /// Print the ratios of two runs' figures (B/A).
     Compare {
         /// The baseline run's JSON.
@@ -46,6 +50,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Idle(a) => scenario::idle::run(a),
         Cmd::Fanout(a) => scenario::fanout::run(a),
         Cmd::Storm(a) => scenario::storm::run(a),
+        Cmd::Typing(a) => scenario::typing::run(a),
+        Cmd::Inbox(a) => scenario::inbox::run(a),
         Cmd::Compare { a, b } => output::compare(&a, &b).map(|()| true),
         Cmd::Report { dir } => report::regenerate(&dir).map(|()| true),
     };

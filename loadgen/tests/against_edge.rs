@@ -147,6 +147,76 @@ fn fanout_over_a_few_hundred_connections_is_correct() {
 }
 
 #[test]
+fn typing_counts_events_and_pacing_coalesces_them() {
+    let run = |envs: &[(&str, &str)], name: &str| {
+        let edge = Edge::start(envs);
+        let pid = edge.child.id().to_string();
+        let args = [
+            "typing",
+            "--url",
+            &edge.url,
+            "--members",
+            "10",
+            "--refresh-ms",
+            "50",
+            "--burst-ms",
+            "200",
+            "--pause-ms",
+            "100",
+            "--warmup-s",
+            "1",
+            "--duration-s",
+            "2",
+            "--server-pid",
+            &pid,
+        ];
+        let (out, v) = run_json(&args, name);
+        assert!(out.status.success(), "{}", show(&out));
+        assert_eq!(v["results"]["members_joined"], 10, "{}", show(&out));
+        assert!(
+            v["results"]["server_cpu_ns_per_event_delivered"].as_f64().is_some_and(|n| n > 0.0),
+            "{}",
+            show(&out)
+        );
+        v["results"]["typing_events_delivered_per_s"].as_f64().expect("events/s")
+    };
+    // 10 members, a change every ~150 ms each: every change reaches 9 members at once;
+    // paced at 500 ms per room, a burst's start and stop often fall in one interval.
+    let unpaced = run(
+        &[("EDGE_TYPING_INTERVAL_MS", "0"), ("EDGE_MAX_MSGS_PER_S", "1000")],
+        "typing-unpaced",
+    );
+    let paced = run(&[("EDGE_MAX_MSGS_PER_S", "1000")], "typing-paced");
+    assert!(unpaced > 100.0, "typing events reach the other members: {unpaced}/s");
+    assert!(paced < unpaced, "pacing coalesces: {paced}/s paced vs {unpaced}/s unpaced");
+}
+
+#[test]
+fn inbox_times_sync_over_every_room() {
+    let edge = Edge::start(&[
+        ("EDGE_MAX_ROOMS_PER_CONN", "100"),
+        ("EDGE_MAX_MSGS_PER_S", "1000"),
+        ("EDGE_MSGS_BURST", "1000"),
+    ]);
+    let args = ["inbox", "--url", &edge.url, "--rooms", "30", "--requests", "20"];
+    let (out, v) = run_json(&args, "inbox");
+    assert!(out.status.success(), "{}", show(&out));
+    let r = &v["results"];
+    assert_eq!(
+        (r["rooms_listed"].clone(), r["answers_missing_rooms"].clone()),
+        (30.into(), 0.into()),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(r["sync_latency_ms"]["count"], 20, "{}", show(&out));
+    // More rooms than a connection may join: the run fails with the edge's error, not a hang.
+    let args = ["inbox", "--url", &edge.url, "--rooms", "101", "--requests", "1"];
+    let out = loadgen(&args);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{}", show(&out));
+}
+
+#[test]
 fn idle_then_compare() {
     let edge = Edge::start(&[]);
     let pid = edge.child.id().to_string();

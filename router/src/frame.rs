@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 12;
+pub const FRAME_VERSION: u8 = 13;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -214,6 +214,16 @@ pub enum Frame {
         seq: u64,
         /// The users reached.
         users: Vec<String>,
+    },
+    /// An event without a seq (a delivered receipt) for the connections of `users` among
+    /// the room's members on the receiving shard (version 13).
+    EventTo {
+        /// The room.
+        room: String,
+        /// The users whose connections get it.
+        users: Vec<String>,
+        /// Rendered JSON.
+        payload: Vec<u8>,
     },
     /// Shard `shard` holds its first connection of `user` (`online`), or closed its last
     /// one: for the user's home shard, which keeps the user's last seen (version 12).
@@ -477,6 +487,7 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::UserDeliver { user, room, payload, .. } => opt(user) + room.len() + payload.len(),
         Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
         Frame::Seen { user, .. } => user.len(),
+        Frame::EventTo { room, users, payload } => room.len() + users.iter().map(|u| u.len() + 8).sum::<usize>() + payload.len(),
         Frame::LastSeen { user, req, .. } => user.len() + opt(req),
         Frame::Delivered { room, users, .. } => room.len() + users.iter().map(|u| u.len() + 8).sum::<usize>(),
         Frame::Change(c) => {

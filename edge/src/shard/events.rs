@@ -73,6 +73,39 @@ impl Shard {
         });
     }
 
+    /// An event without a seq for the connections of `users` among shard `shard`'s members
+    /// of `room`: its member side, or a frame.
+    pub(super) fn event_to_users(&self, shard: usize, room: &str, users: &[String], payload: &Bytes) {
+        if shard == self.id {
+            return self.member_event_users(room, users, payload);
+        }
+        let frame = Frame::EventTo {
+            room: room.to_owned(),
+            users: users.to_vec(),
+            payload: payload.to_vec(),
+        };
+        self.send_frame(shard, &frame);
+    }
+
+    /// An event without a seq for this shard's members of `room` who are among `users`.
+    pub(super) fn member_event_users(&self, room: &str, users: &[String], payload: &Bytes) {
+        let members = self.members.borrow();
+        let conns = self.conns.borrow();
+        let (mut sent, mut shed) = (0, 0);
+        for c in members.get(room).iter().filter_map(|id| conns.get(id)) {
+            if !c.user().is_some_and(|u| users.contains(&u.sub)) {
+                continue;
+            }
+            if c.out.push_ephemeral(payload.clone()) {
+                sent += 1;
+            } else {
+                shed += 1;
+            }
+        }
+        ShardStats::add(&self.stats().events_total, sent);
+        ShardStats::add(&self.stats().events_shed_total, shed);
+    }
+
     /// An event without a seq about `from` for this shard's members of `room` (from the
     /// room's owner shard, or from Redis): to all of them but `from`'s connections (all of
     /// them when `from` is empty: presence).

@@ -123,6 +123,12 @@ impl Shard {
                 from,
                 payload,
             } => self.event_to(shard, &room, &from, &payload),
+            Effect::EventTo {
+                shard,
+                room,
+                users,
+                payload,
+            } => self.event_to_users(shard, &room, &users, &payload),
             Effect::Changed {
                 shard,
                 room,

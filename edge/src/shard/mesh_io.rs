@@ -167,7 +167,8 @@ impl Shard {
             | ArchivedFrame::Reset { .. }
             | ArchivedFrame::UserDeliver { .. }
             | ArchivedFrame::Event { .. }
-            | ArchivedFrame::Changed { .. } => self.on_member_frame(&buf, frame),
+            | ArchivedFrame::Changed { .. }
+            | ArchivedFrame::EventTo { .. } => self.on_member_frame(&buf, frame),
             ArchivedFrame::Change(c) => match c.to_owned_msg() {
                 Ok(change) => self.owner_change(change),
                 Err(e) => tracing::error!(shard = self.id, error = %e, "a change frame could not be read"),
@@ -221,6 +222,10 @@ impl Shard {
             }
             ArchivedFrame::Event { room, from, payload } => {
                 self.member_event(room.as_str(), from.as_str(), &router::payload_bytes(buf, payload.as_slice()));
+            }
+            ArchivedFrame::EventTo { room, users, payload } => {
+                let users: Vec<String> = users.iter().map(|u| u.as_str().to_owned()).collect();
+                self.member_event_users(room.as_str(), &users, &router::payload_bytes(buf, payload.as_slice()));
             }
             ArchivedFrame::Changed { room, seq, message, event } => {
                 let message = message.as_ref().map(|m| router::payload_bytes(buf, m.as_slice()));

@@ -3,7 +3,9 @@
 
 pub mod fanout;
 pub mod idle;
+pub mod inbox;
 pub mod storm;
+pub mod typing;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

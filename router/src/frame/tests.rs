@@ -163,6 +163,11 @@ fn samples() -> Vec<Frame> {
             seq: 4,
             payload: br#"{"type":"message"}"#.to_vec(),
         },
+        Frame::EventTo {
+            room: "lobby".into(),
+            users: vec!["ann".into()],
+            payload: br#"{"type":"receipt"}"#.to_vec(),
+        },
         Frame::Seen {
             user: "ann".into(),
             shard: 1,

@@ -237,7 +237,7 @@ impl<S: StorePort> Owner<S> {
             (Wait::Mark(mark), result) => self.marked(*mark, result),
             (Wait::LastSeenSet { user }, result) => self.last_seen_stored(&user, result),
             (Wait::LastSeen { user, conn, req }, result) => self.last_seen_read(&user, conn, req.as_deref(), result),
-            (Wait::Delivered { room, users, seq }, result) => self.delivered_marked(room, users, seq, result),
+            (Wait::Delivered { room }, result) => self.delivered_stored(&room, result),
             (Wait::Member { room, user }, result) => self.member_recorded(&room, &user, result),
             (Wait::Sync { conn, req }, result) => self.synced(conn, req.as_deref(), result),
             (Wait::Change(w), result) => self.change_answered(*w, result, now_ms),

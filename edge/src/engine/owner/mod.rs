@@ -31,6 +31,8 @@
 
 mod args;
 mod changes;
+mod config;
+mod delivered;
 mod history;
 mod load;
 mod presence;
@@ -52,13 +54,14 @@ use storage::{MarkKind, Overloaded, Query, StoreError, StoredMessage};
 
 use super::subscriber::RoomPos;
 use super::{Busy, Failure};
-use crate::config::{Config, Durability};
+use crate::config::Durability;
 use crate::metrics::ShardStats;
 use crate::protocol::server;
 use crate::room::{AckInfo, OwnedRoom, Sequenced};
 
 pub use args::{render_message, FetchArgs, HistoryArgs, SendArgs};
 pub use changes::{MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER};
+pub use config::OwnerConfig;
 use load::Readiness;
 use router::Refusal;
 
@@ -68,55 +71,6 @@ pub trait StorePort {
     fn write(&mut self, msg: StoredMessage, ticket: u64) -> Result<(), Overloaded>;
     /// Queues a query; its answer comes back with `ticket`.
     fn query(&mut self, query: Query, ticket: u64) -> Result<(), Overloaded>;
-}
-
-/// What an owner is configured with (one immutable copy per shard).
-#[derive(Debug, Clone)]
-pub struct OwnerConfig {
-    /// This shard.
-    pub shard: usize,
-    /// Shards of the node.
-    pub shards: usize,
-    /// When a message is published and acked.
-    pub durability: Durability,
-    /// `client_id`s remembered per room.
-    pub dedupe_per_room: usize,
-    /// Messages kept in a room's recent ring.
-    pub recent_per_room: usize,
-    /// Requests that may wait for a room load.
-    pub room_load_queue_max: usize,
-    /// Rooms kept in memory (loaded or loading).
-    pub max_rooms_per_shard: usize,
-    /// Largest history page, in bytes of messages.
-    pub history_page_max_bytes: usize,
-    /// Users a presence list shows (with the full count).
-    pub presence_roster_max: usize,
-    /// Rooms with more users online push no receipts.
-    pub receipts_room_max: usize,
-    /// Whether the node's previous run ended cleanly (false re-epochs every room loaded).
-    pub previous_run_clean: bool,
-    /// This run's epoch, for rooms re-epoched after an unclean run.
-    pub run_epoch: u64,
-}
-
-impl OwnerConfig {
-    /// The owner settings of `shard` from the node's configuration.
-    pub fn new(cfg: &Config, shard: usize, shards: usize, previous_run_clean: bool, run_epoch: u64) -> Self {
-        Self {
-            shard,
-            shards,
-            durability: cfg.durability,
-            dedupe_per_room: cfg.dedupe_per_room,
-            recent_per_room: cfg.recent_per_room,
-            room_load_queue_max: cfg.room_load_queue_max,
-            max_rooms_per_shard: cfg.max_rooms_per_shard,
-            history_page_max_bytes: cfg.history_page_max_bytes,
-            presence_roster_max: cfg.presence_roster_max,
-            receipts_room_max: cfg.receipts_room_max,
-            previous_run_clean,
-            run_epoch,
-        }
-    }
 }
 
 /// What the shard must do, in the order the owner produced it.
@@ -156,6 +110,14 @@ pub enum Effect {
         seq: u64,
         message: Option<Bytes>,
         event: Bytes,
+    },
+    /// `payload`, an event without a seq (a delivered receipt), for the connections of
+    /// `users` among the members of `room` on subscribed shard `shard`.
+    EventTo {
+        shard: usize,
+        room: Rc<str>,
+        users: Rc<[String]>,
+        payload: Bytes,
     },
     /// `payload`, an event without a seq (typing), for the members of `room` on subscribed
     /// shard `shard`, except the connections of `from`.
@@ -201,8 +163,8 @@ enum Wait {
     LastSeenSet { user: String },
     /// A user's last-seen time the store is reading, for a connection.
     LastSeen { user: String, conn: u64, req: Option<String> },
-    /// Delivered marks the store is setting.
-    Delivered { room: String, users: Vec<String>, seq: u64 },
+    /// A flush of delivered marks the store is writing.
+    Delivered { room: String },
     /// A membership (for `sync`) the store is writing.
     Member { room: String, user: String },
     /// A step of an edit, delete or reaction.
@@ -235,6 +197,12 @@ pub struct Owner<S> {
     receipts: HashMap<(String, String, MarkKind), u64>,
     /// Edits, deletes and reactions running or waiting, per room.
     changes: changes::Changes,
+    /// Who sent to each room lately, with when (the audience of its delivered receipts).
+    delivered_senders: HashMap<String, Vec<(String, u64)>>,
+    /// Delivered marks reported since the last flush: (room, user) -> seq.
+    delivered_unstored: HashMap<(String, String), u64>,
+    /// When delivered marks were last flushed to the store.
+    delivered_flushed_ms: u64,
     /// Users whose home shard this is and who are online: the shards holding a connection of each.
     seen: HashMap<String, Vec<usize>>,
     /// History pages whose older part waits for the room's writes to settle (fast mode):
@@ -259,6 +227,9 @@ impl<S: StorePort> Owner<S> {
             changes: HashMap::new(),
             deferred_pages: HashMap::new(),
             seen: HashMap::new(),
+            delivered_unstored: HashMap::new(),
+            delivered_senders: HashMap::new(),
+            delivered_flushed_ms: 0,
         }
     }
 
@@ -490,6 +461,7 @@ impl<S: StorePort> Owner<S> {
         }
         self.waits.insert(ticket, Wait::Write { room: name, seq: ack.seq });
         self.fan_out(a.room, ack.seq, &rendered);
+        self.note_sender(a.room, a.user, now_ms);
         self.offer_to_users(a.room, ack.seq, &rendered);
         self.reply(a.conn, ack_now);
     }
@@ -513,6 +485,7 @@ impl<S: StorePort> Owner<S> {
             r.note_reply(p.ack.seq, root);
         }
         self.fan_out(&p.room, p.ack.seq, &p.rendered);
+        self.note_sender(&p.room, &p.user, p.ack.ts);
         self.offer_to_users(&p.room, p.ack.seq, &p.rendered);
         for (conn, req) in &p.waiters {
             let ack = server::ack(req.as_deref(), &p.room, p.ack.seq, &p.ack.msg_id, p.ack.ts);

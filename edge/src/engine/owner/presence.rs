@@ -53,8 +53,9 @@ impl<S: StorePort> Owner<S> {
 
     /// The shell's periodic tick (about once a second): coalesced online counts and read
     /// receipts go out.
-    pub fn tick(&mut self, _now_ms: u64) {
-        self.flush_receipts();
+    pub fn tick(&mut self, now_ms: u64) {
+        self.flush_receipts(now_ms);
+        self.flush_delivered(now_ms, false);
         for room in std::mem::take(&mut self.presence_counts) {
             let Some(r) = self.rooms.get_mut(&*room) else { continue };
             if r.roster_mut().take_count_changed() {
@@ -104,6 +105,8 @@ mod tests {
             history_page_max_bytes: 1 << 20,
             presence_roster_max: cap,
             receipts_room_max: 100,
+            delivered_marks: true,
+            delivered_flush_ms: 1_000,
             previous_run_clean: true,
             run_epoch: 1,
         };

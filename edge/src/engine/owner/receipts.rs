@@ -21,7 +21,6 @@ use storage::{Answer, MarkKind, Query, StoreError};
 
 use super::{Owner, StorePort, Wait};
 use crate::engine::{Busy, Failure};
-use crate::metrics::ShardStats;
 use crate::protocol::server;
 
 impl<S: StorePort> Owner<S> {
@@ -55,46 +54,6 @@ impl<S: StorePort> Owner<S> {
         self.waits.insert(ticket, Wait::Mark(Box::new(wait)));
     }
 
-    /// Message `seq` of `room` reached connections of `users` on a member shard: their
-    /// delivered marks move to it. Nobody is answered: a mark the store cannot take now is
-    /// carried by the next one.
-    pub fn delivered(&mut self, room: &str, seq: u64, users: Vec<String>) {
-        let seq = match self.rooms.get(room) {
-            Some(r) => seq.min(r.published()),
-            None => seq,
-        };
-        if seq == 0 || users.is_empty() {
-            return;
-        }
-        let query = Query::SetMarks {
-            room: room.to_owned(),
-            users,
-            kind: MarkKind::Delivered,
-            seq,
-        };
-        let ticket = self.take_ticket();
-        if self.store.query(query.clone(), ticket).is_err() {
-            ShardStats::inc(&self.stats().store_overloaded_total);
-            return;
-        }
-        let Query::SetMarks { room, users, .. } = query else { return };
-        self.waits.insert(ticket, Wait::Delivered { room, users, seq });
-    }
-
-    /// The store answered delivered marks: each that moved to `seq` is told at the next tick.
-    pub(super) fn delivered_marked(&mut self, room: String, users: Vec<String>, seq: u64, result: Result<Answer, StoreError>) {
-        match result {
-            Ok(Answer::Marks(marks)) => {
-                for (user, mark) in users.into_iter().zip(marks).filter(|(_, m)| *m == seq) {
-                    let pending = self.receipts.entry((room.clone(), user, MarkKind::Delivered)).or_default();
-                    *pending = (*pending).max(mark);
-                }
-            }
-            Ok(other) => tracing::error!(shard = self.cfg.shard, ?other, "set_marks answered with something else"),
-            Err(e) => tracing::warn!(shard = self.cfg.shard, room, error = %e, "delivered marks not stored: the next ones carry them"),
-        }
-    }
-
     /// The store answered a `read`: a mark that moved to `seq` is told at the next tick.
     pub(super) fn marked(&mut self, mark: MarkWait, result: Result<Answer, StoreError>) {
         match result {
@@ -115,7 +74,7 @@ impl<S: StorePort> Owner<S> {
     /// At the tick: one `receipt` per user, room and kind whose mark moved since the last one.
     /// Read receipts go one per user; delivered ones one per room and seq, with every user
     /// whose mark reached it (they move together: a message reaches all members at once).
-    pub(super) fn flush_receipts(&mut self) {
+    pub(super) fn flush_receipts(&mut self, now_ms: u64) {
         let mut delivered: BTreeMap<(String, u64), Vec<String>> = BTreeMap::new();
         for ((room, user, kind), seq) in std::mem::take(&mut self.receipts) {
             let Some(r) = self.rooms.get(&room) else { continue };
@@ -130,10 +89,16 @@ impl<S: StorePort> Owner<S> {
                 MarkKind::Delivered => delivered.entry((room, seq)).or_default().push(user),
             }
         }
+        // Sorted by room: each room's senders are taken once, for all its receipts.
+        let mut senders: Option<(String, std::rc::Rc<[String]>)> = None;
         for ((room, seq), mut users) in delivered {
+            if senders.as_ref().is_none_or(|(r, _)| *r != room) {
+                senders = Some((room.clone(), self.recent_senders(&room, now_ms)));
+            }
+            let Some((_, to)) = &senders else { continue };
             users.sort_unstable();
             let receipt = server::receipt_users(&room, &users, seq, "delivered");
-            self.event(&room, "", &receipt);
+            self.delivered_receipt(&room, &receipt, &to.clone());
         }
     }
 }

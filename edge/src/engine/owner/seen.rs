@@ -46,6 +46,7 @@ impl<S: StorePort> Owner<S> {
         for user in users {
             self.store_last_seen(user, now_ms);
         }
+        self.flush_delivered(now_ms, true);
     }
 
     fn store_last_seen(&mut self, user: &str, now_ms: u64) {

@@ -105,6 +105,7 @@ impl Port {
                 Answer::LastSeenSet
             }
             Query::LastSeen { user } => Answer::LastSeen(self.last_seen.get(&user).copied()),
+            Query::SetMarks { users, seq, .. } => Answer::Marks(users.iter().map(|_| seq).collect()),
             other => panic!("unexpected query {other:?}"),
         }
     }
@@ -125,6 +126,8 @@ pub(super) fn owner(ring: usize) -> Owner<Port> {
         history_page_max_bytes: 1 << 20,
         presence_roster_max: 100,
         receipts_room_max: 100,
+        delivered_marks: true,
+        delivered_flush_ms: 1_000,
         previous_run_clean: true,
         run_epoch: 1,
     };

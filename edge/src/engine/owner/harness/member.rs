@@ -47,6 +47,7 @@ impl World {
             }
             Effect::ToUsers { .. } => unreachable!("the harness has no DM rooms"),
             Effect::Changed { .. } => unreachable!("the harness's clients change no message"),
+            Effect::EventTo { .. } => unreachable!("the harness's shards report no delivered marks"),
         }
         self.drain_member(to);
     }

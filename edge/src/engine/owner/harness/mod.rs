@@ -188,6 +188,8 @@ impl World {
                     history_page_max_bytes: 64 * 1024,
                     presence_roster_max: rng.random_range(1..4),
                     receipts_room_max: 100,
+                    delivered_marks: true,
+                    delivered_flush_ms: 1_000,
                     previous_run_clean: true,
                     run_epoch: 1,
                 };
@@ -335,6 +337,7 @@ impl World {
                 // The harness's rooms are no DM rooms, and its clients change no message.
                 Effect::ToUsers { .. } => unreachable!("a DM delivery in the harness"),
                 Effect::Changed { .. } => unreachable!("a changed message in the harness"),
+                Effect::EventTo { .. } => unreachable!("a delivered receipt in the harness"),
                 Effect::Subscribed { shard, .. }
                 | Effect::Fetched { shard, .. }
                 | Effect::Deliver { shard, .. }
