@@ -205,10 +205,7 @@ fn edits_deletes_and_reactions_reach_members_persist_and_refuse_bad_input() {
             assert_eq!(caught[1]["deleted"], true, "{}", b.context());
         }
         drop((bobs, alice, md));
-        let mut s = s;
-        let status = s.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
-        assert!(status.is_some_and(|st| st.success()), "clean stop: {status:?}");
-        drop(s);
+        s.stop_clean();
 
         // Everything is in the store: the same after a restart.
         let s = Server::start_with(driver, ENVS, &[], &dir);

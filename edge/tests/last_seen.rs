@@ -66,10 +66,8 @@ fn last_seen_is_kept_while_offline_and_survives_a_restart() {
         let bad = bob.request(json!({"type": "presence", "user": "no:colons"}), "bad", WAIT);
         assert_eq!(bad["code"], "bad_request", "{bad}");
         // Bob stays connected through the stop: the drain closes his connection.
-        let mut s = s;
-        let status = s.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
-        assert!(status.is_some_and(|st| st.success()), "clean stop: {status:?}");
-        drop((s, bob));
+        s.stop_clean();
+        drop(bob);
 
         let s = Server::start_with(driver, &[], &[], &dir);
         let mut carol = Member::connect(&s, "n1", "carol");

@@ -186,10 +186,7 @@ fn sync_lists_joined_rooms_and_dms_with_seqs_and_read_marks_across_a_restart() {
         assert_eq!(carols.get("dm:alice:carol"), Some(&(1, 0, 0, 1)), "the sender's side of the DM");
         drop((alice, bob, carol, other));
         // A clean stop (the store flushes; a SIGKILL in fast mode may lose the last batch).
-        let mut s = s;
-        let status = s.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
-        assert!(status.is_some_and(|st| st.success()), "clean stop: {status:?}");
-        drop(s);
+        s.stop_clean();
 
         // Everything comes from the store now: the same after a restart.
         let s = Server::start_with(driver, ENVS, &[], &dir);
@@ -246,10 +243,7 @@ fn delivered_marks_move_when_a_message_reaches_a_live_connection_and_members_hea
             .collect();
         assert_eq!(at_4, ["alice", "bob"].into_iter().collect(), "{delivered:?}");
         drop((alice, bob));
-        let mut s = s;
-        let status = s.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
-        assert!(status.is_some_and(|st| st.success()), "clean stop: {status:?}");
-        drop(s);
+        s.stop_clean();
         let s = Server::start_with(driver, envs, &[], &dir);
         let mut alice = Member::connect(&s, "n1", "alice");
         assert_eq!(synced(&mut alice, "after")[ROOM], (4, 0, 4, 4), "flushed at the stop, {driver}");

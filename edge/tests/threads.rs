@@ -99,10 +99,7 @@ fn thread_pages_and_reply_counts_work_and_survive_a_restart() {
         assert_eq!(counts[..2], [(1, Some(7)), (2, Some(1))], "{driver}");
         assert!(counts[2..].iter().all(|(_, n)| n.is_none()), "{counts:?}");
         drop(alice);
-        let mut s = s;
-        let status = s.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
-        assert!(status.is_some_and(|st| st.success()), "clean stop: {status:?}");
-        drop(s);
+        s.stop_clean();
 
         let s = Server::start_with(driver, ENVS, &[], &dir);
         let mut bob = Member::connect(&s, "n1", "bob");

@@ -89,33 +89,24 @@ impl Shard {
 
     /// An event without a seq for this shard's members of `room` who are among `users`.
     pub(super) fn member_event_users(&self, room: &str, users: &[String], payload: &Bytes) {
-        let members = self.members.borrow();
-        let conns = self.conns.borrow();
-        let (mut sent, mut shed) = (0, 0);
-        for c in members.get(room).iter().filter_map(|id| conns.get(id)) {
-            if !c.user().is_some_and(|u| users.contains(&u.sub)) {
-                continue;
-            }
-            if c.out.push_ephemeral(payload.clone()) {
-                sent += 1;
-            } else {
-                shed += 1;
-            }
-        }
-        ShardStats::add(&self.stats().events_total, sent);
-        ShardStats::add(&self.stats().events_shed_total, shed);
+        self.push_event(room, payload, |user| users.iter().any(|u| u == user));
     }
 
     /// An event without a seq about `from` for this shard's members of `room` (from the
     /// room's owner shard, or from Redis): to all of them but `from`'s connections (all of
     /// them when `from` is empty: presence).
     pub(super) fn member_event(&self, room: &str, from: &str, payload: &Bytes) {
+        self.push_event(room, payload, |user| from.is_empty() || user != from);
+    }
+
+    /// `payload` for this shard's members of `room` whose user `to` accepts; shed for a
+    /// member whose queue is backed up.
+    fn push_event(&self, room: &str, payload: &Bytes, to: impl Fn(&str) -> bool) {
         let members = self.members.borrow();
         let conns = self.conns.borrow();
         let (mut sent, mut shed) = (0, 0);
-        for id in members.get(room) {
-            let Some(c) = conns.get(id) else { continue };
-            if !from.is_empty() && c.user().is_some_and(|u| u.sub == from) {
+        for c in members.get(room).iter().filter_map(|id| conns.get(id)) {
+            if !c.user().is_some_and(|u| to(&u.sub)) {
                 continue;
             }
             if c.out.push_ephemeral(payload.clone()) {

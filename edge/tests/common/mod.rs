@@ -98,6 +98,13 @@ impl Server {
     }
 
     /// Sends a signal and waits for the exit status (at most `limit`).
+    /// Stops the node cleanly (SIGTERM: drain, flush the store, end the run) and checks it
+    /// exited 0 within 15 s.
+    pub fn stop_clean(mut self) {
+        let status = self.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+        assert!(status.is_some_and(|st| st.success()), "clean stop: {status:?}");
+    }
+
     pub fn signal_and_wait(&mut self, sig: i32, limit: Duration) -> Option<std::process::ExitStatus> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, sig) };

@@ -57,25 +57,7 @@ impl MessageStore for ScyllaStore {
     }
 
     async fn history(&self, room: &str, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
-        let limit = clamp_limit(limit);
-        let before = match before {
-            Some(b) => to_i64("before", b)?,
-            None => i64::MAX,
-        };
-        if limit == 0 || before <= 0 {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                next_before: None,
-            });
-        }
-        // One more than asked tells whether an older message exists.
-        let mut rows = self.newest_before(room, before, limit + 1).await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        rows.reverse();
-        let messages = rows.into_iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        let next_before = if more { messages.first().map(|m| m.seq) } else { None };
-        Ok(HistoryPage { messages, next_before })
+        self.page(room, None, before, limit).await
     }
 
     async fn range_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
@@ -88,25 +70,7 @@ impl MessageStore for ScyllaStore {
     }
 
     async fn thread(&self, room: &str, root: u64, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
-        let limit = clamp_limit(limit);
-        let before = match before {
-            Some(b) => to_i64("before", b)?,
-            None => i64::MAX,
-        };
-        if limit == 0 || before <= 0 {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                next_before: None,
-            });
-        }
-        // One more than asked tells whether an older reply exists.
-        let mut rows = self.thread_before(room, to_i64("root", root)?, before, limit + 1).await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        rows.reverse();
-        let messages = rows.into_iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        let next_before = if more { messages.first().map(|m| m.seq) } else { None };
-        Ok(HistoryPage { messages, next_before })
+        self.page(room, Some(to_i64("root", root)?), before, limit).await
     }
 
     async fn reply_counts(&self, room: &str, from: u64, to: u64) -> Result<Vec<(u64, u64)>, StoreError> {
@@ -383,5 +347,34 @@ impl MessageStore for ScyllaStore {
             )
             .await
             .map(drop)
+    }
+}
+
+impl ScyllaStore {
+    /// A page of the room's messages (or of one thread's replies, with `root`): the newest
+    /// `limit` below `before`, ascending, and the next cursor.
+    async fn page(&self, room: &str, root: Option<i64>, before: Option<u64>, limit: usize) -> Result<HistoryPage, StoreError> {
+        let limit = clamp_limit(limit);
+        let before = match before {
+            Some(b) => to_i64("before", b)?,
+            None => i64::MAX,
+        };
+        if limit == 0 || before <= 0 {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                next_before: None,
+            });
+        }
+        // One more than asked tells whether an older message exists.
+        let mut rows = match root {
+            None => self.newest_before(room, before, limit + 1).await?,
+            Some(root) => self.thread_before(room, root, before, limit + 1).await?,
+        };
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        rows.reverse();
+        let messages = rows.into_iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_before = if more { messages.first().map(|m| m.seq) } else { None };
+        Ok(HistoryPage { messages, next_before })
     }
 }

@@ -8,7 +8,7 @@ use router::{ChangeMsg, ChangeOp};
 use serde_json::Value;
 use storage::{Answer, Completion, Overloaded, Query, ReactionCount, ReactionOp, RoomState, StoredMessage};
 
-use super::{Effect, Owner, OwnerConfig, SendArgs, StorePort};
+use super::{Effect, HistoryArgs, Owner, OwnerConfig, SendArgs, StorePort};
 use crate::config::Durability;
 use crate::metrics::ShardStats;
 
@@ -220,4 +220,18 @@ pub(super) fn outcome(o: &mut Owner<Port>) -> (Vec<Value>, Vec<(Value, Option<Va
         }
     }
     (replies, told)
+}
+
+/// Asks for a history page for connection 7 of `user` (answered once the store is).
+pub(super) fn ask_history(o: &mut Owner<Port>, user: &str, before: Option<u64>, limit: u32, thread: Option<u64>) {
+    let h = HistoryArgs {
+        room: "r",
+        user,
+        conn: 7,
+        req: None,
+        before,
+        limit,
+        thread,
+    };
+    o.history(h, NOW);
 }

@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 use storage::Query;
 
 use super::super::store_model::*;
-use super::super::HistoryArgs;
 use super::{MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER};
 
 #[test]
@@ -37,18 +36,7 @@ fn an_edit_waits_for_its_message_to_be_stored_then_changes_store_ring_and_member
     );
     assert_eq!(json(&o.store_mut().messages[&1].frame), *version, "the store holds the new version");
     // The ring holds it too: a history page from the ring shows the edit.
-    o.history(
-        HistoryArgs {
-            room: "r",
-            user: "alice",
-            conn: 7,
-            req: None,
-            before: None,
-            limit: 10,
-            thread: None,
-        },
-        NOW,
-    );
+    ask_history(&mut o, "alice", None, 10, None);
     settle_queries(&mut o);
     let (replies, _) = outcome(&mut o);
     assert_eq!(replies[0]["messages"][0]["body"], json!("hello"));

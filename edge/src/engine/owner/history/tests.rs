@@ -4,21 +4,10 @@
 use serde_json::{json, Value};
 
 use super::super::store_model::*;
-use super::super::{Effect, HistoryArgs, Owner};
+use super::super::{Effect, Owner};
 
 fn page(o: &mut Owner<Port>, user: &str, before: Option<u64>, limit: u32, thread: Option<u64>) -> Value {
-    o.history(
-        HistoryArgs {
-            room: "r",
-            user,
-            conn: 7,
-            req: None,
-            before,
-            limit,
-            thread,
-        },
-        NOW,
-    );
+    ask_history(o, user, before, limit, thread);
     settle_queries(o);
     let (mut replies, told) = outcome(o);
     assert!(told.is_empty());
@@ -45,18 +34,7 @@ fn history_messages_carry_their_reactions_with_the_askers_own() {
     change(&mut o, "carol", 2, react("👍", true));
     settle_queries(&mut o);
     outcome(&mut o);
-    o.history(
-        HistoryArgs {
-            room: "r",
-            user: "bob",
-            conn: 7,
-            req: None,
-            before: None,
-            limit: 10,
-            thread: None,
-        },
-        NOW,
-    );
+    ask_history(&mut o, "bob", None, 10, None);
     settle_queries(&mut o);
     let (replies, _) = outcome(&mut o);
     let msgs = &replies[0]["messages"];
@@ -121,18 +99,7 @@ fn a_page_older_than_the_ring_waits_for_the_writes_in_flight() {
     for i in 0..5 {
         send(&mut o, "alice", &format!("m{i}"));
     }
-    o.history(
-        HistoryArgs {
-            room: "r",
-            user: "alice",
-            conn: 7,
-            req: None,
-            before: None,
-            limit: 5,
-            thread: None,
-        },
-        NOW,
-    );
+    ask_history(&mut o, "alice", None, 5, None);
     settle_queries(&mut o);
     assert_eq!(outcome(&mut o), (vec![], vec![]), "seqs 1..=3 are not stored yet: the page waits");
     settle_writes(&mut o);
