@@ -78,6 +78,18 @@ impl RoomFeed {
         self.ring.keep_run_to(at);
     }
 
+    /// The room's owner answered this shard's subscribe with its position (a single node):
+    /// the answer comes on the same ring as the room's deliveries, before every delivery
+    /// of this subscription, so whatever was held before it is from an earlier one and may
+    /// be an old version of a message edited since (the owner told only the shards then
+    /// subscribed): it is dropped, not kept as a run.
+    pub fn learn_from_owner(&mut self, seq: u64, epoch: u64) {
+        if !self.learned {
+            self.ring.clear();
+        }
+        self.learn(seq, Some(epoch));
+    }
+
     /// A delivery: true (recorded, for members) when the position is known and it is
     /// newer than the cursor; false for a re-delivery, or while the position is not
     /// known yet (it is only held until [`Self::learn`]).
@@ -88,6 +100,12 @@ impl RoomFeed {
         self.cursor = Some(seq);
         self.ring.push(seq, payload.clone());
         self.learned
+    }
+
+    /// What the ring holds, oldest first (for the harness's checks).
+    #[cfg(test)]
+    pub fn ring_entries(&self) -> Vec<(u64, Bytes)> {
+        self.ring.after(0).map(|(s, b)| (s, b.clone())).collect()
     }
 
     /// Message `seq` changed (an edit or a delete): the ring keeps its current version.

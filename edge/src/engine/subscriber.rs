@@ -205,7 +205,7 @@ impl Subscriber {
         let room = j.room.clone();
         let Some(r) = self.rooms.get_mut(&room) else { return };
         if let Some(p) = pos {
-            r.feed.learn(p.seq, Some(p.epoch));
+            r.feed.learn_from_owner(p.seq, p.epoch);
             r.others = p.others;
         }
         if r.feed.is_known() {
@@ -382,6 +382,15 @@ impl Subscriber {
         if let Some(r) = self.rooms.get_mut(room) {
             r.feed.patch(seq, message.clone());
         }
+    }
+
+    /// Every ring entry of every room: (room, seq, rendered), for the harness's checks.
+    #[cfg(test)]
+    pub fn ring_entries(&self) -> Vec<(String, u64, Bytes)> {
+        self.rooms
+            .iter()
+            .flat_map(|(room, r)| r.feed.ring_entries().into_iter().map(move |(s, b)| (room.clone(), s, b)))
+            .collect()
     }
 
     /// Redis lost the room's sequence: the cursor restarts at `seq` in a new epoch; members get `notice`.

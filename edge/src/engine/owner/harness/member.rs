@@ -46,7 +46,14 @@ impl World {
                 self.deliver_to_members(to, &room, &payload);
             }
             Effect::ToUsers { .. } => unreachable!("the harness has no DM rooms"),
-            Effect::Changed { .. } => unreachable!("the harness's clients change no message"),
+            Effect::Changed {
+                room, seq, message, event, ..
+            } => {
+                if let Some(m) = &message {
+                    self.subscribers[to].patch(&room, seq, m);
+                }
+                self.deliver_to_members(to, &room, &event);
+            }
             Effect::EventTo { .. } => unreachable!("the harness's shards report no delivered marks"),
         }
         self.drain_member(to);
@@ -242,6 +249,15 @@ impl World {
                     "conn {conn:x} in {room}: {user} {} twice in a row",
                     v["status"]
                 );
+            }
+            Some("update") => {
+                let seq = v["seq"].as_u64().expect("seq");
+                if let Some(last) = self.clients.get(&conn).and_then(|c| c.member.get(&room)) {
+                    assert!(
+                        seq <= *last,
+                        "conn {conn:x} in {room}: update of {seq} before the message (last {last})"
+                    );
+                }
             }
             Some("history") => {
                 for m in v["messages"].as_array().expect("messages") {

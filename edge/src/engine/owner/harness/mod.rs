@@ -15,8 +15,11 @@
 //! - a `(room, seq)` names one message forever (acks, deliveries, history,
 //!   the store), across eviction and reload: no seq is reused;
 //! - durable: nobody sees or is acked a message before the store has it;
-//! - a retried `client_id` gets the original seq.
+//! - a retried `client_id` gets the original seq;
+//! - edits and deletes (`changes.rs`): one answer each, an `update` only
+//!   after its message, and no ring left holding an old version.
 
+mod changes;
 mod member;
 mod seeds;
 mod store;
@@ -89,6 +92,7 @@ enum Frame {
         req: String,
         before: Option<u64>,
     },
+    Change(router::ChangeMsg),
     Effect(Effect),
 }
 
@@ -324,6 +328,7 @@ impl World {
                 },
                 now,
             ),
+            Frame::Change(c) => o.change(c.clone(), now),
             Frame::Effect(_) => unreachable!("effects go to member shards"),
         }
         self.drain(shard);
@@ -336,7 +341,7 @@ impl World {
                 Effect::Reply { conn, .. } => shard_of(*conn),
                 // The harness's rooms are no DM rooms, and its clients change no message.
                 Effect::ToUsers { .. } => unreachable!("a DM delivery in the harness"),
-                Effect::Changed { .. } => unreachable!("a changed message in the harness"),
+                Effect::Changed { shard, .. } => *shard,
                 Effect::EventTo { .. } => unreachable!("a delivered receipt in the harness"),
                 Effect::Subscribed { shard, .. }
                 | Effect::Fetched { shard, .. }
@@ -361,7 +366,8 @@ impl World {
         match (joined, self.rng.random_range(0..10)) {
             (false, 0..=5) => self.client_join(conn, room),
             (true, 0..=1) => self.client_leave(conn, room),
-            (true, 2..=7) => self.client_send(conn, room),
+            (true, 2..=5) => self.client_send(conn, room),
+            (true, 6..=7) => self.client_change(conn, room),
             _ if self.rng.random_bool(0.3) => {
                 let req = self.req();
                 let frame = Frame::Online {
@@ -554,6 +560,7 @@ impl World {
         for (id, n) in &self.answers {
             assert_eq!(*n, 1, "request {id} got {n} answers");
         }
+        self.check_versions();
         let stored = self.store.borrow();
         for (room, msgs) in &stored.messages {
             for (seq, m) in msgs {

@@ -56,3 +56,12 @@ fn found_a_given_up_seq_reused_after_eviction_and_reload() {
     // below that seq, handing it to a new message.
     run(1901, Durability::Durable, 400);
 }
+
+#[test]
+fn found_an_old_version_kept_from_an_earlier_subscription() {
+    // Before `RoomFeed::learn_from_owner` dropped what a feed held before the owner's answer
+    // to its subscribe, a delivery still in flight from the shard's earlier subscription
+    // (the owner, told of the unsubscribe, no longer sent it that message's delete) stayed
+    // in the new feed's ring as the old version, for later catch-ups to serve.
+    run(408, Durability::Durable, 400);
+}

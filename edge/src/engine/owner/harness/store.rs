@@ -65,6 +65,10 @@ impl MemStore {
                 self.user_rooms.insert((user, room));
                 Answer::UserRoomAdded
             }
+            Query::ReplaceFrame { room, seq, frame } => {
+                let m = self.messages.get_mut(&room).and_then(|m| m.get_mut(&seq));
+                Answer::Replaced(m.map(|m| m.frame = frame).is_some())
+            }
             // The harness makes no reactions: every page's count is empty.
             Query::ReactionCounts { .. } => Answer::ReactionCounts(Vec::new()),
             // Nor threads: no message has replies.
@@ -108,7 +112,8 @@ pub(super) fn query_room(q: &Query) -> &str {
         | Query::History { room, .. }
         | Query::RangeAfter { room, .. }
         | Query::ReactionCounts { room, .. }
-        | Query::ReplyCounts { room, .. } => room,
+        | Query::ReplyCounts { room, .. }
+        | Query::ReplaceFrame { room, .. } => room,
         _ => "",
     }
 }
