@@ -83,10 +83,10 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         Some(b) => {
             let pump_mesh = endpoints.pop().ok_or(NodeError::Thread(std::io::Error::other("empty mesh")))?;
             let handle = b.handle.clone();
-            let events = b.events;
+            let (events, roster_max) = (b.events, cfg.presence_roster_max);
             std::thread::Builder::new()
                 .name("pump".into())
-                .spawn(move || crate::pump::run(pump_mesh, handle, events, shards))
+                .spawn(move || crate::pump::run(pump_mesh, handle, events, shards, roster_max))
                 .map_err(NodeError::Thread)?;
             tracing::info!(redis = cfg.redis_url.as_deref().unwrap_or(""), node = %cfg.node_id, "cluster mode: joined through Redis");
             if cfg.durability == crate::config::Durability::Durable {

@@ -18,7 +18,9 @@
 //! - `Event` (typing): the received frame is already a mesh `Event` frame; it
 //!   goes as is to each subscribed shard.
 //! - `PresenceChanged`: a rendered `presence` event to the room's shards, as
-//!   an `Event` for every member (ephemeral: shed for a backed-up member).
+//!   an `Event` for every member (ephemeral: shed for a backed-up member);
+//!   above `presence_roster_max` users online (`engine::presence_counts`),
+//!   the room's online count instead, at the next tick (once a second).
 //!
 //! What must stay true: events are handled one at a time in bridge order,
 //! so a room's frames reach each shard in seq order (one ring per shard);
@@ -34,6 +36,7 @@ use router::bridge::{BridgeEvent, BridgeEvents, BridgeHandle};
 use router::{Endpoint, Frame};
 
 use crate::engine::catch_up::{self, Piece};
+use crate::engine::presence_counts::{Decision, PresenceCounts};
 use crate::protocol::server;
 
 /// Rooms the pump remembers (last seq forwarded, shards); past it the table is cleared.
@@ -52,10 +55,14 @@ struct Pump {
     bridge: BridgeHandle,
     shards: usize,
     rooms: HashMap<String, RoomCursor>,
+    presence: PresenceCounts,
 }
 
+/// How often the pump sends the coalesced presence counts that are due.
+const PRESENCE_TICK: Duration = Duration::from_secs(1);
+
 /// Runs the pump on the current thread until the bridge stops.
-pub fn run(mesh: Endpoint, bridge: BridgeHandle, events: BridgeEvents, shards: usize) {
+pub fn run(mesh: Endpoint, bridge: BridgeHandle, events: BridgeEvents, shards: usize, roster_max: usize) {
     let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build();
     let mut rt = match rt {
         Ok(rt) => rt,
@@ -66,13 +73,24 @@ pub fn run(mesh: Endpoint, bridge: BridgeHandle, events: BridgeEvents, shards: u
         bridge,
         shards,
         rooms: HashMap::new(),
+        presence: PresenceCounts::new(roster_max),
     };
     rt.block_on(pump.main(events));
 }
 
 impl Pump {
     async fn main(mut self, mut events: BridgeEvents) {
-        while let Some(ev) = events.recv().await {
+        let mut tick = monoio::time::Instant::now() + PRESENCE_TICK;
+        loop {
+            let ev = monoio::select! {
+                ev = events.recv() => ev,
+                () = monoio::time::sleep_until(tick) => {
+                    tick += PRESENCE_TICK;
+                    self.send_counts().await;
+                    continue;
+                }
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 BridgeEvent::Deliver {
                     room, seq, frame, shards, ..
@@ -106,21 +124,58 @@ impl Pump {
                         self.mesh.send(usize::from(s), frame.clone()).await;
                     }
                 }
-                BridgeEvent::PresenceChanged { room, user, online, .. } => {
-                    // Ephemeral, for every member (`from` empty): shed for a backed-up member.
-                    let shards = self.shards_of(&room);
-                    let frame = router::encode(&Frame::Event {
-                        payload: server::presence_event(&room, &user, online, now_ms()).to_vec(),
-                        room,
-                        from: String::new(),
-                    });
-                    for s in shards.iter() {
-                        self.mesh.send(usize::from(*s), frame.clone()).await;
-                    }
-                }
+                BridgeEvent::PresenceChanged { room, user, online, .. } => self.presence_changed(room, &user, online).await,
             }
         }
         tracing::info!("cluster pump stopped: the bridge is gone");
+    }
+
+    /// A user's presence changed in `room`: its event for every member, or (above the
+    /// bound) part of a count at the next tick.
+    async fn presence_changed(&mut self, room: String, user: &str, online: bool) {
+        let mut decision = self.presence.changed(&room, online);
+        if decision == Decision::NeedCount {
+            let count = match monoio::time::timeout(FETCH_TIMEOUT, self.bridge.presence_online(&room)).await {
+                Ok(Ok(online)) => online.len(),
+                // Unknown: the event goes as it is, and the count is read again next time.
+                _ => {
+                    let payload = server::presence_event(&room, user, online, now_ms());
+                    return self.presence_event(room, payload).await;
+                }
+            };
+            decision = self.presence.counted(&room, count);
+        }
+        if decision == Decision::Forward {
+            let payload = server::presence_event(&room, user, online, now_ms());
+            self.presence_event(room, payload).await;
+        }
+    }
+
+    /// At the tick: each room whose count is due gets its count, read from Redis.
+    async fn send_counts(&mut self) {
+        for room in self.presence.due() {
+            let Ok(Ok(online)) = monoio::time::timeout(FETCH_TIMEOUT, self.bridge.presence_online(&room)).await else {
+                tracing::debug!(room, "cluster pump: a presence count was not read");
+                continue;
+            };
+            self.presence.counted(&room, online.len());
+            let payload = server::presence_count(&room, online.len());
+            self.presence_event(room, payload).await;
+        }
+    }
+
+    /// A presence event for every member of `room` (`from` empty), ephemeral: shed for a
+    /// backed-up member.
+    async fn presence_event(&mut self, room: String, payload: Bytes) {
+        let shards = self.shards_of(&room);
+        let frame = router::encode(&Frame::Event {
+            payload: payload.to_vec(),
+            room,
+            from: String::new(),
+        });
+        for s in shards.iter() {
+            self.mesh.send(usize::from(*s), frame.clone()).await;
+        }
     }
 
     async fn forward(&mut self, room: &str, seq: u64, frame: Bytes, shards: Arc<[u16]>) {

@@ -1,7 +1,9 @@
 //! Presence on a single node (no Redis): the real binary and real WebSocket
 //! clients, on both io drivers. (The deterministic harness covers the
-//! interleavings across shards; this is the wire behaviour end to end.)
+//! interleavings across shards; this is the wire behaviour end to end.) And
+//! the coalesced counts of a three-node cluster through a private Redis.
 
+mod cluster_support;
 mod common;
 
 use common::{drivers, Client, Server};
@@ -112,5 +114,41 @@ fn above_presence_roster_max_a_room_lists_the_first_users_and_pushes_coalesced_c
     assert!(
         told.len() <= 5,
         "second online, then at most one count per tick of changes: {told:?}"
+    );
+}
+
+#[test]
+fn a_cluster_coalesces_presence_counts_above_the_roster_max_too() {
+    let redis = common::RedisServer::start();
+    let envs = [cluster_support::ENVS, &[("EDGE_PRESENCE_ROSTER_MAX", "2")]].concat();
+    let nodes = cluster_support::start_cluster_with(3, &redis, &envs);
+    cluster_support::wait_readyz(&nodes, 200, std::time::Duration::from_secs(10), "cluster up");
+    let wait = std::time::Duration::from_secs(10);
+    let mut watcher = cluster_support::Member::connect(&nodes[0], "n1", "watcher");
+    watcher.join("big");
+    let mut second = cluster_support::Member::connect(&nodes[1], "n2", "second");
+    second.join("big");
+    let online = |v: &Value, user: &str| v["type"] == "presence" && v["user"] == user && v["status"] == "online";
+    assert!(watcher.read_until(wait, |v| online(v, "second")).is_some(), "{}", watcher.context());
+    // Two more, on other nodes: above the cap, members get counts, not each user.
+    let mut others = vec![
+        cluster_support::Member::connect(&nodes[2], "n3", "third"),
+        cluster_support::Member::connect(&nodes[1], "n2", "fourth"),
+    ];
+    for m in others.iter_mut() {
+        m.join("big");
+    }
+    let count = |n: u64| move |v: &Value| v["type"] == "presence" && v["count"] == n && v.get("user").is_none();
+    assert!(watcher.read_until(wait, count(4)).is_some(), "{}", watcher.context());
+    drop(others);
+    assert!(
+        watcher.read_until(cluster_support::OFFLINE_WITHIN, count(2)).is_some(),
+        "{}",
+        watcher.context()
+    );
+    let told: Vec<&Value> = watcher.log.iter().filter(|v| v["type"] == "presence").collect();
+    assert!(
+        told.iter().all(|v| v["user"] != "third" && v["user"] != "fourth"),
+        "no per-user event above the cap: {told:?}"
     );
 }

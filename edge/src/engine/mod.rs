@@ -15,6 +15,8 @@
 //!   answer in one go; "join cancelled" is decided here only);
 //! - `ring`: the recent ring of a room, one type for the owner's room state
 //!   and a member shard's feed;
+//! - `presence_counts`: a cluster's coalesced presence counts (the pump's
+//!   half of what a single node's owner does from its roster);
 //! - `catch_up`: the one merge that catches a member up (a read, then the
 //!   ring, `gap` for the rest);
 //! - `feed`: a member shard's feed of a room (cursor, epoch, ring): the
@@ -30,6 +32,7 @@ mod cluster_harness;
 pub mod failure;
 pub mod feed;
 pub mod owner;
+pub mod presence_counts;
 pub mod publisher;
 pub mod ring;
 pub mod session;
