@@ -28,10 +28,11 @@ fi
 
 cargo build --release --locked --bin edge
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=warn target/release/edge serve --listen "127.0.0.1:$port" --cores 2 --driver "$DRIVER" \
+data=$(mktemp -d)
+RUST_LOG=warn target/release/edge serve --listen "127.0.0.1:$port" --cores 2 --driver "$DRIVER" --data-dir "$data" \
   --jwt-secret autobahn-conformance-run-secret-0123456789 --echo-path /echo >/dev/null &
 edge_pid=$!
-trap 'kill $edge_pid 2>/dev/null || true' EXIT
+trap 'kill $edge_pid 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 50); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1

@@ -27,6 +27,17 @@ pub enum Durability {
     Durable,
 }
 
+/// How the node writes its logs (to stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Lines for people, coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Which io driver the shards run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -62,6 +73,9 @@ pub struct Config {
     pub cores: usize,
     /// io driver: auto, io_uring or epoll.
     pub driver: DriverChoice,
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json`. What is logged
+    /// is set by `RUST_LOG` (e.g. `info`, `edge=debug`; default `info`).
+    pub log_format: LogFormat,
     /// Pin each shard thread to a core.
     pub pin_threads: bool,
     /// Directory of the embedded store (SQLite `edge.sqlite3` and its WAL); created if missing.
@@ -227,6 +241,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             cores: 0,
             driver: DriverChoice::Auto,
+            log_format: LogFormat::Text,
             pin_threads: true,
             data_dir: PathBuf::from("data"),
             store: StoreKind::Embedded,

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod protocol;
 pub mod pump;
 pub mod room;

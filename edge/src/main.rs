@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use edge::auth::{self, AuthSettings, JwtAlgorithm, Verifier};
-use edge::config::{Config, DriverChoice, Durability};
+use edge::config::{Config, DriverChoice, Durability, LogFormat};
 use storage::StoreKind;
 
 #[global_allocator]
@@ -27,11 +27,15 @@ enum Command {
     Token(TokenArgs),
     /// Prepare the message store: create the embedded database, or apply the Scylla schema migrations.
     Migrate(MigrateArgs),
-    /// Print the configuration as TOML: the defaults, or a file with its env overrides applied.
+    /// Print the configuration as TOML (the defaults, or a file with its env overrides
+    /// applied), validated as `serve` validates it.
     Config {
         /// TOML config file to load (with EDGE_* overrides) instead of the defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Only validate: print `config ok`, or the error and exit 1.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -122,26 +126,55 @@ struct TokenArgs {
     /// TOML config file to read the secret from.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// A dev-mode node's data dir: its kept secret is used when no other is given.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Command::Serve(a) => serve(a),
-        Command::Token(a) => token(a),
-        Command::Migrate(a) => migrate(a),
-        Command::Config { config } => {
+        Command::Token(a) => {
+            init_logs(LogFormat::Text);
+            token(a)
+        }
+        Command::Migrate(a) => {
+            init_logs(LogFormat::Text);
+            migrate(a)
+        }
+        Command::Config { config, check } => {
             let mut cfg = Config::load(config.as_deref())?;
+            cfg.validate()?;
+            // Without a secret (HS256), `serve` runs in dev mode: nothing more to check.
+            let dev = cfg.jwt_algorithm == JwtAlgorithm::Hs256 && cfg.jwt_secret.is_empty();
+            if !dev {
+                auth_settings(&cfg)
+                    .and_then(|s| Verifier::new(&s).map_err(anyhow::Error::from))
+                    .context("JWT settings")?;
+            }
+            if check {
+                println!("config ok{}", if dev { " (dev mode: no jwt_secret)" } else { "" });
+                return Ok(());
+            }
             if !cfg.jwt_secret.is_empty() {
                 cfg.jwt_secret = format!("<set, {} bytes, not printed>", cfg.jwt_secret.len());
             }
             print!("{}", toml::to_string(&cfg).context("render the config as TOML")?);
             Ok(())
         }
+    }
+}
+
+/// Logs to stderr as `format` says, filtered by `RUST_LOG` (default `info`); colours only
+/// when stderr is a terminal.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
     }
 }
 
@@ -152,15 +185,21 @@ fn now_s() -> u64 {
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = Config::load(a.config.as_deref())?;
     merge_flags(&mut cfg, a);
+    init_logs(cfg.log_format);
     cfg.validate()?;
+    // One node per data dir and per address (held until the process exits).
+    let _lock = edge::operator::lock_data_dir(&cfg.data_dir).map_err(anyhow::Error::msg)?;
+    edge::operator::probe_listen(&cfg.listen).map_err(anyhow::Error::msg)?;
     let dev_secret = dev_mode(&mut cfg)?;
     let verifier = Verifier::new(&auth_settings(&cfg)?).context("JWT settings (--jwt-secret, EDGE_JWT_SECRET or jwt_* in --config)")?;
     let node = edge::node::start(cfg.clone(), verifier)?;
     if let Some(secret) = dev_secret {
         let token = auth::mint_hs256(&secret, "dev", 24 * 3600, None, None, now_s())?;
-        tracing::warn!("DEV MODE: no jwt_secret configured; a random secret was generated for this run only");
+        let kept = cfg.data_dir.join(edge::operator::DEV_SECRET_FILE);
+        tracing::warn!(secret_file = %kept.display(), "DEV MODE: no jwt_secret configured; the dev secret is kept in the data dir. Do not run this in production");
+        eprintln!("DEV MODE (no jwt_secret): anyone with the data dir can mint tokens. Do not expose this node.");
         eprintln!("DEV MODE token for user \"dev\" (24 h): {token}");
-        eprintln!("  try: websocat 'ws://{}/ws?token={token}'", node.local_addr);
+        eprintln!("  more users: edge token --user bob --data-dir {}", cfg.data_dir.display());
     }
     println!(
         "edge listening on ws://{}/ws shards={} driver={} node={} store={:?} durability={:?} cluster={}",
@@ -228,12 +267,15 @@ fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Generates a secret when HS256 has none; returns it so a token can be shown.
+/// Dev mode (HS256 with no secret): the secret kept in the data dir, or a new one kept
+/// there; returned so a token can be shown.
 fn dev_mode(cfg: &mut Config) -> anyhow::Result<Option<String>> {
     if cfg.jwt_algorithm != JwtAlgorithm::Hs256 || !cfg.jwt_secret.is_empty() {
         return Ok(None);
     }
-    cfg.jwt_secret = auth::generate_dev_secret();
+    let (secret, _created) =
+        edge::operator::dev_secret(&cfg.data_dir).with_context(|| format!("dev-mode secret in --data-dir {}", cfg.data_dir.display()))?;
+    cfg.jwt_secret = secret;
     Ok(Some(cfg.jwt_secret.clone()))
 }
 
@@ -254,9 +296,15 @@ fn auth_settings(cfg: &Config) -> anyhow::Result<AuthSettings> {
 
 fn token(a: TokenArgs) -> anyhow::Result<()> {
     let cfg = Config::load(a.config.as_deref())?;
-    let secret = a.jwt_secret.unwrap_or(cfg.jwt_secret);
+    let mut secret = a.jwt_secret.unwrap_or(cfg.jwt_secret);
     if secret.is_empty() {
-        bail!("--jwt-secret is required (or EDGE_JWT_SECRET, or jwt_secret in --config)");
+        let dir = a.data_dir.unwrap_or(cfg.data_dir);
+        secret = edge::operator::read_dev_secret(&dir)
+            .with_context(|| format!("--data-dir {}", dir.display()))?
+            .unwrap_or_default();
+    }
+    if secret.is_empty() {
+        bail!("--jwt-secret is required (or EDGE_JWT_SECRET, jwt_secret in --config, or --data-dir of a dev-mode node)");
     }
     let patterns = |list: String| list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
     let claims = auth::Claims {

@@ -59,3 +59,180 @@ fn bad_store_and_cluster_flags_are_named() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("redis_url"), "{}", stderr(&out));
 }
+
+/// Runs `edge` with `args` and waits at most 20 s for it to exit (a refusal must not hang).
+fn edge_exits(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run edge");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("edge {args:?} did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn a_second_serve_on_a_taken_address_or_data_dir_is_refused() {
+    let dir = common::temp_data_dir("taken");
+    let s = common::Server::start_with("epoll", &[], &[], &dir);
+    let other = common::temp_data_dir("other");
+    let (o, d) = (other.to_str().expect("utf-8"), dir.to_str().expect("utf-8"));
+    let out = edge_exits(&["serve", "--listen", &s.addr, "--data-dir", o, "--jwt-secret", common::SECRET]);
+    assert!(!out.status.success(), "a second node on {} started", s.addr);
+    assert!(
+        stderr(&out).contains("another server already accepts connections"),
+        "{}",
+        stderr(&out)
+    );
+    let out = edge_exits(&["serve", "--listen", "127.0.0.1:0", "--data-dir", d, "--jwt-secret", common::SECRET]);
+    assert!(!out.status.success(), "a second node on the same data dir started");
+    assert!(stderr(&out).contains("is in use by another edge (pid"), "{}", stderr(&out));
+}
+
+/// Starts a dev-mode node (no secret) on `dir`; returns it and its address.
+fn dev_node(dir: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("EDGE_JWT_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn edge");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("banner");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ws://"))
+        .and_then(|w| w.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+#[test]
+fn dev_mode_keeps_its_secret_so_edge_token_mints_for_any_user() {
+    let dir = common::temp_data_dir("dev");
+    let d = dir.to_str().expect("utf-8");
+    let (mut node, addr) = dev_node(&dir);
+    let out = edge(&["token", "--user", "bob", "--data-dir", d]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let c = common::Client::connect_raw_query(&addr, &format!("token={token}")).expect("upgrade");
+    drop(c);
+    let _ = node.kill();
+    let _ = node.wait();
+    // The same secret after a restart: the token minted before still works.
+    let (mut node, addr) = dev_node(&dir);
+    let mut c = common::Client::connect_raw_query(&addr, &format!("token={token}")).expect("upgrade after a restart");
+    assert_eq!(c.recv_type("welcome")["user"], "bob");
+    let _ = node.kill();
+    let _ = node.wait();
+    let empty = common::temp_data_dir("no-dev");
+    let out = edge(&["token", "--user", "bob", "--data-dir", empty.to_str().expect("utf-8")]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--jwt-secret is required"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_check_validates_as_serve_does() {
+    let out = edge(&["config", "--check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok (dev mode: no jwt_secret)");
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config", "--check"])
+        .env("EDGE_JWT_SECRET", common::SECRET)
+        .output()
+        .expect("run edge");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok", "{}", stderr(&out));
+    let short = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config", "--check"])
+        .env("EDGE_JWT_SECRET", "too-short")
+        .output()
+        .expect("run edge");
+    assert!(!short.status.success(), "a secret serve refuses is refused here too");
+    let bad = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config", "--check"])
+        .env("EDGE_TYPING_INTERVAL_MS", "999999")
+        .output()
+        .expect("run edge");
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("typing_interval_ms"), "{}", stderr(&bad));
+    // Without --check the printed config is validated too.
+    let bad = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config"])
+        .env("EDGE_TYPING_INTERVAL_MS", "999999")
+        .output()
+        .expect("run edge");
+    assert!(!bad.status.success() && bad.stdout.is_empty(), "{}", stderr(&bad));
+}
+
+/// The first `n` stderr lines of a node started with `envs` (then it is stopped).
+fn serve_log_lines(envs: &[(&str, &str)], n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = common::temp_data_dir("logs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--jwt-secret",
+        common::SECRET,
+        "--data-dir",
+    ])
+    .arg(&dir)
+    .env("RUST_LOG", "info")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn edge");
+    let lines: Vec<String> = std::io::BufReader::new(child.stderr.take().expect("stderr"))
+        .lines()
+        .take(n)
+        .map(|l| l.expect("a log line"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_or_json_when_asked() {
+    let text = serve_log_lines(&[], 2);
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(text.iter().all(|l| !l.contains('\u{1b}')), "no ANSI codes into a pipe: {text:?}");
+    let json = serve_log_lines(&[("EDGE_LOG_FORMAT", "json")], 2);
+    for line in &json {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string() && v["fields"].is_object(),
+            "{v}"
+        );
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config", "--check"])
+        .env("EDGE_LOG_FORMAT", "xml")
+        .output()
+        .expect("run edge");
+    assert!(!bad.status.success() && stderr(&bad).contains("log_format"), "{}", stderr(&bad));
+}
