@@ -236,3 +236,14 @@ fn logs_are_plain_text_off_a_terminal_or_json_when_asked() {
         .expect("run edge");
     assert!(!bad.status.success() && stderr(&bad).contains("log_format"), "{}", stderr(&bad));
 }
+
+#[test]
+fn the_example_production_config_is_valid() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/production.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["config", "--check", "--config", config])
+        .env("EDGE_JWT_SECRET", common::SECRET)
+        .output()
+        .expect("run edge");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok", "{}", stderr(&out));
+}
