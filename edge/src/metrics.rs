@@ -218,11 +218,71 @@ pub fn render_bridge(out: &mut String, m: &router::bridge::MetricsSnapshot, read
     write_unlabelled(out, &rows);
 }
 
+/// The process's own figures, as Prometheus' process collector names them: resident
+/// memory, open file descriptors (every connection is one), CPU time; read from /proc.
+pub fn render_process(out: &mut String) {
+    let page = page_size();
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let rss_pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name (in parentheses, which may hold spaces): utime and stime are
+    // fields 14 and 15 of the line, 12 and 13 after the ")".
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    let cpu_s = ticks as f64 / clock_ticks() as f64;
+    let rows = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            (rss_pages * page).to_string(),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors (sockets included).",
+            fds.to_string(),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time, seconds.",
+            format!("{cpu_s:.3}"),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the running system; no memory is touched.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).unwrap_or(4096)
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: as above.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
 /// Renders every shard's stats, labelled by shard.
 pub fn render(all: &[ShardStats], driver: &str) -> String {
     let mut out = String::with_capacity(4096);
     let _ = writeln!(out, "# HELP edge_info Build and runtime facts.\n# TYPE edge_info gauge");
-    let _ = writeln!(out, "edge_info{{driver=\"{driver}\",shards=\"{}\"}} 1", all.len());
+    let _ = writeln!(
+        out,
+        "edge_info{{version=\"{}\",driver=\"{driver}\",shards=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        all.len()
+    );
     let rows: Vec<Vec<u64>> = all.iter().map(ShardStats::values).collect();
     for (i, (name, kind, help)) in ShardStats::describe().iter().enumerate() {
         let _ = writeln!(out, "# HELP edge_{name} {}", help.trim());
@@ -247,6 +307,22 @@ mod tests {
         assert!(text.contains("edge_deliveries_total{shard=\"0\"} 0"));
         assert!(text.contains("# TYPE edge_connections_open gauge"));
         assert!(text.contains("driver=\"io_uring\""));
+        assert!(text.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{text}");
+        let mut text = String::new();
+        render_process(&mut text);
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name}: {text}"));
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"))
+        };
+        assert!(value("process_resident_memory_bytes") > 1_000_000.0, "{text}");
+        assert!(value("process_open_fds") >= 3.0, "{text}");
+        assert!(value("process_cpu_seconds_total") >= 0.0, "{text}");
         let mut text = String::new();
         render_store(&mut text, &storage::StoreStats::default());
         assert!(text.contains("edge_store_write_queue_depth 0"), "{text}");

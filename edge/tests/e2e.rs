@@ -331,6 +331,13 @@ fn admission_control_refuses_over_the_rate_with_a_retry_hint() {
         assert_eq!(pong["type"], "pong");
         let metrics = http_get(&s.addr, "/metrics");
         assert!(metrics.contains("admission_refused_total"), "metric exported");
+        // The process's own figures: two connections and the listeners are open fds.
+        let fds = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("process_open_fds "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert!(fds.is_some_and(|n| n >= 2), "process_open_fds in {metrics}");
+        assert!(metrics.contains("process_resident_memory_bytes ") && metrics.contains("process_cpu_seconds_total "));
     });
 }
 

@@ -93,6 +93,7 @@ async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr,
         "/metrics" => {
             let mut body = crate::metrics::render(&shard.all_stats, shard.driver);
             crate::metrics::render_store(&mut body, shard.store.stats());
+            crate::metrics::render_process(&mut body);
             if let Some(b) = shard.bridge_handle() {
                 crate::metrics::render_bridge(&mut body, &b.metrics(), b.is_ready());
             }
