@@ -100,7 +100,6 @@ fn a_second_serve_on_a_taken_address_or_data_dir_is_refused() {
 
 /// Starts a dev-mode node (no secret) on `dir`; returns it and its address.
 fn dev_node(dir: &std::path::Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
         .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
         .arg(dir)
@@ -110,16 +109,7 @@ fn dev_node(dir: &std::path::Path) -> (std::process::Child, String) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn edge");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("banner");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ws://"))
-        .and_then(|w| w.strip_suffix("/ws"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+    let (_, addr) = common::read_banner(&mut child);
     (child, addr)
 }
 

@@ -24,6 +24,20 @@ pub struct Server {
     pub data_dir: PathBuf,
 }
 
+/// Reads a starting node's banner line from its piped stdout: the line and the address it serves.
+pub fn read_banner(child: &mut Child) -> (String, String) {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read banner");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ws://"))
+        .and_then(|w| w.strip_suffix("/ws"))
+        .unwrap_or_else(|| panic!("no address in banner {line:?}"))
+        .to_owned();
+    (line, addr)
+}
+
 /// A fresh, empty directory under the system temp dir, unique to this test process and call.
 pub fn temp_data_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -65,15 +79,7 @@ impl Server {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn edge");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read banner");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ws://"))
-            .and_then(|w| w.strip_suffix("/ws"))
-            .unwrap_or_else(|| panic!("no address in banner {line:?}"))
-            .to_owned();
+        let (line, addr) = read_banner(&mut child);
         let driver = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("driver="))

@@ -92,7 +92,10 @@ impl<S: StorePort> Owner<S> {
     /// [`SENDER_WINDOW_MS`] are for it too (hot path: a lookup, and an allocation only for a
     /// sender new in the window).
     pub(super) fn note_sender(&mut self, room: &str, user: &str, now_ms: u64) {
-        if !self.cfg.delivered_marks {
+        // A room above `receipts_room_max` pushes no receipt: nobody to remember (this also
+        // bounds the list this scans).
+        let big = self.rooms.get(room).is_none_or(|r| r.roster().len() > self.cfg.receipts_room_max);
+        if !self.cfg.delivered_marks || big {
             return;
         }
         match self.delivered_senders.get_mut(room) {
@@ -247,5 +250,18 @@ mod audience {
         // Past the window, nobody sent lately: nobody is told.
         o.delivered("r", 1, vec!["erin".into()]);
         assert!(receipts(&mut o, NOW + SENDER_WINDOW_MS + 1).is_empty());
+    }
+
+    #[test]
+    fn a_room_above_receipts_room_max_remembers_no_sender() {
+        let mut o = owner(8);
+        for i in 0..101 {
+            o.subscribe("r", 1, 10 + i, Some(&format!("m{i}")), NOW);
+        }
+        drain(&mut o);
+        send(&mut o, "alice", "hi");
+        assert!(o.delivered_senders.is_empty(), "101 online: no receipt will be pushed");
+        o.delivered("r", 1, vec!["bob".into()]);
+        assert!(receipts(&mut o, NOW + 10).is_empty());
     }
 }

@@ -75,7 +75,6 @@ mod tests {
 
     use super::super::{Effect, OwnerConfig};
     use super::*;
-    use crate::config::Durability;
     use crate::metrics::ShardStats;
 
     #[derive(Default)]
@@ -95,20 +94,8 @@ mod tests {
     /// An owner of room `r` (loaded, shard 1 subscribed) showing at most `cap` users.
     fn owner(cap: usize) -> Owner<Port> {
         let cfg = OwnerConfig {
-            shard: 0,
-            shards: 2,
-            durability: Durability::Fast,
-            dedupe_per_room: 8,
-            recent_per_room: 8,
-            room_load_queue_max: 8,
-            max_rooms_per_shard: 8,
-            history_page_max_bytes: 1 << 20,
             presence_roster_max: cap,
-            receipts_room_max: 100,
-            delivered_marks: true,
-            delivered_flush_ms: 1_000,
-            previous_run_clean: true,
-            run_epoch: 1,
+            ..super::super::store_model::config(8)
         };
         let stats = Arc::new((0..2).map(|_| ShardStats::default()).collect::<Vec<_>>());
         let mut o = Owner::new(cfg, Port::default(), stats);

@@ -113,9 +113,9 @@ impl Port {
 
 pub(super) const NOW: u64 = 5_000;
 
-/// An owner of room `r` (loaded, shard 1 subscribed), fast mode, a ring of `ring` messages.
-pub(super) fn owner(ring: usize) -> Owner<Port> {
-    let cfg = OwnerConfig {
+/// The test owners' configuration: shard 0 of 2, fast mode, small bounds, a ring of `ring`.
+pub(super) fn config(ring: usize) -> OwnerConfig {
+    OwnerConfig {
         shard: 0,
         shards: 2,
         durability: Durability::Fast,
@@ -130,9 +130,13 @@ pub(super) fn owner(ring: usize) -> Owner<Port> {
         delivered_flush_ms: 1_000,
         previous_run_clean: true,
         run_epoch: 1,
-    };
+    }
+}
+
+/// An owner of room `r` (loaded, shard 1 subscribed), fast mode, a ring of `ring` messages.
+pub(super) fn owner(ring: usize) -> Owner<Port> {
     let stats = Arc::new((0..2).map(|_| ShardStats::default()).collect::<Vec<_>>());
-    let mut o = Owner::new(cfg, Port::default(), stats);
+    let mut o = Owner::new(config(ring), Port::default(), stats);
     o.subscribe("r", 1, 1, None, NOW);
     settle_queries(&mut o);
     drain(&mut o);
