@@ -9,15 +9,18 @@ import subprocess
 src = open("edge/src/config.rs").read()
 body = src[src.index("pub struct Config {"):]
 body = body[: body.index("\n}\n")]
-fields, doc = [], []
+fields, doc, skip = [], [], False
 for line in body.split("\n")[1:]:
     l = line.strip()
     if l.startswith("///"):
         doc.append(l[3:].strip())
+    elif l == "#[serde(skip)]":
+        skip = True  # set at run time, not a setting
     elif l.startswith("pub "):
         name, ty = re.match(r"pub (\w+): (.+),", l).groups()
-        fields.append((name, ty, " ".join(doc)))
-        doc = []
+        if not skip:
+            fields.append((name, ty, " ".join(doc)))
+        doc, skip = [], False
 toml = subprocess.run(["target/debug/edge", "config"], capture_output=True, text=True, check=True).stdout
 defaults = dict(re.match(r"(\w+) = (.*)", l).groups() for l in toml.splitlines() if " = " in l)
 out = [

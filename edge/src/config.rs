@@ -165,6 +165,17 @@ pub struct Config {
     pub jwt_leeway_s: u64,
     /// Origins allowed to upgrade (exact match); empty allows all.
     pub allowed_origins: Vec<String>,
+    /// Keys of the HTTP API's backend routes (publish, tokens, admin), sent as
+    /// `Authorization: apikey <key>` or `X-API-Key: <key>`; each at least 16 bytes. Env
+    /// `EDGE_API_KEYS` takes them comma-separated. Empty: those routes answer 401.
+    pub api_keys: Vec<String>,
+    /// Largest HTTP API request body, in bytes (then 413).
+    pub api_max_body_bytes: usize,
+    /// Longest an HTTP API request waits for the chat engine's answer (then 504).
+    pub api_timeout_ms: u64,
+    /// Set by `serve` when it runs without a configured secret (never read from a file).
+    #[serde(skip)]
+    pub dev_mode: bool,
     /// Time a new socket has to send a complete upgrade request.
     pub handshake_timeout_ms: u64,
     /// Time a client upgraded without `?token=` has to send its `auth` frame.
@@ -279,6 +290,10 @@ impl Default for Config {
             jwt_audience: None,
             jwt_leeway_s: 5,
             allowed_origins: Vec::new(),
+            api_keys: Vec::new(),
+            api_max_body_bytes: 64 * 1024,
+            api_timeout_ms: 10_000,
+            dev_mode: false,
             handshake_timeout_ms: 5_000,
             auth_timeout_ms: 5_000,
             max_head_bytes: 8 * 1024,
@@ -479,6 +494,19 @@ impl Config {
         }
         if self.write_stall_timeout_ms < 100 {
             return invalid("write_stall_timeout_ms", "must be at least 100");
+        }
+        if self
+            .api_keys
+            .iter()
+            .any(|k| k.len() < 16 || k.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            return invalid("api_keys", "each key must be at least 16 bytes of printable ASCII without spaces");
+        }
+        if !(1024..=16 << 20).contains(&self.api_max_body_bytes) {
+            return invalid("api_max_body_bytes", "must be 1024..=16777216");
+        }
+        if self.api_timeout_ms < 100 {
+            return invalid("api_timeout_ms", "must be at least 100");
         }
         Ok(())
     }

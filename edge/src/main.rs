@@ -160,6 +160,9 @@ fn main() -> anyhow::Result<()> {
             if !cfg.jwt_secret.is_empty() {
                 cfg.jwt_secret = format!("<set, {} bytes, not printed>", cfg.jwt_secret.len());
             }
+            for key in &mut cfg.api_keys {
+                *key = format!("<set, {} bytes, not printed>", key.len());
+            }
             print!("{}", toml::to_string(&cfg).context("render the config as TOML")?);
             Ok(())
         }
@@ -276,6 +279,7 @@ fn dev_mode(cfg: &mut Config) -> anyhow::Result<Option<String>> {
     let (secret, _created) =
         edge::operator::dev_secret(&cfg.data_dir).with_context(|| format!("dev-mode secret in --data-dir {}", cfg.data_dir.display()))?;
     cfg.jwt_secret = secret;
+    cfg.dev_mode = true;
     Ok(Some(cfg.jwt_secret.clone()))
 }
 

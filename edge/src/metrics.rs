@@ -65,6 +65,10 @@ stats! {
     mesh_spilled_total: "counter",
     /// Rooms whose state this shard owns.
     rooms_owned: "gauge",
+    /// HTTP API and web page requests served.
+    api_requests_total: "counter",
+    /// HTTP API requests answered with a 5xx status (timeouts, shutdown, internal).
+    api_failed_total: "counter",
     /// Sends and store queries refused because the store's queue was full (answered `overloaded`).
     store_overloaded_total: "counter",
     /// Store writes that failed after the writer's retries.

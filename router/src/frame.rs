@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 13;
+pub const FRAME_VERSION: u8 = 14;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -261,6 +261,18 @@ pub enum Frame {
         /// The `update` or `reaction` event for the members.
         event: Vec<u8>,
     },
+    /// Close `user`'s connections on this shard (an operator's `disconnect` through the HTTP
+    /// API, version 14); answered to the API connection `conn` with a [`Frame::Reply`].
+    Disconnect {
+        /// The user.
+        user: String,
+        /// The close reason (at most 100 bytes).
+        reason: String,
+        /// A `reconnect` hint sent before the close.
+        retry_ms: Option<u64>,
+        /// The asking API connection.
+        conn: u64,
+    },
 }
 
 /// A member's change to a sent message, on its way to the room's owner.
@@ -487,6 +499,7 @@ fn size_hint(frame: &Frame) -> usize {
         Frame::UserDeliver { user, room, payload, .. } => opt(user) + room.len() + payload.len(),
         Frame::Event { room, from, payload } => room.len() + from.len() + payload.len(),
         Frame::Seen { user, .. } => user.len(),
+        Frame::Disconnect { user, reason, .. } => user.len() + reason.len(),
         Frame::EventTo { room, users, payload } => room.len() + users.iter().map(|u| u.len() + 8).sum::<usize>() + payload.len(),
         Frame::LastSeen { user, req, .. } => user.len() + opt(req),
         Frame::Delivered { room, users, .. } => room.len() + users.iter().map(|u| u.len() + 8).sum::<usize>(),

@@ -54,6 +54,34 @@ pub fn mint_claims_hs256(secret: &str, claims: &Claims) -> Result<String, AuthEr
         .map_err(|e| AuthError::Signing(e.to_string()))
 }
 
+/// Mints an HS256 token carrying `claims`, plus the `iss` and `aud` the node's verifier
+/// requires when it is configured with them (`POST /api/tokens`).
+pub fn mint_for_node(secret: &str, claims: &Claims, issuer: Option<&str>, audience: Option<&str>) -> Result<String, AuthError> {
+    #[derive(serde::Serialize)]
+    struct WithIssuer<'a> {
+        #[serde(flatten)]
+        claims: &'a Claims,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iss: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'a str>,
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(AuthError::SecretTooShort);
+    }
+    if !is_valid_user_id(&claims.sub) {
+        return Err(AuthError::InvalidUserId);
+    }
+    ensure_crypto_provider();
+    let full = WithIssuer {
+        claims,
+        iss: issuer,
+        aud: audience,
+    };
+    jsonwebtoken::encode(&Header::default(), &full, &EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|e| AuthError::Signing(e.to_string()))
+}
+
 /// A random 32-byte secret, base64url without padding (43 chars), for dev mode.
 pub fn generate_dev_secret() -> String {
     let mut bytes = [0u8; 32];

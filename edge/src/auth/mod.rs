@@ -43,7 +43,7 @@ mod settings_tests;
 mod test_keys;
 
 pub use jwt::{AuthError, AuthSettings, Claims, JwtAlgorithm, Verifier};
-pub use mint::{generate_dev_secret, mint_claims_hs256, mint_hs256};
+pub use mint::{generate_dev_secret, mint_claims_hs256, mint_for_node, mint_hs256};
 pub use rooms::{dm_participants, dm_room, is_valid_room_id, is_valid_user_id, may_join, may_moderate, Denied};
 
 /// Minimum HS256 secret length in bytes (RFC 7518 §3.2: a key of the same

@@ -28,6 +28,8 @@ use crate::protocol::client::{self, ParseLimits, ReactOp, Request, SendReq, Targ
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
 
+/// Longest `client_id` of a `send`, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 64;
 /// Close code for a client that keeps exceeding its rate.
 pub const CLOSE_RATE_LIMIT: u16 = 4029;
 /// Close code for a client that fails or skips authentication.
@@ -174,7 +176,7 @@ impl Session {
         ShardStats::inc(&cx.stats.frames_in_total);
         let parse = ParseLimits {
             max_body_chars: cx.limits.max_body_chars,
-            max_client_id_bytes: 64,
+            max_client_id_bytes: MAX_CLIENT_ID_BYTES,
         };
         let env = match client::parse(text, &parse) {
             Ok(env) => env,

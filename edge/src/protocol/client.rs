@@ -13,7 +13,7 @@ const MAX_ID_BYTES: usize = 64;
 /// Longest `emoji` of a `react`, in bytes (a multi-codepoint emoji with skin tone and ZWJs fits).
 pub const MAX_EMOJI_BYTES: usize = 32;
 /// `history` page size bounds.
-const MAX_HISTORY_LIMIT: u64 = 100;
+pub const MAX_HISTORY_LIMIT: u64 = 100;
 const DEFAULT_HISTORY_LIMIT: u32 = 50;
 
 /// Limits applied while parsing.

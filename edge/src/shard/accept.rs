@@ -75,14 +75,27 @@ pub(super) fn adopt(shard: &Rc<Shard>, fd: i32, head: &[u8], peer: &str) {
     }
 }
 
-async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, buf: BytesMut, handed: bool) {
+async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, mut buf: BytesMut, handed: bool) {
     let limit = Duration::from_millis(shard.cfg.handshake_timeout_ms);
-    let head = monoio::time::timeout(limit, read_head(&mut stream, buf, shard.cfg.max_head_bytes)).await;
-    let (req, buf) = match head {
-        Ok(Ok(Some(v))) => v,
-        Ok(Ok(None)) => return, // closed before a full head
-        Ok(Err(status)) => return reject(&shard, stream, status, "bad request").await,
-        Err(_) => return reject(&shard, stream, 408, "handshake timeout").await,
+    // HTTP API requests may keep the connection for the next one; anything else ends it.
+    let mut served = 0u32;
+    let (req, buf) = loop {
+        let head = monoio::time::timeout(limit, read_head(&mut stream, buf, shard.cfg.max_head_bytes)).await;
+        let (req, rest) = match head {
+            Ok(Ok(Some(v))) => v,
+            Ok(Ok(None)) => return, // closed before a full head
+            Ok(Err(status)) => return reject(&shard, stream, status, "bad request").await,
+            Err(_) if served > 0 => return, // a kept-alive connection went quiet
+            Err(_) => return reject(&shard, stream, 408, "handshake timeout").await,
+        };
+        if !super::api::serves(&req.path) {
+            break (req, rest);
+        }
+        served += 1;
+        match super::api::serve(&shard, &mut stream, req, rest).await {
+            Some(rest) => buf = rest,
+            None => return,
+        }
     };
     match req.path.as_str() {
         "/ws" => upgrade(shard, stream, peer, req, buf, handed).await,

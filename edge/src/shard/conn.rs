@@ -211,7 +211,10 @@ impl Shard {
             stall_cut: Cell::new(false),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
-        ShardStats::set(&self.stats().connections_open, self.conns.borrow().len() as u64);
+        ShardStats::set(
+            &self.stats().connections_open,
+            self.conns.borrow().len() as u64 - self.api_conns.get(),
+        );
         conn
     }
 
@@ -222,7 +225,10 @@ impl Shard {
         self.leave_all(conn);
         self.user_offline(conn);
         self.conns.borrow_mut().remove(&conn.id);
-        ShardStats::set(&self.stats().connections_open, self.conns.borrow().len() as u64);
+        ShardStats::set(
+            &self.stats().connections_open,
+            self.conns.borrow().len() as u64 - self.api_conns.get(),
+        );
     }
 
     /// Resolves once a drain was requested.

@@ -196,6 +196,15 @@ impl Shard {
                 self.owner_delivered(room.as_str(), seq.to_native(), users);
             }
             ArchivedFrame::Typing { room, user, typing } => self.typing_update(room.as_str(), user.as_str(), *typing),
+            ArchivedFrame::Disconnect {
+                user,
+                reason,
+                retry_ms,
+                conn,
+            } => {
+                let retry_ms = retry_ms.as_ref().map(|r| r.to_native());
+                self.on_disconnect_frame(user.as_str(), reason.as_str(), retry_ms, conn.to_native());
+            }
             ArchivedFrame::Shutdown { retry_ms_max } => self.begin_drain(u64::from(retry_ms_max.to_native())),
         }
     }

@@ -17,6 +17,7 @@
 //! connection).
 
 mod accept;
+mod api;
 mod changes;
 mod cluster;
 mod conn;
@@ -116,6 +117,8 @@ pub(crate) struct Shard {
     pub(crate) all_stats: Arc<Vec<ShardStats>>,
     pub(crate) driver: &'static str,
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Of `conns`, the API connections (no socket; not in `connections_open`).
+    api_conns: Cell<u64>,
     members: RefCell<MemberIndex>,
     /// user -> this shard's authenticated connections of that user (`users.rs`).
     users: RefCell<MemberIndex>,
@@ -195,6 +198,7 @@ impl Shard {
             all_stats: s.stats,
             driver: s.driver,
             conns: RefCell::new(HashMap::new()),
+            api_conns: Cell::new(0),
             members: RefCell::new(MemberIndex::default()),
             users: RefCell::new(MemberIndex::default()),
             next_conn: Cell::new(0),

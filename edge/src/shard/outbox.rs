@@ -324,6 +324,22 @@ impl Outbox {
         batch.seal();
     }
 
+    /// The next text or shared payload queued to a connection with no socket (an HTTP API
+    /// request's), skipping control frames; `None` once it is closing with nothing queued.
+    pub async fn next_payload(&self) -> Option<Bytes> {
+        loop {
+            self.ready().await;
+            let frame = self.queue.borrow_mut().pop_front();
+            let frame = frame?;
+            self.count(&frame, false);
+            match frame {
+                OutFrame::Shared(_, _, payload) => return Some(payload),
+                OutFrame::Whole(..) if self.state.get() != State::Open && !self.has_queued() => return None,
+                OutFrame::Whole(..) => {}
+            }
+        }
+    }
+
     fn has_queued(&self) -> bool {
         !self.queue.borrow().is_empty()
     }

@@ -137,7 +137,7 @@ impl Shard {
     }
 
     /// A send the session allowed: to the room's owner shard.
-    fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, s: SendReq<'_>) {
+    pub(super) fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, s: SendReq<'_>) {
         let Some(claims) = conn.user() else { return };
         let args = SendArgs {
             room,

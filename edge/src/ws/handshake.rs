@@ -67,6 +67,25 @@ pub struct Request {
     pub version_ok: bool,
     /// `X-Forwarded-For`, for logs behind a proxy.
     pub forwarded_for: Option<String>,
+    /// What the HTTP API reads of the head.
+    pub api: ApiHeaders,
+}
+
+/// The headers of an HTTP API request (`/api/...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiHeaders {
+    /// `Authorization`.
+    pub authorization: Option<String>,
+    /// `X-API-Key`.
+    pub api_key: Option<String>,
+    /// `Content-Length`; `Err(())` when unparsable or given twice with different values.
+    pub content_length: Option<Result<u64, ()>>,
+    /// `Transfer-Encoding` present (the API takes `Content-Length` bodies only).
+    pub transfer_encoding: bool,
+    /// `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
+    pub close: bool,
 }
 
 impl Request {
@@ -100,6 +119,10 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, Handshak
         upgrade: false,
         version_ok: false,
         forwarded_for: None,
+        api: ApiHeaders {
+            close: req.version == Some(0),
+            ..ApiHeaders::default()
+        },
     };
     let (mut upgrade_ws, mut connection_upgrade) = (false, false);
     for h in req.headers.iter() {
@@ -110,6 +133,8 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, Handshak
             upgrade_ws |= value.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"));
         } else if name.eq_ignore_ascii_case("connection") {
             connection_upgrade |= value.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+            let has = |token: &str| value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token));
+            out.api.close = has("close") || (out.api.close && !has("keep-alive"));
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             out.ws_key = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
@@ -118,10 +143,35 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, Handshak
             out.origin = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
             out.forwarded_for = Some(value.to_owned());
+        } else {
+            api_header(&mut out.api, name, value);
         }
     }
     out.upgrade = upgrade_ws && connection_upgrade;
     Ok(Some(out))
+}
+
+fn api_header(api: &mut ApiHeaders, name: &str, value: &str) {
+    if name.eq_ignore_ascii_case("authorization") {
+        api.authorization = Some(value.to_owned());
+    } else if name.eq_ignore_ascii_case("x-api-key") {
+        api.api_key = Some(value.to_owned());
+    } else if name.eq_ignore_ascii_case("idempotency-key") {
+        api.idempotency_key = Some(value.to_owned());
+    } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        api.transfer_encoding = true;
+    } else if name.eq_ignore_ascii_case("content-length") {
+        let parsed = if value.bytes().all(|b| b.is_ascii_digit()) {
+            value.parse::<u64>().map_err(|_| ())
+        } else {
+            Err(())
+        };
+        // Two lengths that disagree are how requests get smuggled: refuse them.
+        api.content_length = match api.content_length {
+            Some(prev) if prev != parsed => Some(Err(())),
+            _ => Some(parsed),
+        };
+    }
 }
 
 /// Checks the upgrade headers; returns the `Sec-WebSocket-Key`.
@@ -159,20 +209,28 @@ pub fn http_response(status: u16, body: &str, extra_headers: &[(&str, &str)]) ->
     out.into_bytes()
 }
 
-fn reason(status: u16) -> &'static str {
+/// The reason phrase of an HTTP status.
+pub(crate) fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Error",
     }
 }
@@ -189,7 +247,7 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
 
 /// `%XX` and `+` decoding; malformed escapes are kept literally, and a result
 /// that is not UTF-8 is decoded lossily (it then fails id validation).
-fn percent_decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains(['%', '+']) {
         return Cow::Borrowed(s);
     }
