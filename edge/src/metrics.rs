@@ -14,6 +14,8 @@ macro_rules! stats {
         #[repr(align(128))]
         pub struct ShardStats {
             $( $(#[doc = $doc])* pub $name: AtomicU64, )*
+            /// Sequenced → written to the socket, sampled per connection.
+            pub delivery_latency: LatencyHistogram,
         }
 
         impl ShardStats {
@@ -277,6 +279,63 @@ fn clock_ticks() -> u64 {
     u64::try_from(n).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
+thread_local! {
+    /// The stats of the shard running on this thread (set once at its start).
+    static THIS_SHARD: std::cell::OnceCell<(std::sync::Arc<Vec<ShardStats>>, usize)> = const { std::cell::OnceCell::new() };
+}
+
+/// Tells the metrics which shard runs on this thread.
+pub fn set_thread_shard(all: std::sync::Arc<Vec<ShardStats>>, id: usize) {
+    THIS_SHARD.with(|s| {
+        let _ = s.set((all, id));
+    });
+}
+
+/// Counts a delivery latency on this thread's shard (none outside a shard thread).
+pub fn observe_delivery_latency(us: u64) {
+    THIS_SHARD.with(|s| {
+        if let Some((all, id)) = s.get() {
+            all[*id].delivery_latency.observe(us);
+        }
+    });
+}
+
+/// Upper bounds of the delivery-latency buckets, in microseconds.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+];
+
+/// A Prometheus histogram of latencies in microseconds, written by one shard.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations at or below each bound of [`LATENCY_BOUNDS_US`] (not cumulative), then above all.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Counts one latency.
+    pub fn observe(&self, us: u64) {
+        let i = LATENCY_BOUNDS_US.iter().position(|b| us <= *b).unwrap_or(LATENCY_BOUNDS_US.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Writes `name`'s cumulative buckets, sum and count for `shard`, in seconds.
+    fn render(&self, out: &mut String, name: &str, shard: usize) {
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            let le = LATENCY_BOUNDS_US
+                .get(i)
+                .map_or("+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {cumulative}");
+    }
+}
+
 /// Renders every shard's stats, labelled by shard.
 pub fn render(all: &[ShardStats], driver: &str) -> String {
     let mut out = String::with_capacity(4096);
@@ -295,6 +354,14 @@ pub fn render(all: &[ShardStats], driver: &str) -> String {
             let _ = writeln!(out, "edge_{name}{{shard=\"{shard}\"}} {}", row[i]);
         }
     }
+    let name = "edge_delivery_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From a message's sequencing (on this node) to its write to a member's socket, sampled: one message in flight per connection.\n# TYPE {name} histogram"
+    );
+    for (shard, s) in all.iter().enumerate() {
+        s.delivery_latency.render(&mut out, name, shard);
+    }
     out
 }
 
@@ -311,6 +378,22 @@ mod tests {
         assert!(text.contains("edge_deliveries_total{shard=\"0\"} 0"));
         assert!(text.contains("# TYPE edge_connections_open gauge"));
         assert!(text.contains("driver=\"io_uring\""));
+        stats[0].delivery_latency.observe(40);
+        stats[0].delivery_latency.observe(700);
+        stats[0].delivery_latency.observe(2_000_000);
+        let text = render(&stats, "io_uring");
+        for line in [
+            "edge_delivery_latency_seconds_bucket{shard=\"0\",le=\"0.00005\"} 1",
+            "edge_delivery_latency_seconds_bucket{shard=\"0\",le=\"0.0005\"} 1",
+            "edge_delivery_latency_seconds_bucket{shard=\"0\",le=\"0.001\"} 2",
+            "edge_delivery_latency_seconds_bucket{shard=\"0\",le=\"1\"} 2",
+            "edge_delivery_latency_seconds_bucket{shard=\"0\",le=\"+Inf\"} 3",
+            "edge_delivery_latency_seconds_count{shard=\"0\"} 3",
+            "edge_delivery_latency_seconds_sum{shard=\"0\"} 2.00074",
+            "edge_delivery_latency_seconds_count{shard=\"1\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(text.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{text}");
         let mut text = String::new();
         render_process(&mut text);

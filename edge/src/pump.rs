@@ -247,6 +247,7 @@ impl Pump {
             room: room.to_owned(),
             seq: 0,
             payload: payload.to_vec(),
+            at_us: 0,
         });
         for s in self.shards_of(room).iter() {
             self.mesh.send(usize::from(*s), frame.clone()).await;

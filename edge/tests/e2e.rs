@@ -304,6 +304,49 @@ fn health_ready_and_metrics_endpoints_answer() {
 }
 
 #[test]
+fn delivery_latency_is_counted_on_the_owner_shard_and_across_the_mesh() {
+    on_both_drivers(&[], |s| {
+        let room = "lat";
+        // One member lands on the room's owner shard, the other on the other shard.
+        let owner = edge::room::owner(room, 2);
+        let elsewhere = (0..100)
+            .map(|i| format!("o{i}"))
+            .find(|r| edge::room::owner(r, 2) != owner)
+            .expect("a room of the other shard");
+        let mut near = Client::connect(&s.addr, "near", &format!("&room={room}"));
+        near.recv_type("joined");
+        let mut far = Client::connect(&s.addr, "far", &format!("&room={elsewhere}"));
+        far.recv_type("joined");
+        far.join(room);
+        assert_ne!(near.shard(), far.shard());
+        for i in 0..20 {
+            near.request(json!({"type": "send", "room": room, "body": format!("m{i}")}), &i.to_string());
+        }
+        for c in [&mut near, &mut far] {
+            let mut got = 0;
+            while got < 20 {
+                if c.recv()["type"] == "message" {
+                    got += 1;
+                }
+            }
+        }
+        let text = http_get(&s.addr, "/metrics");
+        for shard in [near.shard(), far.shard()] {
+            let count = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("edge_delivery_latency_seconds_count{{shard=\"{shard}\"}} ")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            assert!(
+                (1..=20).contains(&count),
+                "shard {shard} timed {count} of its 20 deliveries: {text}"
+            );
+        }
+        assert!(text.contains("# TYPE edge_delivery_latency_seconds histogram"), "{text}");
+    });
+}
+
+#[test]
 fn admission_control_refuses_over_the_rate_with_a_retry_hint() {
     let envs = [("EDGE_ADMISSION_RATE_PER_SHARD", "0.5"), ("EDGE_ADMISSION_BURST", "2")];
     on_both_drivers(&envs, |s| {

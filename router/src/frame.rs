@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 14;
+pub const FRAME_VERSION: u8 = 15;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -126,6 +126,9 @@ pub enum Frame {
         seq: u64,
         /// Rendered JSON, sent as is to every member.
         payload: Vec<u8>,
+        /// When the owner shard sequenced it (the process's monotonic µs, for the
+        /// delivery-latency histogram); 0 on frames that came through Redis (version 15).
+        at_us: u64,
     },
     /// The node is draining: close connections with a reconnect hint.
     Shutdown {

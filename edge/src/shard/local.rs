@@ -107,13 +107,15 @@ impl Shard {
                 self.send_frame(shard, &Frame::Fetched { token, messages, refusal });
             }
             Effect::Deliver { shard, room, seq, payload } => {
+                let at_us = super::latency::mono_us();
                 if shard == self.id {
-                    return self.member_deliver(&room, seq, &payload);
+                    return self.member_deliver(&room, seq, &payload, at_us);
                 }
                 let frame = Frame::Deliver {
                     room: room.as_ref().to_owned(),
                     seq,
                     payload: payload.to_vec(),
+                    at_us,
                 };
                 self.send_frame(shard, &frame);
             }

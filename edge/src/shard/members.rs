@@ -60,7 +60,7 @@ impl Shard {
                         .push_text(server::error(req.as_deref(), ErrorCode::BadRequest, JOIN_CANCELLED, None));
                 }
             }
-            SubEffect::Deliver { room, payload } => self.deliver_local(&room, &payload),
+            SubEffect::Deliver { room, payload } => self.deliver_local(&room, &payload, None),
             call => self.sequencer_call(call),
         }
     }
@@ -96,10 +96,11 @@ impl Shard {
     }
 
     /// A room message (or, seq 0, a notice) for this shard's members, from the room's
-    /// owner shard or from Redis.
-    pub(super) fn member_deliver(&self, room: &str, seq: u64, payload: &Bytes) {
+    /// owner shard or from Redis; `at_us`: when it was sequenced on this node
+    /// ([`latency::mono_us`](super::latency::mono_us)), for the delivery-latency histogram.
+    pub(super) fn member_deliver(&self, room: &str, seq: u64, payload: &Bytes, at_us: u64) {
         if self.subscriber.borrow_mut().deliver(room, seq, payload) {
-            self.deliver_local(room, payload);
+            self.deliver_local(room, payload, Some(at_us));
             if seq > 0 {
                 self.note_delivered(room, seq);
             }
@@ -113,8 +114,9 @@ impl Shard {
         self.with_subscriber(|s| s.reset(room, seq, notice, now));
     }
 
-    /// Queues `payload` to every local member of `room`.
-    fn deliver_local(&self, room: &str, payload: &Bytes) {
+    /// Queues `payload` to every local member of `room` (followed to its write for the
+    /// latency histogram on connections that follow none, when `at_us` is known).
+    fn deliver_local(&self, room: &str, payload: &Bytes, at_us: Option<u64>) {
         let members = self.members.borrow();
         let conns = self.conns.borrow();
         let mut n = 0;
@@ -122,6 +124,9 @@ impl Shard {
             if let Some(c) = conns.get(id) {
                 if c.out.push_live(payload.clone()) {
                     n += 1;
+                    if let Some(at) = at_us {
+                        c.out.sample_latency(at);
+                    }
                 }
             }
         }

@@ -217,9 +217,14 @@ impl Shard {
                     c.out.push_text(router::payload_bytes(buf, payload.as_slice()));
                 }
             }
-            ArchivedFrame::Deliver { room, payload, seq } => {
+            ArchivedFrame::Deliver { room, payload, seq, at_us } => {
                 let payload = router::payload_bytes(buf, payload.as_slice());
-                self.member_deliver(room.as_str(), seq.to_native(), &payload);
+                // 0: sequenced on another node (through Redis): timed from its arrival here.
+                let at_us = match at_us.to_native() {
+                    0 => super::latency::mono_us(),
+                    at => at,
+                };
+                self.member_deliver(room.as_str(), seq.to_native(), &payload, at_us);
             }
             ArchivedFrame::Reset { room, seq, payload } => {
                 self.member_reset(room.as_str(), seq.to_native(), &router::payload_bytes(buf, payload.as_slice()));

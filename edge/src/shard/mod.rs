@@ -23,6 +23,7 @@ mod cluster;
 mod conn;
 mod delivered;
 mod events;
+mod latency;
 mod local;
 mod members;
 mod mesh_io;
@@ -273,6 +274,7 @@ impl Shard {
 pub fn run(setup: ShardSetup, listener: std::net::TcpListener) {
     let shard = Rc::new_cyclic(|me| Shard::new(setup, me.clone()));
     let id = shard.id;
+    crate::metrics::set_thread_shard(shard.all_stats.clone(), id);
     let driver = shard.driver;
     let result = match driver {
         "io_uring" => block_on_uring(shard, listener),

@@ -32,6 +32,8 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use super::latency::{mono_us, Sample};
 use monoio::buf::IoVecBuf;
 use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
 use monoio::net::TcpStream;
@@ -108,6 +110,8 @@ pub struct Outbox {
     reader_done: Cell<bool>,
     slow: Cell<bool>,
     reader_waiter: Cell<Option<Waker>>,
+    /// The delivery-latency sample followed to its write (see [`Sample`]); 0: none.
+    sample: Cell<u64>,
     max_bytes: usize,
     max_frames: usize,
     fd: RawFd,
@@ -139,6 +143,7 @@ impl Outbox {
             reader_done: Cell::new(false),
             slow: Cell::new(false),
             reader_waiter: Cell::new(None),
+            sample: Cell::new(0),
             max_bytes,
             max_frames,
             fd,
@@ -150,6 +155,14 @@ impl Outbox {
     /// connection is closing or was just closed 4008 (over the live bound).
     pub fn push_live(&self, payload: Bytes) -> bool {
         self.push(OutFrame::Shared(Class::Live, codec::text_header(payload.len()), payload))
+    }
+
+    /// Follows the live frame just queued to its write, to measure its delivery latency,
+    /// unless another frame is followed already. `at_us`: when it was sequenced ([`mono_us`]).
+    pub fn sample_latency(&self, at_us: u64) {
+        if self.sample.get() == 0 {
+            self.sample.set(Sample::queued(self.queue.borrow().len(), at_us));
+        }
     }
 
     /// Queues an event without a seq (typing) whose rendered payload is shared with
@@ -278,6 +291,7 @@ impl Outbox {
     }
 
     fn drop_queued(&self) {
+        self.sample.set(0);
         self.queue.borrow_mut().clear();
         self.live_bytes.set(0);
         self.live_frames.set(0);
@@ -321,6 +335,7 @@ impl Outbox {
             self.count(&frame, false);
             batch.push(frame);
         }
+        self.sample.set(Sample::taken(self.sample.get(), n));
         batch.seal();
     }
 
@@ -358,6 +373,11 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
         let ok;
         (ok, batch) = write_all(&mut half, batch, &out).await;
         batch.clear();
+        if ok {
+            if let Some(us) = Sample::written(&out.sample, mono_us()) {
+                crate::metrics::observe_delivery_latency(us);
+            }
+        }
         if !ok {
             out.state.set(State::Done);
             out.drop_queued();
@@ -393,8 +413,7 @@ async fn write_all(half: &mut OwnedWriteHalf<TcpStream>, mut batch: WriteBatch, 
 /// Monotonic milliseconds since the process first asked (never 0): the sweep's clock
 /// for stalls, so a wall-clock step cannot make a moving write look stalled.
 pub fn mono_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+    super::latency::start().elapsed().as_millis() as u64 + 1
 }
 
 /// The iovecs of one `writev`: headers and shared payloads, kept alive (and

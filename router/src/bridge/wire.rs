@@ -86,6 +86,7 @@ impl PreparedMessage {
             room: room.to_owned(),
             seq: 0,
             payload,
+            at_us: 0,
         })
         .map_err(|e| BridgeError::BadMessage(e.to_string()))?;
         let (seq_at, payload_at) = match decode(&frame) {
@@ -227,7 +228,7 @@ impl Incoming<'_> {
 pub fn decode_incoming(buf: &[u8]) -> Result<Incoming<'_>, String> {
     match buf.first() {
         Some(&FRAME_VERSION) => match decode(buf).map_err(|e| e.to_string())? {
-            ArchivedFrame::Deliver { room, seq, payload } => Ok(Incoming::Message {
+            ArchivedFrame::Deliver { room, seq, payload, .. } => Ok(Incoming::Message {
                 room: room.as_str(),
                 seq: seq.to_native(),
                 payload: payload.as_slice(),

@@ -119,13 +119,21 @@ fn samples() -> Vec<Frame> {
             room: "lobby".into(),
             seq: 10,
             payload: br#"{"type":"message"}"#.to_vec(),
+            at_us: 123_456,
         },
         Frame::Deliver {
             room: String::new(),
             seq: 0,
             payload: Vec::new(),
+            at_us: 0,
         },
         Frame::Shutdown { retry_ms_max: 30_000 },
+        Frame::Disconnect {
+            user: "frank".into(),
+            reason: "moved".into(),
+            retry_ms: Some(500),
+            conn: 1 << 48,
+        },
         Frame::History {
             room: "lobby".into(),
             user: "ann".into(),
@@ -298,6 +306,7 @@ fn payload_bytes_is_a_view_into_the_frame() {
         room: "lobby".into(),
         seq: 1,
         payload: payload.clone(),
+        at_us: 7,
     });
     let ArchivedFrame::Deliver { payload: archived, .. } = decode(&buf).unwrap() else {
         panic!("wrong variant");
