@@ -119,7 +119,7 @@ impl Pump {
                         self.mesh.send(usize::from(s), frame.clone()).await;
                     }
                 }
-                BridgeEvent::Event { frame, shards, .. } => {
+                BridgeEvent::Event { frame, shards, .. } | BridgeEvent::Disconnect { frame, shards, .. } => {
                     for &s in shards.iter() {
                         self.mesh.send(usize::from(s), frame.clone()).await;
                     }

@@ -518,4 +518,32 @@ fn a_publish_on_one_node_reaches_members_on_three() {
     // History over HTTP on another node sees it too (the Redis stream in cluster mode).
     let h = http(&nodes[2].addr, "GET", "/api/rooms/all/messages", &key_header(), b"");
     assert_eq!(h.body["messages"][0]["body"], "to everyone", "{:?}", h.body);
+
+    // A disconnect asked of node 1 reaches the user's connections on nodes 2 and 3.
+    let mut zeds: Vec<Client> = nodes[1..].iter().map(|n| Client::connect(&n.addr, "zed", "")).collect();
+    let asked = || {
+        http(
+            &nodes[0].addr,
+            "POST",
+            "/api/admin/users/zed/disconnect",
+            &key_header(),
+            br#"{"reason":"ban","retry_ms":1000}"#,
+        )
+    };
+    // Each node subscribes the user's channel as the connection opens: wait until both did.
+    let subscribed = cluster_support::eventually(Duration::from_secs(10), || cluster_support::numsub(redis.port(), "user/zed") == 2);
+    assert!(subscribed, "nodes 2 and 3 subscribe zed's channel");
+    let r = asked();
+    assert_eq!(
+        (r.status, r.body["closed"].as_u64(), r.body["other_nodes_asked"].as_bool()),
+        (200, Some(0), Some(true)),
+        "{:?}",
+        r.body
+    );
+    for z in &mut zeds {
+        z.ws.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let hint = z.recv_type("reconnect");
+        assert_eq!(hint["reason"], "ban", "{hint}");
+        assert_eq!(z.close_code(), Some(4001));
+    }
 }

@@ -324,7 +324,18 @@ async fn disconnect(shard: &Rc<Shard>, user: &str, reason: &str, retry_ms: Optio
     if !matches!(answered, Ok(true)) {
         return ApiError::new(504, "timeout", "not every shard answered within api_timeout_ms").response();
     }
-    http::json_response(200, &json!({"user": user, "closed": closed}))
+    // In a cluster, the nodes holding the user's connections hear it on the user's channel.
+    let Some(bridge) = shard.bridge_handle().cloned() else {
+        return http::json_response(200, &json!({"user": user, "closed": closed}));
+    };
+    let frame = router::encode(&Frame::Disconnect {
+        user: user.to_owned(),
+        reason: reason.to_owned(),
+        retry_ms,
+        conn: 0,
+    });
+    let asked = bridge.notify(&router::bridge::keys::user(user), frame).await.is_ok();
+    http::json_response(200, &json!({"user": user, "closed": closed, "other_nodes_asked": asked}))
 }
 
 /// Starts a request on a new API connection acting as `claims`, and answers with its reply.
@@ -403,10 +414,13 @@ impl Shard {
         closed
     }
 
-    /// Another shard asks this one to disconnect `user`: done, and answered to its API
-    /// connection.
+    /// Another shard (or, `conn` 0, another node through the user's channel) asks this one
+    /// to disconnect `user`: done, and answered to the asking API connection.
     pub(super) fn on_disconnect_frame(&self, user: &str, reason: &str, retry_ms: Option<u64>, conn: u64) {
         let closed = self.disconnect_user(user, reason, retry_ms);
+        if conn == 0 {
+            return;
+        }
         let answer = format!(r#"{{"type":"disconnected","id":"http","closed":{closed}}}"#);
         self.to_conn(conn, Bytes::from(answer));
     }

@@ -158,6 +158,16 @@ pub enum BridgeEvent {
         /// This node's shards subscribed to the room.
         shards: Arc<[u16]>,
     },
+    /// An operator disconnects `user` (published on the user's channel by the node that was
+    /// asked): `frame` is the received mesh `Disconnect` frame (forward it as is).
+    Disconnect {
+        /// The user.
+        user: String,
+        /// The validated `Disconnect` frame.
+        frame: Bytes,
+        /// This node's shards subscribed to the user's name.
+        shards: Arc<[u16]>,
+    },
     /// A user came online in a room (first entry on any node) or went
     /// offline (last entry left or expired).
     PresenceChanged {
@@ -268,8 +278,10 @@ impl BridgeHandle {
 
     /// Publishes `frame`, an encoded mesh `Frame::Event` of `room` (an event without a
     /// seq), on the room's channel: every node subscribed to the room gets it as a
-    /// [`BridgeEvent::Event`]. Resolves once queued; the publish is best effort (a
-    /// failure is counted and logged, never retried), as befits an ephemeral event.
+    /// [`BridgeEvent::Event`]. Or, with `room` a user's name ([`keys::user`]), a
+    /// `Frame::Disconnect` of that user: the nodes holding the user's connections get it as
+    /// a [`BridgeEvent::Disconnect`]. Resolves once queued; the publish is best effort (a
+    /// failure is counted and logged, never retried).
     pub async fn notify(&self, room: &str, frame: Bytes) -> Result<(), BridgeError> {
         let room = room.to_owned();
         self.tx

@@ -123,12 +123,16 @@ async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage], also: &
 
 /// Publishes an event frame on the room's channel, best effort.
 async fn notify(shared: &Shared, room: &str, frame: Bytes) {
-    let event_of_room = matches!(decode_incoming(&frame), Ok(Incoming::Event { room: r, .. }) if r == room);
-    if !event_of_room || frame.len() > shared.config.max_message_bytes as usize {
+    let fits = match decode_incoming(&frame) {
+        Ok(Incoming::Event { room: r, .. }) => r == room,
+        Ok(Incoming::Disconnect { user }) => keys::user_of(room) == Some(user),
+        _ => false,
+    };
+    if !fits || frame.len() > shared.config.max_message_bytes as usize {
         BridgeMetrics::inc(&shared.metrics.errors_total);
         return tracing::error!(
             room,
-            "bridge: an event that is not a valid Event frame of its room was not published"
+            "bridge: a frame that is not a valid Event of its room or Disconnect of its user was not published"
         );
     }
     let (client, channel) = (&shared.client, keys::channel(room));

@@ -81,6 +81,21 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
                 };
                 [Some(deliver), None]
             }
+            Ok(Incoming::Disconnect { user: u }) if u == user => {
+                BridgeMetrics::inc(&shared.metrics.received_total);
+                let Some(shards) = shared.subs().shards(room) else {
+                    return [None, None];
+                };
+                let frame = buf.clone();
+                [
+                    Some(BridgeEvent::Disconnect {
+                        user: u.to_owned(),
+                        frame,
+                        shards,
+                    }),
+                    None,
+                ]
+            }
             _ => reject(),
         };
     }
@@ -111,6 +126,8 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
             }),
             None,
         ],
+        // `room()` of a disconnect is empty: it never passed the check above.
+        Incoming::Disconnect { .. } => reject(),
     }
 }
 

@@ -201,6 +201,12 @@ pub enum Incoming<'a> {
         /// The client JSON, a slice of the received buffer.
         payload: &'a [u8],
     },
+    /// An operator's disconnect of a user's connections (a mesh `Disconnect` frame), on the
+    /// user's channel.
+    Disconnect {
+        /// The user named inside the frame.
+        user: &'a str,
+    },
     /// A presence change.
     Presence {
         /// The room named inside the note.
@@ -219,12 +225,14 @@ impl Incoming<'_> {
     pub fn room(&self) -> &str {
         match self {
             Self::Message { room, .. } | Self::Event { room, .. } | Self::Presence { room, .. } => room,
+            // Not about a room: never matches a room channel's room.
+            Self::Disconnect { .. } => "",
         }
     }
 }
 
-/// Validates a buffer received from a room channel. Anything but a
-/// `Deliver` or `Event` frame or a presence note is rejected with a reason.
+/// Validates a buffer received from a room or user channel. Anything but a `Deliver`,
+/// `Event` or `Disconnect` frame or a presence note is rejected with a reason.
 pub fn decode_incoming(buf: &[u8]) -> Result<Incoming<'_>, String> {
     match buf.first() {
         Some(&FRAME_VERSION) => match decode(buf).map_err(|e| e.to_string())? {
@@ -238,7 +246,8 @@ pub fn decode_incoming(buf: &[u8]) -> Result<Incoming<'_>, String> {
                 from: from.as_str(),
                 payload: payload.as_slice(),
             }),
-            _ => Err("frame is not a Deliver or an Event".into()),
+            ArchivedFrame::Disconnect { user, .. } => Ok(Incoming::Disconnect { user: user.as_str() }),
+            _ => Err("frame is not a Deliver, an Event or a Disconnect".into()),
         },
         Some(&PRESENCE_VERSION) => {
             let note = rkyv::access::<ArchivedPresenceNote, rancor::Error>(&buf[1..]).map_err(|e| e.to_string())?;
@@ -260,6 +269,19 @@ mod tests {
 
     fn json(body: &str) -> Vec<u8> {
         format!(r#"{{"type":"message","room":"lobby",{SEQ_PLACEHOLDER},"body":"{body}"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_disconnect_frame_reads_as_its_user_and_matches_no_room() {
+        let frame = crate::encode(&Frame::Disconnect {
+            user: "zed".into(),
+            reason: "ban".into(),
+            retry_ms: None,
+            conn: 0,
+        });
+        let incoming = decode_incoming(&frame).expect("valid");
+        assert_eq!(incoming, Incoming::Disconnect { user: "zed" });
+        assert_eq!(incoming.room(), "", "never taken for a room channel's message");
     }
 
     #[test]
