@@ -2,6 +2,7 @@
 # Runs the whole test suite from a fresh checkout, installing what it needs
 # (on Debian/Ubuntu, as root or with sudo): fmt, clippy, unit and integration
 # tests on both io drivers, the stress tests (loadgen against a release edge),
+# the web client's browser test (Debian's chromium, playwright-core from npm),
 # and the Autobahn conformance run.
 #
 #   scripts/test.sh            # everything CI runs
@@ -35,6 +36,11 @@ echo "== stress tests (10k idle connections + a 10k reconnect storm, release bui
 # Same command as scripts/autobahn.sh, so the Autobahn step reuses this build.
 cargo build --release --locked --bin edge
 cargo test --release --locked -p loadgen --test against_edge -- --ignored
+echo "== the web client in headless Chromium (playwright-core) against the release edge"
+need chromium || apt_install chromium
+need npm || apt_install nodejs npm
+(cd web-test && npm ci --no-audit --no-fund --loglevel=error)
+EDGE_BIN=target/release/edge node web-test/browser-test.mjs
 if [ "${SKIP_AUTOBAHN:-0}" != 1 ]; then
   echo "== Autobahn|Testsuite (cases 1-10) against the echo endpoint"
   DRIVER=io_uring scripts/autobahn.sh

@@ -85,9 +85,30 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, String> {
     Ok(DataDirLock { _file: file, path })
 }
 
-/// Whether something already accepts connections on `listen` (a port of 0 never does).
-/// The error says who to stop.
+/// How long a listener must keep accepting before `probe_listen` refuses: a node that
+/// just exited may hold its listener a few hundred ms while its io_uring is torn down, and
+/// a restart right after it must not be refused.
+const PROBE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Whether something keeps accepting connections on `listen` for [`PROBE_PATIENCE`] (a port
+/// of 0 never does). The error says who to stop.
 pub fn probe_listen(listen: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + PROBE_PATIENCE;
+    loop {
+        match accepting(listen)? {
+            None => return Ok(()),
+            Some(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Some(probe) => {
+                return Err(format!(
+                    "--listen {listen}: another server already accepts connections on {probe}; stop it or choose another port"
+                ))
+            }
+        }
+    }
+}
+
+/// The address of `listen` something accepts a connection on now, if any.
+fn accepting(listen: &str) -> Result<Option<SocketAddr>, String> {
     let addrs: Vec<SocketAddr> = listen
         .to_socket_addrs()
         .map_err(|e| format!("--listen {listen}: {e}"))?
@@ -100,12 +121,10 @@ pub fn probe_listen(listen: &str) -> Result<(), String> {
             addr
         };
         if TcpStream::connect_timeout(&probe, Duration::from_millis(300)).is_ok() {
-            return Err(format!(
-                "--listen {listen}: another server already accepts connections on {probe}; stop it or choose another port"
-            ));
+            return Ok(Some(probe));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -18,12 +18,20 @@ const PING_IDLE_MS = 20000; // silence this long: send `ping`
 const PONG_TIMEOUT_MS = 8000; // no frame this long after a ping: the socket is dead
 const OFFLINE_PONG_TIMEOUT_MS = 3000; // the same, probed at once when the browser goes offline
 const REQUEST_TIMEOUT_MS = 15000;
+const CONNECT_TIMEOUT_MS = 10000; // no `welcome` this long after opening: try again
 const READ_DELAY_MS = 250;
 const MAX_UNREAD = 1000;
 
-const store = window.sessionStorage;
 const params = new URLSearchParams(location.search);
 const serverOverride = params.get('server'); // host:port, for development
+// Kept per server: a link with `?server=` never carries the token of the page's own server
+// elsewhere.
+const KEY = serverOverride ? `edge@${serverOverride}.` : 'edge.';
+const store = {
+  getItem: (k) => window.sessionStorage.getItem(KEY + k),
+  setItem: (k, v) => window.sessionStorage.setItem(KEY + k, v),
+  removeItem: (k) => window.sessionStorage.removeItem(KEY + k),
+};
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -103,7 +111,7 @@ const state = {
   limits: { max_rooms_per_conn: 64, max_body_chars: 4096 },
   ws: null,
   authed: false,
-  conn: 'signed-out', // signed-out | connecting | online | reconnecting | offline
+  conn: 'signed-out', // signed-out | connecting | online | reconnecting | offline | disconnected
   attempt: 0,
   retryHint: null, // ms, from a `reconnect` frame
   reconnectAt: 0,
@@ -121,7 +129,6 @@ const state = {
   typingRoom: null,
   typingSentAt: 0,
   typingIdle: null,
-  readTimer: null,
   scroll: null, // 'bottom' | 'keep' for the next render
   userInfo: null,
   peerStatus: new Map(), // user -> {status, last_seen}
@@ -153,6 +160,7 @@ function getRoom(id) {
       online: new Map(),
       onlineCount: null,
       typing: new Map(), // user -> timer
+      readTimer: null,
       readBy: new Map(),
       deliveredBy: new Map(),
       error: null,
@@ -207,6 +215,7 @@ function connect() {
   }
   state.ws = ws;
   state.authed = false;
+  state.connectStartedAt = Date.now();
   setConn('connecting');
   ws.onopen = () => {
     if (state.ws !== ws) return;
@@ -283,6 +292,13 @@ function onDisconnected(code, reason) {
   state.retryHint = null;
   const m = /retry_ms=(\d+)/.exec(reason);
   if (m) hint = Number(m[1]);
+  if (code === 4001 && hint == null) {
+    // An operator closed the session and gave no retry_ms: stay off until the user asks.
+    state.attempt = 0;
+    setConn('disconnected');
+    showNotice(`Disconnected by the server: ${reason || 'disconnected'}`);
+    return;
+  }
   if (!wasAuthed && code === 1006 && state.attempt === 0) state.attempt = 1;
   scheduleReconnect(hint);
 }
@@ -315,8 +331,12 @@ function dropConnection(why) {
 
 // Liveness: ping after silence; no answer in time means the socket is gone.
 setInterval(() => {
-  if (!state.ws || !state.authed) return;
+  if (!state.ws) return;
   const now = Date.now();
+  if (!state.authed) {
+    if (now - state.connectStartedAt > CONNECT_TIMEOUT_MS) dropConnection('no welcome');
+    return;
+  }
   if (state.pingSentAt && now - state.pingSentAt > (state.pongTimeout || PONG_TIMEOUT_MS)) {
     dropConnection('no pong');
   } else if (!state.pingSentAt && now - state.lastFrameAt > PING_IDLE_MS) {
@@ -446,12 +466,19 @@ function onUnsolicitedError(m) {
     signOut(`Sign-in refused: ${m.message || 'bad token'}`);
     return;
   }
-  if (m.retry_ms != null) state.retryHint = Number(m.retry_ms);
+  // Errors without an id answer frames that carry none (typing, read, or a join of
+  // ?resume=): with retry_ms, those frames wait that long before the next one.
+  if (m.retry_ms != null) {
+    state.quietUntil = Date.now() + Number(m.retry_ms);
+    if (m.code === 'rate_limited') return;
+  }
   showNotice(`${m.code}: ${m.message || ''}`);
 }
 
 function onWelcome(m) {
   state.authed = true;
+  state.retryHint = null;
+  state.quietUntil = 0;
   state.me = m.user;
   if (m.limits) state.limits = { ...state.limits, ...m.limits };
   state.lastFrameAt = Date.now();
@@ -486,13 +513,14 @@ function applySync(m) {
     const r = getRoom(s.room);
     r.latest = Math.max(r.latest, s.seq || 0);
     r.readMark = Math.max(r.readMark, s.read || 0);
-    r.unread = s.unread || 0;
+    // The stored mark may lag the one this page just sent.
+    r.unread = r.readMark >= (s.seq || 0) ? 0 : s.unread || 0;
     r.counted = Math.max(r.counted, s.seq || 0);
   }
   // Be a member of every room of the user (live messages, typing, presence everywhere).
   const budget = (state.limits.max_rooms_per_conn || 64) - 2;
   let used = [...state.rooms.values()].filter((r) => r.joined || r.joining).length;
-  const saved = store.getItem('edge.room');
+  const saved = store.getItem('room');
   if (!state.current && saved && (ROOM_RE.test(saved))) state.current = saved;
   if (state.current) getRoom(state.current);
   for (const r of state.rooms.values()) {
@@ -502,6 +530,8 @@ function applySync(m) {
     joinRoom(r);
   }
   if (!state.current && state.rooms.size) openRoom([...state.rooms.keys()].sort()[0]);
+  const cur = state.current && state.rooms.get(state.current);
+  if (cur && cur.unread) markReadSoon(cur); // sync's count of a room on screen
   render();
 }
 
@@ -715,9 +745,11 @@ function onPresenceEvent(m) {
   if (!m.room) return;
   const r = getRoom(m.room);
   if (m.user) {
+    const had = r.online.has(m.user);
     if (m.status === 'online') r.online.set(m.user, r.online.get(m.user) ?? m.last_seen ?? Date.now());
     else r.online.delete(m.user);
-    if (r.onlineCount != null) r.onlineCount = Math.max(r.online.size, r.onlineCount + (m.status === 'online' ? 1 : -1));
+    if (r.onlineCount != null && had !== r.online.has(m.user)) r.onlineCount += had ? -1 : 1;
+    if (r.onlineCount != null) r.onlineCount = Math.max(r.online.size, r.onlineCount);
     state.peerStatus.set(m.user, { status: m.status, last_seen: m.last_seen });
   } else if (m.count != null) {
     r.onlineCount = m.count; // a big room: only the count is pushed
@@ -754,11 +786,16 @@ function openRoom(id) {
     showNotice(`Not a valid room id: ${id}`);
     return;
   }
-  if (state.current && state.current !== id) stopTyping();
+  if (state.current && state.current !== id) {
+    stopTyping();
+    // What was on screen in the room being left was seen: its pending read goes now.
+    const old = state.rooms.get(state.current);
+    if (old && old.readTimer) markRead(old);
+  }
   if (state.thread && state.thread.room !== id) state.thread = null;
   const changed = state.current !== id;
   state.current = id;
-  store.setItem('edge.room', id);
+  store.setItem('room', id);
   const r = getRoom(id);
   r.error = null;
   if (changed) {
@@ -825,22 +862,31 @@ function isVisible(r) {
   return r.id === state.current && document.visibilityState === 'visible';
 }
 
+/** Reads are paced a little (a burst of messages makes one `read`), per room. */
 function markReadSoon(r) {
-  clearTimeout(state.readTimer);
-  state.readTimer = setTimeout(() => markRead(r), READ_DELAY_MS);
+  if (r.readTimer) return;
+  r.readTimer = setTimeout(() => markRead(r), READ_DELAY_MS);
 }
 
 /** The open, visible room's latest message is read: move the read mark (forward only). */
 function markRead(r) {
-  if (!isVisible(r) || !state.authed) return;
+  clearTimeout(r.readTimer);
+  r.readTimer = null;
+  if (!isVisible(r)) return;
+  if (r.unread) {
+    r.unread = 0;
+    render();
+  }
+  if (!state.authed) return; // sent when the room is ready again
+  const quiet = (state.quietUntil || 0) - Date.now();
+  if (quiet > 0) {
+    r.readTimer = setTimeout(() => markRead(r), quiet);
+    return;
+  }
   const seq = Math.max(r.latest, r.have);
   if (seq > r.readMark) {
     r.readMark = seq;
     sendRaw({ type: 'read', room: r.id, seq });
-  }
-  if (r.unread) {
-    r.unread = 0;
-    render();
   }
 }
 
@@ -1017,6 +1063,7 @@ function onComposerInput(r, value) {
     return;
   }
   const now = Date.now();
+  if (now < (state.quietUntil || 0)) return; // the server asked for a pause (retry_ms)
   if (state.typingRoom !== r.id || now - state.typingSentAt > TYPING_REFRESH_MS) {
     if (state.typingRoom && state.typingRoom !== r.id) stopTyping();
     if (sendRaw({ type: 'typing', room: r.id, state: 'start' })) {
@@ -1125,7 +1172,8 @@ function renderConn() {
     const s = Math.max(0, Math.ceil((state.reconnectAt - Date.now()) / 1000));
     text = `${state.conn === 'offline' ? 'offline' : 'disconnected'}: retrying in ${s}s`;
   }
-  el.textContent = text;
+  if (state.conn === 'disconnected') text = 'disconnected by the server';
+  el.textContent = serverOverride ? `${text} · ${serverOverride}` : text;
   $('reconnect-now').hidden = !(state.token && !state.ws);
 }
 
@@ -1445,7 +1493,7 @@ function signIn(token) {
   state.token = token;
   state.claims = claims;
   state.me = claims.sub;
-  store.setItem('edge.token', token);
+  store.setItem('token', token);
   $('signin-error').hidden = true;
   state.attempt = 0;
   render();
@@ -1455,8 +1503,8 @@ function signIn(token) {
 function signOut(message) {
   const ws = state.ws;
   state.token = null;
-  store.removeItem('edge.token');
-  store.removeItem('edge.room');
+  store.removeItem('token');
+  store.removeItem('room');
   clearTimeout(state.reconnectTimer);
   state.reconnectTimer = null;
   if (ws) detachSocket();
@@ -1514,7 +1562,7 @@ async function devSignIn(user) {
 }
 
 function devUnavailable() {
-  store.setItem('edge.nodev', '1');
+  store.setItem('nodev', '1');
   $('dev-signin-form').hidden = true;
   $('dev-unavailable').hidden = false;
 }
@@ -1669,8 +1717,8 @@ const MIME = {
 
 function start() {
   wire();
-  if (store.getItem('edge.nodev')) devUnavailable();
-  const saved = store.getItem('edge.token');
+  if (store.getItem('nodev')) devUnavailable();
+  const saved = store.getItem('token');
   if (saved) signIn(saved);
   else render();
 }
