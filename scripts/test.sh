@@ -23,6 +23,8 @@ fi
 need cc || apt_install build-essential
 # The Redis bridge tests start their own redis-server on a free port.
 need redis-server || apt_install redis-server
+# The PostgreSQL store tests start their own server (initdb on a free port) unless PG_URL is set.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need initdb || apt_install postgresql
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -80,7 +80,8 @@ pub struct Config {
     pub pin_threads: bool,
     /// Directory of the embedded store (SQLite `edge.sqlite3` and its WAL); created if missing.
     pub data_dir: PathBuf,
-    /// Message store backend: `embedded` (SQLite in `data_dir`, nothing to install) or `scylla`.
+    /// Message store backend: `embedded` (SQLite in `data_dir`, nothing to install, one
+    /// node), `postgres` (a PostgreSQL database) or `scylla` (a Scylla cluster).
     pub store: StoreKind,
     /// When sends are acked: `fast` (when sequenced) or `durable` (after the store commit).
     pub durability: Durability,
@@ -104,6 +105,12 @@ pub struct Config {
     pub scylla_consistency: String,
     /// Scylla replication factor used when `edge migrate` creates the keyspace.
     pub scylla_replication_factor: u32,
+    /// PostgreSQL (`store = "postgres"`): the URL, `postgres://user[:password]@host:port/db`
+    /// (flag `--postgres-url`, env `EDGE_POSTGRES_URL`). Pending migrations of
+    /// `storage/schema/postgres/` are applied when the store opens, and by `edge migrate`.
+    pub postgres_url: String,
+    /// PostgreSQL: most connections the node keeps open to the database.
+    pub postgres_pool_size: usize,
     /// Most messages one `join` with `since` replays from the store; older ones are announced with `gap`.
     pub max_catch_up_messages: usize,
     /// Requests queued on a room whose state is still being loaded from the store; beyond it, `overloaded`.
@@ -266,6 +273,8 @@ impl Default for Config {
             scylla_keyspace: "edge".into(),
             scylla_consistency: "LOCAL_QUORUM".into(),
             scylla_replication_factor: 1,
+            postgres_url: String::new(),
+            postgres_pool_size: 8,
             max_catch_up_messages: 1000,
             room_load_queue_max: 1024,
             redis_url: None,
@@ -390,127 +399,6 @@ impl Config {
         })
     }
 
-    /// Checks every bound; the error names the field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                message: message.to_owned(),
-            })
-        };
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return invalid("listen", "must be an IP:port address");
-        }
-        if self.cores > 1024 {
-            return invalid("cores", "must be at most 1024");
-        }
-        if self.max_frame_bytes < 125 || self.max_message_bytes < self.max_frame_bytes.min(125) {
-            return invalid("max_frame_bytes", "must be at least 125");
-        }
-        if self.max_message_bytes < self.max_frame_bytes {
-            return invalid("max_message_bytes", "must be >= max_frame_bytes");
-        }
-        if self.max_body_chars == 0 {
-            return invalid("max_body_chars", "must be positive");
-        }
-        self.validate_chat()?;
-        if self.max_head_bytes < 512 {
-            return invalid("max_head_bytes", "must be at least 512");
-        }
-        if !(self.max_msgs_per_s.is_finite() && self.max_msgs_per_s > 0.0) {
-            return invalid("max_msgs_per_s", "must be a positive number");
-        }
-        if self.mesh_ring_capacity < 64 {
-            return invalid("mesh_ring_capacity", "must be at least 64");
-        }
-        if self.outbound_queue_max_frames == 0 || self.outbound_queue_max_bytes < self.max_frame_bytes {
-            return invalid("outbound_queue_max_bytes", "must be >= max_frame_bytes");
-        }
-        self.validate_outbound()?;
-        if let Some(p) = &self.echo_path {
-            if !p.starts_with('/') || p == "/ws" {
-                return invalid("echo_path", "must start with '/' and differ from /ws");
-            }
-        }
-        if !(self.admission_rate_per_shard.is_finite() && self.admission_rate_per_shard >= 0.0) {
-            return invalid("admission_rate_per_shard", "must be a number >= 0 (0 admits everything)");
-        }
-        if self.admission_burst == 0 {
-            return invalid("admission_burst", "must be at least 1");
-        }
-        if self.node_id.is_empty() || self.node_id.len() > 64 {
-            return invalid("node_id", "must be 1..=64 bytes");
-        }
-        if !(1..=storage::MAX_PAGE_MESSAGES).contains(&self.max_catch_up_messages) {
-            return invalid("max_catch_up_messages", "must be 1..=1000");
-        }
-        if self.room_load_queue_max == 0 {
-            return invalid("room_load_queue_max", "must be at least 1");
-        }
-        if let Err(e) = self.store_config().validate() {
-            return invalid("store", &e.to_string());
-        }
-        if let Some(b) = self.bridge_config() {
-            if let Err(e) = b.validate() {
-                return invalid("redis_url", &e.to_string());
-            }
-        }
-        Ok(())
-    }
-
-    /// The bounds of presence and typing.
-    fn validate_chat(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                message: message.to_owned(),
-            })
-        };
-        if self.presence_roster_max == 0 {
-            return invalid("presence_roster_max", "must be positive");
-        }
-        if self.typing_ttl_ms == 0 {
-            return invalid("typing_ttl_ms", "must be positive");
-        }
-        if self.typing_interval_ms > self.typing_ttl_ms {
-            return invalid("typing_interval_ms", "must be <= typing_ttl_ms");
-        }
-        Ok(())
-    }
-
-    /// The bounds of what is sent to clients beyond the outbound queue.
-    fn validate_outbound(&self) -> Result<(), ConfigError> {
-        let invalid = |field, message: &str| {
-            Err(ConfigError::Invalid {
-                field,
-                message: message.to_owned(),
-            })
-        };
-        if self.reply_budget_bytes < self.max_frame_bytes {
-            return invalid("reply_budget_bytes", "must be >= max_frame_bytes");
-        }
-        if self.history_page_max_bytes < self.max_frame_bytes {
-            return invalid("history_page_max_bytes", "must be >= max_frame_bytes");
-        }
-        if self.write_stall_timeout_ms < 100 {
-            return invalid("write_stall_timeout_ms", "must be at least 100");
-        }
-        if self
-            .api_keys
-            .iter()
-            .any(|k| k.len() < 16 || k.bytes().any(|b| !b.is_ascii_graphic()))
-        {
-            return invalid("api_keys", "each key must be at least 16 bytes of printable ASCII without spaces");
-        }
-        if !(1024..=16 << 20).contains(&self.api_max_body_bytes) {
-            return invalid("api_max_body_bytes", "must be 1024..=16777216");
-        }
-        if self.api_timeout_ms < 100 {
-            return invalid("api_timeout_ms", "must be at least 100");
-        }
-        Ok(())
-    }
-
     /// The Redis bridge's settings, when the node is in a cluster (`redis_url` set).
     pub fn bridge_config(&self) -> Option<router::bridge::BridgeConfig> {
         let url = self.redis_url.as_ref()?;
@@ -546,6 +434,8 @@ impl Config {
             scylla_keyspace: self.scylla_keyspace.clone(),
             scylla_consistency: self.scylla_consistency.clone(),
             scylla_replication_factor: self.scylla_replication_factor,
+            postgres_url: self.postgres_url.clone(),
+            postgres_pool_size: self.postgres_pool_size,
             ..StoreConfig::default()
         }
     }
@@ -590,6 +480,9 @@ fn env_value(raw: &str, is_list: bool) -> toml::Value {
         Err(_) => toml::Value::String(raw.into()),
     }
 }
+
+#[path = "config_check.rs"]
+mod check;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

@@ -45,9 +45,12 @@ struct StoreArgs {
     /// Data directory of the embedded store.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Message store backend: embedded or scylla.
+    /// Message store backend: embedded, postgres or scylla.
     #[arg(long, value_parser = parse_store)]
     store: Option<StoreKind>,
+    /// PostgreSQL URL, postgres://user[:password]@host:port/db (implies --store postgres unless --store is given).
+    #[arg(long)]
+    postgres_url: Option<String>,
     /// Scylla contact points, host:port[,host:port...] (implies --store scylla unless --store is given).
     #[arg(long)]
     scylla_uri: Option<String>,
@@ -66,7 +69,8 @@ fn parse_store(s: &str) -> Result<StoreKind, String> {
     match s {
         "embedded" => Ok(StoreKind::Embedded),
         "scylla" => Ok(StoreKind::Scylla),
-        other => Err(format!("unknown store {other:?}: expected embedded or scylla")),
+        "postgres" => Ok(StoreKind::Postgres),
+        other => Err(format!("unknown store {other:?}: expected embedded, postgres or scylla")),
     }
 }
 
@@ -160,12 +164,32 @@ fn main() -> anyhow::Result<()> {
             if !cfg.jwt_secret.is_empty() {
                 cfg.jwt_secret = format!("<set, {} bytes, not printed>", cfg.jwt_secret.len());
             }
+            cfg.postgres_url = redact_password(&cfg.postgres_url);
             for key in &mut cfg.api_keys {
                 *key = format!("<set, {} bytes, not printed>", key.len());
             }
             print!("{}", toml::to_string(&cfg).context("render the config as TOML")?);
             Ok(())
         }
+    }
+}
+
+/// `postgres_url` without its password (`edge config` prints the configuration).
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // libpq `key=value` pairs.
+        let pairs = url.split_whitespace().map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=<not printed>"),
+            _ => kv.to_owned(),
+        });
+        return pairs.collect::<Vec<_>>().join(" ");
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<not printed>@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -255,6 +279,10 @@ fn merge_store_flags(cfg: &mut Config, a: StoreArgs) {
     if let Some(uri) = a.scylla_uri {
         cfg.scylla_contact_points = uri.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         cfg.store = StoreKind::Scylla;
+    }
+    if let Some(url) = a.postgres_url {
+        cfg.postgres_url = url;
+        cfg.store = StoreKind::Postgres;
     }
     if let Some(v) = a.store {
         cfg.store = v;

@@ -41,9 +41,12 @@ fn migrate_against_an_unreachable_scylla_fails_with_a_clear_error() {
 
 #[test]
 fn bad_store_and_cluster_flags_are_named() {
-    let out = edge(&["serve", "--store", "postgres"]);
+    let out = edge(&["serve", "--store", "mysql"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--store"), "{}", stderr(&out));
+    let out = edge(&["serve", "--listen", "127.0.0.1:0", "--store", "postgres"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("postgres_url must be set"), "{}", stderr(&out));
     let out = edge(&["serve", "--durability", "sometimes"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--durability"), "{}", stderr(&out));

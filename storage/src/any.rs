@@ -17,11 +17,16 @@ pub enum AnyStore {
     /// A Scylla cluster.
     #[cfg(feature = "scylla")]
     Scylla(crate::scylla::ScyllaStore),
+    /// A PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::postgres::PostgresStore),
 }
 
 impl AnyStore {
     /// Opens the backend `cfg` names (validating `cfg` first). Scylla: connects, and migrates when
-    /// `scylla_migrate_on_start`; must run inside the tokio runtime that will use the store.
+    /// `scylla_migrate_on_start`. PostgreSQL: connects, applies the pending migrations (several nodes
+    /// may do so at once) and prepares every statement. Both must run inside the tokio runtime that
+    /// will use the store.
     pub async fn open(cfg: &StoreConfig) -> Result<Self, StoreError> {
         cfg.validate()?;
         match cfg.store {
@@ -44,6 +49,10 @@ impl AnyStore {
             }
             #[cfg(not(feature = "scylla"))]
             StoreKind::Scylla => Err(StoreError::Config("this binary was built without the `scylla` feature".into())),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => Ok(Self::Postgres(crate::postgres::PostgresStore::open(&cfg.postgres()).await?)),
+            #[cfg(not(feature = "postgres"))]
+            StoreKind::Postgres => Err(StoreError::Config("this binary was built without the `postgres` feature".into())),
         }
     }
 }
@@ -51,6 +60,8 @@ impl AnyStore {
 /// Prepares the store `cfg` names and says what was done (the `edge migrate` command).
 /// Embedded: creates the data directory and the database, applying its schema.
 /// Scylla: creates the keyspace if absent and applies the pending migrations of `storage/schema/`.
+/// PostgreSQL: applies the pending migrations of `storage/schema/postgres/` (safe while other nodes
+/// run or migrate), saying which were applied and the schema version reached.
 /// Blocking: runs its own single-threaded runtime.
 pub fn migrate(cfg: &StoreConfig) -> Result<String, StoreError> {
     cfg.validate()?;
@@ -74,6 +85,19 @@ pub fn migrate(cfg: &StoreConfig) -> Result<String, StoreError> {
             }
             #[cfg(not(feature = "scylla"))]
             StoreKind::Scylla => Err(StoreError::Config("this binary was built without the `scylla` feature".into())),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => {
+                let store = crate::postgres::PostgresStore::new(&cfg.postgres())?;
+                let applied = store.migrate().await?;
+                let version = store.schema_versions().await?.last().copied().unwrap_or(0);
+                Ok(if applied.is_empty() {
+                    format!("postgres: schema up to date at version {version}, no migration applied")
+                } else {
+                    format!("postgres: applied migrations {applied:?}, schema now at version {version}")
+                })
+            }
+            #[cfg(not(feature = "postgres"))]
+            StoreKind::Postgres => Err(StoreError::Config("this binary was built without the `postgres` feature".into())),
         }
     })
 }
@@ -85,6 +109,8 @@ macro_rules! delegate {
             AnyStore::Embedded($s) => $call.await,
             #[cfg(feature = "scylla")]
             AnyStore::Scylla($s) => $call.await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($s) => $call.await,
         }
     };
 }

@@ -19,13 +19,15 @@ pub enum StoreKind {
     Embedded,
     /// A ScyllaDB cluster shared by the nodes.
     Scylla,
+    /// A PostgreSQL database shared by the nodes (`postgres_url`).
+    Postgres,
 }
 
 /// The store's configuration (the `[store]` table of the node's config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The backend: `"embedded"` or `"scylla"`.
+    /// The backend: `"embedded"`, `"scylla"` or `"postgres"`.
     pub store: StoreKind,
     /// Directory of the embedded store (holds `edge.sqlite3` and its WAL).
     pub data_dir: PathBuf,
@@ -62,6 +64,12 @@ pub struct StoreConfig {
     pub scylla_replication_factor: u32,
     /// Scylla: apply pending schema migrations when the store opens.
     pub scylla_migrate_on_start: bool,
+    /// PostgreSQL: the connection URL, `postgres://user[:password]@host:port/db` (or libpq
+    /// `key=value` pairs). Empty by default: required when `store = "postgres"`. Pending
+    /// migrations of `storage/schema/postgres/` are applied whenever the store opens.
+    pub postgres_url: String,
+    /// PostgreSQL: most connections the node keeps open to the database.
+    pub postgres_pool_size: usize,
 }
 
 impl Default for StoreConfig {
@@ -85,6 +93,8 @@ impl Default for StoreConfig {
             scylla_consistency: "LOCAL_QUORUM".to_owned(),
             scylla_replication_factor: 1,
             scylla_migrate_on_start: true,
+            postgres_url: String::new(),
+            postgres_pool_size: 8,
         }
     }
 }
@@ -134,6 +144,28 @@ impl StoreConfig {
                 })
             }
             StoreKind::Scylla => self.validate_scylla(),
+            StoreKind::Postgres => self.validate_postgres(),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    fn validate_postgres(&self) -> Result<(), StoreError> {
+        self.postgres().validate()
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn validate_postgres(&self) -> Result<(), StoreError> {
+        Err(StoreError::Config(
+            "store = \"postgres\" but this binary was built without the `postgres` feature".into(),
+        ))
+    }
+
+    /// The PostgreSQL settings of this config.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(&self) -> crate::postgres::PostgresConfig {
+        crate::postgres::PostgresConfig {
+            url: self.postgres_url.clone(),
+            pool_size: self.postgres_pool_size,
         }
     }
 
@@ -221,6 +253,41 @@ mod tests {
             ..base
         };
         assert!(bad.validate().expect_err("contact points").to_string().contains("contact_points"));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_settings_are_checked() {
+        let base = StoreConfig {
+            store: StoreKind::Postgres,
+            postgres_url: "postgres://edge@127.0.0.1:5432/edge".into(),
+            ..StoreConfig::default()
+        };
+        base.validate().expect("a postgres URL validates");
+        assert_eq!(base.postgres_pool_size, 8, "default pool size");
+        for url in ["", "not a url", "postgres://edge@127.0.0.1:99999/edge"] {
+            let bad = StoreConfig {
+                postgres_url: url.into(),
+                ..base.clone()
+            };
+            assert!(bad.validate().expect_err(url).to_string().contains("postgres_url"), "{url:?}");
+        }
+        let bad = StoreConfig {
+            postgres_pool_size: 0,
+            ..base.clone()
+        };
+        assert!(bad.validate().expect_err("pool 0").to_string().contains("postgres_pool_size"));
+        let embedded = StoreConfig {
+            postgres_url: "not a url".into(),
+            ..StoreConfig::default()
+        };
+        embedded.validate().expect("postgres settings are not checked for another backend");
+        let cfg: StoreConfig =
+            toml::from_str("store = \"postgres\"\npostgres_url = \"postgres://u@h/db\"\npostgres_pool_size = 3").expect("parse");
+        assert_eq!(
+            (cfg.store, cfg.postgres_url.as_str(), cfg.postgres_pool_size),
+            (StoreKind::Postgres, "postgres://u@h/db", 3)
+        );
     }
 
     #[test]

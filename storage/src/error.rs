@@ -14,6 +14,8 @@ pub enum ErrorSource {
     Embedded,
     /// The Scylla cluster or its driver.
     Scylla,
+    /// The PostgreSQL server, its connection pool or its driver.
+    Postgres,
     /// The configuration given to the store.
     Config,
     /// The store service itself (its thread, its queues, shutdown).
@@ -54,6 +56,18 @@ pub enum StoreError {
         #[source]
         source: Arc<dyn std::error::Error + Send + Sync>,
     },
+    /// The PostgreSQL server, the connection pool or the driver returned an error.
+    #[error("postgres: {context}: {source}")]
+    Postgres {
+        /// What the store was doing.
+        context: &'static str,
+        /// Whether the operation may succeed when tried again (connection failures, timeouts,
+        /// serialization failures, deadlocks, a server shutting down or out of resources).
+        retryable: bool,
+        /// The driver's (or the pool's) error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// The configuration is invalid.
     #[error("invalid store config: {0}")]
     Config(String),
@@ -77,6 +91,7 @@ impl StoreError {
         match self {
             Self::Embedded { .. } | Self::Io { .. } => ErrorSource::Embedded,
             Self::Scylla { .. } => ErrorSource::Scylla,
+            Self::Postgres { .. } => ErrorSource::Postgres,
             Self::Config(_) => ErrorSource::Config,
             Self::OutOfRange(_) | Self::ShuttingDown | Self::Internal(_) | Self::Injected(_) => ErrorSource::Internal,
         }
@@ -85,7 +100,7 @@ impl StoreError {
     /// Whether trying the same operation again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Embedded { retryable, .. } | Self::Scylla { retryable, .. } => *retryable,
+            Self::Embedded { retryable, .. } | Self::Scylla { retryable, .. } | Self::Postgres { retryable, .. } => *retryable,
             Self::Io { .. } | Self::Injected(_) => true,
             Self::Config(_) | Self::OutOfRange(_) | Self::ShuttingDown | Self::Internal(_) => false,
         }
@@ -119,7 +134,7 @@ impl StoreError {
 #[error("store overloaded: queue full")]
 pub struct Overloaded;
 
-/// Converts a `u64` seq/mark/time to the `i64` both backends store, refusing values above `i64::MAX`.
+/// Converts a `u64` seq/mark/time to the `i64` every backend stores, refusing values above `i64::MAX`.
 pub(crate) fn to_i64(what: &'static str, v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::OutOfRange(format!("{what} {v} is above i64::MAX")))
 }

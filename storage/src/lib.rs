@@ -1,13 +1,15 @@
 //! The message store: what a node keeps of its rooms across restarts.
 //!
 //! What lives here (see DESIGN.md "Storage" and "Life of a message"):
-//! - [`MessageStore`], the one trait both backends implement, and the data it
+//! - [`MessageStore`], the one trait every backend implements, and the data it
 //!   stores ([`StoredMessage`], [`RoomState`], [`HistoryPage`], marks,
 //!   reactions, per-user room lists, node runs);
 //! - [`embedded`]: SQLite in one data directory, the default, durable across a
 //!   kill -9 of the process;
 //! - `scylla` (cargo feature `scylla`, on by default): the cluster store, with
 //!   its CQL schema and migrations in `storage/schema/`;
+//! - `postgres` (cargo feature `postgres`, on by default): a PostgreSQL database
+//!   shared by the nodes, with its SQL migrations in `storage/schema/postgres/`;
 //! - [`AnyStore`], the enum the node holds, chosen by [`StoreConfig`];
 //! - [`service`]: the store thread and its group-commit writer, the only way the
 //!   edge's monoio shards reach the store, never blocking them;
@@ -34,6 +36,8 @@ mod config;
 pub mod conformance;
 pub mod embedded;
 mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "scylla")]
 pub mod scylla;
 pub mod service;

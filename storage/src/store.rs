@@ -1,4 +1,4 @@
-//! [`MessageStore`]: the one trait both backends implement, run from the store thread.
+//! [`MessageStore`]: the one trait every backend implements, run from the store thread.
 //!
 //! Invariants (checked by [`crate::conformance`] for every backend):
 //! - `write_batch` is idempotent by `(room, seq)`;

@@ -1,5 +1,10 @@
 //! The conformance suite against each backend: the embedded store always (a fresh temp dir per case),
-//! Scylla when `SCYLLA_URI` (`host:port`) is set.
+//! PostgreSQL always (a fresh database per case, on `PG_URL`'s server or on a private server started
+//! for this binary, see `support/pg.rs`), Scylla when `SCYLLA_URI` (`host:port`) is set.
+
+#[cfg(feature = "postgres")]
+#[path = "support/pg.rs"]
+mod pg;
 
 use storage::conformance;
 use storage::embedded::{EmbeddedOptions, EmbeddedStore};
@@ -10,7 +15,22 @@ fn open_embedded() -> (tempfile::TempDir, EmbeddedStore) {
     (dir, store)
 }
 
-macro_rules! embedded_cases {
+/// A fresh database, and the store on it opened as a node opens it (`AnyStore::open`: validate,
+/// connect, migrate, prepare). Declare the database first so the store's pool closes before it is dropped.
+#[cfg(feature = "postgres")]
+async fn open_postgres() -> (pg::TestDb, storage::AnyStore) {
+    let db = pg::TestDb::create();
+    let cfg = storage::StoreConfig {
+        store: storage::StoreKind::Postgres,
+        postgres_url: db.url.clone(),
+        postgres_pool_size: 4,
+        ..storage::StoreConfig::default()
+    };
+    let store = storage::AnyStore::open(&cfg).await.expect("open the postgres store");
+    (db, store)
+}
+
+macro_rules! conformance_cases {
     ($($case:ident),+ $(,)?) => {
         $(
             #[tokio::test]
@@ -20,6 +40,20 @@ macro_rules! embedded_cases {
             }
         )+
 
+        /// Every case again on PostgreSQL, each in a database of its own.
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            use storage::conformance;
+
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_db, store) = super::open_postgres().await;
+                    conformance::$case(&store, "t").await;
+                }
+            )+
+        }
+
         #[test]
         fn every_case_runs_here() {
             let here = [$(stringify!($case)),+];
@@ -28,7 +62,7 @@ macro_rules! embedded_cases {
     };
 }
 
-embedded_cases!(
+conformance_cases!(
     verbatim_frames,
     idempotent_rewrite,
     history_paging,
@@ -51,6 +85,14 @@ embedded_cases!(
 async fn all_cases_share_one_embedded_store() {
     // Prefixes keep the cases apart, as they must on a shared Scylla cluster.
     let (_dir, store) = open_embedded();
+    conformance::run_all(&store, "shared").await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn all_cases_share_one_postgres_database() {
+    // As on a shared cluster: the prefixes alone keep the cases apart.
+    let (_db, store) = open_postgres().await;
     conformance::run_all(&store, "shared").await;
 }
 
