@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use router::bridge::{BridgeError, PreparedMessage, SeqRange};
+use storage::StoredMessage;
 
 use super::owner::{render_message, SendArgs};
 use super::{Busy, Failure};
@@ -42,6 +43,9 @@ pub struct PublisherConfig {
     pub batch_max: usize,
     /// Rooms with publishing state kept (idle ones beyond it are forgotten).
     pub max_rooms: usize,
+    /// Write every sequenced message to the store (a store the nodes share: PostgreSQL or
+    /// Scylla), as the node that published it.
+    pub store_writes: bool,
 }
 
 /// What the shard must do.
@@ -51,6 +55,8 @@ pub enum PubEffect {
     Publish { room: String, batch: Vec<PreparedMessage> },
     /// Bytes for connection `conn` (on any shard).
     Reply { conn: u64, payload: Bytes },
+    /// Write this sequenced message to the shared store (`store_writes`).
+    Store(StoredMessage),
 }
 
 /// One send waiting for its seq.
@@ -61,6 +67,7 @@ struct Queued {
     req: Option<String>,
     user: String,
     client_id: Option<String>,
+    reply_to: Option<u64>,
     msg_id: String,
     ts: u64,
 }
@@ -157,6 +164,7 @@ impl Publisher {
             req: a.req.map(str::to_owned),
             user: a.user.to_owned(),
             client_id: a.client_id.map(str::to_owned),
+            reply_to: a.reply_to,
             msg_id,
             ts: now_ms,
         });
@@ -200,13 +208,18 @@ impl Publisher {
                     };
                     let ack = AckInfo {
                         seq,
-                        msg_id: q.msg_id,
+                        msg_id: q.msg_id.clone(),
                         ts: q.ts,
                     };
                     if let Some(cid) = &q.client_id {
                         r.dedupe.insert(&q.user, cid, ack.clone());
                     }
                     replies.push((q.conn, server::ack(q.req.as_deref(), room, ack.seq, &ack.msg_id, ack.ts)));
+                    if self.cfg.store_writes {
+                        if let Some(stored) = stored(room, seq, q) {
+                            self.effects.push_back(PubEffect::Store(stored));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -226,6 +239,25 @@ impl Publisher {
     }
 }
 
+/// The message as the store keeps it: the client JSON with its seq written in, exactly as
+/// members got it from the room's channel.
+fn stored(room: &str, seq: u64, q: Queued) -> Option<StoredMessage> {
+    let frame = q.msg.patched(seq);
+    let Ok(router::ArchivedFrame::Deliver { payload, .. }) = router::decode(&frame) else {
+        return None;
+    };
+    Some(StoredMessage {
+        room: room.to_owned(),
+        seq,
+        msg_id: q.msg_id,
+        sender: q.user,
+        ts_ms: q.ts,
+        client_id: q.client_id,
+        reply_to: q.reply_to,
+        frame: router::payload_bytes(&frame, payload.as_slice()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
@@ -240,6 +272,7 @@ mod tests {
             room_queue_max: queue_max,
             batch_max,
             max_rooms: 100,
+            store_writes: false,
         };
         Publisher::new(cfg, Arc::new(vec![ShardStats::default()]))
     }
@@ -266,9 +299,52 @@ mod tests {
             match e {
                 PubEffect::Publish { batch, .. } => batches.push(batch.len()),
                 PubEffect::Reply { payload, .. } => replies.push(serde_json::from_slice(&payload).expect("json")),
+                PubEffect::Store(m) => panic!("no store writes configured, got {m:?}"),
             }
         }
         (batches, replies)
+    }
+
+    #[test]
+    fn with_a_shared_store_each_sequenced_message_is_written_once_with_its_seq() {
+        let mut p = publisher(100, 8);
+        p.cfg.store_writes = true;
+        let mut stored = Vec::new();
+        let mut keep = |p: &mut Publisher| {
+            while let Some(e) = p.poll() {
+                if let PubEffect::Store(m) = e {
+                    stored.push(m);
+                }
+            }
+        };
+        p.send(&send(1, "1", Some("c1")), 10);
+        p.send(
+            &SendArgs {
+                reply_to: Some(1),
+                ..send(1, "2", None)
+            },
+            11,
+        );
+        keep(&mut p); // the first batch goes
+        p.published("r", range(7, 1));
+        keep(&mut p); // its message stored, the second batch goes
+        p.published("r", range(8, 1));
+        keep(&mut p);
+        assert_eq!(stored.iter().map(|m| m.seq).collect::<Vec<_>>(), [7, 8]);
+        assert_eq!((stored[0].client_id.as_deref(), stored[1].reply_to), (Some("c1"), Some(1)));
+        for m in &stored {
+            let v: Value = serde_json::from_slice(&m.frame).expect("the stored frame is the client JSON");
+            assert_eq!(
+                (v["seq"].as_u64(), v["room"].as_str(), v["from"].as_str()),
+                (Some(m.seq), Some("r"), Some("u")),
+                "{v}"
+            );
+        }
+        // A failed publish stores nothing.
+        p.send(&send(1, "3", None), 12);
+        let _ = p.poll();
+        p.published("r", Err(BridgeError::Stopped));
+        assert!(std::iter::from_fn(|| p.poll()).all(|e| !matches!(e, PubEffect::Store(_))));
     }
 
     fn range(first: u64, count: u32) -> Result<SeqRange, BridgeError> {

@@ -15,7 +15,7 @@ use super::{Conn, Shard};
 use crate::engine::subscriber::SubEffect;
 use crate::engine::Failure;
 use crate::protocol::server;
-use crate::room::{fit_page, Page};
+use crate::room::fit_page;
 
 impl Shard {
     fn bridge(&self) -> Option<BridgeHandle> {
@@ -104,13 +104,33 @@ impl Shard {
         });
     }
 
-    /// `history` in cluster mode: a page from the room's recent stream in Redis.
+    /// `history` in cluster mode: a page from the room's recent stream in Redis, completed
+    /// from the shared store below what the stream still holds (`cluster_store.rs`).
     pub(super) fn cluster_history(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str, before: Option<u64>, limit: u32) {
         let Some(bridge) = self.bridge() else { return };
         let r = room.to_owned();
         let max_bytes = self.cfg.history_page_max_bytes;
+        let store = self.shared_store().then(|| self.rc()).flatten();
         self.reply_from_redis(conn, req, async move {
-            let (msgs, next) = history_page(&bridge, &r, before, limit).await?;
+            let (mut msgs, mut next, top) = history_page(&bridge, &r, before, limit).await?;
+            let lowest = msgs.first().map_or(top + 1, |m| m.0);
+            if let Some(shard) = store.filter(|_| msgs.len() < limit as usize && lowest > 1) {
+                let query = storage::Query::History {
+                    room: r.clone(),
+                    before: Some(lowest),
+                    limit: limit as usize - msgs.len(),
+                };
+                match shard.cluster_store_query(query).await {
+                    Ok(storage::Answer::History(page)) => {
+                        next = page.next_before;
+                        let older = page.messages.into_iter().map(|m| (m.seq, m.frame));
+                        msgs = older.chain(msgs).collect();
+                    }
+                    Ok(_) => tracing::error!(room = r, "cluster: the store answered a history query with something else"),
+                    // The stream's part is still right: serve it, and say where it stops.
+                    Err(e) => tracing::warn!(room = r, error = %e, "cluster: older history not read from the store"),
+                }
+            }
             let (msgs, next) = fit_page(msgs, next, max_bytes);
             Ok(move |req: Option<&str>| server::history(req, &r, &msgs, next))
         });
@@ -163,8 +183,14 @@ async fn timed<T>(limit: Duration, call: impl Future<Output = Result<T, BridgeEr
     }
 }
 
-/// The newest `limit` messages below `before` from the recent stream (with their seqs), and the next cursor.
-async fn history_page(bridge: &BridgeHandle, room: &str, before: Option<u64>, limit: u32) -> Result<Page, BridgeError> {
+/// The newest `limit` messages below `before` from the recent stream (with their seqs), the next
+/// cursor, and the highest seq the page could hold.
+async fn history_page(
+    bridge: &BridgeHandle,
+    room: &str,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<(Vec<(u64, Bytes)>, Option<u64>, u64), BridgeError> {
     let top = match before {
         Some(b) => b.saturating_sub(1),
         None => bridge.room_seq(room).await?,
@@ -173,5 +199,5 @@ async fn history_page(bridge: &BridgeHandle, room: &str, before: Option<u64>, li
     let msgs = bridge.recent_after(room, after, limit).await?;
     let page: Vec<&RecentMessage> = msgs.iter().filter(|m| m.seq <= top).collect();
     let next = page.first().map(|m| m.seq).filter(|&s| s > 1);
-    Ok((page.iter().map(|m| (m.seq, m.payload.clone())).collect(), next))
+    Ok((page.iter().map(|m| (m.seq, m.payload.clone())).collect(), next, top))
 }

@@ -263,7 +263,10 @@ impl Shard {
     }
 
     fn on_completion(&self, c: Completion) {
-        self.with_owner(|o, now| o.completion(c, now));
+        match &self.sequencer {
+            Sequencer::Local(_) => self.with_owner(|o, now| o.completion(c, now)),
+            Sequencer::Redis(r) => self.cluster_store_completion(r, c),
+        }
     }
 
     /// Carries out a member side's call to the room's owner shard: a direct call when it is

@@ -20,6 +20,7 @@ mod accept;
 mod api;
 mod changes;
 mod cluster;
+mod cluster_store;
 mod conn;
 mod delivered;
 mod events;
@@ -166,9 +167,14 @@ impl Shard {
                     room_queue_max: s.cfg.room_load_queue_max,
                     batch_max: s.cfg.redis_batch_max as usize,
                     max_rooms: s.cfg.max_rooms_per_shard,
+                    store_writes: s.cfg.store != storage::StoreKind::Embedded,
                 };
                 let publisher = RefCell::new(Publisher::new(cfg, s.stats.clone()));
-                sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer { bridge, publisher }))
+                sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer {
+                    bridge,
+                    publisher,
+                    store_queries: Default::default(),
+                }))
             }
             None => {
                 let owner_cfg = OwnerConfig::new(&s.cfg, s.id, s.shards, s.store.previous_run_clean(), s.run_epoch);

@@ -45,6 +45,8 @@ pub(crate) struct RedisSequencer {
     pub(crate) bridge: BridgeHandle,
     /// The owner side of this shard's rooms: sends batched to Redis.
     pub(crate) publisher: RefCell<Publisher>,
+    /// Shared-store queries in flight, by ticket (`cluster_store.rs`).
+    pub(crate) store_queries: super::cluster_store::StoreQueries,
 }
 
 impl Sequencer {

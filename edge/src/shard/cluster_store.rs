@@ -1,0 +1,91 @@
+//! Cluster mode with a shared store (PostgreSQL or Scylla; `store_writes`): the node whose
+//! shard published a message writes it to the store once Redis gave it its seq (the batching
+//! writer groups them), and `history` reads what the room's Redis stream no longer holds from
+//! the store. With the embedded store (one per node) a cluster keeps only the stream.
+//!
+//! A store query from a task waits on its ticket here; the shard's completion loop hands it
+//! the answer. A failed write is counted (`edge_store_write_failed_total`) and logged: acks
+//! in cluster mode come when Redis sequenced the message, whatever the store does.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use storage::{Answer, Completion, Query, StoreError, StoredMessage};
+
+use super::sequencer::RedisSequencer;
+use super::Shard;
+use crate::metrics::ShardStats;
+
+/// One query's answer, and the task waiting for it.
+#[derive(Default)]
+struct Slot {
+    answer: Cell<Option<Result<Answer, StoreError>>>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// Shared-store queries in flight on one shard, by ticket.
+#[derive(Default)]
+pub(crate) struct StoreQueries(RefCell<HashMap<u64, Rc<Slot>>>);
+
+impl Shard {
+    /// Whether this cluster node writes its messages to, and reads old history from, a shared store.
+    pub(super) fn shared_store(&self) -> bool {
+        self.cfg.store != storage::StoreKind::Embedded
+    }
+
+    /// A message Redis sequenced on this shard, for the shared store.
+    pub(super) fn cluster_store_write(&self, msg: StoredMessage) {
+        let ticket = self.take_ticket();
+        if self.store.write(self.id, msg, ticket).is_err() {
+            ShardStats::inc(&self.stats().store_overloaded_total);
+            tracing::warn!(
+                shard = self.id,
+                "cluster: the store's write queue is full: a sequenced message was not stored"
+            );
+        }
+    }
+
+    /// A store completion in cluster mode: a query's answer to its waiting task, a failed
+    /// write counted.
+    pub(super) fn cluster_store_completion(&self, r: &RedisSequencer, c: Completion) {
+        match c {
+            Completion::Written { result: Ok(()), .. } => {}
+            Completion::Written { result: Err(e), .. } => {
+                ShardStats::inc(&self.stats().store_write_failed_total);
+                tracing::warn!(shard = self.id, error = %e, "cluster: a sequenced message could not be stored");
+            }
+            Completion::Answered { ticket, result } => {
+                if let Some(slot) = r.store_queries.0.borrow_mut().remove(&ticket) {
+                    slot.answer.set(Some(result));
+                    if let Some(w) = slot.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `query` on the shared store and waits for its answer.
+    pub(super) async fn cluster_store_query(&self, query: Query) -> Result<Answer, StoreError> {
+        let super::sequencer::Sequencer::Redis(r) = &self.sequencer else {
+            return Err(StoreError::Internal("a store query from a task needs cluster mode".into()));
+        };
+        let ticket = self.take_ticket();
+        let slot = Rc::new(Slot::default());
+        r.store_queries.0.borrow_mut().insert(ticket, slot.clone());
+        if self.store.query(self.id, query, ticket).is_err() {
+            r.store_queries.0.borrow_mut().remove(&ticket);
+            return Err(StoreError::Internal("the store's query queue is full".into()));
+        }
+        std::future::poll_fn(|cx| match slot.answer.take() {
+            Some(a) => Poll::Ready(a),
+            None => {
+                slot.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}

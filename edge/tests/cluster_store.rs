@@ -1,0 +1,85 @@
+//! A cluster on a shared PostgreSQL store: three real nodes through a private Redis, a real
+//! PostgreSQL (private server or `PG_URL`, a fresh database either way), real clients. The
+//! Redis stream keeps only the newest messages (`redis_recent_len` 20 here); history older
+//! than it comes from the store, written once by the node that published each message.
+
+mod cluster_support;
+mod common;
+#[path = "../../storage/tests/support/pg.rs"]
+mod pg;
+
+use std::time::Duration;
+
+use cluster_support::{eventually, start_cluster_with, Member, ENVS};
+use common::RedisServer;
+use serde_json::{json, Value};
+
+const ROOM: &str = "long";
+const SENT: u64 = 120;
+
+#[test]
+fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
+    let redis = RedisServer::start();
+    let db = pg::TestDb::create();
+    let mut envs = ENVS.to_vec();
+    envs.extend([
+        ("EDGE_STORE", "postgres"),
+        ("EDGE_POSTGRES_URL", db.url.as_str()),
+        ("EDGE_REDIS_RECENT_LEN", "20"),
+    ]);
+    let nodes = start_cluster_with(3, &redis, &envs);
+
+    // Senders on every node, so each node writes its own share of the messages.
+    let mut senders: Vec<Member> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Member::connect(n, &format!("n{}", i + 1), &format!("s{i}")))
+        .collect();
+    for s in &mut senders {
+        s.join(ROOM);
+    }
+    for i in 0..SENT {
+        let s = &mut senders[(i % 3) as usize];
+        let ack = s.request(
+            json!({"type": "send", "room": ROOM, "body": format!("m{i}")}),
+            &format!("q{i}"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ack["type"], "ack", "send {i}: {ack}");
+    }
+
+    // Every node pages the whole history back to seq 1: the newest 20 from the stream, the
+    // rest from PostgreSQL (the writes land within a batch interval; give them a moment).
+    let mut reader = Member::connect(&nodes[2], "n3", "reader");
+    let complete = eventually(Duration::from_secs(10), || {
+        let page = reader.request(
+            json!({"type": "history", "room": ROOM, "before": 21, "limit": 20}),
+            "probe",
+            Duration::from_secs(10),
+        );
+        page["messages"].as_array().is_some_and(|m| m.len() == 20)
+    });
+    assert!(complete, "the oldest messages reach the store");
+    for (n, node) in nodes.iter().enumerate() {
+        let mut m = Member::connect(node, &format!("n{}", n + 1), &format!("r{n}"));
+        let mut seqs: Vec<u64> = Vec::new();
+        let mut before: Option<u64> = None;
+        for page_no in 0..20 {
+            let mut q = json!({"type": "history", "room": ROOM, "limit": 50});
+            if let Some(b) = before {
+                q["before"] = json!(b);
+            }
+            let page = m.request(q, &format!("h{page_no}"), Duration::from_secs(10));
+            let msgs: &Vec<Value> = page["messages"].as_array().unwrap_or_else(|| panic!("node {}: {page}", n + 1));
+            let mut got: Vec<u64> = msgs.iter().map(|v| v["seq"].as_u64().expect("seq")).collect();
+            got.extend(seqs);
+            seqs = got;
+            match page["next_before"].as_u64() {
+                Some(b) => before = Some(b),
+                None => break,
+            }
+        }
+        let want: Vec<u64> = (1..=SENT).collect();
+        assert_eq!(seqs, want, "node {} pages every message once, in order", n + 1);
+    }
+}
