@@ -1,7 +1,8 @@
 //! A cluster on a shared PostgreSQL store: three real nodes through a private Redis, a real
 //! PostgreSQL (private server or `PG_URL`, a fresh database either way), real clients. The
 //! Redis stream keeps only the newest messages (`redis_recent_len` 20 here); history older
-//! than it comes from the store, written once by the node that published each message.
+//! than it comes from the store, written once by the node that published each message, and so
+//! does a catch-up (`join` with `since`) below the stream.
 
 mod cluster_support;
 mod common;
@@ -81,5 +82,31 @@ fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
         }
         let want: Vec<u64> = (1..=SENT).collect();
         assert_eq!(seqs, want, "node {} pages every message once, in order", n + 1);
+
+        // A join with `since: 0` catches up on everything: the stream's 20 and the store's 100.
+        let mut late = Member::connect(node, &format!("n{}", n + 1), &format!("late{n}"));
+        let joined = late.request(json!({"type": "join", "room": ROOM, "since": 0}), "j", Duration::from_secs(10));
+        assert_eq!(joined["type"], "joined", "{joined}");
+        let last = late.seen_or_read(Duration::from_secs(10), |f| {
+            f["type"] == "message" && f["seq"].as_u64() == Some(SENT)
+        });
+        assert!(
+            last.is_some(),
+            "node {}: the catch-up reached seq {SENT}\n{}",
+            n + 1,
+            late.context()
+        );
+        let caught: Vec<u64> = late.messages(ROOM).iter().filter_map(|m| m["seq"].as_u64()).collect();
+        assert_eq!(
+            caught,
+            want,
+            "node {}: a catch-up from 0 delivers every message once, in order",
+            n + 1
+        );
+        assert!(
+            !late.log.iter().any(|f| f["type"] == "gap"),
+            "no gap: nothing is gone\n{}",
+            late.context()
+        );
     }
 }

@@ -49,9 +49,36 @@ impl Shard {
                 self.join_step(token, async move { JoinStep::RoomSeq(timed(limit, b.room_seq(&room)).await) });
             }
             SubEffect::Fetch { token, room, after, count } => {
+                let store = self.shared_store().then(|| self.clone());
                 self.join_step(token, async move {
                     let read = timed(limit, b.recent_after(&room, after, count)).await;
-                    JoinStep::Fetched(read.map(|msgs| msgs.into_iter().map(|m| (m.seq, m.payload)).collect()))
+                    let mut msgs: Vec<(u64, Bytes)> = match read {
+                        Ok(msgs) => msgs.into_iter().map(|m| (m.seq, m.payload)).collect(),
+                        Err(e) => return JoinStep::Fetched(Err(e)),
+                    };
+                    // The stream starts above `after + 1`: it was trimmed there. A shared store
+                    // holds what it lost (the member side announces `gap` for what neither has).
+                    let first = msgs.first().map(|m| m.0);
+                    if let (Some(shard), Some(first)) = (store, first.filter(|&f| f > after + 1)) {
+                        let want = (first - after - 1).min(u64::from(count)) as usize;
+                        let query = storage::Query::RangeAfter {
+                            room: room.clone(),
+                            after,
+                            limit: want,
+                        };
+                        match timed_store(limit, shard.cluster_store_query(query)).await {
+                            Some(storage::Answer::RangeAfter(older)) => {
+                                let older = older.into_iter().filter(|m| m.seq < first).map(|m| (m.seq, m.frame));
+                                msgs = older.chain(msgs).take(count as usize).collect();
+                            }
+                            _ => tracing::warn!(
+                                room,
+                                after,
+                                "cluster: a catch-up below the Redis stream was not read from the store"
+                            ),
+                        }
+                    }
+                    JoinStep::Fetched(Ok(msgs))
                 });
             }
             SubEffect::Unsubscribe { room } => {
@@ -172,6 +199,18 @@ impl Shard {
     /// Whether the node's cluster link is up (always true for a single node).
     pub(crate) fn cluster_ready(&self) -> bool {
         self.sequencer.bridge().is_none_or(BridgeHandle::is_ready)
+    }
+}
+
+/// A shared-store query bounded by `limit`: its answer, or `None` on an error or when late.
+async fn timed_store(limit: Duration, call: impl Future<Output = Result<storage::Answer, storage::StoreError>>) -> Option<storage::Answer> {
+    match monoio::time::timeout(limit, call).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cluster: a store query failed");
+            None
+        }
+        Err(_) => None,
     }
 }
 
