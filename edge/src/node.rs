@@ -89,8 +89,8 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
                 .spawn(move || crate::pump::run(pump_mesh, handle, events, shards, roster_max))
                 .map_err(NodeError::Thread)?;
             tracing::info!(redis = cfg.redis_url.as_deref().unwrap_or(""), node = %cfg.node_id, "cluster mode: joined through Redis");
-            if cfg.durability == crate::config::Durability::Durable {
-                tracing::warn!("cluster mode acks once Redis sequenced the message (it is then in the room's stream); durability = \"durable\" applies to a single node's store only");
+            if cfg.durability == crate::config::Durability::Durable && cfg.store == storage::StoreKind::Embedded {
+                tracing::warn!("cluster mode on the embedded store acks once Redis sequenced the message (it is then in the room's stream); durability = \"durable\" needs a shared store (postgres, scylla) in a cluster");
             }
             Some(b.handle)
         }

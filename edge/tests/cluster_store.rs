@@ -110,3 +110,57 @@ fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
         );
     }
 }
+
+/// Whether PostgreSQL holds message `seq` of `room` (a fresh connection, read committed).
+fn in_postgres(url: &str, room: &str, seq: u64) -> bool {
+    let (url, room) = (url.to_owned(), room.to_owned());
+    pg::block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        let task = tokio::spawn(conn);
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM messages WHERE room = $1 AND seq = $2",
+                &[&room, &(seq as i64)],
+            )
+            .await
+            .expect("query");
+        drop(client);
+        let _ = task.await;
+        row.get::<_, i64>(0) == 1
+    })
+}
+
+#[test]
+fn durable_acks_in_a_cluster_come_after_the_shared_store_committed() {
+    let redis = RedisServer::start();
+    let db = pg::TestDb::create();
+    let mut envs = ENVS.to_vec();
+    envs.extend([
+        ("EDGE_STORE", "postgres"),
+        ("EDGE_POSTGRES_URL", db.url.as_str()),
+        ("EDGE_DURABILITY", "durable"),
+    ]);
+    let nodes = start_cluster_with(2, &redis, &envs);
+    let mut senders: Vec<Member> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Member::connect(n, &format!("n{}", i + 1), &format!("d{i}")))
+        .collect();
+    for s in &mut senders {
+        s.join("durable");
+    }
+    for i in 0..20u64 {
+        let s = &mut senders[(i % 2) as usize];
+        let ack = s.request(
+            json!({"type": "send", "room": "durable", "body": format!("d{i}")}),
+            &format!("w{i}"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ack["type"], "ack", "{ack}");
+        let seq = ack["seq"].as_u64().expect("seq");
+        assert!(
+            in_postgres(&db.url, "durable", seq),
+            "seq {seq} was acked before PostgreSQL held it"
+        );
+    }
+}

@@ -119,6 +119,7 @@ impl World {
                     batch_max: 3,
                     max_rooms: 100,
                     store_writes: false,
+                    ack_on_commit: false,
                 };
                 Publisher::new(cfg, stats.clone())
             })
@@ -173,7 +174,7 @@ impl World {
             match e {
                 PubEffect::Publish { room, batch } => self.calls.push(Call::Publish { sid, room, batch }),
                 PubEffect::Reply { conn, payload } => self.deliver_to_client(conn, &payload),
-                PubEffect::Store(_) => unreachable!("the harness's publishers keep no store"),
+                PubEffect::Store { .. } => unreachable!("the harness's publishers keep no store"),
             }
         }
         while let Some(e) = self.subscribers[sid].poll() {

@@ -46,6 +46,9 @@ pub struct PublisherConfig {
     /// Write every sequenced message to the store (a store the nodes share: PostgreSQL or
     /// Scylla), as the node that published it.
     pub store_writes: bool,
+    /// With `store_writes`: ack a send once the store committed it (`durability = "durable"`),
+    /// not when Redis sequenced it.
+    pub ack_on_commit: bool,
 }
 
 /// What the shard must do.
@@ -55,8 +58,9 @@ pub enum PubEffect {
     Publish { room: String, batch: Vec<PreparedMessage> },
     /// Bytes for connection `conn` (on any shard).
     Reply { conn: u64, payload: Bytes },
-    /// Write this sequenced message to the shared store (`store_writes`).
-    Store(StoredMessage),
+    /// Write this sequenced message to the shared store (`store_writes`); with
+    /// `ack_on_commit`, send `ack` to `conn` once it is committed (or an error if it fails).
+    Store { msg: StoredMessage, ack: Option<(u64, Bytes)> },
 }
 
 /// One send waiting for its seq.
@@ -214,11 +218,20 @@ impl Publisher {
                     if let Some(cid) = &q.client_id {
                         r.dedupe.insert(&q.user, cid, ack.clone());
                     }
-                    replies.push((q.conn, server::ack(q.req.as_deref(), room, ack.seq, &ack.msg_id, ack.ts)));
-                    if self.cfg.store_writes {
-                        if let Some(stored) = stored(room, seq, q) {
-                            self.effects.push_back(PubEffect::Store(stored));
-                        }
+                    let reply = (q.conn, server::ack(q.req.as_deref(), room, ack.seq, &ack.msg_id, ack.ts));
+                    if !self.cfg.store_writes {
+                        replies.push(reply);
+                        continue;
+                    }
+                    let deferred = self.cfg.ack_on_commit.then(|| reply.clone());
+                    if deferred.is_none() {
+                        replies.push(reply.clone());
+                    }
+                    match stored(room, seq, q) {
+                        Some(msg) => self.effects.push_back(PubEffect::Store { msg, ack: deferred }),
+                        // Not readable back (a bug): the sender still gets its one reply.
+                        None if deferred.is_some() => replies.push(reply),
+                        None => {}
                     }
                 }
             }
@@ -273,6 +286,7 @@ mod tests {
             batch_max,
             max_rooms: 100,
             store_writes: false,
+            ack_on_commit: false,
         };
         Publisher::new(cfg, Arc::new(vec![ShardStats::default()]))
     }
@@ -299,7 +313,7 @@ mod tests {
             match e {
                 PubEffect::Publish { batch, .. } => batches.push(batch.len()),
                 PubEffect::Reply { payload, .. } => replies.push(serde_json::from_slice(&payload).expect("json")),
-                PubEffect::Store(m) => panic!("no store writes configured, got {m:?}"),
+                PubEffect::Store { msg, .. } => panic!("no store writes configured, got {msg:?}"),
             }
         }
         (batches, replies)
@@ -312,8 +326,9 @@ mod tests {
         let mut stored = Vec::new();
         let mut keep = |p: &mut Publisher| {
             while let Some(e) = p.poll() {
-                if let PubEffect::Store(m) = e {
-                    stored.push(m);
+                if let PubEffect::Store { msg, ack } = e {
+                    assert!(ack.is_none(), "acked when sequenced unless ack_on_commit");
+                    stored.push(msg);
                 }
             }
         };
@@ -344,7 +359,34 @@ mod tests {
         p.send(&send(1, "3", None), 12);
         let _ = p.poll();
         p.published("r", Err(BridgeError::Stopped));
-        assert!(std::iter::from_fn(|| p.poll()).all(|e| !matches!(e, PubEffect::Store(_))));
+        assert!(std::iter::from_fn(|| p.poll()).all(|e| !matches!(e, PubEffect::Store { .. })));
+    }
+
+    #[test]
+    fn with_ack_on_commit_the_ack_waits_for_the_store() {
+        let mut p = publisher(100, 8);
+        p.cfg.store_writes = true;
+        p.cfg.ack_on_commit = true;
+        p.send(&send(5, "1", None), 10);
+        let _ = p.poll();
+        p.published("r", range(3, 1));
+        let effects: Vec<PubEffect> = std::iter::from_fn(|| p.poll()).collect();
+        assert!(
+            !effects.iter().any(|e| matches!(e, PubEffect::Reply { .. })),
+            "no ack before the commit: {effects:?}"
+        );
+        let Some(PubEffect::Store {
+            msg,
+            ack: Some((conn, ack)),
+        }) = effects.into_iter().next()
+        else {
+            panic!("the write carries the ack");
+        };
+        let ack: Value = serde_json::from_slice(&ack).expect("json");
+        assert_eq!(
+            (conn, msg.seq, ack["type"].as_str(), ack["seq"].as_u64()),
+            (5, 3, Some("ack"), Some(3))
+        );
     }
 
     fn range(first: u64, count: u32) -> Result<SeqRange, BridgeError> {

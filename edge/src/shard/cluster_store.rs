@@ -14,9 +14,13 @@ use std::task::{Poll, Waker};
 
 use storage::{Answer, Completion, Query, StoreError, StoredMessage};
 
+use bytes::Bytes;
+
 use super::sequencer::RedisSequencer;
 use super::Shard;
 use crate::metrics::ShardStats;
+use crate::protocol::server;
+use crate::protocol::ErrorCode;
 
 /// One query's answer, and the task waiting for it.
 #[derive(Default)]
@@ -25,9 +29,10 @@ struct Slot {
     waker: Cell<Option<Waker>>,
 }
 
-/// Shared-store queries in flight on one shard, by ticket.
+/// Shared-store queries in flight on one shard, by ticket; and the acks that wait for their
+/// message's commit (`durable`), by the write's ticket.
 #[derive(Default)]
-pub(crate) struct StoreQueries(RefCell<HashMap<u64, Rc<Slot>>>);
+pub(crate) struct StoreQueries(RefCell<HashMap<u64, Rc<Slot>>>, RefCell<HashMap<u64, (u64, Bytes)>>);
 
 impl Shard {
     /// Whether this cluster node writes its messages to, and reads old history from, a shared store.
@@ -35,15 +40,29 @@ impl Shard {
         self.cfg.store != storage::StoreKind::Embedded
     }
 
-    /// A message Redis sequenced on this shard, for the shared store.
-    pub(super) fn cluster_store_write(&self, msg: StoredMessage) {
+    /// A message Redis sequenced on this shard, for the shared store; `ack` (durable mode)
+    /// goes to its connection once the write is committed.
+    pub(super) fn cluster_store_write(&self, msg: StoredMessage, ack: Option<(u64, Bytes)>) {
+        let super::sequencer::Sequencer::Redis(r) = &self.sequencer else {
+            return;
+        };
         let ticket = self.take_ticket();
+        if let Some(ack) = ack {
+            r.store_queries.1.borrow_mut().insert(ticket, ack);
+        }
         if self.store.write(self.id, msg, ticket).is_err() {
             ShardStats::inc(&self.stats().store_overloaded_total);
             tracing::warn!(
                 shard = self.id,
                 "cluster: the store's write queue is full: a sequenced message was not stored"
             );
+            if let Some((conn, ack)) = r.store_queries.1.borrow_mut().remove(&ticket) {
+                let msg = "sequenced and delivered, but the store's write queue is full: not stored";
+                self.to_conn(
+                    conn,
+                    server::error(request_id(&ack).as_deref(), ErrorCode::Overloaded, msg, Some(1000)),
+                );
+            }
         }
     }
 
@@ -51,10 +70,21 @@ impl Shard {
     /// write counted.
     pub(super) fn cluster_store_completion(&self, r: &RedisSequencer, c: Completion) {
         match c {
-            Completion::Written { result: Ok(()), .. } => {}
-            Completion::Written { result: Err(e), .. } => {
+            Completion::Written { ticket, result: Ok(()) } => {
+                if let Some((conn, ack)) = r.store_queries.1.borrow_mut().remove(&ticket) {
+                    self.to_conn(conn, ack);
+                }
+            }
+            Completion::Written { ticket, result: Err(e) } => {
                 ShardStats::inc(&self.stats().store_write_failed_total);
                 tracing::warn!(shard = self.id, error = %e, "cluster: a sequenced message could not be stored");
+                if let Some((conn, ack)) = r.store_queries.1.borrow_mut().remove(&ticket) {
+                    let msg = "sequenced and delivered, but not stored: the store failed";
+                    self.to_conn(
+                        conn,
+                        server::error(request_id(&ack).as_deref(), ErrorCode::Unavailable, msg, Some(1000)),
+                    );
+                }
             }
             Completion::Answered { ticket, result } => {
                 if let Some(slot) = r.store_queries.0.borrow_mut().remove(&ticket) {
@@ -88,4 +118,10 @@ impl Shard {
         })
         .await
     }
+}
+
+/// The request id (raw JSON) an ack answers, read back from the ack.
+fn request_id(ack: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(ack).ok()?;
+    v.get("id").map(serde_json::Value::to_string)
 }

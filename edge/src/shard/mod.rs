@@ -168,6 +168,7 @@ impl Shard {
                     batch_max: s.cfg.redis_batch_max as usize,
                     max_rooms: s.cfg.max_rooms_per_shard,
                     store_writes: s.cfg.store != storage::StoreKind::Embedded,
+                    ack_on_commit: s.cfg.store != storage::StoreKind::Embedded && s.cfg.durability == crate::config::Durability::Durable,
                 };
                 let publisher = RefCell::new(Publisher::new(cfg, s.stats.clone()));
                 sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer {

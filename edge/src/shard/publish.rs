@@ -40,7 +40,7 @@ impl Shard {
             let Some(effect) = redis.publisher.borrow_mut().poll() else { break };
             match effect {
                 PubEffect::Reply { conn, payload } => self.to_conn(conn, payload),
-                PubEffect::Store(msg) => self.cluster_store_write(msg),
+                PubEffect::Store { msg, ack } => self.cluster_store_write(msg, ack),
                 PubEffect::Publish { room, batch } => {
                     let (shard, bridge) = (self.clone(), redis.bridge.clone());
                     // A DM room's messages go to its users' channels too (the user channel).
