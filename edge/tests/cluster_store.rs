@@ -16,29 +16,32 @@ use common::RedisServer;
 use serde_json::{json, Value};
 
 const ROOM: &str = "long";
+
+/// `n` nodes on a private Redis and a fresh PostgreSQL database, with `extra` in their
+/// environment, and one sender per node joined to `room` (so each node publishes, and
+/// writes, its own share).
+fn cluster_on_postgres(n: usize, extra: (&str, &str), room: &str) -> (RedisServer, pg::TestDb, Vec<common::Server>, Vec<Member>) {
+    let redis = RedisServer::start();
+    let db = pg::TestDb::create();
+    let mut envs = ENVS.to_vec();
+    envs.extend([("EDGE_STORE", "postgres"), ("EDGE_POSTGRES_URL", db.url.as_str()), extra]);
+    let nodes = start_cluster_with(n, &redis, &envs);
+    let mut senders: Vec<Member> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Member::connect(s, &format!("n{}", i + 1), &format!("s{i}")))
+        .collect();
+    for s in &mut senders {
+        s.join(room);
+    }
+    (redis, db, nodes, senders)
+}
 const SENT: u64 = 120;
 
 #[test]
 fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
-    let redis = RedisServer::start();
-    let db = pg::TestDb::create();
-    let mut envs = ENVS.to_vec();
-    envs.extend([
-        ("EDGE_STORE", "postgres"),
-        ("EDGE_POSTGRES_URL", db.url.as_str()),
-        ("EDGE_REDIS_RECENT_LEN", "20"),
-    ]);
-    let nodes = start_cluster_with(3, &redis, &envs);
-
     // Senders on every node, so each node writes its own share of the messages.
-    let mut senders: Vec<Member> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Member::connect(n, &format!("n{}", i + 1), &format!("s{i}")))
-        .collect();
-    for s in &mut senders {
-        s.join(ROOM);
-    }
+    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(3, ("EDGE_REDIS_RECENT_LEN", "20"), ROOM);
     for i in 0..SENT {
         let s = &mut senders[(i % 3) as usize];
         let ack = s.request(
@@ -132,23 +135,7 @@ fn in_postgres(url: &str, room: &str, seq: u64) -> bool {
 
 #[test]
 fn durable_acks_in_a_cluster_come_after_the_shared_store_committed() {
-    let redis = RedisServer::start();
-    let db = pg::TestDb::create();
-    let mut envs = ENVS.to_vec();
-    envs.extend([
-        ("EDGE_STORE", "postgres"),
-        ("EDGE_POSTGRES_URL", db.url.as_str()),
-        ("EDGE_DURABILITY", "durable"),
-    ]);
-    let nodes = start_cluster_with(2, &redis, &envs);
-    let mut senders: Vec<Member> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| Member::connect(n, &format!("n{}", i + 1), &format!("d{i}")))
-        .collect();
-    for s in &mut senders {
-        s.join("durable");
-    }
+    let (_redis, db, _nodes, mut senders) = cluster_on_postgres(2, ("EDGE_DURABILITY", "durable"), "durable");
     for i in 0..20u64 {
         let s = &mut senders[(i % 2) as usize];
         let ack = s.request(

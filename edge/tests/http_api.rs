@@ -56,6 +56,16 @@ fn parse_reply(raw: &[u8]) -> Reply {
     }
 }
 
+/// Writes `raw` as is on a fresh connection and reads the response to its end.
+fn raw_request(addr: &str, raw: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(raw.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_reply(&out)
+}
+
 fn key_header() -> [(&'static str, &'static str); 1] {
     [("X-API-Key", KEY)]
 }
@@ -309,34 +319,16 @@ fn refusals_are_clear_errors_and_the_node_keeps_serving() {
     );
 
     // Chunked bodies are refused with 411; a body that never arrives with 408.
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
-        format!("POST /api/rooms/r/messages HTTP/1.1\r\nX-API-Key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let r = parse_reply(&out);
+    let chunked =
+        format!("POST /api/rooms/r/messages HTTP/1.1\r\nX-API-Key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    let r = raw_request(addr, &chunked);
     assert_eq!((r.status, error_code(&r)), (411, "length_required"), "{:?}", r.body);
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("POST /api/rooms/r/messages HTTP/1.1\r\nX-API-Key: {KEY}\r\nContent-Length: 100\r\n\r\n{{\"bo").as_bytes())
-        .unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let r = parse_reply(&out);
+    let short = format!("POST /api/rooms/r/messages HTTP/1.1\r\nX-API-Key: {KEY}\r\nContent-Length: 100\r\n\r\n{{\"bo");
+    let r = raw_request(addr, &short);
     assert_eq!((r.status, error_code(&r)), (408, "timeout"), "{:?}", r.body);
-
     // Two Content-Lengths that disagree (request smuggling) are refused.
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("POST /api/tokens HTTP/1.1\r\nX-API-Key: {KEY}\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}").as_bytes())
-        .unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    assert_eq!(parse_reply(&out).status, 400);
+    let two = format!("POST /api/tokens HTTP/1.1\r\nX-API-Key: {KEY}\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}");
+    assert_eq!(raw_request(addr, &two).status, 400);
 
     // Still serving, and nothing of the refused publishes was stored.
     let h = http(addr, "GET", "/api/rooms/r/messages", &key_header(), b"");
