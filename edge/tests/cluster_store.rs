@@ -151,3 +151,48 @@ fn durable_acks_in_a_cluster_come_after_the_shared_store_committed() {
         );
     }
 }
+
+#[test]
+fn after_redis_loses_everything_the_sequence_continues_from_the_store() {
+    let (mut redis, db, nodes, mut senders) = cluster_on_postgres(2, ("EDGE_DURABILITY", "durable"), "kept");
+    for i in 1..=5u64 {
+        let ack = senders[(i % 2) as usize].request(
+            json!({"type": "send", "room": "kept", "body": format!("before {i}")}),
+            &format!("b{i}"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ack["seq"].as_u64(), Some(i), "{ack}");
+    }
+    // Redis restarts empty: no counter, no stream.
+    redis.restart();
+    cluster_support::wait_readyz(&nodes, 200, Duration::from_secs(20), "after the Redis restart");
+    let mut acked = None;
+    let sent = eventually(Duration::from_secs(20), || {
+        let ack = senders[0].request(
+            json!({"type": "send", "room": "kept", "body": "after"}),
+            "after",
+            Duration::from_secs(10),
+        );
+        acked = ack["seq"].as_u64();
+        ack["type"] == "ack"
+    });
+    assert!(sent, "a send goes through once Redis is back: {acked:?}");
+    assert_eq!(acked, Some(6), "the seq continues from PostgreSQL's highest, never reused");
+    assert!(in_postgres(&db.url, "kept", 6));
+    let page = senders[1].request(
+        json!({"type": "history", "room": "kept", "limit": 10}),
+        "h",
+        Duration::from_secs(10),
+    );
+    let bodies: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["body"].as_str())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["before 1", "before 2", "before 3", "before 4", "before 5", "after"],
+        "{page}"
+    );
+}

@@ -348,6 +348,50 @@ async fn seqs_never_go_back_while_the_stream_remembers_and_large_seqs_patch_exac
     assert_eq!(a.handle.room_seq("big").await.unwrap(), 5_000_000_003);
 }
 
+#[tokio::test]
+async fn with_a_shared_store_the_sequence_restarts_above_the_stores_floor() {
+    use fred::interfaces::KeysInterface;
+    use router::bridge::{BridgeError, SeqFloor};
+    let redis = RedisServer::start();
+    let a = node(config(&redis, "a")).await;
+    let p = probe(&redis).await;
+    // Redis has nothing for the room: a publish that does not know the floor writes nothing.
+    let refused = a
+        .handle
+        .publish_with("kept", vec![message("kept", "x")], Vec::new(), SeqFloor::Unknown)
+        .await;
+    assert!(matches!(refused, Err(BridgeError::FloorNeeded)), "{refused:?}");
+    let exists: i64 = p.exists(vec!["chat:{kept}:seq", "chat:{kept}:recent"]).await.unwrap();
+    assert_eq!(exists, 0, "nothing written before the floor is known");
+    // With the store's highest seq, the sequence continues after it.
+    let range = a
+        .handle
+        .publish_with("kept", vec![message("kept", "y")], Vec::new(), SeqFloor::At(41))
+        .await
+        .unwrap();
+    assert_eq!(range.first, 42);
+    // Once Redis holds the sequence, an unknown floor is no obstacle (and a stale one no harm).
+    let range = a
+        .handle
+        .publish_with("kept", vec![message("kept", "z")], Vec::new(), SeqFloor::Unknown)
+        .await
+        .unwrap();
+    assert_eq!(range.first, 43);
+    let range = a
+        .handle
+        .publish_with("kept", vec![message("kept", "w")], Vec::new(), SeqFloor::At(7))
+        .await
+        .unwrap();
+    assert_eq!(range.first, 44);
+    // Without a store (`Off`) a lost room restarts at 1, as before.
+    let range = a
+        .handle
+        .publish_with("fresh", vec![message("fresh", "v")], Vec::new(), SeqFloor::Off)
+        .await
+        .unwrap();
+    assert_eq!(range.first, 1);
+}
+
 #[test]
 fn callers_need_no_tokio_runtime() {
     use support::block_on;

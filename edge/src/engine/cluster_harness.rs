@@ -172,7 +172,8 @@ impl World {
     fn drain(&mut self, sid: Sid) {
         while let Some(e) = self.publishers[sid].poll() {
             match e {
-                PubEffect::Publish { room, batch } => self.calls.push(Call::Publish { sid, room, batch }),
+                PubEffect::Publish { room, batch, .. } => self.calls.push(Call::Publish { sid, room, batch }),
+                PubEffect::LoadFloor { .. } => unreachable!("the harness's publishers keep no store"),
                 PubEffect::Reply { conn, payload } => self.deliver_to_client(conn, &payload),
                 PubEffect::Store { .. } => unreachable!("the harness's publishers keep no store"),
             }

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use router::bridge::{BridgeError, PreparedMessage, SeqRange};
+use router::bridge::{BridgeError, PreparedMessage, SeqFloor, SeqRange};
 use storage::StoredMessage;
 
 use super::owner::{render_message, SendArgs};
@@ -54,8 +54,14 @@ pub struct PublisherConfig {
 /// What the shard must do.
 #[derive(Debug)]
 pub enum PubEffect {
-    /// Publish `batch` of `room` through Redis, then call [`Publisher::published`].
-    Publish { room: String, batch: Vec<PreparedMessage> },
+    /// Publish `batch` of `room` through Redis, with `floor`, then call [`Publisher::published`].
+    Publish {
+        room: String,
+        batch: Vec<PreparedMessage>,
+        floor: SeqFloor,
+    },
+    /// Read the store's highest seq of `room`, then call [`Publisher::floor_loaded`].
+    LoadFloor { room: String },
     /// Bytes for connection `conn` (on any shard).
     Reply { conn: u64, payload: Bytes },
     /// Write this sequenced message to the shared store (`store_writes`); with
@@ -85,11 +91,16 @@ struct PubRoom {
     /// `(user, client_id)` of sends queued or in flight.
     pending_ids: HashSet<(String, String)>,
     dedupe: Dedupe,
+    /// The store's highest seq, read because Redis had no sequence for the room: the floor
+    /// of the next batch (`store_writes`).
+    floor: Option<u64>,
+    /// The store's highest seq is being read: no batch goes until it is.
+    loading_floor: bool,
 }
 
 impl PubRoom {
     fn idle(&self) -> bool {
-        self.queued.is_empty() && self.in_flight.is_empty()
+        self.queued.is_empty() && self.in_flight.is_empty() && !self.loading_floor
     }
 }
 
@@ -137,6 +148,8 @@ impl Publisher {
         let r = self.rooms.entry(a.room.to_owned()).or_insert_with(|| PubRoom {
             queued: VecDeque::new(),
             in_flight: Vec::new(),
+            floor: None,
+            loading_floor: false,
             pending_ids: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
         });
@@ -178,22 +191,62 @@ impl Publisher {
     /// Starts the room's next batch unless one is in flight or nothing waits.
     fn next_batch(&mut self, room: &str) {
         let Some(r) = self.rooms.get_mut(room) else { return };
-        if !r.in_flight.is_empty() || r.queued.is_empty() {
+        if !r.in_flight.is_empty() || r.queued.is_empty() || r.loading_floor {
             return;
         }
         let n = r.queued.len().min(self.cfg.batch_max.max(1));
         r.in_flight.extend(r.queued.drain(..n));
         let batch = r.in_flight.iter().map(|q| q.msg.clone()).collect();
+        let floor = match (self.cfg.store_writes, r.floor.take()) {
+            (false, _) => SeqFloor::Off,
+            (true, Some(f)) => SeqFloor::At(f),
+            (true, None) => SeqFloor::Unknown,
+        };
         self.effects.push_back(PubEffect::Publish {
             room: room.to_owned(),
             batch,
+            floor,
         });
+    }
+
+    /// The store's highest seq of `room` was read (for the batch Redis refused without it),
+    /// or could not be: the batch goes again with it, or its senders get the failure.
+    pub fn floor_loaded(&mut self, room: &str, floor: Result<u64, String>) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        r.loading_floor = false;
+        match floor {
+            Ok(f) => r.floor = Some(f),
+            Err(e) => {
+                let msg = format!("cluster: the store's highest seq of the room could not be read: {e}");
+                let failed: Vec<Queued> = r.queued.drain(..).collect();
+                for q in failed {
+                    if let Some(cid) = &q.client_id {
+                        r.pending_ids.remove(&(q.user.clone(), cid.clone()));
+                    }
+                    let err = server::error(q.req.as_deref(), ErrorCode::Unavailable, &msg, Some(1000));
+                    self.effects.push_back(PubEffect::Reply {
+                        conn: q.conn,
+                        payload: err,
+                    });
+                }
+            }
+        }
+        self.next_batch(room);
     }
 
     /// Redis answered the room's batch in flight: ack (or refuse) each sender, then the next batch.
     pub fn published(&mut self, room: &str, result: Result<SeqRange, BridgeError>) {
         let Some(r) = self.rooms.get_mut(room) else { return };
         let batch = std::mem::take(&mut r.in_flight);
+        if matches!(result, Err(BridgeError::FloorNeeded)) {
+            // Nothing was published: the batch waits, first in line, for the store's floor.
+            for q in batch.into_iter().rev() {
+                r.queued.push_front(q);
+            }
+            r.loading_floor = true;
+            self.effects.push_back(PubEffect::LoadFloor { room: room.to_owned() });
+            return;
+        }
         let mut replies = Vec::with_capacity(batch.len());
         match result {
             Ok(range) => {
@@ -312,6 +365,7 @@ mod tests {
         while let Some(e) = p.poll() {
             match e {
                 PubEffect::Publish { batch, .. } => batches.push(batch.len()),
+                PubEffect::LoadFloor { room } => panic!("no store, no floor to load for {room}"),
                 PubEffect::Reply { payload, .. } => replies.push(serde_json::from_slice(&payload).expect("json")),
                 PubEffect::Store { msg, .. } => panic!("no store writes configured, got {msg:?}"),
             }
@@ -360,6 +414,49 @@ mod tests {
         let _ = p.poll();
         p.published("r", Err(BridgeError::Stopped));
         assert!(std::iter::from_fn(|| p.poll()).all(|e| !matches!(e, PubEffect::Store { .. })));
+    }
+
+    #[test]
+    fn a_batch_refused_for_want_of_a_floor_waits_for_the_store_then_goes_again_first() {
+        let mut p = publisher(100, 1);
+        p.cfg.store_writes = true;
+        p.send(&send(1, "1", Some("c1")), 10);
+        p.send(&send(1, "2", None), 10);
+        let floor_of = |e: Option<PubEffect>| match e {
+            Some(PubEffect::Publish { floor, batch, .. }) => (floor, batch.len()),
+            other => panic!("expected a publish, got {other:?}"),
+        };
+        assert_eq!(floor_of(p.poll()), (SeqFloor::Unknown, 1));
+        p.published("r", Err(BridgeError::FloorNeeded));
+        assert!(matches!(p.poll(), Some(PubEffect::LoadFloor { room }) if room == "r"));
+        assert!(p.poll().is_none(), "no reply and no batch while the floor is read");
+        p.floor_loaded("r", Ok(41));
+        assert_eq!(floor_of(p.poll()), (SeqFloor::At(41), 1), "the same first send, with the floor");
+        p.published("r", range(42, 1));
+        let mut acks = Vec::new();
+        let mut floors = Vec::new();
+        while let Some(e) = p.poll() {
+            match e {
+                PubEffect::Reply { payload, .. } => acks.push(serde_json::from_slice::<Value>(&payload).expect("json")),
+                PubEffect::Publish { floor, .. } => floors.push(floor),
+                PubEffect::Store { .. } => {}
+                PubEffect::LoadFloor { .. } => panic!("the floor is known"),
+            }
+        }
+        assert_eq!((acks[0]["id"].as_u64(), acks[0]["seq"].as_u64()), (Some(1), Some(42)));
+        assert_eq!(floors, [SeqFloor::Unknown], "a floor is used once: later batches ask Redis again");
+        // A floor that cannot be read fails the waiting sends, each once.
+        p.published("r", Err(BridgeError::FloorNeeded));
+        let _ = p.poll();
+        p.floor_loaded("r", Err("store down".into()));
+        let replies: Vec<Value> = std::iter::from_fn(|| p.poll())
+            .filter_map(|e| match e {
+                PubEffect::Reply { payload, .. } => serde_json::from_slice(&payload).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(replies[0]["code"], "unavailable");
     }
 
     #[test]

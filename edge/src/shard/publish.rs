@@ -41,7 +41,22 @@ impl Shard {
             match effect {
                 PubEffect::Reply { conn, payload } => self.to_conn(conn, payload),
                 PubEffect::Store { msg, ack } => self.cluster_store_write(msg, ack),
-                PubEffect::Publish { room, batch } => {
+                PubEffect::LoadFloor { room } => {
+                    let shard = self.clone();
+                    monoio::spawn(async move {
+                        let query = storage::Query::RoomState {
+                            room: room.clone(),
+                            new_epoch: Self::now_ms(),
+                        };
+                        let floor = match shard.cluster_store_query(query).await {
+                            Ok(storage::Answer::RoomState(s)) => Ok(s.last_seq),
+                            Ok(other) => Err(format!("unexpected answer {other:?}")),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        shard.with_publisher(|p, _| p.floor_loaded(&room, floor));
+                    });
+                }
+                PubEffect::Publish { room, batch, floor } => {
                     let (shard, bridge) = (self.clone(), redis.bridge.clone());
                     // A DM room's messages go to its users' channels too (the user channel).
                     let also: Vec<String> = match crate::auth::dm_participants(&room) {
@@ -50,7 +65,7 @@ impl Shard {
                         None => Vec::new(),
                     };
                     monoio::spawn(async move {
-                        let result = bridge.publish_also(&room, batch, also).await;
+                        let result = bridge.publish_with(&room, batch, also, floor).await;
                         shard.batch_published(&room, result);
                     });
                 }

@@ -53,6 +53,11 @@ pub enum BridgeError {
         /// What was wrong with it.
         detail: String,
     },
+    /// Redis holds no sequence for the room and the publish asked for a floor
+    /// ([`super::SeqFloor::Unknown`]): nothing was published; read the store's highest seq
+    /// and publish again with it.
+    #[error("redis holds no sequence for this room: the store's highest seq is needed first")]
+    FloorNeeded,
     /// The bridge has stopped: its command queue is closed.
     #[error("bridge stopped")]
     Stopped,
@@ -86,6 +91,7 @@ impl BridgeError {
                 detail: detail.clone(),
             },
             Self::Stopped => Self::Stopped,
+            Self::FloorNeeded => Self::FloorNeeded,
             Self::Thread(e) => Self::Thread(std::io::Error::new(e.kind(), e.to_string())),
         }
     }
@@ -94,7 +100,7 @@ impl BridgeError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
             Self::Config { .. } | Self::BadMessage(_) => ErrorSource::Caller,
-            Self::Unavailable | Self::Redis { .. } | Self::Reply { .. } => ErrorSource::Redis,
+            Self::Unavailable | Self::Redis { .. } | Self::Reply { .. } | Self::FloorNeeded => ErrorSource::Redis,
             Self::Stopped | Self::Thread(_) => ErrorSource::Internal,
         }
     }
@@ -102,7 +108,7 @@ impl BridgeError {
     /// Whether the same call may succeed if made again later.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Unavailable => true,
+            Self::Unavailable | Self::FloorNeeded => true,
             Self::Redis { source, .. } => matches!(
                 source.kind(),
                 ErrorKind::IO

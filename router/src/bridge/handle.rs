@@ -22,12 +22,24 @@ use super::{BridgeError, PreparedMessage};
 /// The answer channel of one command.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, BridgeError>>;
 
+/// Where a room's sequence may restart when Redis has none for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqFloor {
+    /// No shared store: the sequence starts at 1 (past the stream, if it survived).
+    Off,
+    /// A shared store whose highest seq the node has not read: refuse the publish.
+    Unknown,
+    /// The store's highest seq: the sequence continues after it.
+    At(u64),
+}
+
 /// A request to the bridge thread.
 pub(crate) enum Command {
     Publish {
         room: String,
         batch: Vec<PreparedMessage>,
         also: Vec<String>,
+        floor: SeqFloor,
         reply: Reply<SeqRange>,
     },
     Subscribe {
@@ -224,8 +236,30 @@ impl BridgeHandle {
     /// room's users), so a node subscribed to one of those names gets the room's messages
     /// in seq order as [`BridgeEvent::UserDeliver`].
     pub async fn publish_also(&self, room: &str, batch: Vec<PreparedMessage>, also: Vec<String>) -> Result<SeqRange, BridgeError> {
+        self.publish_with(room, batch, also, SeqFloor::Off).await
+    }
+
+    /// [`Self::publish_also`] for a cluster on a shared store: where Redis holds no sequence
+    /// for the room (a new room, or Redis lost it), the sequence must not restart below what
+    /// the store holds. With [`SeqFloor::Unknown`] such a publish is refused
+    /// [`BridgeError::FloorNeeded`] (nothing is published): read the store's highest seq of
+    /// the room and publish again with [`SeqFloor::At`] it.
+    pub async fn publish_with(
+        &self,
+        room: &str,
+        batch: Vec<PreparedMessage>,
+        also: Vec<String>,
+        floor: SeqFloor,
+    ) -> Result<SeqRange, BridgeError> {
         let room = room.to_owned();
-        self.ask(|reply| Command::Publish { room, batch, also, reply }).await
+        self.ask(|reply| Command::Publish {
+            room,
+            batch,
+            also,
+            floor,
+            reply,
+        })
+        .await
     }
 
     /// Counts `shard` as a subscriber of `room`; the node subscribes to the

@@ -14,7 +14,7 @@ use fred::interfaces::{ClientLike, KeysInterface, PubsubInterface, StreamsInterf
 use fred::types::Value;
 
 use super::core::Shared;
-use super::handle::{Command, RecentMessage, SeqRange};
+use super::handle::{Command, RecentMessage, SeqFloor, SeqRange};
 use super::metrics::BridgeMetrics;
 use super::wire::{decode_incoming, Incoming};
 use super::{keys, presence, BridgeError, PreparedMessage};
@@ -26,8 +26,14 @@ const MAX_ALSO: usize = 2;
 /// Runs one request and answers it.
 pub(crate) async fn run(shared: Arc<Shared>, cmd: Command) {
     match cmd {
-        Command::Publish { room, batch, also, reply } => {
-            let _ = reply.send(publish(&shared, &room, &batch, &also).await);
+        Command::Publish {
+            room,
+            batch,
+            also,
+            floor,
+            reply,
+        } => {
+            let _ = reply.send(publish(&shared, &room, &batch, &also, floor).await);
         }
         Command::RoomSeq { room, reply } => {
             let _ = reply.send(room_seq(&shared, &room).await);
@@ -84,7 +90,13 @@ fn check_batch(shared: &Shared, room: &str, batch: &[PreparedMessage]) -> Result
     Ok(())
 }
 
-async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage], also: &[String]) -> Result<SeqRange, BridgeError> {
+async fn publish(
+    shared: &Shared,
+    room: &str,
+    batch: &[PreparedMessage],
+    also: &[String],
+    floor: SeqFloor,
+) -> Result<SeqRange, BridgeError> {
     check_batch(shared, room, batch)?;
     if also.len() > MAX_ALSO || also.iter().any(|n| n.is_empty() || n == room) {
         return Err(BridgeError::BadMessage(format!("{} other channels for {room:?}", also.len())));
@@ -97,6 +109,11 @@ async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage], also: &
     args.push(Value::from(keys::channel(room)));
     args.push(Value::from(i64::from(shared.config.recent_len)));
     args.push(Value::from(if shared.config.sharded_pubsub { "1" } else { "0" }));
+    args.push(Value::from(match floor {
+        SeqFloor::Off => String::new(),
+        SeqFloor::Unknown => "?".to_owned(),
+        SeqFloor::At(n) => n.to_string(),
+    }));
     // A script may only publish on its own slot's shard channels: with sharded pub/sub the
     // other names' channels (another slot) are left out.
     let also = if shared.config.sharded_pubsub { &[][..] } else { also };
@@ -109,6 +126,9 @@ async fn publish(shared: &Shared, room: &str, batch: &[PreparedMessage], also: &
     }
     BridgeMetrics::inc(&shared.metrics.script_calls_total);
     let reply = timed(shared, "publish", shared.publish_script.call(&shared.client, keys, args)).await?;
+    if reply.as_u64() == Some(0) {
+        return Err(BridgeError::FloorNeeded);
+    }
     let first = reply.as_u64().filter(|&f| f > 0).ok_or_else(|| BridgeError::Reply {
         op: "publish",
         detail: format!("{reply:?}"),

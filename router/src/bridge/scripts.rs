@@ -22,7 +22,8 @@ use fred::types::Value;
 /// Sequences and publishes one batch of one room's messages.
 ///
 /// KEYS: seq counter, recent stream. ARGV: channel, recent_len, sharded
-/// (`1`/`0`), the number `x` of other channels, those `x` channels (each
+/// (`1`/`0`), the floor (`""`: none, `"?"`: unknown, or the shared store's
+/// highest seq), the number `x` of other channels, those `x` channels (each
 /// message is published there too, after the room's channel: a DM room's
 /// users' channels), then per message: frame bytes, offset of the archived
 /// u64 seq, offset of the 20-byte JSON slot (both 0-based). Returns the
@@ -30,13 +31,23 @@ use fred::types::Value;
 ///
 /// If the stream already holds a seq at or above the counter (the counter
 /// was lost while the stream survived), the counter jumps past it, so
-/// stream ids, and seqs, only grow.
+/// stream ids, and seqs, only grow. If both are gone (a new room, or Redis
+/// lost its data) and a floor is given, the counter starts at the floor; an
+/// unknown floor returns 0 before any write: the caller reads the store's
+/// highest seq and calls again with it.
 pub(crate) const PUBLISH: &str = r"
-local x = tonumber(ARGV[4])
+local floor = ARGV[4]
+if floor ~= '' and floor ~= '?' then
+  local f = tonumber(floor)
+  if not f or f < 0 or f ~= math.floor(f) then
+    return redis.error_reply('ERR chat: bad floor')
+  end
+end
+local x = tonumber(ARGV[5])
 if not x or x < 0 or x ~= math.floor(x) then
   return redis.error_reply('ERR chat: bad channel count')
 end
-local m = 5 + x
+local m = 6 + x
 local n = (#ARGV - m + 1) / 3
 if n < 1 or n ~= math.floor(n) then
   return redis.error_reply('ERR chat: bad argument count')
@@ -47,6 +58,10 @@ for i = 0, n - 1 do
   if not a or not b or a < 0 or b < 0 or a + 8 > #f or b + 20 > #f then
     return redis.error_reply('ERR chat: seq offsets outside the frame')
   end
+end
+if floor ~= '' and redis.call('EXISTS', KEYS[1]) == 0 and not redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1] then
+  if floor == '?' then return 0 end
+  redis.call('SET', KEYS[1], floor)
 end
 local top = redis.call('INCRBY', KEYS[1], n)
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
@@ -68,7 +83,7 @@ for i = 0, n - 1 do
   f = string.sub(f, 1, b) .. string.format('%20d', seq) .. string.sub(f, b + 21)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'f', f)
   redis.call(cmd, ARGV[1], f)
-  for c = 5, 4 + x do
+  for c = 6, 5 + x do
     redis.call(cmd, ARGV[c], f)
   end
 end
