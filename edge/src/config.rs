@@ -122,6 +122,10 @@ pub struct Config {
     pub redis_sharded_pubsub: bool,
     /// Cluster: messages kept per room in Redis for catch-up and history (approximate trim).
     pub redis_recent_len: u32,
+    /// Cluster: how long Redis remembers a sent `client_id` (per room and user), in ms: a
+    /// retry through any node within it is answered with the original ack, never sequenced
+    /// twice. 0 turns the cluster-wide check off (each node still remembers its own).
+    pub redis_dedupe_ttl_ms: u64,
     /// Cluster: most messages of one room sequenced and published by one script call.
     pub redis_batch_max: u32,
     /// Cluster: timeout of one Redis command, in ms.
@@ -280,6 +284,7 @@ impl Default for Config {
             redis_url: None,
             redis_sharded_pubsub: false,
             redis_recent_len: 1000,
+            redis_dedupe_ttl_ms: 300_000,
             redis_batch_max: 64,
             redis_command_timeout_ms: 2_000,
             presence_lease_ms: 15_000,
@@ -407,6 +412,7 @@ impl Config {
             node_id: self.node_id.clone(),
             sharded_pubsub: self.redis_sharded_pubsub,
             recent_len: self.redis_recent_len,
+            dedupe_ttl_ms: self.redis_dedupe_ttl_ms,
             batch_max: self.redis_batch_max,
             max_message_bytes: (self.max_message_bytes as u64 * 2 + 4096).min(u64::from(u32::MAX)) as u32,
             presence_lease_ms: self.presence_lease_ms,

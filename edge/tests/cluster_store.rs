@@ -196,3 +196,67 @@ fn after_redis_loses_everything_the_sequence_continues_from_the_store() {
         "{page}"
     );
 }
+
+/// How many messages PostgreSQL holds for `room`.
+fn pg_count(url: &str, room: &str) -> i64 {
+    let (url, room) = (url.to_owned(), room.to_owned());
+    pg::block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        let task = tokio::spawn(conn);
+        let row = client
+            .query_one("SELECT count(*) FROM messages WHERE room = $1", &[&room])
+            .await
+            .expect("query");
+        drop(client);
+        let _ = task.await;
+        row.get::<_, i64>(0)
+    })
+}
+
+#[test]
+fn a_client_id_retried_through_another_node_is_stored_and_delivered_once() {
+    let (_redis, db, nodes, mut senders) = cluster_on_postgres(2, ("EDGE_DURABILITY", "durable"), "retry");
+    // s0 sent from node 1; its retry comes through node 2, as after a reconnect elsewhere.
+    let send = json!({"type": "send", "room": "retry", "body": "once", "client_id": "c-1"});
+    let first = senders[0].request(send.clone(), "a", Duration::from_secs(10));
+    assert_eq!(first["type"], "ack", "{first}");
+    let mut moved = Member::connect(&nodes[1], "n2", "s0");
+    moved.join("retry");
+    let retry = moved.request(send.clone(), "b", Duration::from_secs(10));
+    assert_eq!(retry["type"], "ack", "{retry}");
+    for field in ["seq", "msg_id", "ts"] {
+        assert_eq!(retry[field], first[field], "the retry gets the original ack's {field}");
+    }
+    // Once more through node 2 (now from its own memory) and node 1: still the same message.
+    let third = moved.request(send.clone(), "c", Duration::from_secs(10));
+    assert_eq!(third["seq"], first["seq"], "{third}");
+    // Another user's same client_id is a message of its own.
+    let other = senders[1].request(send, "d", Duration::from_secs(10));
+    assert_eq!(other["seq"].as_u64(), first["seq"].as_u64().map(|s| s + 1), "{other}");
+
+    // Members on both nodes got "once" once, and the store holds it once.
+    for s in &mut senders {
+        s.drain(Duration::from_millis(500));
+        let bodies: Vec<&str> = s.messages("retry").iter().filter_map(|m| m["body"].as_str()).collect();
+        assert_eq!(
+            bodies,
+            ["once", "once"],
+            "{}: ann's and the other user's, each once\n{}",
+            s.who(),
+            s.context()
+        );
+    }
+    assert_eq!(pg_count(&db.url, "retry"), 2);
+    let page = moved.request(
+        json!({"type": "history", "room": "retry", "limit": 10}),
+        "h",
+        Duration::from_secs(10),
+    );
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [1, 2], "{page}");
+}

@@ -61,13 +61,7 @@ async fn one_script_per_batch_reaches_every_node_once_in_seq_order() {
     for batch in 0..3u64 {
         let msgs: Vec<_> = (0..5).map(|i| message("lobby", &format!("m{batch}-{i}"))).collect();
         let range = a.handle.publish("lobby", msgs.clone()).await.unwrap();
-        assert_eq!(
-            range,
-            SeqRange {
-                first: batch * 5 + 1,
-                count: 5
-            }
-        );
+        assert_eq!(range, SeqRange::new(batch * 5 + 1, 5));
         sent.extend(range.iter().zip(msgs));
     }
     assert_eq!(a.handle.metrics().script_calls_total, 3);

@@ -422,10 +422,7 @@ impl World {
                 self.inbox[sid].push_back((room.to_owned(), *seq, payload.clone()));
             }
         }
-        SeqRange {
-            first,
-            count: batch.len() as u32,
-        }
+        SeqRange::new(first, batch.len() as u32)
     }
 
     fn deliver_step(&mut self) {

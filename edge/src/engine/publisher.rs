@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use router::bridge::{BridgeError, PreparedMessage, SeqFloor, SeqRange};
+use router::bridge::{BridgeError, Duplicate, PreparedMessage, SeqFloor, SeqRange, Sequenced};
 use storage::StoredMessage;
 
 use super::owner::{render_message, SendArgs};
@@ -167,7 +167,11 @@ impl Publisher {
         self.next_id += 1;
         let msg_id = format!("{}-{:x}-{:x}", self.cfg.node_id, self.cfg.shard, self.next_id);
         let payload = render_message(a, None, &msg_id, now_ms);
-        let msg = match PreparedMessage::new(a.room, payload.to_vec()) {
+        let prepared = PreparedMessage::new(a.room, payload.to_vec()).map(|m| match a.client_id {
+            Some(cid) => m.with_dedupe(a.user, cid, &format!("{msg_id} {now_ms}")),
+            None => m,
+        });
+        let msg = match prepared {
             Ok(m) => m,
             Err(e) => return self.reply(a.conn, Failure::Redis(e).reply(a.req, "cannot prepare the message")),
         };
@@ -251,41 +255,54 @@ impl Publisher {
         match result {
             Ok(range) => {
                 ShardStats::add(&self.stats[self.cfg.shard].messages_total, u64::from(range.count));
-                let mut seqs = range.iter();
+                let mut outcomes = range.outcomes();
                 for q in batch {
-                    if let Some(cid) = &q.client_id {
-                        r.pending_ids.remove(&(q.user.clone(), cid.clone()));
+                    let key = q.client_id.clone().map(|cid| (q.user.clone(), cid));
+                    if let Some(k) = &key {
+                        r.pending_ids.remove(k);
                     }
-                    // Redis answers a seq for each message of the batch; a short answer is a bug
+                    let (conn, req) = (q.conn, q.req.clone());
+                    // Redis answers for each message of the batch; a short answer is a bug
                     // there, and the senders it left out still get their one reply.
-                    let Some(seq) = seqs.next() else {
-                        let err = server::error(q.req.as_deref(), ErrorCode::Internal, "cluster: no seq for this message", None);
-                        replies.push((q.conn, err));
-                        continue;
+                    let (ack, msg) = match outcomes.next() {
+                        Some(Sequenced::New(seq)) => {
+                            let ack = AckInfo {
+                                seq,
+                                msg_id: q.msg_id.clone(),
+                                ts: q.ts,
+                            };
+                            (ack, stored(room, seq, q))
+                        }
+                        // A retry of a message some node sequenced before: its original ack,
+                        // and (with a shared store) its original frame written again, a no-op
+                        // if that node stored it already, so a durable ack still means stored.
+                        Some(Sequenced::Duplicate(d)) => match original(room, d, q) {
+                            Some(pair) => pair,
+                            None => {
+                                let msg = "cluster: this client_id was sequenced before, but its receipt is unreadable";
+                                replies.push((conn, server::error(req.as_deref(), ErrorCode::Internal, msg, None)));
+                                continue;
+                            }
+                        },
+                        None => {
+                            let msg = "cluster: no seq for this message";
+                            replies.push((conn, server::error(req.as_deref(), ErrorCode::Internal, msg, None)));
+                            continue;
+                        }
                     };
-                    let ack = AckInfo {
-                        seq,
-                        msg_id: q.msg_id.clone(),
-                        ts: q.ts,
-                    };
-                    if let Some(cid) = &q.client_id {
-                        r.dedupe.insert(&q.user, cid, ack.clone());
+                    if let Some((user, cid)) = &key {
+                        r.dedupe.insert(user, cid, ack.clone());
                     }
-                    let reply = (q.conn, server::ack(q.req.as_deref(), room, ack.seq, &ack.msg_id, ack.ts));
-                    if !self.cfg.store_writes {
+                    let reply = (conn, server::ack(req.as_deref(), room, ack.seq, &ack.msg_id, ack.ts));
+                    let Some(msg) = msg.filter(|_| self.cfg.store_writes) else {
                         replies.push(reply);
                         continue;
-                    }
+                    };
                     let deferred = self.cfg.ack_on_commit.then(|| reply.clone());
                     if deferred.is_none() {
-                        replies.push(reply.clone());
+                        replies.push(reply);
                     }
-                    match stored(room, seq, q) {
-                        Some(msg) => self.effects.push_back(PubEffect::Store { msg, ack: deferred }),
-                        // Not readable back (a bug): the sender still gets its one reply.
-                        None if deferred.is_some() => replies.push(reply),
-                        None => {}
-                    }
+                    self.effects.push_back(PubEffect::Store { msg, ack: deferred });
                 }
             }
             Err(e) => {
@@ -306,7 +323,7 @@ impl Publisher {
 }
 
 /// The message as the store keeps it: the client JSON with its seq written in, exactly as
-/// members got it from the room's channel.
+/// members got it from the room's channel. `None` only if the frame does not read back (a bug).
 fn stored(room: &str, seq: u64, q: Queued) -> Option<StoredMessage> {
     let frame = q.msg.patched(seq);
     let Ok(router::ArchivedFrame::Deliver { payload, .. }) = router::decode(&frame) else {
@@ -324,232 +341,38 @@ fn stored(room: &str, seq: u64, q: Queued) -> Option<StoredMessage> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::Value;
-
-    use super::*;
-
-    fn publisher(queue_max: usize, batch_max: usize) -> Publisher {
-        let cfg = PublisherConfig {
-            node_id: "n1".into(),
-            shard: 0,
-            dedupe_per_room: 16,
-            room_queue_max: queue_max,
-            batch_max,
-            max_rooms: 100,
-            store_writes: false,
-            ack_on_commit: false,
+/// The original ack of a duplicate (its receipt is `"<msg_id> <ts>"`, as [`Publisher::send`]
+/// wrote it), and the original message as the store keeps it while the room's stream still
+/// holds its frame. `None` if the receipt does not read.
+fn original(room: &str, d: &Duplicate, q: Queued) -> Option<(AckInfo, Option<StoredMessage>)> {
+    let (msg_id, ts) = d.receipt.split_once(' ')?;
+    let ack = AckInfo {
+        seq: d.seq,
+        msg_id: msg_id.to_owned(),
+        ts: ts.parse().ok()?,
+    };
+    let msg = d.frame.as_ref().and_then(|frame| {
+        let Ok(router::ArchivedFrame::Deliver { payload, .. }) = router::decode(frame) else {
+            return None;
         };
-        Publisher::new(cfg, Arc::new(vec![ShardStats::default()]))
-    }
-
-    fn send<'a>(conn: u64, req: &'a str, client_id: Option<&'a str>) -> SendArgs<'a> {
-        SendArgs {
-            room: "r",
-            shard: 0,
-            conn,
-            user: "u",
-            req: Some(req),
-            client_id,
-            body: "hi",
-            kind: "text",
-            file: None,
-            reply_to: None,
-        }
-    }
-
-    /// Drains the effects: (batch sizes published, replies as JSON).
-    fn drain(p: &mut Publisher) -> (Vec<usize>, Vec<Value>) {
-        let (mut batches, mut replies) = (Vec::new(), Vec::new());
-        while let Some(e) = p.poll() {
-            match e {
-                PubEffect::Publish { batch, .. } => batches.push(batch.len()),
-                PubEffect::LoadFloor { room } => panic!("no store, no floor to load for {room}"),
-                PubEffect::Reply { payload, .. } => replies.push(serde_json::from_slice(&payload).expect("json")),
-                PubEffect::Store { msg, .. } => panic!("no store writes configured, got {msg:?}"),
-            }
-        }
-        (batches, replies)
-    }
-
-    #[test]
-    fn with_a_shared_store_each_sequenced_message_is_written_once_with_its_seq() {
-        let mut p = publisher(100, 8);
-        p.cfg.store_writes = true;
-        let mut stored = Vec::new();
-        let mut keep = |p: &mut Publisher| {
-            while let Some(e) = p.poll() {
-                if let PubEffect::Store { msg, ack } = e {
-                    assert!(ack.is_none(), "acked when sequenced unless ack_on_commit");
-                    stored.push(msg);
-                }
-            }
-        };
-        p.send(&send(1, "1", Some("c1")), 10);
-        p.send(
-            &SendArgs {
-                reply_to: Some(1),
-                ..send(1, "2", None)
-            },
-            11,
-        );
-        keep(&mut p); // the first batch goes
-        p.published("r", range(7, 1));
-        keep(&mut p); // its message stored, the second batch goes
-        p.published("r", range(8, 1));
-        keep(&mut p);
-        assert_eq!(stored.iter().map(|m| m.seq).collect::<Vec<_>>(), [7, 8]);
-        assert_eq!((stored[0].client_id.as_deref(), stored[1].reply_to), (Some("c1"), Some(1)));
-        for m in &stored {
-            let v: Value = serde_json::from_slice(&m.frame).expect("the stored frame is the client JSON");
-            assert_eq!(
-                (v["seq"].as_u64(), v["room"].as_str(), v["from"].as_str()),
-                (Some(m.seq), Some("r"), Some("u")),
-                "{v}"
-            );
-        }
-        // A failed publish stores nothing.
-        p.send(&send(1, "3", None), 12);
-        let _ = p.poll();
-        p.published("r", Err(BridgeError::Stopped));
-        assert!(std::iter::from_fn(|| p.poll()).all(|e| !matches!(e, PubEffect::Store { .. })));
-    }
-
-    #[test]
-    fn a_batch_refused_for_want_of_a_floor_waits_for_the_store_then_goes_again_first() {
-        let mut p = publisher(100, 1);
-        p.cfg.store_writes = true;
-        p.send(&send(1, "1", Some("c1")), 10);
-        p.send(&send(1, "2", None), 10);
-        let floor_of = |e: Option<PubEffect>| match e {
-            Some(PubEffect::Publish { floor, batch, .. }) => (floor, batch.len()),
-            other => panic!("expected a publish, got {other:?}"),
-        };
-        assert_eq!(floor_of(p.poll()), (SeqFloor::Unknown, 1));
-        p.published("r", Err(BridgeError::FloorNeeded));
-        assert!(matches!(p.poll(), Some(PubEffect::LoadFloor { room }) if room == "r"));
-        assert!(p.poll().is_none(), "no reply and no batch while the floor is read");
-        p.floor_loaded("r", Ok(41));
-        assert_eq!(floor_of(p.poll()), (SeqFloor::At(41), 1), "the same first send, with the floor");
-        p.published("r", range(42, 1));
-        let mut acks = Vec::new();
-        let mut floors = Vec::new();
-        while let Some(e) = p.poll() {
-            match e {
-                PubEffect::Reply { payload, .. } => acks.push(serde_json::from_slice::<Value>(&payload).expect("json")),
-                PubEffect::Publish { floor, .. } => floors.push(floor),
-                PubEffect::Store { .. } => {}
-                PubEffect::LoadFloor { .. } => panic!("the floor is known"),
-            }
-        }
-        assert_eq!((acks[0]["id"].as_u64(), acks[0]["seq"].as_u64()), (Some(1), Some(42)));
-        assert_eq!(floors, [SeqFloor::Unknown], "a floor is used once: later batches ask Redis again");
-        // A floor that cannot be read fails the waiting sends, each once.
-        p.published("r", Err(BridgeError::FloorNeeded));
-        let _ = p.poll();
-        p.floor_loaded("r", Err("store down".into()));
-        let replies: Vec<Value> = std::iter::from_fn(|| p.poll())
-            .filter_map(|e| match e {
-                PubEffect::Reply { payload, .. } => serde_json::from_slice(&payload).ok(),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(replies.len(), 1, "{replies:?}");
-        assert_eq!(replies[0]["code"], "unavailable");
-    }
-
-    #[test]
-    fn with_ack_on_commit_the_ack_waits_for_the_store() {
-        let mut p = publisher(100, 8);
-        p.cfg.store_writes = true;
-        p.cfg.ack_on_commit = true;
-        p.send(&send(5, "1", None), 10);
-        let _ = p.poll();
-        p.published("r", range(3, 1));
-        let effects: Vec<PubEffect> = std::iter::from_fn(|| p.poll()).collect();
-        assert!(
-            !effects.iter().any(|e| matches!(e, PubEffect::Reply { .. })),
-            "no ack before the commit: {effects:?}"
-        );
-        let Some(PubEffect::Store {
-            msg,
-            ack: Some((conn, ack)),
-        }) = effects.into_iter().next()
-        else {
-            panic!("the write carries the ack");
-        };
-        let ack: Value = serde_json::from_slice(&ack).expect("json");
-        assert_eq!(
-            (conn, msg.seq, ack["type"].as_str(), ack["seq"].as_u64()),
-            (5, 3, Some("ack"), Some(3))
-        );
-    }
-
-    fn range(first: u64, count: u32) -> Result<SeqRange, BridgeError> {
-        Ok(SeqRange { first, count })
-    }
-
-    #[test]
-    fn one_batch_in_flight_per_room_and_the_rest_follow_in_order() {
-        let mut p = publisher(100, 2);
-        p.send(&send(1, "1", None), 10);
-        assert_eq!(drain(&mut p).0, [1], "the first send goes at once");
-        for i in 2..=4 {
-            p.send(&send(1, &i.to_string(), None), 10);
-        }
-        assert!(drain(&mut p).0.is_empty(), "nothing more while a batch is in flight");
-        p.published("r", range(1, 1));
-        let (batches, replies) = drain(&mut p);
-        assert_eq!(replies[0]["seq"], 1);
-        assert_eq!(batches, [2], "then the queue, at most batch_max at a time");
-        p.published("r", range(2, 2));
-        let (batches, replies) = drain(&mut p);
-        assert_eq!(replies.iter().map(|r| r["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3]);
-        assert_eq!(batches, [1]);
-        p.published("r", range(4, 1));
-        let (batches, replies) = drain(&mut p);
-        assert!(batches.is_empty(), "the queue is empty");
-        assert_eq!(replies.len(), 1);
-        assert_eq!(replies[0]["seq"], 4);
-    }
-
-    #[test]
-    fn a_retried_client_id_gets_the_original_ack_or_waits() {
-        let mut p = publisher(100, 8);
-        p.send(&send(1, "1", Some("c1")), 10);
-        p.send(&send(2, "2", Some("c1")), 11);
-        let (batches, replies) = drain(&mut p);
-        assert_eq!(batches, [1]);
-        assert_eq!(replies[0]["code"], "overloaded", "in flight: retry later");
-        p.published("r", range(7, 1));
-        let acked = drain(&mut p).1;
-        p.send(&send(3, "3", Some("c1")), 12);
-        let (batches, again) = drain(&mut p);
-        assert!(batches.is_empty(), "not published twice");
-        assert_eq!(again[0]["seq"], 7);
-        assert_eq!(again[0]["msg_id"], acked[0]["msg_id"]);
-    }
-
-    #[test]
-    fn a_full_queue_and_a_failed_publish_answer_every_sender_once() {
-        let mut p = publisher(1, 8);
-        p.send(&send(1, "1", Some("a")), 10); // in flight
-        p.send(&send(1, "2", None), 10); // queued
-        p.send(&send(1, "3", None), 10); // over the queue bound
-        let (_, replies) = drain(&mut p);
-        assert_eq!(replies.len(), 1);
-        assert_eq!(replies[0]["id"], 3);
-        assert_eq!(replies[0]["code"], "overloaded");
-        p.published("r", Err(BridgeError::Unavailable));
-        let (batches, replies) = drain(&mut p);
-        assert_eq!(replies[0]["code"], "unavailable");
-        assert!(replies[0]["retry_ms"].as_u64().is_some());
-        assert_eq!(batches, [1], "the queued send goes next");
-        p.published("r", range(1, 0));
-        let (_, replies) = drain(&mut p);
-        assert_eq!(replies[0]["code"], "internal", "a short answer still answers every sender");
-        p.send(&send(1, "4", Some("a")), 12);
-        assert_eq!(drain(&mut p).0, [1], "a failed client_id may be sent again");
-    }
+        let payload = router::payload_bytes(frame, payload.as_slice());
+        let reply_to = serde_json::from_slice::<serde_json::Value>(&payload)
+            .ok()?
+            .get("reply_to")
+            .and_then(serde_json::Value::as_u64);
+        Some(StoredMessage {
+            room: room.to_owned(),
+            seq: d.seq,
+            msg_id: ack.msg_id.clone(),
+            sender: q.user.clone(),
+            ts_ms: ack.ts,
+            client_id: q.client_id.clone(),
+            reply_to,
+            frame: payload,
+        })
+    });
+    Some((ack, msg))
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,6 +25,10 @@ pub struct BridgeConfig {
     /// Length of each room's recent-history stream (approximate trim, so
     /// Redis may keep somewhat more).
     pub recent_len: u32,
+    /// How long Redis remembers a sent `client_id` (per room and user), in ms: a retry
+    /// through any node within it gets the original seq instead of a second message.
+    /// 0: no cluster-wide dedupe (each node still remembers its own recent ones).
+    pub dedupe_ttl_ms: u64,
     /// Most messages one publish call (one script call) may carry.
     pub batch_max: u32,
     /// Largest encoded message frame, in bytes, published or accepted.
@@ -57,6 +61,7 @@ impl Default for BridgeConfig {
             node_id: "node-1".into(),
             sharded_pubsub: false,
             recent_len: 1000,
+            dedupe_ttl_ms: 300_000,
             batch_max: 64,
             max_message_bytes: 1 << 20,
             presence_lease_ms: 15_000,

@@ -80,19 +80,63 @@ pub(crate) enum Command {
     },
 }
 
-/// The seqs one publish got: `first..first + count`, consecutive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The seqs one publish got. The batch's new messages got `first..first + count`, consecutive,
+/// in batch order; the messages listed in `duplicates` (dedupe keys seen before) got none.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeqRange {
-    /// The first message's seq.
+    /// The first new message's seq.
     pub first: u64,
-    /// How many messages (the batch's length).
+    /// How many new messages.
     pub count: u32,
+    /// The batch's messages sequenced before (by any node), by batch index, ascending.
+    pub duplicates: Vec<Duplicate>,
+}
+
+/// A message of a batch whose dedupe key was sequenced before: not published again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// Its index in the batch.
+    pub index: u32,
+    /// The seq the original got.
+    pub seq: u64,
+    /// The receipt the original was published with.
+    pub receipt: String,
+    /// The original `Deliver` frame, if the room's stream still holds it.
+    pub frame: Option<Bytes>,
+}
+
+/// What one message of a published batch got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequenced<'a> {
+    /// A new seq: the message was published.
+    New(u64),
+    /// Sequenced before: nothing was published.
+    Duplicate(&'a Duplicate),
 }
 
 impl SeqRange {
-    /// Each message's seq, in batch order.
+    /// A range of `count` new messages from `first`, none a duplicate.
+    pub fn new(first: u64, count: u32) -> Self {
+        Self {
+            first,
+            count,
+            duplicates: Vec::new(),
+        }
+    }
+
+    /// Each new message's seq, in batch order.
     pub fn iter(&self) -> impl Iterator<Item = u64> {
         self.first..self.first + u64::from(self.count)
+    }
+
+    /// What each message of the batch got, in batch order (`count` plus the duplicates).
+    pub fn outcomes(&self) -> impl Iterator<Item = Sequenced<'_>> {
+        let mut fresh = self.iter();
+        let mut dups = self.duplicates.iter().peekable();
+        (0..self.count + self.duplicates.len() as u32).map_while(move |i| match dups.next_if(|d| d.index == i) {
+            Some(d) => Some(Sequenced::Duplicate(d)),
+            None => fresh.next().map(Sequenced::New),
+        })
     }
 }
 

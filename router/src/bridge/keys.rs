@@ -52,6 +52,13 @@ pub fn presence_users(room: &str) -> String {
     key(room, "presence_users")
 }
 
+/// The key that remembers, for the dedupe time to live, that `user` sent `client_id` in the
+/// room: its value is `"<seq> <receipt>"`. The user's length goes first, so no two
+/// (user, client_id) pairs share a key.
+pub fn dedupe(room: &str, user: &str, client_id: &str) -> String {
+    key(room, &format!("cid:{}:{user}{client_id}", user.len()))
+}
+
 /// What a user's name starts with where a room's would be (`user/<id>`): no room id
 /// holds a `/`, so no client can join a user's channel as a room.
 pub const USER_PREFIX: &str = "user/";
@@ -87,6 +94,8 @@ mod tests {
         assert_eq!(channel("lobby"), "chat:{lobby}:ch");
         assert_eq!(presence("lobby"), "chat:{lobby}:presence");
         assert_eq!(presence_users("lobby"), "chat:{lobby}:presence_users");
+        assert_eq!(dedupe("lobby", "ann", "c1"), "chat:{lobby}:cid:3:annc1");
+        assert_ne!(dedupe("r", "ab", "c"), dedupe("r", "a", "bc"));
     }
 
     #[test]

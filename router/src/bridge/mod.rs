@@ -77,7 +77,7 @@ pub mod wire;
 pub use self::config::BridgeConfig;
 pub use self::core::{spawn, start, Bridge};
 pub use self::error::{BridgeError, ErrorSource};
-pub use self::handle::{BridgeEvent, BridgeEvents, BridgeHandle, RecentMessage, SeqFloor, SeqRange};
+pub use self::handle::{BridgeEvent, BridgeEvents, BridgeHandle, Duplicate, RecentMessage, SeqFloor, SeqRange, Sequenced};
 pub use self::metrics::{BridgeMetrics, MetricsSnapshot};
 pub use self::wire::{
     decode_incoming, patch_seq, Incoming, PreparedMessage, PresenceNote, PRESENCE_VERSION, SEQ_PLACEHOLDER, SEQ_SLOT_WIDTH,

@@ -14,7 +14,7 @@ use fred::interfaces::{ClientLike, KeysInterface, PubsubInterface, StreamsInterf
 use fred::types::Value;
 
 use super::core::Shared;
-use super::handle::{Command, RecentMessage, SeqFloor, SeqRange};
+use super::handle::{Command, Duplicate, RecentMessage, SeqFloor, SeqRange};
 use super::metrics::BridgeMetrics;
 use super::wire::{decode_incoming, Incoming};
 use super::{keys, presence, BridgeError, PreparedMessage};
@@ -104,8 +104,8 @@ async fn publish(
     if !shared.client.is_connected() {
         return Err(BridgeError::Unavailable);
     }
-    let keys = vec![keys::seq(room), keys::recent(room)];
-    let mut args = Vec::with_capacity(4 + also.len() + 3 * batch.len());
+    let mut keys = vec![keys::seq(room), keys::recent(room)];
+    let mut args = Vec::with_capacity(6 + also.len() + 4 * batch.len());
     args.push(Value::from(keys::channel(room)));
     args.push(Value::from(i64::from(shared.config.recent_len)));
     args.push(Value::from(if shared.config.sharded_pubsub { "1" } else { "0" }));
@@ -114,6 +114,7 @@ async fn publish(
         SeqFloor::Unknown => "?".to_owned(),
         SeqFloor::At(n) => n.to_string(),
     }));
+    args.push(Value::from(shared.config.dedupe_ttl_ms.max(1) as i64));
     // A script may only publish on its own slot's shard channels: with sharded pub/sub the
     // other names' channels (another slot) are left out.
     let also = if shared.config.sharded_pubsub { &[][..] } else { also };
@@ -123,22 +124,72 @@ async fn publish(
         args.push(Value::Bytes(m.frame().clone()));
         args.push(Value::from(m.seq_offset() as i64));
         args.push(Value::from(m.slot_offset() as i64));
+        match m.dedupe_key().filter(|_| shared.config.dedupe_ttl_ms > 0) {
+            Some((key, receipt)) => {
+                keys.push(key);
+                args.push(Value::from(receipt));
+            }
+            None => args.push(Value::from("")),
+        }
     }
     BridgeMetrics::inc(&shared.metrics.script_calls_total);
     let reply = timed(shared, "publish", shared.publish_script.call(&shared.client, keys, args)).await?;
-    if reply.as_u64() == Some(0) {
-        return Err(BridgeError::FloorNeeded);
-    }
-    let first = reply.as_u64().filter(|&f| f > 0).ok_or_else(|| BridgeError::Reply {
-        op: "publish",
-        detail: format!("{reply:?}"),
-    })?;
-    let count = batch.len() as u32;
+    let range = published_range(reply, room, batch.len())?;
     shared
         .metrics
         .published_total
-        .fetch_add(u64::from(count), std::sync::atomic::Ordering::Relaxed);
-    Ok(SeqRange { first, count })
+        .fetch_add(u64::from(range.count), std::sync::atomic::Ordering::Relaxed);
+    Ok(range)
+}
+
+/// Reads the publish script's answer for a batch of `n` messages (see [`super::scripts::PUBLISH`]).
+fn published_range(reply: Value, room: &str, n: usize) -> Result<SeqRange, BridgeError> {
+    let bad = |reply: &Value| BridgeError::Reply {
+        op: "publish",
+        detail: format!("{reply:?}"),
+    };
+    if reply.as_u64() == Some(0) {
+        return Err(BridgeError::FloorNeeded);
+    }
+    if let Some(first) = reply.as_u64() {
+        return Ok(SeqRange::new(first, n as u32));
+    }
+    let Value::Array(items) = &reply else { return Err(bad(&reply)) };
+    let Some((first, rest)) = items.split_first() else {
+        return Err(bad(&reply));
+    };
+    let first = first.as_u64().ok_or_else(|| bad(&reply))?;
+    if rest.len() % 4 != 0 {
+        return Err(bad(&reply));
+    }
+    let mut duplicates: Vec<Duplicate> = Vec::with_capacity(rest.len() / 4);
+    for d in rest.chunks_exact(4) {
+        let index = d[0].as_u64().filter(|&i| (i as usize) < n).ok_or_else(|| bad(&reply))? as u32;
+        if duplicates.last().is_some_and(|p| p.index >= index) {
+            return Err(bad(&reply));
+        }
+        let seq = d[1].as_u64().filter(|&s| s > 0).ok_or_else(|| bad(&reply))?;
+        let receipt = d[2].as_str().map(|s| s.into_owned()).ok_or_else(|| bad(&reply))?;
+        let frame = match d[3].as_bytes() {
+            Some([]) => None,
+            Some(f) => match decode_incoming(f) {
+                Ok(Incoming::Message { room: r, seq: s, .. }) if r == room && s == seq => Some(Bytes::copy_from_slice(f)),
+                _ => return Err(bad(&reply)),
+            },
+            None => return Err(bad(&reply)),
+        };
+        duplicates.push(Duplicate {
+            index,
+            seq,
+            receipt,
+            frame,
+        });
+    }
+    let count = (n - duplicates.len()) as u32;
+    if count > 0 && first == 0 {
+        return Err(bad(&reply));
+    }
+    Ok(SeqRange { first, count, duplicates })
 }
 
 /// Publishes an event frame on the room's channel, best effort.

@@ -21,13 +21,22 @@ use fred::types::Value;
 
 /// Sequences and publishes one batch of one room's messages.
 ///
-/// KEYS: seq counter, recent stream. ARGV: channel, recent_len, sharded
-/// (`1`/`0`), the floor (`""`: none, `"?"`: unknown, or the shared store's
-/// highest seq), the number `x` of other channels, those `x` channels (each
-/// message is published there too, after the room's channel: a DM room's
-/// users' channels), then per message: frame bytes, offset of the archived
-/// u64 seq, offset of the 20-byte JSON slot (both 0-based). Returns the
-/// first seq; the batch got `first..first + n`.
+/// KEYS: seq counter, recent stream, then one dedupe key per message that has
+/// a receipt, in batch order. ARGV: channel, recent_len, sharded (`1`/`0`),
+/// the floor (`""`: none, `"?"`: unknown, or the shared store's highest seq),
+/// the dedupe keys' time to live in ms, the number `x` of other channels,
+/// those `x` channels (each message is published there too, after the room's
+/// channel: a DM room's users' channels), then per message: frame bytes,
+/// offset of the archived u64 seq, offset of the 20-byte JSON slot (both
+/// 0-based), and its receipt (`""`: no dedupe key).
+///
+/// Returns the first seq when no message has a dedupe key: the batch got
+/// `first..first + n`. Otherwise `{first, i, seq, receipt, frame, ...}`: the
+/// messages not listed got consecutive seqs from `first`, in batch order;
+/// each listed one (0-based index `i`) was sequenced before, by any node,
+/// within the key's time to live (or earlier in this batch), and is neither
+/// sequenced nor published again: its original seq and receipt come back,
+/// with its frame if the stream still holds it (`""` if not).
 ///
 /// If the stream already holds a seq at or above the counter (the counter
 /// was lost while the stream survived), the counter jumps past it, so
@@ -43,51 +52,99 @@ if floor ~= '' and floor ~= '?' then
     return redis.error_reply('ERR chat: bad floor')
   end
 end
-local x = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[5])
+if not ttl or ttl < 1 or ttl ~= math.floor(ttl) then
+  return redis.error_reply('ERR chat: bad dedupe ttl')
+end
+local x = tonumber(ARGV[6])
 if not x or x < 0 or x ~= math.floor(x) then
   return redis.error_reply('ERR chat: bad channel count')
 end
-local m = 6 + x
-local n = (#ARGV - m + 1) / 3
+local m = 7 + x
+local n = (#ARGV - m + 1) / 4
 if n < 1 or n ~= math.floor(n) then
   return redis.error_reply('ERR chat: bad argument count')
 end
+local keyof, k = {}, 2
 for i = 0, n - 1 do
-  local f = ARGV[m + 3 * i]
-  local a, b = tonumber(ARGV[m + 1 + 3 * i]), tonumber(ARGV[m + 2 + 3 * i])
+  local f = ARGV[m + 4 * i]
+  local a, b = tonumber(ARGV[m + 1 + 4 * i]), tonumber(ARGV[m + 2 + 4 * i])
   if not a or not b or a < 0 or b < 0 or a + 8 > #f or b + 20 > #f then
     return redis.error_reply('ERR chat: seq offsets outside the frame')
   end
+  if ARGV[m + 3 + 4 * i] ~= '' then
+    k = k + 1
+    keyof[i] = KEYS[k]
+  end
+end
+if k ~= #KEYS then
+  return redis.error_reply('ERR chat: dedupe keys do not match the receipts')
 end
 if floor ~= '' and redis.call('EXISTS', KEYS[1]) == 0 and not redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1] then
   if floor == '?' then return 0 end
   redis.call('SET', KEYS[1], floor)
 end
-local top = redis.call('INCRBY', KEYS[1], n)
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-if last then
-  local lseq = tonumber(string.match(last[1], '^(%d+)-'))
-  if lseq and lseq > top - n then
-    top = lseq + n
-    redis.call('SET', KEYS[1], string.format('%d', top))
+local dup, seen, fresh = {}, {}, 0
+for i = 0, n - 1 do
+  local key = keyof[i]
+  if key and (seen[key] or redis.call('EXISTS', key) == 1) then
+    dup[i] = key
+  else
+    fresh = fresh + 1
+    if key then seen[key] = true end
   end
 end
-local first = top - n + 1
+local first = 0
+if fresh > 0 then
+  local top = redis.call('INCRBY', KEYS[1], fresh)
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+  if last then
+    local lseq = tonumber(string.match(last[1], '^(%d+)-'))
+    if lseq and lseq > top - fresh then
+      top = lseq + fresh
+      redis.call('SET', KEYS[1], string.format('%d', top))
+    end
+  end
+  first = top - fresh + 1
+end
 local cmd = 'PUBLISH'
 if ARGV[3] == '1' then cmd = 'SPUBLISH' end
+local seq = first
 for i = 0, n - 1 do
-  local seq = first + i
-  local f = ARGV[m + 3 * i]
-  local a, b = tonumber(ARGV[m + 1 + 3 * i]), tonumber(ARGV[m + 2 + 3 * i])
-  f = string.sub(f, 1, a) .. struct.pack('<I8', seq) .. string.sub(f, a + 9)
-  f = string.sub(f, 1, b) .. string.format('%20d', seq) .. string.sub(f, b + 21)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'f', f)
-  redis.call(cmd, ARGV[1], f)
-  for c = 6, 5 + x do
-    redis.call(cmd, ARGV[c], f)
+  if not dup[i] then
+    local f = ARGV[m + 4 * i]
+    local a, b = tonumber(ARGV[m + 1 + 4 * i]), tonumber(ARGV[m + 2 + 4 * i])
+    f = string.sub(f, 1, a) .. struct.pack('<I8', seq) .. string.sub(f, a + 9)
+    f = string.sub(f, 1, b) .. string.format('%20d', seq) .. string.sub(f, b + 21)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'f', f)
+    redis.call(cmd, ARGV[1], f)
+    for c = 7, 6 + x do
+      redis.call(cmd, ARGV[c], f)
+    end
+    if keyof[i] then
+      redis.call('SET', keyof[i], string.format('%d ', seq) .. ARGV[m + 3 + 4 * i], 'PX', ttl)
+    end
+    seq = seq + 1
   end
 end
-return first
+if k == 2 then return first end
+local out = {first}
+for i = 0, n - 1 do
+  if dup[i] then
+    local v = redis.call('GET', dup[i]) or ''
+    local s, receipt = string.match(v, '^(%d+) (.*)$')
+    local frame = ''
+    if s then
+      local e = redis.call('XRANGE', KEYS[2], s .. '-0', s .. '-0')[1]
+      if e then frame = e[2][2] end
+    end
+    out[#out + 1] = i
+    out[#out + 1] = tonumber(s) or 0
+    out[#out + 1] = receipt or ''
+    out[#out + 1] = frame
+  end
+end
+return out
 ";
 
 /// Presence leases of one room.

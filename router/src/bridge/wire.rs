@@ -57,6 +57,16 @@ pub struct PreparedMessage {
     frame: Bytes,
     seq_at: usize,
     slot_at: usize,
+    dedupe: Option<Box<Dedupe>>,
+}
+
+/// A message's idempotency key across the cluster: who sent which `client_id`, and the
+/// receipt the script keeps with its seq for a retry (through any node) to get back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dedupe {
+    user: String,
+    client_id: String,
+    receipt: String,
 }
 
 impl PreparedMessage {
@@ -101,7 +111,31 @@ impl PreparedMessage {
             frame,
             seq_at,
             slot_at: payload_at + slot_in_payload,
+            dedupe: None,
         })
+    }
+
+    /// Sequences the message at most once per (`user`, `client_id`) in its room while the
+    /// dedupe key lives (`dedupe_ttl_ms`), across all nodes: a retry gets the original seq
+    /// and `receipt` back instead (see [`crate::bridge::Duplicate`]). Empty ids, or a receipt
+    /// the script could not keep whole, leave the message without a key.
+    #[must_use]
+    pub fn with_dedupe(mut self, user: &str, client_id: &str, receipt: &str) -> Self {
+        if !user.is_empty() && !client_id.is_empty() && !receipt.is_empty() {
+            self.dedupe = Some(Box::new(Dedupe {
+                user: user.to_owned(),
+                client_id: client_id.to_owned(),
+                receipt: receipt.to_owned(),
+            }));
+        }
+        self
+    }
+
+    /// The message's dedupe key and receipt, if it has one.
+    pub(crate) fn dedupe_key(&self) -> Option<(String, &str)> {
+        self.dedupe
+            .as_ref()
+            .map(|d| (super::keys::dedupe(&self.room, &d.user, &d.client_id), d.receipt.as_str()))
     }
 
     /// The room the message is for.
