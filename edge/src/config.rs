@@ -434,6 +434,9 @@ impl Config {
                 Durability::Durable => 1_000,
             }),
             queue_capacity: self.store_queue_capacity,
+            // A shared store that goes away in fast mode: hold the acked writes (bounded by the
+            // queue) until it is back, rather than give them up after a few attempts.
+            write_retry_forever: self.store != StoreKind::Embedded && self.durability == Durability::Fast,
             query_queue_capacity: self.store_query_queue_capacity,
             embedded_sync_full: self.store_sync_full,
             scylla_contact_points: self.scylla_contact_points.clone(),

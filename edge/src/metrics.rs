@@ -106,7 +106,13 @@ fn write_unlabelled(out: &mut String, rows: &[(&str, &str, &str, u64)]) {
 /// Renders the store service's figures (queue depths, batches, commit latency).
 pub fn render_store(out: &mut String, s: &storage::StoreStats) {
     let snap = s.snapshot();
-    let rows: [(&str, &str, &str, u64); 9] = [
+    let rows: [(&str, &str, &str, u64); 10] = [
+        (
+            "store_unavailable",
+            "gauge",
+            "1 while the store is unreachable (writes held and retried, or failing).",
+            u64::from(snap.unavailable),
+        ),
         (
             "store_write_queue_depth",
             "gauge",

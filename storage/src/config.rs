@@ -46,6 +46,10 @@ pub struct StoreConfig {
     pub query_concurrency: usize,
     /// Attempts of a failing batch (the first included) before every ticket in it completes with the error.
     pub write_attempts: u32,
+    /// Keep trying a batch that fails with a retryable error (the store unreachable) until it is
+    /// written, instead of failing it after `write_attempts`: later writes wait behind it, up to
+    /// `queue_capacity` (a held backlog, for `fast` durability on a shared store).
+    pub write_retry_forever: bool,
     /// Wait before the second attempt of a failed batch, in milliseconds; doubles per attempt.
     pub write_retry_backoff_ms: u64,
     /// Longest time `shutdown` waits for the queue to be flushed and the store thread to stop, in milliseconds.
@@ -84,6 +88,7 @@ impl Default for StoreConfig {
             query_queue_capacity: 4096,
             query_concurrency: 16,
             write_attempts: 4,
+            write_retry_forever: false,
             write_retry_backoff_ms: 10,
             shutdown_timeout_ms: 10_000,
             embedded_sync_full: false,

@@ -6,7 +6,7 @@
 //! so a reported quantile is at most 12.5% above the true value), it never
 //! allocates and saturates at 2^40 µs.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
@@ -131,6 +131,7 @@ pub struct StoreStats {
     pub(crate) last_batch_messages: AtomicU64,
     pub(crate) last_commit_us: AtomicU64,
     pub(crate) commit_latency: LatencyHistogram,
+    pub(crate) unavailable: AtomicBool,
 }
 
 /// A copy of [`StoreStats`] at one moment, for metrics export and reports.
@@ -164,9 +165,34 @@ pub struct StoreStatsSnapshot {
     pub commit_p99_us: u64,
     /// Longest `write_batch` duration, microseconds.
     pub commit_max_us: u64,
+    /// The store is unreachable: the last write attempt (or probe) failed with a retryable error.
+    pub unavailable: bool,
 }
 
 impl StoreStats {
+    /// Whether the store is unreachable: its last write attempt, or the writer's probe while
+    /// idle, failed with a retryable error, and none has succeeded since.
+    pub fn unavailable(&self) -> bool {
+        self.unavailable.load(Relaxed)
+    }
+
+    /// Records whether the store is reachable, logging each change once.
+    pub(crate) fn set_unavailable(&self, down: bool, error: Option<&crate::StoreError>) {
+        if self.unavailable.swap(down, Relaxed) == down {
+            return;
+        }
+        match error {
+            Some(e) if down => tracing::error!(error = %e, "store: unavailable; writes are held or retried"),
+            _ if down => tracing::error!("store: unavailable"),
+            _ => tracing::info!("store: available again"),
+        }
+    }
+
+    /// Writes submitted and not yet taken into a batch.
+    pub fn write_queue_depth(&self) -> u64 {
+        self.write_queue_depth.load(Relaxed)
+    }
+
     /// The histogram of successful `write_batch` durations (µs).
     pub fn commit_latency(&self) -> &LatencyHistogram {
         &self.commit_latency
@@ -189,6 +215,7 @@ impl StoreStats {
             commit_p50_us: self.commit_latency.p50_us(),
             commit_p99_us: self.commit_latency.p99_us(),
             commit_max_us: self.commit_latency.max_us(),
+            unavailable: self.unavailable(),
         }
     }
 }

@@ -106,4 +106,11 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Marks the current run of `node_id` as cleanly ended.
     fn end_run(&self, node_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the store answers: one cheap read (the writer probes an unreachable store with
+    /// it while no write is waiting).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let read = self.last_seen("");
+        async move { read.await.map(|_| ()) }
+    }
 }

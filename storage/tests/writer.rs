@@ -366,3 +366,58 @@ fn spawn_refuses_bad_config_and_zero_shards() {
     assert!(err.to_string().contains("batch_max_messages"));
     assert!(spawn(store, &StoreConfig::default(), 0).is_err());
 }
+
+/// Polls `cond` every 10 ms for up to 20 s (a liveness bound, not a speed check).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_retry_forever_writes_are_held_while_the_store_is_down_and_all_land_once() {
+    let (_dir, probe, log) = embedded_probe();
+    // Eight failed attempts (backoff 1, 2, ... 128 ms): more than write_attempts allows.
+    log.fail_next.store(8, Ordering::SeqCst);
+    let config = StoreConfig {
+        write_attempts: 2,
+        write_retry_forever: true,
+        ..cfg(4, 0)
+    };
+    let (h, comps) = spawn(probe, &config, 1).expect("spawn");
+    h.write(0, message("held", 1), 1).expect("write");
+    until("the store is seen unavailable", || h.stats().unavailable()).await;
+    // Writes made while it is down wait in the queue, counted.
+    for seq in 2..=10 {
+        h.write(0, message("held", seq), seq).expect("write");
+    }
+    assert!(h.stats().write_queue_depth() > 0, "a held backlog");
+    let done = collect(&comps[0], 10).await;
+    assert_all_written_ok(&done);
+    assert!(!h.stats().unavailable(), "available again after the write went through");
+    let written: Vec<u64> = log.batches.lock().expect("log").iter().flatten().map(|(_, s)| *s).collect();
+    assert_eq!(written, (1..=10).collect::<Vec<_>>(), "each once, in order");
+    let snap = h.stats().snapshot();
+    assert_eq!((snap.write_errors_total, snap.write_retries_total), (0, 8));
+    h.shutdown().expect("shutdown");
+}
+
+#[tokio::test]
+async fn an_unavailable_store_is_probed_back_while_no_write_waits() {
+    let (_dir, probe, log) = embedded_probe();
+    log.fail_next.store(1, Ordering::SeqCst);
+    let config = StoreConfig {
+        write_attempts: 1,
+        ..cfg(4, 0)
+    };
+    let (h, comps) = spawn(probe, &config, 1).expect("spawn");
+    h.write(0, message("probe", 1), 1).expect("write");
+    let done = collect(&comps[0], 1).await;
+    assert!(matches!(done[0], Completion::Written { result: Err(_), .. }), "{done:?}");
+    assert!(h.stats().unavailable(), "a retryable failure marks the store unavailable");
+    // No write comes: the writer's probe (a read every 2 s) sees the store back.
+    until("the probe sees the store back", || !h.stats().unavailable()).await;
+    h.shutdown().expect("shutdown");
+}

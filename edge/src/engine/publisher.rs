@@ -51,6 +51,17 @@ pub struct PublisherConfig {
     pub ack_on_commit: bool,
 }
 
+/// The shared store as a send finds it (see [`Publisher::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreState {
+    /// The store is unreachable (its writer's last attempt failed).
+    pub unavailable: bool,
+    /// Writes waiting for the store.
+    pub backlog: u64,
+    /// The most writes that may wait.
+    pub capacity: u64,
+}
+
 /// What the shard must do.
 #[derive(Debug)]
 pub enum PubEffect {
@@ -137,6 +148,35 @@ impl Publisher {
     fn refuse(&mut self, a: &SendArgs<'_>, msg: &str) {
         ShardStats::inc(&self.stats[self.cfg.shard].overloaded_total);
         self.reply(a.conn, Busy::Publish.reply(a.req, msg));
+    }
+
+    /// Whether a send may be sequenced while the shared store is in `store` (`store_writes`),
+    /// else refused now, before Redis gives it a seq: with `ack_on_commit` while the store is
+    /// unavailable (`unavailable`, nothing acked could be stored), and in fast mode once the
+    /// writes held for it reach 7/8 of its queue (`overloaded`; the rest of the queue absorbs
+    /// the batches already on their way to Redis).
+    pub fn admit(&mut self, a: &SendArgs<'_>, store: StoreState) -> bool {
+        if !self.cfg.store_writes {
+            return true;
+        }
+        if self.cfg.ack_on_commit && store.unavailable {
+            ShardStats::inc(&self.stats[self.cfg.shard].store_overloaded_total);
+            let msg = "the store is unavailable: not sent, retry";
+            self.reply(
+                a.conn,
+                server::error(a.req, ErrorCode::Unavailable, msg, Some(Busy::Store.retry_ms() * 5)),
+            );
+            return false;
+        }
+        if store.backlog >= store.capacity - store.capacity / 8 {
+            ShardStats::inc(&self.stats[self.cfg.shard].store_overloaded_total);
+            self.reply(
+                a.conn,
+                Busy::Store.reply(a.req, "the store's write backlog is full: not sent, retry"),
+            );
+            return false;
+        }
+        true
     }
 
     /// A send to a room this shard owns.

@@ -100,9 +100,10 @@ async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr,
     match req.path.as_str() {
         "/ws" => upgrade(shard, stream, peer, req, buf, handed).await,
         "/healthz" => respond(stream, 200, "ok").await,
-        "/readyz" if shard.is_draining() => respond(stream, 503, "draining").await,
-        "/readyz" if !shard.cluster_ready() => respond(stream, 503, "redis unreachable").await,
-        "/readyz" => respond(stream, 200, "ready").await,
+        "/readyz" => match shard.unready_because() {
+            Some(why) => respond(stream, 503, &why).await,
+            None => respond(stream, 200, "ready").await,
+        },
         "/metrics" => {
             let mut body = crate::metrics::render(&shard.all_stats, shard.driver);
             crate::metrics::render_store(&mut body, shard.store.stats());

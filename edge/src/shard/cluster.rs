@@ -200,6 +200,21 @@ impl Shard {
     pub(crate) fn cluster_ready(&self) -> bool {
         self.sequencer.bridge().is_none_or(BridgeHandle::is_ready)
     }
+
+    /// Why `/readyz` answers 503, naming each dependency that is down; `None`: ready.
+    pub(crate) fn unready_because(&self) -> Option<String> {
+        if self.is_draining() {
+            return Some("draining".into());
+        }
+        let down: Vec<&str> = [
+            (!self.cluster_ready()).then_some("redis unreachable"),
+            self.store.stats().unavailable().then_some("store unavailable"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!down.is_empty()).then(|| down.join(", "))
+    }
 }
 
 /// A shared-store query bounded by `limit`: its answer, or `None` on an error or when late.

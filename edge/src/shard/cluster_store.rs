@@ -4,8 +4,10 @@
 //! the store. With the embedded store (one per node) a cluster keeps only the stream.
 //!
 //! A store query from a task waits on its ticket here; the shard's completion loop hands it
-//! the answer. A failed write is counted (`edge_store_write_failed_total`) and logged: acks
-//! in cluster mode come when Redis sequenced the message, whatever the store does.
+//! the answer. A failed write is counted (`edge_store_write_failed_total`) and logged. In
+//! fast mode acks come when Redis sequenced the message and the writer holds the writes of a
+//! store that is down (see `Publisher::admit` for the bound); in durable mode an ack waits for
+//! its write's commit, and a failed write answers its sender `unavailable`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -11,12 +11,22 @@ use router::bridge::{keys, BridgeError, SeqRange};
 use super::sequencer::Sequencer;
 use super::Shard;
 use crate::engine::owner::SendArgs;
-use crate::engine::publisher::{PubEffect, Publisher};
+use crate::engine::publisher::{PubEffect, Publisher, StoreState};
 
 impl Shard {
     /// A send in cluster mode, on the room's owner shard.
     pub(super) fn cluster_send(self: &Rc<Self>, a: &SendArgs<'_>) {
-        self.with_publisher(|p, now| p.send(a, now));
+        let stats = self.store.stats();
+        let store = StoreState {
+            unavailable: stats.unavailable(),
+            backlog: stats.write_queue_depth(),
+            capacity: self.cfg.store_queue_capacity as u64,
+        };
+        self.with_publisher(|p, now| {
+            if p.admit(a, store) {
+                p.send(a, now);
+            }
+        });
     }
 
     /// Runs `f` on the publisher with the time now, then carries out every effect it produced.

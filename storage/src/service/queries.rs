@@ -68,8 +68,12 @@ async fn lane<S: MessageStore>(store: Arc<S>, mut rx: UnboundedReceiver<Job>, ou
         let result = AssertUnwindSafe(answer(&*store, job.query)).catch_unwind().await;
         let result = result.unwrap_or_else(|_| Err(StoreError::Internal("store query panicked".into())));
         outbox.stats.queries_total.fetch_add(1, Relaxed);
-        if result.is_err() {
+        if let Err(e) = &result {
             outbox.stats.query_errors_total.fetch_add(1, Relaxed);
+            // Unreachable: the writer's next success or probe says when it is back.
+            if e.is_retryable() {
+                outbox.stats.set_unavailable(true, Some(e));
+            }
         }
         outbox.stats.query_queue_depth.fetch_sub(1, Relaxed);
         outbox.queues[job.shard].push_all([Completion::Answered {

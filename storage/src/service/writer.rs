@@ -11,7 +11,12 @@
 //!   so messages of a room are committed in the order they were submitted;
 //! - a failed batch is tried again, up to `write_attempts` in all, waiting
 //!   `write_retry_backoff_ms` and doubling, when the error is retryable; then
-//!   every ticket of the batch completes with the error;
+//!   every ticket of the batch completes with the error. With
+//!   `write_retry_forever` a retryable failure is tried until it succeeds:
+//!   later writes wait in the queue (bounded by `queue_capacity`);
+//! - a retryable failure marks the store unavailable (`StoreStats::unavailable`)
+//!   until a write succeeds, or, while nothing waits, a probe (`ping`, every
+//!   `MAX_BACKOFF`) does;
 //! - every ticket gets exactly one `Written` completion, after the outcome is known
 //!   (a panic inside the store is caught and completes the batch with `Internal`);
 //! - a shutdown command is seen after every write submitted before it, so the
@@ -39,6 +44,7 @@ pub(super) struct Settings {
     batch_max: usize,
     flush_interval: Duration,
     attempts: u32,
+    forever: bool,
     backoff: Duration,
 }
 
@@ -48,6 +54,7 @@ impl Settings {
             batch_max: cfg.batch_max_messages,
             flush_interval: Duration::from_micros(cfg.flush_interval_us),
             attempts: cfg.write_attempts,
+            forever: cfg.write_retry_forever,
             backoff: Duration::from_millis(cfg.write_retry_backoff_ms),
         }
     }
@@ -109,7 +116,22 @@ impl<S: MessageStore> Writer<S> {
 
     /// Fills `batch` by the batching rule; returns true when the writer must stop after committing it.
     async fn collect(&mut self, batch: &mut Batch) -> bool {
-        let Some(first) = self.rx.recv().await else { return true };
+        let first = loop {
+            if !self.outbox.stats.unavailable() {
+                break self.rx.recv().await;
+            }
+            // Unreachable and idle: probe now and then, so the store is seen back without a write.
+            match tokio::time::timeout(MAX_BACKOFF, self.rx.recv()).await {
+                Ok(cmd) => break cmd,
+                Err(_elapsed) => {
+                    let probe = AssertUnwindSafe(self.store.ping()).catch_unwind().await;
+                    if matches!(probe, Ok(Ok(()))) {
+                        self.outbox.stats.set_unavailable(false, None);
+                    }
+                }
+            }
+        };
+        let Some(first) = first else { return true };
         if self.take(first, batch) {
             return true;
         }
@@ -177,16 +199,24 @@ impl<S: MessageStore> Writer<S> {
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     stats.commit_latency.record_us(us);
                     stats.last_commit_us.store(us, Relaxed);
+                    self.outbox.stats.set_unavailable(false, None);
                     return Ok(());
                 }
-                Err(e) if attempt < self.settings.attempts && e.is_retryable() => {
+                Err(e) if e.is_retryable() && (self.settings.forever || attempt < self.settings.attempts) => {
+                    self.outbox.stats.set_unavailable(true, Some(&e));
                     stats.write_retries_total.fetch_add(1, Relaxed);
-                    tracing::warn!(attempt, error = %e, "store: batch failed; retrying");
+                    let held = stats.write_queue_depth.load(Relaxed) + msgs.len() as u64;
+                    tracing::warn!(attempt, held, error = %e, "store: batch failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if e.is_retryable() {
+                        self.outbox.stats.set_unavailable(true, Some(&e));
+                    }
+                    return Err(e);
+                }
             }
         }
     }

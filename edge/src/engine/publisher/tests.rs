@@ -330,3 +330,41 @@ fn a_full_queue_and_a_failed_publish_answer_every_sender_once() {
     p.send(&send(1, "4", Some("a")), 12);
     assert_eq!(drain(&mut p).0, [1], "a failed client_id may be sent again");
 }
+
+#[test]
+fn a_shared_store_that_is_down_or_backed_up_refuses_sends_before_they_take_a_seq() {
+    let up = StoreState {
+        unavailable: false,
+        backlog: 0,
+        capacity: 64,
+    };
+    let down = StoreState { unavailable: true, ..up };
+    let full = StoreState { backlog: 56, ..up };
+    let mut p = publisher(100, 8);
+    // Without store writes (the embedded store, one per node) the store is not asked about.
+    assert!(p.admit(
+        &send(1, "1", None),
+        StoreState {
+            unavailable: true,
+            backlog: 64,
+            capacity: 64
+        }
+    ));
+    p.cfg.store_writes = true;
+    // Fast mode: a store that is down holds the writes; only a backlog at 7/8 of the queue refuses.
+    assert!(p.admit(&send(1, "2", None), down));
+    assert!(p.admit(&send(1, "3", None), StoreState { backlog: 55, ..down }));
+    assert!(!p.admit(&send(1, "4", None), full));
+    // Durable: acks wait for the store, so a store that is down refuses at once.
+    p.cfg.ack_on_commit = true;
+    assert!(p.admit(&send(1, "5", None), up));
+    assert!(!p.admit(&send(1, "6", None), down));
+    let (batches, replies) = drain(&mut p);
+    assert!(batches.is_empty(), "nothing refused reaches Redis");
+    let codes: Vec<(u64, &str)> = replies
+        .iter()
+        .map(|r| (r["id"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(codes, [(4, "overloaded"), (6, "unavailable")]);
+    assert!(replies.iter().all(|r| r["retry_ms"].as_u64().is_some()));
+}
