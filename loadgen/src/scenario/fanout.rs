@@ -61,6 +61,8 @@ struct Core {
     trackers: Vec<(usize, SeqTracker)>,
     last_acked: HashMap<usize, u64>,
     latency_us: Option<hdrhistogram::Histogram<u64>>,
+    /// Send (due time) → `ack`: what the sender waits for (the group commit in `durable` mode).
+    ack_latency_us: Option<hdrhistogram::Histogram<u64>>,
     /// How late senders sent (actual send time - due time): loadgen's own lag.
     sender_lag_us: Option<hdrhistogram::Histogram<u64>>,
     sent_window: u64,
@@ -142,6 +144,7 @@ async fn run_core(
 ) -> anyhow::Result<Core> {
     let state = Rc::new(RefCell::new(Core {
         latency_us: Some(histogram()),
+        ack_latency_us: Some(histogram()),
         sender_lag_us: Some(histogram()),
         ..Core::default()
     }));
@@ -296,6 +299,12 @@ async fn receive(mut c: Conn, room: usize, slot: usize, state: Rc<RefCell<Core>>
                         *e = (*e).max(seq);
                         s.acked_total += 1;
                     }
+                    // The request id is the send's due time (see `render_send`).
+                    if shared.measuring.load(Relaxed) {
+                        if let (Some(due), Some(h)) = (msg::u64_field(t, "id"), s.ack_latency_us.as_mut()) {
+                            let _ = h.record(runner::now_ns().saturating_sub(due) / 1000);
+                        }
+                    }
                 }
                 Some(b"gap") => {
                     let (from, to) = (msg::u64_field(t, "from").unwrap_or(0), msg::u64_field(t, "to").unwrap_or(0));
@@ -366,7 +375,7 @@ async fn send_loop(
 /// `{"type":"send","room":R,"body":"<due ns>:xxxx..."}` with a body of `payload_bytes`.
 pub(super) fn render_send(out: &mut Vec<u8>, room: &str, due_ns: u64, payload_bytes: usize) {
     use std::io::Write as _;
-    let _ = write!(out, r#"{{"type":"send","room":"{room}","body":""#);
+    let _ = write!(out, r#"{{"type":"send","id":{due_ns},"room":"{room}","body":""#);
     let body_start = out.len();
     let _ = write!(out, "{due_ns}:");
     let pad = payload_bytes.saturating_sub(out.len() - body_start);
@@ -406,6 +415,7 @@ fn report(a: &FanoutArgs, cores: &[Core], w: Window, driver: Option<String>, cpu
     let mut tally = Tally::default();
     let mut hist = histogram();
     let mut lag = histogram();
+    let mut acks = histogram();
     let (mut errors, mut connects) = (Outcomes::default(), Outcomes::default());
     let (mut sent_w, mut deliv_w, mut sent_total) = (0, 0, 0);
     for c in cores {
@@ -417,6 +427,9 @@ fn report(a: &FanoutArgs, cores: &[Core], w: Window, driver: Option<String>, cpu
         }
         if let Some(h) = &c.sender_lag_us {
             lag.add(h).map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
+        }
+        if let Some(h) = &c.ack_latency_us {
+            acks.add(h).map_err(|e| anyhow::anyhow!("histogram merge: {e}"))?;
         }
         errors.merge(&c.errors);
         connects.merge(&c.connects);
@@ -447,6 +460,7 @@ fn report(a: &FanoutArgs, cores: &[Core], w: Window, driver: Option<String>, cpu
         ("offered_deliveries_per_s", json!(offered)),
         ("latency_ms", lat.clone()),
         ("sender_lag_ms", output::latency_ms(&lag)),
+        ("ack_latency_ms", output::latency_ms(&acks)),
         ("sent_total", json!(sent_total)),
         ("delivered_total", json!(tally.delivered)),
         ("lost", json!(tally.lost)),
@@ -471,6 +485,14 @@ fn report(a: &FanoutArgs, cores: &[Core], w: Window, driver: Option<String>, cpu
                 f("p99"),
                 f("p999"),
                 f("max")
+            ),
+        ),
+        (
+            "ack latency".into(),
+            format!(
+                "p50 {:.3} ms, p99 {:.3} ms (send -> ack)",
+                acks.value_at_quantile(0.5) as f64 / 1e3,
+                acks.value_at_quantile(0.99) as f64 / 1e3
             ),
         ),
         (
@@ -519,6 +541,7 @@ mod tests {
         render_send(&mut out, "lg-1", 123_456, 64);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["room"], "lg-1");
+        assert_eq!(v["id"], 123_456, "the id is the due time: the ack's latency is read from it");
         let body = v["body"].as_str().expect("body");
         assert_eq!(body.len(), 64);
         assert!(body.starts_with("123456:x"));
