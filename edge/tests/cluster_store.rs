@@ -1,8 +1,8 @@
 //! A cluster on a shared PostgreSQL store: three real nodes through a private Redis, a real
 //! PostgreSQL (private server or `PG_URL`, a fresh database either way), real clients. The
-//! Redis stream keeps only the newest messages (`redis_recent_len` 20 here); history older
-//! than it comes from the store, written once by the node that published each message, and so
-//! does a catch-up (`join` with `since`) below the stream.
+//! Redis stream keeps only the newest messages (`redis_recent_len`, 1000 by default, of the
+//! 3,000 sent); history older than it comes from the store, written once by the node that
+//! published each message, and so does a catch-up (`join` with `since`) below the stream.
 
 mod cluster_support;
 mod common;
@@ -20,11 +20,12 @@ const ROOM: &str = "long";
 /// `n` nodes on a private Redis and a fresh PostgreSQL database, with `extra` in their
 /// environment, and one sender per node joined to `room` (so each node publishes, and
 /// writes, its own share).
-fn cluster_on_postgres(n: usize, extra: (&str, &str), room: &str) -> (RedisServer, pg::TestDb, Vec<common::Server>, Vec<Member>) {
+fn cluster_on_postgres(n: usize, extra: &[(&str, &str)], room: &str) -> (RedisServer, pg::TestDb, Vec<common::Server>, Vec<Member>) {
     let redis = RedisServer::start();
     let db = pg::TestDb::create();
     let mut envs = ENVS.to_vec();
-    envs.extend([("EDGE_STORE", "postgres"), ("EDGE_POSTGRES_URL", db.url.as_str()), extra]);
+    envs.extend([("EDGE_STORE", "postgres"), ("EDGE_POSTGRES_URL", db.url.as_str())]);
+    envs.extend(extra);
     let nodes = start_cluster_with(n, &redis, &envs);
     let mut senders: Vec<Member> = nodes
         .iter()
@@ -36,21 +37,42 @@ fn cluster_on_postgres(n: usize, extra: (&str, &str), room: &str) -> (RedisServe
     }
     (redis, db, nodes, senders)
 }
-const SENT: u64 = 120;
+const SENT: u64 = 3000;
 
 #[test]
 fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
     // Senders on every node, so each node writes its own share of the messages.
-    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(3, ("EDGE_REDIS_RECENT_LEN", "20"), ROOM);
-    for i in 0..SENT {
-        let s = &mut senders[(i % 3) as usize];
-        let ack = s.request(
-            json!({"type": "send", "room": ROOM, "body": format!("m{i}")}),
-            &format!("q{i}"),
-            Duration::from_secs(10),
-        );
-        assert_eq!(ack["type"], "ack", "send {i}: {ack}");
+    // The stream keeps about 500; a catch-up replays at most 1,000 (`max_catch_up_messages`).
+    let extra = [("EDGE_REDIS_RECENT_LEN", "500")];
+    let (redis, _db, nodes, mut senders) = cluster_on_postgres(3, &extra, ROOM);
+    // Pipelined, 100 in flight per sender, so the 3,000 take seconds, not minutes.
+    for chunk in 0..SENT / 300 {
+        for (k, s) in senders.iter_mut().enumerate() {
+            for j in 0..100 {
+                let i = chunk * 300 + k as u64 * 100 + j;
+                s.send(json!({"type": "send", "room": ROOM, "body": format!("m{i}"), "id": format!("q{i}")}));
+            }
+        }
+        for s in &mut senders {
+            let mut acks = 0;
+            let done = s.read_until(Duration::from_secs(20), |f| {
+                assert_ne!(f["type"], "error", "{f}");
+                acks += usize::from(f["type"] == "ack");
+                acks == 100
+            });
+            assert!(done.is_some(), "100 acks\n{}", s.context());
+        }
     }
+    let stream = common::redis_cmd(redis.port(), &["XLEN", &format!("chat:{{{ROOM}}}:recent")]);
+    let kept: u64 = stream
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("XLEN: {stream:?}"));
+    assert!(
+        kept < SENT,
+        "the stream holds {kept} of {SENT}: older history must come from the store"
+    );
 
     // Every node pages the whole history back to seq 1: the newest 20 from the stream, the
     // rest from PostgreSQL (the writes land within a batch interval; give them a moment).
@@ -68,8 +90,8 @@ fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
         let mut m = Member::connect(node, &format!("n{}", n + 1), &format!("r{n}"));
         let mut seqs: Vec<u64> = Vec::new();
         let mut before: Option<u64> = None;
-        for page_no in 0..20 {
-            let mut q = json!({"type": "history", "room": ROOM, "limit": 50});
+        for page_no in 0..100 {
+            let mut q = json!({"type": "history", "room": ROOM, "limit": 100});
             if let Some(b) = before {
                 q["before"] = json!(b);
             }
@@ -86,9 +108,11 @@ fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
         let want: Vec<u64> = (1..=SENT).collect();
         assert_eq!(seqs, want, "node {} pages every message once, in order", n + 1);
 
-        // A join with `since: 0` catches up on everything: the stream's 20 and the store's 100.
+        // A join with `since` below the stream catches up on everything after it: the oldest
+        // from the store, the newest from the stream (1,000, the catch-up bound).
+        let since = SENT - 1000;
         let mut late = Member::connect(node, &format!("n{}", n + 1), &format!("late{n}"));
-        let joined = late.request(json!({"type": "join", "room": ROOM, "since": 0}), "j", Duration::from_secs(10));
+        let joined = late.request(json!({"type": "join", "room": ROOM, "since": since}), "j", Duration::from_secs(10));
         assert_eq!(joined["type"], "joined", "{joined}");
         let last = late.seen_or_read(Duration::from_secs(10), |f| {
             f["type"] == "message" && f["seq"].as_u64() == Some(SENT)
@@ -102,8 +126,8 @@ fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
         let caught: Vec<u64> = late.messages(ROOM).iter().filter_map(|m| m["seq"].as_u64()).collect();
         assert_eq!(
             caught,
-            want,
-            "node {}: a catch-up from 0 delivers every message once, in order",
+            (since + 1..=SENT).collect::<Vec<_>>(),
+            "node {}: a catch-up across the stream's start delivers every message once, in order",
             n + 1
         );
         assert!(
@@ -135,7 +159,7 @@ fn in_postgres(url: &str, room: &str, seq: u64) -> bool {
 
 #[test]
 fn durable_acks_in_a_cluster_come_after_the_shared_store_committed() {
-    let (_redis, db, _nodes, mut senders) = cluster_on_postgres(2, ("EDGE_DURABILITY", "durable"), "durable");
+    let (_redis, db, _nodes, mut senders) = cluster_on_postgres(2, &[("EDGE_DURABILITY", "durable")], "durable");
     for i in 0..20u64 {
         let s = &mut senders[(i % 2) as usize];
         let ack = s.request(
@@ -154,7 +178,7 @@ fn durable_acks_in_a_cluster_come_after_the_shared_store_committed() {
 
 #[test]
 fn after_redis_loses_everything_the_sequence_continues_from_the_store() {
-    let (mut redis, db, nodes, mut senders) = cluster_on_postgres(2, ("EDGE_DURABILITY", "durable"), "kept");
+    let (mut redis, db, nodes, mut senders) = cluster_on_postgres(2, &[("EDGE_DURABILITY", "durable")], "kept");
     for i in 1..=5u64 {
         let ack = senders[(i % 2) as usize].request(
             json!({"type": "send", "room": "kept", "body": format!("before {i}")}),
@@ -215,7 +239,7 @@ fn pg_count(url: &str, room: &str) -> i64 {
 
 #[test]
 fn a_client_id_retried_through_another_node_is_stored_and_delivered_once() {
-    let (_redis, db, nodes, mut senders) = cluster_on_postgres(2, ("EDGE_DURABILITY", "durable"), "retry");
+    let (_redis, db, nodes, mut senders) = cluster_on_postgres(2, &[("EDGE_DURABILITY", "durable")], "retry");
     // s0 sent from node 1; its retry comes through node 2, as after a reconnect elsewhere.
     let send = json!({"type": "send", "room": "retry", "body": "once", "client_id": "c-1"});
     let first = senders[0].request(send.clone(), "a", Duration::from_secs(10));
