@@ -20,6 +20,8 @@ pids=()
 PGDIR=""
 cleanup() {
   trap - INT TERM EXIT
+  # A private postmaster runs under runuser, which does not pass signals on: stop it by its data dir.
+  [ -z "$PGDIR" ] || "${as_pg[@]}" "$bindir/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$RUN"
