@@ -107,6 +107,9 @@ struct PubRoom {
     floor: Option<u64>,
     /// The store's highest seq is being read: no batch goes until it is.
     loading_floor: bool,
+    /// The highest seq Redis gave this node's sends of the room: a floor never goes below it
+    /// (the store may not hold the newest of them yet when Redis loses the room).
+    last_seq: u64,
 }
 
 impl PubRoom {
@@ -190,6 +193,7 @@ impl Publisher {
             in_flight: Vec::new(),
             floor: None,
             loading_floor: false,
+            last_seq: 0,
             pending_ids: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
         });
@@ -259,7 +263,7 @@ impl Publisher {
         let Some(r) = self.rooms.get_mut(room) else { return };
         r.loading_floor = false;
         match floor {
-            Ok(f) => r.floor = Some(f),
+            Ok(f) => r.floor = Some(f.max(r.last_seq)),
             Err(e) => {
                 let msg = format!("cluster: the store's highest seq of the room could not be read: {e}");
                 let failed: Vec<Queued> = r.queued.drain(..).collect();
@@ -295,6 +299,8 @@ impl Publisher {
         match result {
             Ok(range) => {
                 ShardStats::add(&self.stats[self.cfg.shard].messages_total, u64::from(range.count));
+                let top = range.iter().last().into_iter().chain(range.duplicates.iter().map(|d| d.seq)).max();
+                r.last_seq = r.last_seq.max(top.unwrap_or(0));
                 let mut outcomes = range.outcomes();
                 for q in batch {
                     let key = q.client_id.clone().map(|cid| (q.user.clone(), cid));

@@ -368,3 +368,23 @@ fn a_shared_store_that_is_down_or_backed_up_refuses_sends_before_they_take_a_seq
     assert_eq!(codes, [(4, "overloaded"), (6, "unavailable")]);
     assert!(replies.iter().all(|r| r["retry_ms"].as_u64().is_some()));
 }
+
+#[test]
+fn a_floor_never_goes_below_what_redis_gave_this_node() {
+    let mut p = publisher(100, 8);
+    p.cfg.store_writes = true;
+    p.send(&send(1, "1", None), 10);
+    let _ = p.poll();
+    p.published("r", range(7, 1));
+    let _ = std::iter::from_fn(|| p.poll()).count();
+    // Redis lost the room; the store has not written seq 7 yet (it says 5).
+    p.send(&send(1, "2", None), 11);
+    assert!(matches!(p.poll(), Some(PubEffect::Publish { .. })));
+    p.published("r", Err(BridgeError::FloorNeeded));
+    assert!(matches!(p.poll(), Some(PubEffect::LoadFloor { .. })));
+    p.floor_loaded("r", Ok(5));
+    let Some(PubEffect::Publish { floor, .. }) = p.poll() else {
+        panic!("the batch goes again")
+    };
+    assert_eq!(floor, SeqFloor::At(7), "seq 7 is never given again");
+}
