@@ -226,22 +226,6 @@ fn after_redis_loses_everything_the_sequence_continues_from_the_store() {
     }
 }
 
-/// How many messages PostgreSQL holds for `room`.
-fn pg_count(url: &str, room: &str) -> i64 {
-    let (url, room) = (url.to_owned(), room.to_owned());
-    pg::block_on(async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
-        let task = tokio::spawn(conn);
-        let row = client
-            .query_one("SELECT count(*) FROM messages WHERE room = $1", &[&room])
-            .await
-            .expect("query");
-        drop(client);
-        let _ = task.await;
-        row.get::<_, i64>(0)
-    })
-}
-
 #[test]
 fn a_client_id_retried_through_another_node_is_stored_and_delivered_once() {
     let (_redis, db, nodes, mut senders) = cluster_on_postgres(2, &[("EDGE_DURABILITY", "durable")], "retry");
@@ -275,7 +259,7 @@ fn a_client_id_retried_through_another_node_is_stored_and_delivered_once() {
             s.context()
         );
     }
-    assert_eq!(pg_count(&db.url, "retry"), 2);
+    assert_eq!(pg::message_count(&db.url, "retry"), 2);
     let page = moved.request(
         json!({"type": "history", "room": "retry", "limit": 10}),
         "h",

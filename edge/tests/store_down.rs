@@ -119,22 +119,6 @@ fn metric(node: &Server, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// How many messages PostgreSQL holds for `room` (directly, not through the forwarder).
-fn pg_count(url: &str, room: &str) -> i64 {
-    let (url, room) = (url.to_owned(), room.to_owned());
-    pg::block_on(async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
-        let task = tokio::spawn(conn);
-        let row = client
-            .query_one("SELECT count(*) FROM messages WHERE room = $1", &[&room])
-            .await
-            .expect("query");
-        drop(client);
-        let _ = task.await;
-        row.get::<_, i64>(0)
-    })
-}
-
 /// One node on `redis` storing in `db` through a forwarder, with `extra` in its environment.
 fn node_through_cut(redis: &RedisServer, db: &pg::TestDb, extra: &[(&str, &str)]) -> (Cut, Server) {
     let (_, target) = through(&db.url, 0);
@@ -203,11 +187,11 @@ fn fast_mode_holds_the_writes_while_postgres_is_down_then_refuses_and_loses_noth
     assert_eq!(live, want, "every acked message was delivered while the store was down");
 
     cut.restore();
-    let landed = eventually(Duration::from_secs(30), || pg_count(&db.url, "down") == acked.len() as i64);
+    let landed = eventually(Duration::from_secs(30), || pg::message_count(&db.url, "down") == acked.len() as i64);
     assert!(
         landed,
         "every acked message reached PostgreSQL: {} of {}",
-        pg_count(&db.url, "down"),
+        pg::message_count(&db.url, "down"),
         acked.len()
     );
     assert!(eventually(Duration::from_secs(10), || readyz(&node).0 == 200), "ready again");
@@ -283,7 +267,7 @@ fn durable_mode_answers_unavailable_while_postgres_is_down_and_recovers() {
     let ack = send(&mut m, "strict", "back", "back");
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["seq"].as_u64(), Some(4 + sequenced_unstored), "refused sends took no seq");
-    assert_eq!(pg_count(&db.url, "strict"), 4);
+    assert_eq!(pg::message_count(&db.url, "strict"), 4);
 }
 
 #[test]

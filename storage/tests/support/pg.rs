@@ -78,6 +78,22 @@ pub fn execute(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
     })
 }
 
+/// How many messages the database at `url` holds for `room` (a fresh connection, read committed).
+pub fn message_count(url: &str, room: &str) -> i64 {
+    let (url, room) = (url.to_owned(), room.to_owned());
+    block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        let task = tokio::spawn(conn);
+        let row = client
+            .query_one("SELECT count(*) FROM messages WHERE room = $1", &[&room])
+            .await
+            .expect("count the room's messages");
+        drop(client);
+        let _ = task.await;
+        row.get::<_, i64>(0)
+    })
+}
+
 /// A private PostgreSQL server in a temp dir; stopped and removed on drop.
 pub struct PgServer {
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
