@@ -330,3 +330,56 @@ fn a_cluster_on_scylla_pages_history_below_the_stream_and_dedupes_retries() {
     });
     assert!(complete, "the oldest messages come back from Scylla");
 }
+
+#[test]
+fn sync_in_a_cluster_lists_joined_rooms_and_dms_from_the_shared_store() {
+    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(2, &[], "team");
+    // s0 (node 1) and s1 (node 2) are in "team"; s1 writes three messages there, s0 one; then
+    // s1 sends s0 a DM neither joined.
+    for i in 0..3 {
+        let ack = senders[1].request(
+            json!({"type": "send", "room": "team", "body": format!("t{i}")}),
+            &format!("t{i}"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let own = senders[0].request(
+        json!({"type": "send", "room": "team", "body": "mine"}),
+        "m",
+        Duration::from_secs(10),
+    );
+    assert_eq!(own["seq"], 4, "{own}");
+    let dm = senders[1].request(json!({"type": "send", "to": "s0", "body": "psst"}), "dm", Duration::from_secs(10));
+    assert_eq!((dm["type"].as_str(), dm["room"].as_str()), (Some("ack"), Some("dm:s0:s1")), "{dm}");
+
+    // s0 asks from the other node, as after a reconnect elsewhere: both rooms, with what it has
+    // not read (its own message does not count). The writes land within a batch interval.
+    let mut again = Member::connect(&nodes[1], "n2", "s0");
+    let mut last = Value::Null;
+    let listed = eventually(Duration::from_secs(10), || {
+        last = again.request(json!({"type": "sync"}), "s", Duration::from_secs(10));
+        last["rooms"].as_array().is_some_and(|r| r.len() == 2 && r[1]["seq"] == 4)
+    });
+    assert!(listed, "sync lists the DM and the room: {last}");
+    let rooms = last["rooms"].as_array().expect("rooms");
+    let row = |r: &Value| {
+        (
+            r["room"].as_str().map(str::to_owned),
+            r["seq"].as_u64(),
+            r["read"].as_u64(),
+            r["unread"].as_u64(),
+        )
+    };
+    assert_eq!(row(&rooms[0]), (Some("dm:s0:s1".into()), Some(1), Some(0), Some(1)));
+    assert_eq!(row(&rooms[1]), (Some("team".into()), Some(4), Some(0), Some(3)));
+    // The DM's sender has it too.
+    let theirs = senders[1].request(json!({"type": "sync"}), "s1", Duration::from_secs(10));
+    let names: Vec<&str> = theirs["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .filter_map(|r| r["room"].as_str())
+        .collect();
+    assert_eq!(names, ["dm:s0:s1", "team"], "{theirs}");
+}

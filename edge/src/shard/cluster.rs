@@ -33,9 +33,13 @@ impl Shard {
         let limit = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
         match effect {
             SubEffect::Subscribe { token, room, user } => {
+                let member = self.clone();
                 self.join_step(token, async move {
                     // Redis does not say the room's position: the member side reads it next.
                     let subscribed = timed(limit, b.subscribe(&room, shard)).await.map(|()| None);
+                    if subscribed.is_ok() {
+                        member.cluster_member(&room, &user);
+                    }
                     // The member counts as online from here (the member side counts it out).
                     if subscribed.is_ok() {
                         if let Err(e) = timed(limit, b.presence_join(&room, &user)).await {

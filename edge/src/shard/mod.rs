@@ -175,6 +175,7 @@ impl Shard {
                     bridge,
                     publisher,
                     store_queries: Default::default(),
+                    members: Default::default(),
                 }))
             }
             None => {

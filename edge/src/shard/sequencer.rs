@@ -47,6 +47,8 @@ pub(crate) struct RedisSequencer {
     pub(crate) publisher: RefCell<Publisher>,
     /// Shared-store queries in flight, by ticket (`cluster_store.rs`).
     pub(crate) store_queries: super::cluster_store::StoreQueries,
+    /// Memberships (user, room) this shard wrote to the shared store (`cluster_store.rs`).
+    pub(crate) members: super::cluster_store::Members,
 }
 
 impl Sequencer {
@@ -193,12 +195,18 @@ impl Shard {
     }
 
     /// `sync`: on one node this shard's owner reads the user's rooms from the store (no mesh
-    /// hop). A cluster keeps no memberships or marks yet (issue #13): the client is told so.
+    /// hop); in a cluster on a shared store this shard reads them from it. A cluster on the
+    /// embedded store (one per node) keeps no memberships: the client is told so.
     pub(super) fn seq_sync(&self, conn: &Rc<Conn>, id: Option<&str>) {
         match &self.sequencer {
             Sequencer::Local(_) => self.local_sync(conn, id),
+            Sequencer::Redis(_) if self.shared_store() => {
+                if let Some(me) = self.rc() {
+                    me.cluster_sync(conn, id);
+                }
+            }
             Sequencer::Redis(_) => {
-                let msg = "sync is not available in cluster mode yet (memberships and marks need the shared store)";
+                let msg = "sync needs a shared store in cluster mode (store = \"postgres\" or \"scylla\")";
                 self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
             }
         }
