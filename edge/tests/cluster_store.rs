@@ -383,3 +383,53 @@ fn sync_in_a_cluster_lists_joined_rooms_and_dms_from_the_shared_store() {
         .collect();
     assert_eq!(names, ["dm:s0:s1", "team"], "{theirs}");
 }
+
+#[test]
+fn read_marks_in_a_cluster_move_forward_in_the_shared_store_and_reach_members() {
+    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(2, &[], "marks");
+    for i in 0..3 {
+        let ack = senders[1].request(
+            json!({"type": "send", "room": "marks", "body": format!("m{i}")}),
+            &format!("m{i}"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    // s0 (node 1) reads 1, then 2, quickly: the members on both nodes hear of it, coalesced,
+    // in order; a read below the mark changes nothing and is no error.
+    for (seq, id) in [(1, "r1"), (2, "r2"), (1, "back")] {
+        senders[0].send(json!({"type": "read", "room": "marks", "seq": seq, "id": id}));
+    }
+    let is_receipt = |f: &Value, seq: u64| f["type"] == "receipt" && f["user"] == "s0" && f["status"] == "read" && f["seq"] == seq;
+    for m in senders.iter_mut() {
+        let got = m.seen_or_read(Duration::from_secs(10), |f| is_receipt(f, 2));
+        assert!(got.is_some(), "{}: the read receipt for seq 2\n{}", m.who(), m.context());
+    }
+    // A read past the last message marks the last one.
+    senders[0].send(json!({"type": "read", "room": "marks", "seq": 99, "id": "far"}));
+    let got = senders[1].seen_or_read(Duration::from_secs(10), |f| is_receipt(f, 3));
+    assert!(got.is_some(), "the read receipt for seq 3\n{}", senders[1].context());
+    senders[1].drain(Duration::from_millis(1500));
+    let receipts: Vec<u64> = senders[1]
+        .log
+        .iter()
+        .filter(|f| f["type"] == "receipt")
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(receipts.windows(2).all(|w| w[0] < w[1]), "receipts only move forward: {receipts:?}");
+    assert!(receipts.len() <= 3, "one per mark that moved at most: {receipts:?}");
+    assert!(
+        !senders[0].log.iter().any(|f| f["type"] == "error"),
+        "no read was refused\n{}",
+        senders[0].context()
+    );
+    // The mark is in the shared store: sync, from the other node, says it.
+    let mut again = Member::connect(&nodes[1], "n2", "s0");
+    let sync = again.request(json!({"type": "sync"}), "s", Duration::from_secs(10));
+    let row = &sync["rooms"][0];
+    assert_eq!(
+        (row["room"].as_str(), row["read"].as_u64(), row["unread"].as_u64()),
+        (Some("marks"), Some(3), Some(0)),
+        "{sync}"
+    );
+}

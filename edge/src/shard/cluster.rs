@@ -18,7 +18,7 @@ use crate::protocol::server;
 use crate::room::fit_page;
 
 impl Shard {
-    fn bridge(&self) -> Option<BridgeHandle> {
+    pub(super) fn bridge(&self) -> Option<BridgeHandle> {
         self.sequencer.bridge().cloned()
     }
 
@@ -234,7 +234,7 @@ async fn timed_store(limit: Duration, call: impl Future<Output = Result<storage:
 }
 
 /// A bridge call bounded by `limit`: its error kept, `RedisTimedOut` when late.
-async fn timed<T>(limit: Duration, call: impl Future<Output = Result<T, BridgeError>>) -> Result<T, Failure> {
+pub(super) async fn timed<T>(limit: Duration, call: impl Future<Output = Result<T, BridgeError>>) -> Result<T, Failure> {
     match monoio::time::timeout(limit, call).await {
         Ok(r) => r.map_err(Failure::Redis),
         Err(_) => Err(Failure::RedisTimedOut),

@@ -172,6 +172,7 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
         monoio::time::sleep(Duration::from_secs(1)).await;
         shard.delivered_tick();
         shard.owner_tick();
+        shard.cluster_marks_tick();
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {
             if conn.out.write_stalled(outbox::mono_ms(), stall_ms) {

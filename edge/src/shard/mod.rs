@@ -20,6 +20,7 @@ mod accept;
 mod api;
 mod changes;
 mod cluster;
+mod cluster_marks;
 mod cluster_store;
 mod conn;
 mod delivered;
@@ -176,6 +177,7 @@ impl Shard {
                     publisher,
                     store_queries: Default::default(),
                     members: Default::default(),
+                    marks: Default::default(),
                 }))
             }
             None => {

@@ -49,6 +49,8 @@ pub(crate) struct RedisSequencer {
     pub(crate) store_queries: super::cluster_store::StoreQueries,
     /// Memberships (user, room) this shard wrote to the shared store (`cluster_store.rs`).
     pub(crate) members: super::cluster_store::Members,
+    /// Read marks moved on this shard, waiting for the tick's receipts (`cluster_marks.rs`).
+    pub(crate) marks: super::cluster_marks::MovedMarks,
 }
 
 impl Sequencer {
@@ -109,13 +111,19 @@ impl Shard {
         }
     }
 
-    /// A member's `read` of a room: to the room's owner on one node. A cluster keeps no
-    /// marks yet (they need the shared store, issue #13): the client is told so.
+    /// A member's `read` of a room: to the room's owner on one node; in a cluster on a shared
+    /// store, from this shard to the store. A cluster on the embedded store (one per node)
+    /// keeps no marks: the client is told so.
     pub(super) fn seq_read(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, seq: u64) {
         match &self.sequencer {
             Sequencer::Local(_) => self.local_read(conn, id, room, seq),
+            Sequencer::Redis(_) if self.shared_store() => {
+                if let Some(me) = self.rc() {
+                    me.cluster_read(conn, id, room, seq);
+                }
+            }
             Sequencer::Redis(_) => {
-                let msg = "read is not available in cluster mode yet (read marks need the shared store)";
+                let msg = "read needs a shared store in cluster mode (store = \"postgres\" or \"scylla\")";
                 self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
             }
         }

@@ -1,0 +1,100 @@
+//! Read marks in a cluster on a shared store: a member's `read` moves the user's mark in the
+//! store (forward only), and the moves this shard saw go to the room's members once a second
+//! as `receipt` events, through the room's Redis channel.
+//!
+//! What must stay true (as on one node, `engine/owner/receipts.rs`):
+//! - a mark never moves back: the store keeps the larger seq, and a `read` at or below the
+//!   stored mark changes nothing and tells nobody (not an error);
+//! - a `read` past the room's last message (Redis's counter) marks that message;
+//! - pushes are coalesced: at each tick, one `receipt` per user and room whose mark moved on
+//!   this shard, with the highest seq; rooms with more than `receipts_room_max` users online
+//!   push none (the marks are still stored);
+//! - a receipt is an event (shed for a member whose queue is backed up), never a message.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use storage::{Answer, MarkKind, Query};
+
+use super::cluster::timed;
+use super::sequencer::Sequencer;
+use super::{Conn, Shard};
+use crate::engine::Failure;
+use crate::protocol::server;
+
+/// Read marks this shard moved since the last tick: (room, user) → the highest seq.
+#[derive(Default)]
+pub(crate) struct MovedMarks(RefCell<BTreeMap<(String, String), u64>>);
+
+impl Shard {
+    /// `read` of `room` up to `seq` by a connection of this shard, in a cluster on a shared store.
+    pub(super) fn cluster_read(self: &Rc<Self>, conn: &Rc<Conn>, id: Option<&str>, room: &str, seq: u64) {
+        let (Some(user), Some(bridge)) = (conn.user(), self.bridge()) else {
+            return;
+        };
+        let (me, conn_id, req) = (self.clone(), conn.id, id.map(str::to_owned));
+        let (room, user) = (room.to_owned(), user.sub.clone());
+        let limit = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
+        monoio::spawn(async move {
+            let top = match timed(limit, bridge.room_seq(&room)).await {
+                Ok(top) => top,
+                Err(f) => return me.to_conn(conn_id, f.reply(req.as_deref(), "read mark not stored")),
+            };
+            let seq = seq.min(top);
+            if seq == 0 {
+                return;
+            }
+            let query = Query::SetMark {
+                room: room.clone(),
+                user: user.clone(),
+                kind: MarkKind::Read,
+                seq,
+            };
+            match me.cluster_store_query(query).await {
+                Ok(Answer::Mark(now)) if now == seq => {
+                    let Sequencer::Redis(r) = &me.sequencer else { return };
+                    let mut moved = r.marks.0.borrow_mut();
+                    let at = moved.entry((room, user)).or_default();
+                    *at = (*at).max(seq);
+                }
+                // The stored mark is ahead already: nothing moved, nobody is told.
+                Ok(Answer::Mark(_)) => {}
+                Ok(other) => tracing::error!(?other, "set_mark answered with something else"),
+                Err(e) => me.to_conn(conn_id, Failure::Store(e).reply(req.as_deref(), "read mark not stored")),
+            }
+        });
+    }
+
+    /// Once a second: the marks moved since the last tick go to their rooms' members, one
+    /// `receipt` per user and room, except in rooms above `receipts_room_max` users online.
+    pub(super) fn cluster_marks_tick(self: &Rc<Self>) {
+        let Sequencer::Redis(r) = &self.sequencer else { return };
+        let moved = std::mem::take(&mut *r.marks.0.borrow_mut());
+        if moved.is_empty() {
+            return;
+        }
+        let mut by_room: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for ((room, user), seq) in moved {
+            by_room.entry(room).or_default().push((user, seq));
+        }
+        let (bridge, cap) = (r.bridge.clone(), self.cfg.receipts_room_max);
+        let limit = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
+        monoio::spawn(async move {
+            for (room, marks) in by_room {
+                match timed(limit, bridge.presence_online(&room)).await {
+                    Ok(online) if online.len() > cap => continue,
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::debug!(room, "cluster: receipts not pushed: the room's size is unknown");
+                        continue;
+                    }
+                }
+                for (user, seq) in marks {
+                    Self::cluster_event(&bridge, &room, "", &server::receipt(&room, &user, seq, "read"));
+                }
+            }
+        });
+    }
+}
