@@ -359,7 +359,7 @@ fn sync_in_a_cluster_lists_joined_rooms_and_dms_from_the_shared_store() {
     let mut last = Value::Null;
     let listed = eventually(Duration::from_secs(10), || {
         last = again.request(json!({"type": "sync"}), "s", Duration::from_secs(10));
-        last["rooms"].as_array().is_some_and(|r| r.len() == 2 && r[1]["seq"] == 4)
+        last["rooms"].as_array().is_some_and(|r| r.len() == 2 && r[0]["seq"] == 1 && r[1]["seq"] == 4)
     });
     assert!(listed, "sync lists the DM and the room: {last}");
     let rooms = last["rooms"].as_array().expect("rooms");
@@ -432,4 +432,21 @@ fn read_marks_in_a_cluster_move_forward_in_the_shared_store_and_reach_members() 
         (Some("marks"), Some(3), Some(0)),
         "{sync}"
     );
+}
+
+#[test]
+fn a_cluster_on_the_embedded_store_says_read_and_sync_need_a_shared_store() {
+    let redis = RedisServer::start();
+    let nodes = cluster_support::start_cluster(1, &redis);
+    let mut m = Member::connect(&nodes[0], "n1", "ann");
+    m.join("r");
+    let asks = [
+        (json!({"type": "read", "room": "r", "seq": 1}), "read needs a shared store"),
+        (json!({"type": "sync"}), "sync needs a shared store"),
+    ];
+    for (i, (ask, want)) in asks.into_iter().enumerate() {
+        let r = m.request(ask, &format!("a{i}"), Duration::from_secs(10));
+        assert_eq!(r["code"], "bad_request", "{r}");
+        assert!(r["message"].as_str().is_some_and(|t| t.starts_with(want)), "{r}");
+    }
 }
