@@ -359,7 +359,9 @@ fn sync_in_a_cluster_lists_joined_rooms_and_dms_from_the_shared_store() {
     let mut last = Value::Null;
     let listed = eventually(Duration::from_secs(10), || {
         last = again.request(json!({"type": "sync"}), "s", Duration::from_secs(10));
-        last["rooms"].as_array().is_some_and(|r| r.len() == 2 && r[0]["seq"] == 1 && r[1]["seq"] == 4)
+        last["rooms"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2 && r[0]["seq"] == 1 && r[1]["seq"] == 4)
     });
     assert!(listed, "sync lists the DM and the room: {last}");
     let rooms = last["rooms"].as_array().expect("rooms");
@@ -449,4 +451,59 @@ fn a_cluster_on_the_embedded_store_says_read_and_sync_need_a_shared_store() {
         assert_eq!(r["code"], "bad_request", "{r}");
         assert!(r["message"].as_str().is_some_and(|t| t.starts_with(want)), "{r}");
     }
+}
+
+#[test]
+fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store() {
+    let (_redis, _db, _nodes, mut senders) = cluster_on_postgres(2, &[], "th");
+    let mut send = |who: usize, body: &str, reply_to: Option<u64>| {
+        let mut q = json!({"type": "send", "room": "th", "body": body});
+        if let Some(r) = reply_to {
+            q["reply_to"] = json!(r);
+        }
+        let ack = senders[who].request(q, body, Duration::from_secs(10));
+        ack["seq"].as_u64().unwrap_or_else(|| panic!("{ack}"))
+    };
+    let root = send(0, "root", None);
+    let replies: Vec<u64> = (0..3).map(|i| send(1, &format!("re{i}"), Some(root))).collect();
+    send(0, "aside", None);
+    let last = send(1, "re3", Some(root));
+    let seqs = |page: &Value| -> Vec<u64> {
+        page["messages"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|v| v["seq"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    // Every reply, from the other node, once the writes landed (a batch interval).
+    let want: Vec<u64> = replies.iter().copied().chain([last]).collect();
+    let mut page = Value::Null;
+    let whole = eventually(Duration::from_secs(10), || {
+        page = senders[1].request(
+            json!({"type": "history", "room": "th", "thread": root}),
+            "t",
+            Duration::from_secs(10),
+        );
+        seqs(&page) == want
+    });
+    assert!(whole, "the thread's replies, without the message aside: {page}");
+    // Paged two at a time, newest first.
+    let first = senders[0].request(
+        json!({"type": "history", "room": "th", "thread": root, "limit": 2}),
+        "p1",
+        Duration::from_secs(10),
+    );
+    assert_eq!(seqs(&first), want[2..], "{first}");
+    let older = senders[0].request(
+        json!({"type": "history", "room": "th", "thread": root, "limit": 2, "before": first["next_before"]}),
+        "p2",
+        Duration::from_secs(10),
+    );
+    assert_eq!(seqs(&older), want[..2], "{older}");
+    // A root the room does not have is not found.
+    let none = senders[0].request(
+        json!({"type": "history", "room": "th", "thread": 99}),
+        "nf",
+        Duration::from_secs(10),
+    );
+    assert_eq!(none["code"], "not_found", "{none}");
 }

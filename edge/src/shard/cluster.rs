@@ -15,6 +15,7 @@ use super::{Conn, Shard};
 use crate::engine::subscriber::SubEffect;
 use crate::engine::Failure;
 use crate::protocol::server;
+use crate::protocol::ErrorCode;
 use crate::room::fit_page;
 
 impl Shard {
@@ -164,6 +165,44 @@ impl Shard {
             }
             let (msgs, next) = fit_page(msgs, next, max_bytes);
             Ok(move |req: Option<&str>| server::history(req, &r, &msgs, next))
+        });
+    }
+
+    /// `history` by `thread` in a cluster on a shared store: the root's replies from the store
+    /// (in `fast` mode a reply sent in the last batch interval may not be there yet). A root
+    /// that is 0 or past Redis's counter for the room is `not_found`, as on one node.
+    pub(super) fn cluster_thread(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str, root: u64, before: Option<u64>, limit: u32) {
+        let (Some(bridge), Some(shard)) = (self.bridge(), self.rc()) else {
+            return;
+        };
+        let r = room.to_owned();
+        let max_bytes = self.cfg.history_page_max_bytes;
+        type Render = Box<dyn FnOnce(Option<&str>) -> Bytes>;
+        self.reply_from_redis(conn, req, async move {
+            let top = bridge.room_seq(&r).await?;
+            if root == 0 || root > top {
+                let msg = format!("{r} has no message {root}");
+                return Ok(Box::new(move |req: Option<&str>| server::error(req, ErrorCode::NotFound, &msg, None)) as Render);
+            }
+            let query = storage::Query::Thread {
+                room: r.clone(),
+                root,
+                before,
+                limit: limit as usize,
+            };
+            let render: Render = match shard.cluster_store_query(query).await {
+                Ok(storage::Answer::History(page)) => {
+                    let msgs = page.messages.into_iter().map(|m| (m.seq, m.frame)).collect();
+                    let (msgs, next) = fit_page(msgs, page.next_before, max_bytes);
+                    Box::new(move |req: Option<&str>| server::history(req, &r, &msgs, next))
+                }
+                Ok(other) => {
+                    tracing::error!(room = r, ?other, "cluster: the store answered a thread query with something else");
+                    Box::new(|req: Option<&str>| server::error(req, ErrorCode::Internal, "thread not read", None))
+                }
+                Err(e) => Box::new(move |req: Option<&str>| Failure::Store(e).reply(req, "thread not read")),
+            };
+            Ok(render)
         });
     }
 

@@ -89,13 +89,18 @@ impl Shard {
         }
     }
 
-    /// A history page for a connection of this shard. A cluster's history is the Redis stream,
-    /// which has no thread index (issue #13): a thread's page is refused there.
+    /// A history page for a connection of this shard. A cluster reads a thread's page from the
+    /// shared store (the Redis stream has no thread index); on the embedded store (one per
+    /// node) it is refused.
     pub(super) fn seq_history(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, page: Page) {
         match &self.sequencer {
             Sequencer::Local(_) => self.local_history(conn, id, room, page),
+            Sequencer::Redis(_) if page.thread.is_some() && self.shared_store() => {
+                let root = page.thread.unwrap_or(0);
+                self.cluster_thread(conn, id, room, root, page.before, page.limit);
+            }
             Sequencer::Redis(_) if page.thread.is_some() => {
-                let msg = "history by thread is not available in cluster mode yet (it needs the shared store)";
+                let msg = "history by thread needs a shared store in cluster mode (store = \"postgres\" or \"scylla\")";
                 self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
             }
             Sequencer::Redis(_) => self.cluster_history(conn, id, room, page.before, page.limit),
