@@ -387,7 +387,7 @@ fn sync_in_a_cluster_lists_joined_rooms_and_dms_from_the_shared_store() {
 }
 
 #[test]
-fn read_marks_in_a_cluster_move_forward_in_the_shared_store_and_reach_members() {
+fn read_and_delivered_marks_in_a_cluster_are_kept_in_the_shared_store() {
     let (_redis, _db, nodes, mut senders) = cluster_on_postgres(2, &[], "marks");
     for i in 0..3 {
         let ack = senders[1].request(
@@ -425,9 +425,15 @@ fn read_marks_in_a_cluster_move_forward_in_the_shared_store_and_reach_members() 
         "no read was refused\n{}",
         senders[0].context()
     );
-    // The mark is in the shared store: sync, from the other node, says it.
+    // The marks are in the shared store: sync, from the other node, says them (the delivered
+    // mark: the three messages reached s0's connection on node 1; stored within a second).
     let mut again = Member::connect(&nodes[1], "n2", "s0");
-    let sync = again.request(json!({"type": "sync"}), "s", Duration::from_secs(10));
+    let mut sync = Value::Null;
+    let stored = eventually(Duration::from_secs(10), || {
+        sync = again.request(json!({"type": "sync"}), "s", Duration::from_secs(10));
+        sync["rooms"][0]["delivered"] == 3
+    });
+    assert!(stored, "the delivered mark is stored: {sync}");
     let row = &sync["rooms"][0];
     assert_eq!(
         (row["room"].as_str(), row["read"].as_u64(), row["unread"].as_u64()),

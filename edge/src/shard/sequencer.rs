@@ -147,10 +147,15 @@ impl Shard {
     }
 
     /// The users a room's message `seq` reached on this shard (coalesced, once a second): to
-    /// the room's owner on one node, which stores their delivered marks. A cluster keeps no
-    /// marks yet (they need the shared store, issue #13).
+    /// the room's owner on one node, which stores their delivered marks and pushes receipts;
+    /// in a cluster on a shared store, stored from this shard (no receipts pushed there yet).
     pub(super) fn seq_delivered(&self, room: String, seq: u64, users: Vec<String>) {
-        let Sequencer::Local(_) = &self.sequencer else { return };
+        if let Sequencer::Redis(_) = &self.sequencer {
+            if let Some(me) = self.rc().filter(|s| s.shared_store()) {
+                me.cluster_delivered(room, seq, users);
+            }
+            return;
+        }
         let owner = crate::room::owner(&room, self.shards);
         if owner == self.id {
             return self.owner_delivered(&room, seq, users);
