@@ -513,3 +513,42 @@ fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store() {
     );
     assert_eq!(none["code"], "not_found", "{none}");
 }
+
+#[test]
+fn a_users_presence_in_a_cluster_is_online_anywhere_then_last_seen_from_the_shared_store() {
+    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(2, &[], "ls");
+    let ask = |m: &mut Member, who: &str| m.request(json!({"type": "presence", "user": who}), who, Duration::from_secs(10));
+    // ann is on node 1 only; s1 asks from node 2.
+    let ann = Member::connect(&nodes[0], "n1", "ann");
+    let mut online = Value::Null;
+    let seen_online = eventually(Duration::from_secs(10), || {
+        online = ask(&mut senders[1], "ann");
+        online["status"] == "online"
+    });
+    assert!(seen_online, "ann is online on another node: {online}");
+    // ann leaves: offline everywhere, with when.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    drop(ann);
+    let mut offline = Value::Null;
+    let gone = eventually(Duration::from_secs(10), || {
+        offline = ask(&mut senders[1], "ann");
+        offline["status"] == "offline" && offline["last_seen"].as_u64().is_some_and(|t| t + 1000 >= before)
+    });
+    assert!(gone, "offline, last seen when the connection closed: {offline}");
+    // The same answer on the node ann was on; and a user never seen has no last seen.
+    let there = ask(&mut senders[0], "ann");
+    assert_eq!(
+        (there["status"].as_str(), &there["last_seen"]),
+        (Some("offline"), &offline["last_seen"]),
+        "{there}"
+    );
+    let never = ask(&mut senders[0], "nobody");
+    assert_eq!(
+        (never["status"].as_str(), never["last_seen"].is_null()),
+        (Some("offline"), true),
+        "{never}"
+    );
+}

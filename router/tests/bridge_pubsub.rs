@@ -455,3 +455,23 @@ async fn a_batch_published_also_on_user_channels_reaches_their_subscribers_in_or
         .is_err());
     assert_eq!(a.handle.room_seq("dm:ann:bob").await.unwrap(), 12);
 }
+
+#[tokio::test]
+async fn subscribers_counts_the_nodes_on_a_channel() {
+    let redis = RedisServer::start();
+    let a = node(config(&redis, "a")).await;
+    let b = node(config(&redis, "b")).await;
+    assert_eq!(a.handle.subscribers("user/ann").await.unwrap(), 0, "nobody yet");
+    a.handle.subscribe("user/ann", 0).await.unwrap();
+    a.handle.subscribe("user/ann", 1).await.unwrap();
+    assert_eq!(b.handle.subscribers("user/ann").await.unwrap(), 1, "one node, whatever its shards");
+    b.handle.subscribe("user/ann", 0).await.unwrap();
+    assert_eq!(a.handle.subscribers("user/ann").await.unwrap(), 2);
+    b.handle.unsubscribe("user/ann", 0).await.unwrap();
+    // The unsubscribe is queued; Redis counts one node again once it went through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.handle.subscribers("user/ann").await.unwrap() != 1 {
+        assert!(std::time::Instant::now() < deadline, "b's unsubscribe never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

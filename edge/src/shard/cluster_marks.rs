@@ -1,4 +1,4 @@
-//! Read and delivered marks in a cluster on a shared store: a member's `read` moves the user's
+//! Read and delivered marks, and last seen, in a cluster on a shared store: a member's `read` moves the user's
 //! mark in the store (forward only), and the moves this shard saw go to the room's members
 //! once a second as `receipt` events, through the room's Redis channel. The users a room's
 //! messages reached on this shard have their delivered marks stored once a second (for
@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use router::bridge::keys;
 use storage::{Answer, MarkKind, Query};
 
 use super::cluster::timed;
@@ -86,6 +87,52 @@ impl Shard {
                 Ok(other) => tracing::error!(?other, "set_marks answered with something else"),
                 Err(e) => tracing::warn!(room, error = %e, "cluster: delivered marks not stored: the next ones carry them"),
             }
+        });
+    }
+
+    /// This shard holds its first connection of `user`, or closed its last one: in a cluster on
+    /// a shared store the user's last seen is stored now (the later time wins), so it is
+    /// readable on every node once the user is offline everywhere.
+    pub(super) fn cluster_seen(self: &Rc<Self>, user: &str) {
+        let (me, user) = (self.clone(), user.to_owned());
+        monoio::spawn(async move {
+            let query = Query::SetLastSeen {
+                user: user.clone(),
+                ts_ms: Self::now_ms(),
+            };
+            if let Err(e) = me.cluster_store_query(query).await {
+                tracing::warn!(user, error = %e, "cluster: last seen not stored");
+            }
+        });
+    }
+
+    /// `presence` of `user` in a cluster on a shared store: online while a connection of the
+    /// user is on this shard or any node subscribes the user's Redis channel (a node does while
+    /// it holds one), else offline with the last seen the store keeps.
+    pub(super) fn cluster_last_seen(self: &Rc<Self>, conn: &Rc<Conn>, id: Option<&str>, user: &str) {
+        let Some(bridge) = self.bridge() else { return };
+        let here = !self.users.borrow().get(user).is_empty();
+        let (me, conn_id, req, user) = (self.clone(), conn.id, id.map(str::to_owned), user.to_owned());
+        let limit = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
+        monoio::spawn(async move {
+            let req = req.as_deref();
+            let online = here
+                || match timed(limit, bridge.subscribers(&keys::user(&user))).await {
+                    Ok(n) => n > 0,
+                    Err(f) => return me.to_conn(conn_id, f.reply(req, "presence not read")),
+                };
+            if online {
+                return me.to_conn(conn_id, server::presence_user(req, &user, true, Some(Self::now_ms())));
+            }
+            let reply = match me.cluster_store_query(Query::LastSeen { user: user.clone() }).await {
+                Ok(Answer::LastSeen(ts)) => server::presence_user(req, &user, false, ts),
+                Ok(other) => {
+                    tracing::error!(?other, "last_seen answered with something else");
+                    server::error(req, crate::protocol::ErrorCode::Internal, "last seen not read", None)
+                }
+                Err(e) => Failure::Store(e).reply(req, "last seen not read"),
+            };
+            me.to_conn(conn_id, reply);
         });
     }
 

@@ -170,7 +170,12 @@ impl Shard {
     /// one node, to the user's home shard, which keeps its last seen. A cluster keeps it in
     /// each room's presence leases instead.
     pub(super) fn seq_seen(&self, user: &str, online: bool) {
-        let Sequencer::Local(_) = &self.sequencer else { return };
+        if let Sequencer::Redis(_) = &self.sequencer {
+            if let Some(me) = self.rc().filter(|s| s.shared_store()) {
+                me.cluster_seen(user);
+            }
+            return;
+        }
         let home = crate::room::owner(user, self.shards);
         if home == self.id {
             return self.with_owner(|o, now| o.user_seen(user, home, online, now));
@@ -191,11 +196,15 @@ impl Shard {
         self.with_owner(|o, now| o.stopping(&users, now));
     }
 
-    /// `presence` of one user: on one node, from the user's home shard. A cluster does not
-    /// keep users' last seen yet: the client is told so.
+    /// `presence` of one user: on one node, from the user's home shard; in a cluster on a
+    /// shared store, from Redis (online anywhere) and the store (last seen). A cluster on the
+    /// embedded store keeps no last seen: the client is told so.
     pub(super) fn seq_last_seen(&self, conn: &Rc<Conn>, id: Option<&str>, user: &str) {
         if let Sequencer::Redis(_) = &self.sequencer {
-            let msg = "presence of a user is not available in cluster mode yet (ask a room's presence)";
+            if let Some(me) = self.rc().filter(|s| s.shared_store()) {
+                return me.cluster_last_seen(conn, id, user);
+            }
+            let msg = "presence of a user needs a shared store in cluster mode (store = \"postgres\" or \"scylla\"); ask a room's presence";
             return self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
         }
         let home = crate::room::owner(user, self.shards);

@@ -65,6 +65,10 @@ pub(crate) enum Command {
         room: String,
         reply: Reply<u64>,
     },
+    Subscribers {
+        name: String,
+        reply: Reply<u64>,
+    },
     RecentAfter {
         room: String,
         after: u64,
@@ -380,6 +384,14 @@ impl BridgeHandle {
     pub async fn room_seq(&self, room: &str) -> Result<u64, BridgeError> {
         let room = room.to_owned();
         self.ask(|reply| Command::RoomSeq { room, reply }).await
+    }
+
+    /// How many Redis clients (nodes) are subscribed to the channel of `name` (a room, or
+    /// [`super::keys::user`]`(id)`: a node subscribes that while it holds a connection of the
+    /// user). `PUBSUB NUMSUB`, or `SHARDNUMSUB` with sharded pub/sub.
+    pub async fn subscribers(&self, name: &str) -> Result<u64, BridgeError> {
+        let name = name.to_owned();
+        self.ask(|reply| Command::Subscribers { name, reply }).await
     }
 
     /// Up to `limit` messages of `room` with seq > `after`, oldest first,

@@ -38,6 +38,9 @@ pub(crate) async fn run(shared: Arc<Shared>, cmd: Command) {
         Command::RoomSeq { room, reply } => {
             let _ = reply.send(room_seq(&shared, &room).await);
         }
+        Command::Subscribers { name, reply } => {
+            let _ = reply.send(subscribers(&shared, &name).await);
+        }
         Command::RecentAfter { room, after, limit, reply } => {
             let _ = reply.send(recent_after(&shared, &room, after, limit).await);
         }
@@ -220,6 +223,26 @@ async fn notify(shared: &Shared, room: &str, frame: Bytes) {
 async fn room_seq(shared: &Shared, room: &str) -> Result<u64, BridgeError> {
     let v: Option<u64> = timed(shared, "room_seq", shared.client.get(keys::seq(room))).await?;
     Ok(v.unwrap_or(0))
+}
+
+async fn subscribers(shared: &Shared, name: &str) -> Result<u64, BridgeError> {
+    let channel = keys::channel(name);
+    let reply: Value = if shared.config.sharded_pubsub {
+        timed(shared, "subscribers", shared.client.pubsub_shardnumsub(channel)).await?
+    } else {
+        timed(shared, "subscribers", shared.client.pubsub_numsub(channel)).await?
+    };
+    // `[channel, count]`.
+    match reply.into_array().as_slice() {
+        [_, count] => count.as_u64().ok_or_else(|| BridgeError::Reply {
+            op: "subscribers",
+            detail: format!("{count:?}"),
+        }),
+        other => Err(BridgeError::Reply {
+            op: "subscribers",
+            detail: format!("{other:?}"),
+        }),
+    }
 }
 
 async fn recent_after(shared: &Shared, room: &str, after: u64, limit: u32) -> Result<Vec<RecentMessage>, BridgeError> {
