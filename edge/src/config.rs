@@ -205,7 +205,8 @@ pub struct Config {
     pub max_msgs_per_s: f64,
     /// Burst of client frames above the sustained rate.
     pub msgs_burst: u32,
-    /// Rate-limit hits in a row before the connection is closed 4029.
+    /// Rate-limit hits in a row, or frames refused in a row (malformed, not allowed), before
+    /// the connection is closed 4029.
     pub rate_limit_strikes: u32,
     /// Bytes queued for one socket before it is closed 4008 (slow consumer).
     pub outbound_queue_max_bytes: usize,

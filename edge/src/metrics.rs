@@ -59,6 +59,8 @@ stats! {
     reply_budget_refused_total: "counter",
     /// Requests refused with rate_limited.
     rate_limited_total: "counter",
+    /// Client frames answered with an error by the session's checks (malformed, not allowed, over the rate).
+    frames_refused_total: "counter",
     /// Requests refused with overloaded.
     overloaded_total: "counter",
     /// Frames sent over the cross-core mesh.

@@ -194,6 +194,36 @@ fn protocol_errors_carry_the_request_id_and_a_clear_code() {
 }
 
 #[test]
+fn a_stream_of_refused_frames_is_closed_4029_and_errors_do_not_echo_bulk() {
+    // Each refusal echoes at most 128 bytes of the input; 20 refusals in a row
+    // (`rate_limit_strikes`) close the connection, while another client is unaffected.
+    on_both_drivers(&[("EDGE_MAX_MSGS_PER_S", "100000"), ("EDGE_MSGS_BURST", "100000")], |s| {
+        let mut other = Client::connect(&s.addr, "bob", "");
+        let mut c = Client::connect(&s.addr, "alice", "");
+        let huge = "x".repeat(60_000);
+        let e = c.request(json!({"type": "history", "room": "r", "before": huge}), "big");
+        assert_eq!(e["code"], "bad_request", "{e}");
+        assert!(e.to_string().len() < 400, "the refusal of a 60 KB field is short: {e}");
+        for _ in 0..3000 {
+            c.send(json!({}));
+        }
+        let mut replies = 0;
+        let code = loop {
+            match c.ws.read() {
+                Ok(tungstenite::Message::Text(_)) => replies += 1,
+                Ok(tungstenite::Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(e) => panic!("read error before the close: {e}"),
+            }
+        };
+        assert_eq!(code, Some(4029), "closed for refused frames after {replies} replies");
+        assert!(replies <= 20, "{replies} error replies before the close (rate_limit_strikes is 20)");
+        let p = other.request(json!({"type": "ping"}), "p");
+        assert_eq!(p["type"], "pong", "the other client is unaffected");
+    });
+}
+
+#[test]
 fn dm_rooms_admit_only_their_two_users() {
     on_both_drivers(&[], |s| {
         let mut a = Client::connect(&s.addr, "amy", "");

@@ -7,8 +7,11 @@
 //! [`Step`] to carry out.
 //!
 //! Invariants: a connection is authenticated before any request but `auth`
-//! is acted on (else 1008); a request over the rate is refused `rate_limited`
-//! and the `rate_limit_strikes`-th in a row closes 4029; a join is passed on
+//! is acted on (else 1008); every frame counts toward the rate, a malformed
+//! one too; a request over the rate is refused `rate_limited` and the
+//! `rate_limit_strikes`-th in a row closes 4029, and so does the
+//! `rate_limit_strikes`-th frame in a row that the checks refuse (malformed,
+//! not allowed); a refusal shows at most `MAX_ECHO_BYTES` of the client's input; a join is passed on
 //! only for a room the user may see, not already joined, within
 //! `max_rooms_per_conn`, and (with `since`) while the reply budget holds; a
 //! room is in `rooms` from its join until its leave or its join's refusal.
@@ -127,6 +130,8 @@ pub struct Session {
     pending: Vec<(String, Option<u64>)>,
     rate: Gcra,
     strikes: u32,
+    /// Frames in a row the checks answered with an error.
+    refused: u32,
 }
 
 impl Session {
@@ -138,6 +143,7 @@ impl Session {
             pending,
             rate: Gcra::new(limits.max_msgs_per_s, limits.msgs_burst),
             strikes: 0,
+            refused: 0,
         }
     }
 
@@ -168,8 +174,29 @@ impl Session {
     /// it comes to.
     pub fn frame<'a>(&mut self, text: &'a str, cx: &FrameCtx<'_>) -> (Option<&'a str>, Step<'a>) {
         let mut id = None;
-        let step = self.checked(text, &mut id, cx);
+        let step = match self.checked(text, &mut id, cx) {
+            Step::Reply(reply) if is_error(&reply) => self.refusal(reply, cx),
+            step => {
+                self.refused = 0;
+                step
+            }
+        };
         (id, step)
+    }
+
+    /// A frame the checks refused: counted, and the `rate_limit_strikes`-th in a row closes
+    /// 4029 (errors are not free: a client that only sends refused frames is cut off).
+    fn refusal<'a>(&mut self, reply: Bytes, cx: &FrameCtx<'_>) -> Step<'a> {
+        ShardStats::inc(&cx.stats.frames_refused_total);
+        self.refused += 1;
+        if self.refused >= cx.limits.rate_limit_strikes {
+            return Step::Close {
+                reply,
+                code: CLOSE_RATE_LIMIT,
+                reason: "too many refused requests",
+            };
+        }
+        Step::Reply(reply)
     }
 
     fn checked<'a>(&mut self, text: &'a str, id_out: &mut Option<&'a str>, cx: &FrameCtx<'_>) -> Step<'a> {
@@ -182,6 +209,10 @@ impl Session {
             Ok(env) => env,
             Err(e) => {
                 let id = e.id.as_deref().map(|r| r.get());
+                // A malformed frame costs what any frame costs.
+                if let Some(refused) = self.over_rate(id, cx) {
+                    return refused;
+                }
                 return Step::Reply(server::error(id, e.code, &e.message, None));
             }
         };
@@ -216,7 +247,7 @@ impl Session {
                     self.rooms.swap_remove(pos);
                     Step::Leave { room }
                 }
-                None => Step::Reply(error(id, ErrorCode::NotFound, &format!("not in room {room}"))),
+                None => Step::Reply(error(id, ErrorCode::NotFound, &format!("not in room {}", client::echo(&room)))),
             },
             Request::Send(s) => self.send(id, s),
             Request::History {
@@ -248,7 +279,11 @@ impl Session {
                 room,
                 typing: state == TypingState::Start,
             },
-            Request::Typing { room, .. } => Step::Reply(error(id, ErrorCode::Forbidden, &format!("join {room} before typing in it"))),
+            Request::Typing { room, .. } => Step::Reply(error(
+                id,
+                ErrorCode::Forbidden,
+                &format!("join {} before typing in it", client::echo(&room)),
+            )),
             Request::Ping => Step::Reply(server::pong(id, cx.now_ms)),
             Request::Edit { room, seq, body } => self.change(id, room, seq, ChangeOp::Edit { body: body.into_owned() }),
             Request::Delete { room, seq } => self.change(id, room, seq, ChangeOp::Delete),
@@ -287,7 +322,7 @@ impl Session {
             }
         }
         if self.rooms.iter().any(|r| *r == room) {
-            return Step::Reply(error(id, ErrorCode::BadRequest, &format!("already joined {room}")));
+            return Step::Reply(error(id, ErrorCode::BadRequest, &format!("already joined {}", client::echo(&room))));
         }
         if self.rooms.len() >= cx.limits.max_rooms_per_conn {
             let msg = format!("at most {} rooms per connection", cx.limits.max_rooms_per_conn);
@@ -301,7 +336,13 @@ impl Session {
         let Some(claims) = &self.user else { return Step::Nothing };
         let room = match &s.target {
             Target::Room(r) if self.rooms.iter().any(|j| j == r) => r.clone().into_owned(),
-            Target::Room(r) => return Step::Reply(error(id, ErrorCode::Forbidden, &format!("join {r} before sending to it"))),
+            Target::Room(r) => {
+                return Step::Reply(error(
+                    id,
+                    ErrorCode::Forbidden,
+                    &format!("join {} before sending to it", client::echo(r)),
+                ))
+            }
             Target::User(to) if auth::is_valid_user_id(to) => auth::dm_room(&claims.sub, to),
             Target::User(_) => return Step::Reply(error(id, ErrorCode::BadRequest, "send: invalid user id in to")),
         };
@@ -354,6 +395,11 @@ impl Session {
         };
         Err(error(id, code, &denied.to_string()))
     }
+}
+
+/// Whether a reply is an `error` frame (every one starts `{"type":"error"`).
+fn is_error(reply: &[u8]) -> bool {
+    reply.starts_with(br#"{"type":"error""#)
 }
 
 /// Flow control of large replies: while more than `reply_budget_bytes` of this

@@ -148,6 +148,22 @@ pub enum Request<'a> {
     Ping,
 }
 
+/// Most bytes of the client's own input an error message shows back.
+pub const MAX_ECHO_BYTES: usize = 128;
+
+/// `text` as an error message shows it: at most [`MAX_ECHO_BYTES`] bytes (cut on a character
+/// boundary, then `…`), so a refusal never sends an attacker's bulk back.
+pub fn echo(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_ECHO_BYTES {
+        return text.into();
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// The rooms to join when a connection opens: `?room=` first, then every
 /// `?resume=<room>:<seq>,...` entry, each with the `since` to catch up from.
 /// Room ids may hold `:` (`dm:a:b`), so an entry splits at its last `:`.
@@ -157,14 +173,14 @@ pub fn initial_joins(room: Option<&str>, resume: Option<&str>, max_rooms: usize)
     for item in resume.unwrap_or("").split(',').filter(|i| !i.is_empty()) {
         let (r, seq) = item
             .rsplit_once(':')
-            .ok_or_else(|| format!("resume entry {item:?} is not <room>:<seq>"))?;
+            .ok_or_else(|| format!("resume entry {:?} is not <room>:<seq>", echo(item)))?;
         let seq: u64 = seq
             .parse()
             .ok()
             .filter(|&n| n <= MAX_SEQ)
-            .ok_or_else(|| format!("resume entry {item:?}: {seq:?} is not a seq (0..={MAX_SEQ})"))?;
+            .ok_or_else(|| format!("resume entry {:?}: {:?} is not a seq (0..={MAX_SEQ})", echo(item), echo(seq)))?;
         if r.is_empty() {
-            return Err(format!("resume entry {item:?} has no room"));
+            return Err(format!("resume entry {:?} has no room", echo(item)));
         }
         match out.iter_mut().find(|(have, _)| have == r) {
             Some((_, since)) => *since = Some(seq),
@@ -302,7 +318,8 @@ pub fn parse<'a>(text: &'a str, limits: &ParseLimits) -> Result<Envelope<'a>, Pa
                 .filter(|i| id_ok(i))
                 .map(boxed);
             let message = if text.trim_start().starts_with('{') {
-                format!("invalid frame: {e}")
+                // serde's message quotes the offending value: shown cut short.
+                format!("invalid frame: {}", echo(&e.to_string()))
             } else {
                 "a frame must be one JSON object".into()
             };
@@ -389,7 +406,12 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
             let state = match need(r.state, t, "state")?.as_ref() {
                 "start" => TypingState::Start,
                 "stop" => TypingState::Stop,
-                s => return Err((ErrorCode::BadRequest, format!("typing: state must be start or stop, not {s:?}"))),
+                s => {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        format!("typing: state must be start or stop, not {:?}", echo(s)),
+                    ))
+                }
             };
             Request::Typing {
                 room: need(r.room, t, "room")?,
@@ -404,7 +426,7 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
             let op = match need(r.op, t, "op")?.as_ref() {
                 "add" => ReactOp::Add,
                 "remove" => ReactOp::Remove,
-                s => return Err((ErrorCode::BadRequest, format!("react: op must be add or remove, not {s:?}"))),
+                s => return Err((ErrorCode::BadRequest, format!("react: op must be add or remove, not {:?}", echo(s)))),
             };
             Request::React {
                 room: need(r.room, t, "room")?,

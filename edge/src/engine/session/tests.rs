@@ -188,3 +188,70 @@ fn over_the_rate_is_refused_and_the_last_strike_closes_4029() {
         }
     ));
 }
+
+#[test]
+fn refused_frames_are_not_free_malformed_ones_count_toward_the_rate_and_a_run_of_them_closes_4029() {
+    // Three refusals in a row close (rate_limit_strikes); anything accepted in between resets.
+    let w = World::new(limits());
+    let mut s = authed(&w, "ann");
+    for bad in ["{}", "not json"] {
+        assert!(matches!(w.frame(&mut s, bad).1, Step::Reply(_)), "{bad}: refused, not yet closed");
+    }
+    assert!(matches!(w.frame(&mut s, r#"{"type":"ping"}"#).1, Step::Reply(_)));
+    for bad in [r#"{"type":"nope"}"#, r#"{"type":"leave","room":"never-joined"}"#] {
+        assert!(matches!(w.frame(&mut s, bad).1, Step::Reply(_)), "{bad}: the count started again");
+    }
+    let (_, last) = w.frame(&mut s, "{}");
+    assert!(
+        matches!(
+            last,
+            Step::Close {
+                code: CLOSE_RATE_LIMIT,
+                ..
+            }
+        ),
+        "the third refusal in a row closes: {last:?}"
+    );
+    assert_eq!(w.stats.frames_refused_total.load(std::sync::atomic::Ordering::Relaxed), 5);
+
+    // A malformed frame spends the rate like any frame: the burst of 2 is gone after it.
+    let w = World::new(SessionLimits {
+        msgs_burst: 2,
+        rate_limit_strikes: 10,
+        ..limits()
+    });
+    let mut s = authed(&w, "bob");
+    let _ = w.frame(&mut s, "{}");
+    assert_eq!(refusal(&w.frame(&mut s, "{}").1)["code"], "rate_limited");
+}
+
+#[test]
+fn a_refusal_shows_at_most_128_bytes_of_what_the_client_sent() {
+    let w = World::new(limits());
+    let mut s = authed(&w, "ann");
+    let huge = "x".repeat(60_000);
+    for frame in [
+        format!(r#"{{"type":"typing","room":"r","state":"{huge}"}}"#),
+        format!(r#"{{"type":"history","room":"r","before":"{huge}"}}"#),
+        format!(r#"{{"type":"leave","room":"{huge}"}}"#),
+        format!(r#"{{"type":"react","room":"r","seq":1,"emoji":"a","op":"{huge}"}}"#),
+    ] {
+        let (_, step) = w.frame(&mut s, &frame);
+        let Step::Reply(reply) = step else {
+            panic!("refused with a reply: {step:?}")
+        };
+        assert!(
+            reply.len() < 400,
+            "a {}-byte reply to a 60 KB field: {}",
+            reply.len(),
+            String::from_utf8_lossy(&reply[..200])
+        );
+        assert_eq!(json(&reply)["type"], "error");
+        let _ = w.frame(&mut s, r#"{"type":"ping"}"#); // not three refusals in a row
+    }
+    let cut = client::echo("é".repeat(100).as_str()).into_owned();
+    assert!(
+        cut.len() <= 128 + '…'.len_utf8() && cut.ends_with('…'),
+        "cut on a character boundary: {cut}"
+    );
+}
