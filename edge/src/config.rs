@@ -226,7 +226,8 @@ pub struct Config {
     pub write_stall_timeout_ms: u64,
     /// Interval at which clients should ping; advertised in `welcome`.
     pub heartbeat_ms: u64,
-    /// A connection silent for this long is closed (1001); 0 disables.
+    /// A connection that sends no complete frame (a request, a ping or pong) for this long is
+    /// closed (1001); bytes of an unfinished frame do not count; 0 disables.
     pub idle_timeout_ms: u64,
     /// Capacity of each cross-core ring, in frames (rounded to a power of two).
     pub mesh_ring_capacity: usize,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::time::Duration;
 
 use common::{close_code_u16, drivers, http_get, token, Client, Raw, Server};
@@ -220,6 +221,49 @@ fn a_stream_of_refused_frames_is_closed_4029_and_errors_do_not_echo_bulk() {
         assert!(replies <= 20, "{replies} error replies before the close (rate_limit_strikes is 20)");
         let p = other.request(json!({"type": "ping"}), "p");
         assert_eq!(p["type"], "pong", "the other client is unaffected");
+    });
+}
+
+#[test]
+fn a_trickle_of_bytes_does_not_keep_a_connection_alive_but_complete_frames_do() {
+    // Idle after 1.5 s; the sweep runs each second. The trickler sends one byte of a frame it
+    // never finishes every 200 ms (and never answers the server's pings); the pinger sends a
+    // complete ping frame every 200 ms. Both go on for 4 s; a thread waits for the
+    // trickler's close meanwhile.
+    let envs = [("EDGE_IDLE_TIMEOUT_MS", "1500"), ("EDGE_HEARTBEAT_MS", "500")];
+    on_both_drivers(&envs, |s| {
+        let mut trickler = Raw::connect(&s.addr, &format!("token={}", token("t")));
+        let mut pinger = Raw::connect(&s.addr, &format!("token={}", token("p")));
+        let mut watch = Raw {
+            s: trickler.s.try_clone().expect("clone"),
+        };
+        let waiter = std::thread::spawn(move || (watch.close_code(), std::time::Instant::now()));
+        let frame = Raw::frame(
+            0x1,
+            true,
+            br#"{"type":"ping","id":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+            true,
+        );
+        let started = std::time::Instant::now();
+        let mut sent = 0;
+        while started.elapsed() < Duration::from_secs(4) {
+            if !waiter.is_finished() {
+                let _ = trickler.s.write_all(&frame[sent..=sent]);
+                sent += 1;
+            }
+            pinger.write(&Raw::frame(0x9, true, b"hb", true));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let trickling_ended = std::time::Instant::now();
+        assert!(sent < frame.len() - 1, "the frame must outlast the test ({sent} bytes sent)");
+        let (code, at) = waiter.join().expect("waiter");
+        assert_eq!(code, Some(1001), "a trickle is silence: closed idle");
+        assert!(at < trickling_ended, "closed while it was still trickling");
+        // The pinger, alive for 4 s (past the idle timeout twice), is still served: its
+        // request is answered and nothing closed it.
+        pinger.s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        pinger.write(&Raw::frame(0x1, true, br#"{"type":"ping"}"#, true));
+        assert_ne!(pinger.close_code(), Some(1001), "complete frames keep a connection alive");
     });
 }
 

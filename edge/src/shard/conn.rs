@@ -82,9 +82,13 @@ enum Mode {
 async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<TcpStream>, mut buf: BytesMut, limits: Limits, mode: Mode) {
     let mut dec = Decoder::new(limits);
     loop {
+        // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
+        // then is as silent as one that sends nothing (`idle_timeout_ms`).
+        let mut complete = false;
         loop {
             match dec.decode(&mut buf) {
                 Ok(Some(msg)) => {
+                    complete = true;
                     if !on_message(shard, conn, msg, mode) {
                         return;
                     }
@@ -96,6 +100,9 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<Tcp
                     return;
                 }
             }
+        }
+        if complete {
+            conn.last_seen_ms.set(Shard::now_ms());
         }
         if buf.is_empty() {
             buf = BytesMut::new(); // release the buffer while idle
@@ -112,9 +119,8 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<Tcp
         let (len, cap) = (buf.len(), buf.capacity());
         let (res, slice) = rd.read(buf.slice_mut(len..cap)).await;
         buf = slice.into_inner();
-        match res {
-            Ok(0) | Err(_) => return,
-            Ok(_) => conn.last_seen_ms.set(Shard::now_ms()),
+        if matches!(res, Ok(0) | Err(_)) {
+            return;
         }
     }
 }
