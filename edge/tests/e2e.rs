@@ -268,6 +268,31 @@ fn a_trickle_of_bytes_does_not_keep_a_connection_alive_but_complete_frames_do() 
 }
 
 #[test]
+fn joins_in_the_url_count_toward_the_rate() {
+    // A burst of 3 and a slow refill: of four rooms in `resume=`, three are joined and the
+    // fourth is refused rate_limited; the next frame finds the burst spent as well.
+    on_both_drivers(&[("EDGE_MSGS_BURST", "3"), ("EDGE_MAX_MSGS_PER_S", "0.1")], |s| {
+        let mut c = Client::connect(&s.addr, "alice", "&resume=a:0,b:0,c:0,d:0");
+        let frames: Vec<serde_json::Value> = (0..4).map(|_| c.recv()).collect();
+        let mut joined: Vec<&str> = frames
+            .iter()
+            .filter(|f| f["type"] == "joined")
+            .filter_map(|f| f["room"].as_str())
+            .collect();
+        joined.sort_unstable();
+        assert_eq!(joined, ["a", "b", "c"], "{frames:?}");
+        assert!(
+            frames
+                .iter()
+                .any(|f| f["code"] == "rate_limited" && f["message"] == "join d: too many requests"),
+            "the refusal names the room: {frames:?}"
+        );
+        let p = c.request(json!({"type": "ping"}), "p");
+        assert_eq!(p["code"], "rate_limited", "{p}");
+    });
+}
+
+#[test]
 fn dm_rooms_admit_only_their_two_users() {
     on_both_drivers(&[], |s| {
         let mut a = Client::connect(&s.addr, "amy", "");

@@ -210,7 +210,7 @@ impl Session {
             Err(e) => {
                 let id = e.id.as_deref().map(|r| r.get());
                 // A malformed frame costs what any frame costs.
-                if let Some(refused) = self.over_rate(id, cx) {
+                if let Some(refused) = self.over_rate(id, "too many requests", cx) {
                     return refused;
                 }
                 return Step::Reply(server::error(id, e.code, &e.message, None));
@@ -218,7 +218,7 @@ impl Session {
         };
         let id = env.id.map(|r| r.get());
         *id_out = id;
-        if let Some(refused) = self.over_rate(id, cx) {
+        if let Some(refused) = self.over_rate(id, "too many requests", cx) {
             return refused;
         }
         if self.user.is_none() {
@@ -311,6 +311,16 @@ impl Session {
         Step::Change { room, seq, moderator, op }
     }
 
+    /// A join from the URL (`?room=`, `?resume=`), run once the connection is authenticated:
+    /// it counts toward the rate like a `join` frame (refused `rate_limited` over it).
+    pub fn url_join<'a>(&mut self, room: Cow<'a, str>, since: Option<u64>, cx: &FrameCtx<'_>) -> Step<'a> {
+        let what = format!("join {}: too many requests", client::echo(&room));
+        if let Some(refused) = self.over_rate(None, &what, cx) {
+            return refused;
+        }
+        self.join(None, room, since, cx)
+    }
+
     /// A join, from a request or from the URL: the checks, then the room is the session's.
     pub fn join<'a>(&mut self, id: Option<&str>, room: Cow<'a, str>, since: Option<u64>, cx: &FrameCtx<'_>) -> Step<'a> {
         if let Err(refusal) = self.may_see(id, &room) {
@@ -364,14 +374,14 @@ impl Session {
 
     /// GCRA per connection: the refusal of a frame over the rate (`None`: within it);
     /// repeated violations close the socket 4029.
-    fn over_rate<'a>(&mut self, id: Option<&str>, cx: &FrameCtx<'_>) -> Option<Step<'a>> {
+    fn over_rate<'a>(&mut self, id: Option<&str>, what: &str, cx: &FrameCtx<'_>) -> Option<Step<'a>> {
         let Err(retry_ms) = self.rate.check(cx.mono_ns) else {
             self.strikes = 0;
             return None;
         };
         ShardStats::inc(&cx.stats.rate_limited_total);
         self.strikes += 1;
-        let reply = server::error(id, ErrorCode::RateLimited, "too many requests", Some(retry_ms));
+        let reply = server::error(id, ErrorCode::RateLimited, what, Some(retry_ms));
         if self.strikes >= cx.limits.rate_limit_strikes {
             return Some(Step::Close {
                 reply,

@@ -167,9 +167,12 @@ pub fn echo(text: &str) -> Cow<'_, str> {
 /// The rooms to join when a connection opens: `?room=` first, then every
 /// `?resume=<room>:<seq>,...` entry, each with the `since` to catch up from.
 /// Room ids may hold `:` (`dm:a:b`), so an entry splits at its last `:`.
-/// At most `max_rooms` entries; a malformed entry is an error naming it.
+/// At most `max_rooms` entries, counted while parsing (a longer list is refused at the first
+/// room too many); a malformed entry is an error naming it. Linear in the input: a repeated
+/// room is found through an index, not by a scan.
 pub fn initial_joins(room: Option<&str>, resume: Option<&str>, max_rooms: usize) -> Result<Vec<(String, Option<u64>)>, String> {
     let mut out: Vec<(String, Option<u64>)> = room.map(|r| (r.to_owned(), None)).into_iter().collect();
+    let mut index: std::collections::HashMap<String, usize> = out.iter().enumerate().map(|(i, (r, _))| (r.clone(), i)).collect();
     for item in resume.unwrap_or("").split(',').filter(|i| !i.is_empty()) {
         let (r, seq) = item
             .rsplit_once(':')
@@ -182,13 +185,18 @@ pub fn initial_joins(room: Option<&str>, resume: Option<&str>, max_rooms: usize)
         if r.is_empty() {
             return Err(format!("resume entry {:?} has no room", echo(item)));
         }
-        match out.iter_mut().find(|(have, _)| have == r) {
-            Some((_, since)) => *since = Some(seq),
-            None => out.push((r.to_owned(), Some(seq))),
+        match index.get(r) {
+            Some(&i) => out[i].1 = Some(seq),
+            None if out.len() >= max_rooms => {
+                return Err(format!(
+                    "resume names more than {max_rooms} rooms, at most {max_rooms} per connection"
+                ));
+            }
+            None => {
+                index.insert(r.to_owned(), out.len());
+                out.push((r.to_owned(), Some(seq)));
+            }
         }
-    }
-    if out.len() > max_rooms {
-        return Err(format!("resume names {} rooms, at most {max_rooms} per connection", out.len()));
     }
     Ok(out)
 }

@@ -185,6 +185,19 @@ fn initial_joins_take_room_then_resume_entries() {
     assert!(initial_joins(None, Some("a:1,b:2,c:3"), 2)
         .expect_err("too many")
         .contains("at most 2"));
+    // A room named twice counts once and takes its last seq; ?room= counts too.
+    assert_eq!(
+        initial_joins(Some("a"), Some("a:1,b:2,a:5"), 2).expect("two rooms"),
+        [("a".to_owned(), Some(5)), ("b".to_owned(), Some(2))]
+    );
+    assert!(initial_joins(Some("z"), Some("a:1,b:2"), 2).is_err(), "?room= is one of the rooms");
+    // Long lists: refused at the first room too many, or (one room repeated) one entry.
+    let many: String = (0..100_000).map(|i| format!("r{i}:1,")).collect();
+    assert!(initial_joins(None, Some(&many), 64)
+        .expect_err("100k rooms")
+        .contains("more than 64"));
+    let same = "r:1,".repeat(100_000);
+    assert_eq!(initial_joins(None, Some(&same), 64).expect("one room").len(), 1);
 }
 
 #[test]

@@ -115,7 +115,7 @@ impl Shard {
         self.user_online(conn, &user.sub);
         for (room, since) in joins {
             let cx = self.frame_ctx(conn);
-            let step = conn.session.borrow_mut().join(None, Cow::Owned(room), since, &cx);
+            let step = conn.session.borrow_mut().url_join(Cow::Owned(room), since, &cx);
             self.carry_out_step(conn, None, step);
         }
     }

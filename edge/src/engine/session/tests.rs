@@ -255,3 +255,30 @@ fn a_refusal_shows_at_most_128_bytes_of_what_the_client_sent() {
         "cut on a character boundary: {cut}"
     );
 }
+
+#[test]
+fn joins_from_the_url_count_toward_the_rate() {
+    let w = World::new(SessionLimits {
+        msgs_burst: 3,
+        max_rooms_per_conn: 10,
+        rate_limit_strikes: 10,
+        ..limits()
+    });
+    let mut s = Session::new(&w.limits, Vec::new());
+    let claims = w.verifier.verify(&token("ann", None), NOW_MS / 1000).expect("claims");
+    let _ = s.authenticated(claims);
+    let cx = FrameCtx {
+        limits: &w.limits,
+        verifier: &w.verifier,
+        mono_ns: 0,
+        now_ms: NOW_MS,
+        reply_bytes: 0,
+        stats: &w.stats,
+    };
+    let steps: Vec<Step<'_>> = (0..5).map(|i| s.url_join(Cow::Owned(format!("r{i}")), Some(0), &cx)).collect();
+    let joined = steps.iter().filter(|st| matches!(st, Step::Join { .. })).count();
+    assert_eq!(joined, 3, "the burst of 3 covers three joins: {steps:?}");
+    assert_eq!(refusal(&steps[4])["code"], "rate_limited");
+    // The frames after them find the burst spent.
+    assert_eq!(refusal(&w.frame(&mut s, r#"{"type":"ping"}"#).1)["code"], "rate_limited");
+}
