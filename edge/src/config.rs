@@ -257,6 +257,9 @@ pub struct Config {
     pub echo_path: Option<String>,
     /// Largest message on the echo endpoint (Autobahn sends 16 MiB).
     pub echo_max_message_bytes: usize,
+    /// Serve the echo endpoint on a listener that is not a loopback address. It is a
+    /// conformance-testing tool (no authentication, large messages): refused there otherwise.
+    pub echo_allow_public: bool,
 }
 
 impl Default for Config {
@@ -339,6 +342,7 @@ impl Default for Config {
             drain_timeout_ms: 5_000,
             echo_path: None,
             echo_max_message_bytes: 32 * 1024 * 1024,
+            echo_allow_public: false,
         }
     }
 }

@@ -45,6 +45,13 @@ impl Config {
             if !p.starts_with('/') || p == "/ws" {
                 return invalid("echo_path", "must start with '/' and differ from /ws");
             }
+            let loopback = self.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+            if !loopback && !self.echo_allow_public {
+                return invalid(
+                    "echo_path",
+                    "the echo endpoint is a conformance-testing tool without authentication: it is served only on a loopback --listen address unless echo_allow_public = true (EDGE_ECHO_ALLOW_PUBLIC)",
+                );
+            }
         }
         if !(self.admission_rate_per_shard.is_finite() && self.admission_rate_per_shard >= 0.0) {
             return invalid("admission_rate_per_shard", "must be a number >= 0 (0 admits everything)");

@@ -139,3 +139,23 @@ fn validate_names_the_field() {
     };
     assert!(c.validate().expect_err("bad").to_string().contains("max_msgs_per_s"));
 }
+
+#[test]
+fn the_echo_endpoint_is_served_on_loopback_only_unless_allowed() {
+    let echo = |listen: &str, allow: bool| Config {
+        listen: listen.into(),
+        echo_path: Some("/echo".into()),
+        echo_allow_public: allow,
+        ..Config::default()
+    };
+    let err = echo("0.0.0.0:8080", false).validate().expect_err("public echo");
+    assert!(err.to_string().contains("echo_path"), "{err}");
+    assert!(echo("0.0.0.0:8080", true).validate().is_ok(), "allowed on purpose");
+    assert!(echo("127.0.0.1:8080", false).validate().is_ok());
+    assert!(echo("[::1]:8080", false).validate().is_ok());
+    let no_echo = Config {
+        listen: "0.0.0.0:8080".into(),
+        ..Config::default()
+    };
+    assert!(no_echo.validate().is_ok(), "no echo endpoint, nothing to refuse");
+}

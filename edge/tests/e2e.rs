@@ -293,6 +293,26 @@ fn joins_in_the_url_count_toward_the_rate() {
 }
 
 #[test]
+fn the_echo_endpoint_honours_origin_like_ws() {
+    let envs = [("EDGE_ECHO_PATH", "/echo"), ("EDGE_ALLOWED_ORIGINS", "https://good.example")];
+    on_both_drivers(&envs, |s| {
+        let status = |origin: &str| {
+            let mut t = std::net::TcpStream::connect(&s.addr).expect("connect");
+            t.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let req = format!(
+                "GET /echo HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                s.addr
+            );
+            t.write_all(req.as_bytes()).expect("write");
+            let head = common::read_head(&mut t);
+            head.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+        };
+        assert_eq!(status("https://evil.example"), 403, "a foreign origin is refused on /echo too");
+        assert_eq!(status("https://good.example"), 101);
+    });
+}
+
+#[test]
 fn dm_rooms_admit_only_their_two_users() {
     on_both_drivers(&[], |s| {
         let mut a = Client::connect(&s.addr, "amy", "");

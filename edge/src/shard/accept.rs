@@ -194,7 +194,20 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, req:
     conn::run_connection(shard, stream, claims, joins, rest).await;
 }
 
+/// The conformance echo endpoint: no authentication and its own message size
+/// (`echo_max_message_bytes`), but drain, admission control and Origin apply as on `/ws`.
 async fn upgrade_echo(shard: Rc<Shard>, mut stream: TcpStream, req: Request, buf: BytesMut) {
+    if shard.is_draining() {
+        return reject(&shard, stream, 503, "draining").await;
+    }
+    let admitted = shard.admission.borrow_mut().check(shard.mono_ns(), rand::random::<f64>());
+    if let Err(retry_ms) = admitted {
+        ShardStats::inc(&shard.stats().admission_refused_total);
+        return refuse_admission(&shard, stream, &req, retry_ms).await;
+    }
+    if !origin_allowed(&shard, &req) {
+        return reject(&shard, stream, 403, "origin not allowed").await;
+    }
     let key = match handshake::validate_upgrade(&req) {
         Ok(k) => k.to_owned(),
         Err(e) => return reject(&shard, stream, e.status(), "not a websocket upgrade").await,
