@@ -313,6 +313,44 @@ fn the_echo_endpoint_honours_origin_like_ws() {
 }
 
 #[test]
+fn a_session_ends_when_its_token_expires_unless_refreshed() {
+    // Tokens good for 2 s, no leeway: the plain session is closed 1008 "token expired";
+    // the one that refreshed (same user) is still served after 4 s.
+    on_both_drivers(&[("EDGE_JWT_LEEWAY_S", "0")], |s| {
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let short = |user: &str| edge::auth::mint_hs256(common::SECRET, user, 2, None, None, now_s).expect("token");
+        let mut plain = Client::connect_raw_query(&s.addr, &format!("token={}", short("ann"))).expect("upgrade");
+        assert_eq!(plain.recv()["type"], "welcome");
+        let mut kept = Client::connect_raw_query(&s.addr, &format!("token={}", short("bob"))).expect("upgrade");
+        assert_eq!(kept.recv()["type"], "welcome");
+        let other = edge::auth::mint_hs256(common::SECRET, "eve", 3600, None, None, now_s).expect("token");
+        let refused = kept.request(json!({"type": "refresh", "token": other}), "r0");
+        assert_eq!(refused["code"], "forbidden", "another user's token: {refused}");
+        let long = edge::auth::mint_hs256(common::SECRET, "bob", 3600, None, None, now_s).expect("token");
+        let r = kept.request(json!({"type": "refresh", "token": long}), "r1");
+        assert_eq!(
+            (r["type"].as_str(), r["exp"].as_u64()),
+            (Some("refreshed"), Some(now_s + 3600)),
+            "{r}"
+        );
+        let code = loop {
+            match plain.ws.read() {
+                Ok(tungstenite::Message::Close(f)) => break f.map(|f| (u16::from(f.code), f.reason.to_string())),
+                Ok(_) => {}
+                Err(e) => panic!("read error before the close: {e}"),
+            }
+        };
+        assert_eq!(code, Some((1008, "token expired".to_owned())));
+        std::thread::sleep(Duration::from_secs(2));
+        let p = kept.request(json!({"type": "ping"}), "p");
+        assert_eq!(p["type"], "pong", "the refreshed session lives on");
+    });
+}
+
+#[test]
 fn dm_rooms_admit_only_their_two_users() {
     on_both_drivers(&[], |s| {
         let mut a = Client::connect(&s.addr, "amy", "");

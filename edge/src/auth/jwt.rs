@@ -178,6 +178,12 @@ pub struct Verifier {
 }
 
 impl Verifier {
+    /// Whether a token that expires at `exp` (seconds) is expired at `now_s`, leeway included:
+    /// the rule `verify` applies, and the one a session's expiry is checked by.
+    pub fn expired(&self, exp: u64, now_s: u64) -> bool {
+        exp.saturating_add(self.leeway_s) <= now_s
+    }
+
     /// Builds a verifier; fails on a missing or unusable key, or an HS256 secret under 32 bytes.
     pub fn new(s: &AuthSettings) -> Result<Self, AuthError> {
         ensure_crypto_provider();
@@ -234,7 +240,7 @@ impl Verifier {
             None | Some(Value::Null) => None,
             Some(v) => Some(numeric_date(&v, true).ok_or(AuthError::InvalidClaim("nbf"))?),
         };
-        if exp.saturating_add(self.leeway_s) <= now_s {
+        if self.expired(exp, now_s) {
             return Err(AuthError::Expired);
         }
         if nbf.is_some_and(|nbf| nbf > now_s.saturating_add(self.leeway_s)) {

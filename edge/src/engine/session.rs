@@ -241,6 +241,7 @@ impl Session {
     fn request<'a>(&mut self, id: Option<&str>, req: Request<'a>, cx: &FrameCtx<'_>) -> Step<'a> {
         match req {
             Request::Auth { .. } => Step::Reply(error(id, ErrorCode::BadRequest, "already authenticated")),
+            Request::Refresh { token } => self.refresh(id, &token, cx),
             Request::Join { room, since } => self.join(id, room, since, cx),
             Request::Leave { room } => match self.rooms.iter().position(|r| *r == room) {
                 Some(pos) => {
@@ -370,6 +371,29 @@ impl Session {
                 reason: "authentication failed",
             },
         }
+    }
+
+    /// `refresh`: a newer token of the same user replaces the session's (its rooms claim too;
+    /// rooms joined stay joined). A token that does not verify, or names another user, is
+    /// refused and the session keeps its token.
+    fn refresh<'a>(&mut self, id: Option<&str>, token: &str, cx: &FrameCtx<'_>) -> Step<'a> {
+        let Some(current) = &self.user else { return Step::Nothing };
+        match cx.verifier.verify(token, cx.now_ms / 1000) {
+            Ok(claims) if claims.sub == current.sub => {
+                let exp = claims.exp;
+                self.user = Some(Rc::new(claims));
+                Step::Reply(server::refreshed(id, exp))
+            }
+            Ok(_) => Step::Reply(error(id, ErrorCode::Forbidden, "refresh: the token is for another user")),
+            Err(e) => Step::Reply(error(id, ErrorCode::Unauthorized, &format!("refresh: invalid token: {e}"))),
+        }
+    }
+
+    /// Whether the session's token expired at `now_s` (leeway included): the connection is
+    /// closed 1008 `token expired` unless a `refresh` came first. A token without `exp`
+    /// (0) never expires here.
+    pub fn expired(&self, verifier: &Verifier, now_s: u64) -> bool {
+        self.user.as_ref().is_some_and(|c| c.exp > 0 && verifier.expired(c.exp, now_s))
     }
 
     /// GCRA per connection: the refusal of a frame over the rate (`None`: within it);

@@ -110,6 +110,8 @@ pub struct SendReq<'a> {
 pub enum Request<'a> {
     /// Authenticate with a JWT.
     Auth { token: Cow<'a, str> },
+    /// Replace the session's token with a newer one of the same user before it expires.
+    Refresh { token: Cow<'a, str> },
     /// Join a room, optionally catching up after `since`.
     Join { room: Cow<'a, str>, since: Option<u64> },
     /// Leave a room.
@@ -205,6 +207,7 @@ pub fn initial_joins(room: Option<&str>, resume: Option<&str>, max_rooms: usize)
 pub fn type_name(r: &Request<'_>) -> &'static str {
     match r {
         Request::Auth { .. } => "auth",
+        Request::Refresh { .. } => "refresh",
         Request::Join { .. } => "join",
         Request::Leave { .. } => "leave",
         Request::Send(_) => "send",
@@ -400,6 +403,9 @@ fn request<'a>(mut r: Raw<'a>, limits: &ParseLimits) -> Result<Request<'a>, Refu
     seq_ok(t, "thread", r.thread)?;
     Ok(match t {
         "auth" => Request::Auth {
+            token: need(r.token, t, "token")?,
+        },
+        "refresh" => Request::Refresh {
             token: need(r.token, t, "token")?,
         },
         "join" => Request::Join {

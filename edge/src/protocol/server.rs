@@ -139,6 +139,11 @@ pub fn error(id: Option<&str>, code: ErrorCode, message: &str, retry_ms: Option<
     o.done()
 }
 
+/// `refreshed`: the session runs on a newer token, valid until `exp` (seconds).
+pub fn refreshed(id: Option<&str>, exp: u64) -> Bytes {
+    Obj::new("refreshed", 48).id(id).num("exp", exp).done()
+}
+
 /// `pong`.
 pub fn pong(id: Option<&str>, ts: u64) -> Bytes {
     Obj::new("pong", 48).id(id).num("ts", ts).done()

@@ -165,6 +165,9 @@ async fn auth_deadline(shard: Rc<Shard>, conn: Rc<Conn>) {
     }
 }
 
+/// Close code and reason of a session whose token expired.
+const CLOSE_EXPIRED: (u16, &str) = (1008, "token expired");
+
 /// Every second: the engine's tick (coalesced presence counts), then cut
 /// sockets whose write stalled for `write_stall_timeout_ms`, ping connections
 /// silent for `heartbeat_ms`, close those silent for `idle_timeout_ms` (0:
@@ -181,6 +184,12 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
         shard.cluster_marks_tick();
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {
+            // A session lives as long as its token: past `exp` (and the leeway) without a
+            // `refresh`, it is closed.
+            if conn.session.borrow().expired(&shard.verifier, now / 1000) && !conn.out.is_closing() {
+                conn.out.close(CLOSE_EXPIRED.0, CLOSE_EXPIRED.1);
+                continue;
+            }
             if conn.out.write_stalled(outbox::mono_ms(), stall_ms) {
                 if !conn.stall_cut.replace(true) {
                     ShardStats::inc(&shard.stats().write_stalled_total);

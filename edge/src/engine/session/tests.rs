@@ -282,3 +282,36 @@ fn joins_from_the_url_count_toward_the_rate() {
     // The frames after them find the burst spent.
     assert_eq!(refusal(&w.frame(&mut s, r#"{"type":"ping"}"#).1)["code"], "rate_limited");
 }
+
+#[test]
+fn a_session_lives_as_long_as_its_token_unless_refreshed_by_the_same_user() {
+    let w = World::new(limits());
+    let now_s = NOW_MS / 1000;
+    let short = mint_hs256(SECRET, "ann", 60, None, None, now_s).expect("token");
+    let mut s = Session::new(&w.limits, Vec::new());
+    let auth = format!(r#"{{"type":"auth","token":"{short}"}}"#);
+    let (_, step) = w.frame(&mut s, &auth);
+    assert!(matches!(step, Step::Welcome { .. }), "{step:?}");
+    // Expired past exp plus the verifier's leeway.
+    assert!(!s.expired(&w.verifier, now_s + 30));
+    assert!(s.expired(&w.verifier, now_s + 3600), "an hour on, the 60 s token is expired");
+    // Another user's token, or garbage, is refused; the session keeps its token.
+    let bob = mint_hs256(SECRET, "bob", 3600, None, None, now_s).expect("token");
+    let other_frame = format!(r#"{{"type":"refresh","token":"{bob}","id":1}}"#);
+    let (_, other) = w.frame(&mut s, &other_frame);
+    assert_eq!(refusal(&other)["code"], "forbidden");
+    let (_, bad) = w.frame(&mut s, r#"{"type":"refresh","token":"nope","id":2}"#);
+    assert_eq!(refusal(&bad)["code"], "unauthorized");
+    assert!(s.expired(&w.verifier, now_s + 3600));
+    // The same user's newer token moves the expiry.
+    let long = mint_hs256(SECRET, "ann", 7200, None, None, now_s).expect("token");
+    let ok_frame = format!(r#"{{"type":"refresh","token":"{long}","id":3}}"#);
+    let (_, ok) = w.frame(&mut s, &ok_frame);
+    let Step::Reply(reply) = ok else { panic!("{ok:?}") };
+    let v = json(&reply);
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_u64(), v["exp"].as_u64()),
+        (Some("refreshed"), Some(3), Some(now_s + 7200))
+    );
+    assert!(!s.expired(&w.verifier, now_s + 3600), "refreshed: good for two hours");
+}
