@@ -253,6 +253,10 @@ pub struct Config {
     pub drain_retry_ms_max: u64,
     /// Time allowed for a drain (SIGTERM) before the node exits anyway.
     pub drain_timeout_ms: u64,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address only (e.g. `127.0.0.1:9090`),
+    /// not on the public `listen` port (flag `--admin-listen`). Metrics show the node's load
+    /// and internals: keep them off the public network.
+    pub admin_listen: Option<String>,
     /// Path of the conformance echo endpoint (Autobahn); off when unset.
     pub echo_path: Option<String>,
     /// Largest message on the echo endpoint (Autobahn sends 16 MiB).
@@ -340,6 +344,7 @@ impl Default for Config {
             admission_retry_max_ms: 10_000,
             drain_retry_ms_max: 5_000,
             drain_timeout_ms: 5_000,
+            admin_listen: None,
             echo_path: None,
             echo_max_message_bytes: 32 * 1024 * 1024,
             echo_allow_public: false,
@@ -476,6 +481,7 @@ fn field_names() -> Vec<String> {
             "jwt_issuer",
             "jwt_audience",
             "echo_path",
+            "admin_listen",
             "store_flush_interval_us",
             "redis_url",
         ]

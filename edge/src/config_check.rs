@@ -41,6 +41,14 @@ impl Config {
             return invalid("outbound_queue_max_bytes", "must be >= max_frame_bytes");
         }
         self.validate_outbound()?;
+        if let Some(a) = &self.admin_listen {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return invalid("admin_listen", "must be an IP:port address");
+            }
+            if *a == self.listen {
+                return invalid("admin_listen", "must differ from listen");
+            }
+        }
         if let Some(p) = &self.echo_path {
             if !p.starts_with('/') || p == "/ws" {
                 return invalid("echo_path", "must start with '/' and differ from /ws");

@@ -99,6 +99,9 @@ struct ServeArgs {
     /// Serve the conformance echo endpoint at this path (e.g. /echo).
     #[arg(long)]
     echo_path: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on this address only (e.g. 127.0.0.1:9090).
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// This node's id (unique in a cluster).
     #[arg(long)]
     node_id: Option<String>,
@@ -260,6 +263,9 @@ fn merge_flags(cfg: &mut Config, a: ServeArgs) {
     }
     if let Some(v) = a.driver {
         cfg.driver = v;
+    }
+    if let Some(v) = a.admin_listen {
+        cfg.admin_listen = Some(v);
     }
     if let Some(v) = a.echo_path {
         cfg.echo_path = Some(v);

@@ -97,6 +97,10 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         None => None,
     };
     let control = endpoints.pop().ok_or(NodeError::Thread(std::io::Error::other("empty mesh")))?;
+    let mut admin = match &cfg.admin_listen {
+        Some(addr) => Some(bind_admin(addr)?),
+        None => None,
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
     for (id, ((mesh, listener), completions)) in endpoints.into_iter().zip(listeners).zip(completions).enumerate() {
@@ -118,13 +122,14 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         } else {
             None
         };
+        let admin = admin.take(); // the first shard serves it
         let handle = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                shard::run(setup, listener);
+                shard::run(setup, listener, admin);
             })
             .map_err(NodeError::Thread)?;
         threads.push(handle);
@@ -149,6 +154,18 @@ fn start_store(cfg: &Config, shards: usize) -> Result<(storage::StoreHandle, Vec
     let (store, completions) = storage::spawn_with(open, &scfg, shards).map_err(|source| NodeError::Store { store: scfg.store, source })?;
     tracing::info!(store = ?scfg.store, data_dir = %scfg.data_dir.display(), durability = ?cfg.durability, "message store open");
     Ok((store, completions))
+}
+
+/// The `admin_listen` listener (one, served by the first shard).
+fn bind_admin(addr: &str) -> Result<std::net::TcpListener, NodeError> {
+    let bind_err = |e| NodeError::Bind {
+        addr: addr.to_owned(),
+        source: e,
+    };
+    let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    l.set_nonblocking(true).map_err(bind_err)?;
+    tracing::info!(admin = %l.local_addr().map_err(bind_err)?, "admin endpoints (/metrics, /healthz, /readyz) served here only");
+    Ok(l)
 }
 
 /// One listener per shard on the same port (port 0 resolves once, then the

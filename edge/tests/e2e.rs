@@ -351,6 +351,34 @@ fn a_session_ends_when_its_token_expires_unless_refreshed() {
 }
 
 #[test]
+fn with_admin_listen_the_operator_endpoints_leave_the_public_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    on_both_drivers(&[("EDGE_ADMIN_LISTEN", admin.as_str())], |s| {
+        let status = |addr: &str, path: &str| -> (u16, String) {
+            let text = http_get(addr, path);
+            let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            (code, text)
+        };
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert_eq!(status(&s.addr, path).0, 404, "{path} is not served on the public port");
+        }
+        let (code, metrics) = status(&admin, "/metrics");
+        assert_eq!(code, 200);
+        assert!(metrics.contains("edge_info"), "the metrics, on the admin address");
+        assert_eq!(status(&admin, "/healthz").0, 200);
+        assert_eq!(status(&admin, "/readyz").0, 200);
+        assert_eq!(status(&admin, "/ws").0, 404, "only the operator's endpoints there");
+        // Chat is untouched on the public port.
+        let mut c = Client::connect(&s.addr, "alice", "");
+        assert_eq!(c.request(json!({"type": "ping"}), "p")["type"], "pong");
+    });
+}
+
+#[test]
 fn dm_rooms_admit_only_their_two_users() {
     on_both_drivers(&[], |s| {
         let mut a = Client::connect(&s.addr, "amy", "");

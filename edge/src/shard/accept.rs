@@ -99,6 +99,21 @@ async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr,
     };
     match req.path.as_str() {
         "/ws" => upgrade(shard, stream, peer, req, buf, handed).await,
+        p if is_admin_path(p) && shard.cfg.admin_listen.is_some() => respond(stream, 404, "not found").await,
+        "/healthz" | "/readyz" | "/metrics" => serve_admin_path(&shard, stream, &req.path).await,
+        p if shard.cfg.echo_path.as_deref() == Some(p) => upgrade_echo(shard, stream, req, buf).await,
+        _ => respond(stream, 404, "not found").await,
+    }
+}
+
+/// The operator's endpoints: on the public port, or only on `admin_listen` when it is set.
+fn is_admin_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// Answers `/healthz`, `/readyz` or `/metrics`.
+async fn serve_admin_path(shard: &Rc<Shard>, stream: TcpStream, path: &str) {
+    match path {
         "/healthz" => respond(stream, 200, "ok").await,
         "/readyz" => match shard.unready_because() {
             Some(why) => respond(stream, 503, &why).await,
@@ -113,8 +128,36 @@ async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr,
             }
             respond(stream, 200, &body).await;
         }
-        p if shard.cfg.echo_path.as_deref() == Some(p) => upgrade_echo(shard, stream, req, buf).await,
         _ => respond(stream, 404, "not found").await,
+    }
+}
+
+/// The `admin_listen` listener (first shard): `/healthz`, `/readyz` and `/metrics` only, one
+/// request per connection, served through a drain (so `/readyz` can say `draining`).
+pub(super) async fn run_admin(shard: Rc<Shard>, listener: std::net::TcpListener) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(shard = shard.id, error = %e, "cannot register the admin listener"),
+    };
+    loop {
+        match listener.accept().await {
+            Ok((mut stream, _)) => {
+                let shard = shard.clone();
+                monoio::spawn(async move {
+                    let limit = Duration::from_millis(shard.cfg.handshake_timeout_ms);
+                    let head = monoio::time::timeout(limit, read_head(&mut stream, BytesMut::new(), shard.cfg.max_head_bytes)).await;
+                    match head {
+                        Ok(Ok(Some((req, _)))) => serve_admin_path(&shard, stream, &req.path).await,
+                        Ok(Err(status)) => reject(&shard, stream, status, "bad request").await,
+                        _ => {}
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 

@@ -281,37 +281,41 @@ impl Shard {
 }
 
 /// Runs one shard on the current thread until it has drained.
-pub fn run(setup: ShardSetup, listener: std::net::TcpListener) {
+pub fn run(setup: ShardSetup, listener: std::net::TcpListener, admin: Option<std::net::TcpListener>) {
     let shard = Rc::new_cyclic(|me| Shard::new(setup, me.clone()));
     let id = shard.id;
     crate::metrics::set_thread_shard(shard.all_stats.clone(), id);
     let driver = shard.driver;
     let result = match driver {
-        "io_uring" => block_on_uring(shard, listener),
-        _ => block_on_legacy(shard, listener),
+        "io_uring" => block_on_uring(shard, listener, admin),
+        _ => block_on_legacy(shard, listener, admin),
     };
     if let Err(e) = result {
         tracing::error!(shard = id, driver, error = %e, "shard runtime failed to start");
     }
 }
 
-fn block_on_uring(shard: Rc<Shard>, l: std::net::TcpListener) -> std::io::Result<()> {
+fn block_on_uring(shard: Rc<Shard>, l: std::net::TcpListener, admin: Option<std::net::TcpListener>) -> std::io::Result<()> {
     let entries = 4096;
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .with_entries(entries)
         .enable_timer()
         .build()?;
-    rt.block_on(main_task(shard, l));
+    rt.block_on(main_task(shard, l, admin));
     Ok(())
 }
 
-fn block_on_legacy(shard: Rc<Shard>, l: std::net::TcpListener) -> std::io::Result<()> {
+fn block_on_legacy(shard: Rc<Shard>, l: std::net::TcpListener, admin: Option<std::net::TcpListener>) -> std::io::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build()?;
-    rt.block_on(main_task(shard, l));
+    rt.block_on(main_task(shard, l, admin));
     Ok(())
 }
 
-async fn main_task(shard: Rc<Shard>, listener: std::net::TcpListener) {
+/// `admin`: the `admin_listen` listener, on the first shard only.
+async fn main_task(shard: Rc<Shard>, listener: std::net::TcpListener, admin: Option<std::net::TcpListener>) {
+    if let Some(admin) = admin {
+        monoio::spawn(accept::run_admin(shard.clone(), admin));
+    }
     monoio::spawn(mesh_io::run_inbox(shard.clone()));
     monoio::spawn(mesh_io::run_spill(shard.clone()));
     monoio::spawn(local::run_completions(shard.clone()));
