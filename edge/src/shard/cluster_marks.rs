@@ -1,8 +1,9 @@
-//! Read and delivered marks, and last seen, in a cluster on a shared store: a member's `read` moves the user's
-//! mark in the store (forward only), and the moves this shard saw go to the room's members
-//! once a second as `receipt` events, through the room's Redis channel. The users a room's
-//! messages reached on this shard have their delivered marks stored once a second (for
-//! `sync`; no delivered receipts are pushed in a cluster).
+//! Read and delivered marks, and last seen, in a cluster on a shared store: a member's
+//! `read` moves the user's mark in the store (forward only), and the moves this shard saw go
+//! to the room's members once a second as `receipt` events, through the room's Redis
+//! channel. The users a room's messages reached on this shard have their delivered marks
+//! stored once a second (for `sync`; no delivered receipts are pushed in a cluster). A user's
+//! last seen is stored when a shard gets its first connection of the user or closes its last.
 //!
 //! What must stay true (as on one node, `engine/owner/receipts.rs`):
 //! - a mark never moves back: the store keeps the larger seq, and a `read` at or below the
