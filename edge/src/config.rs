@@ -238,6 +238,9 @@ pub struct Config {
     pub dedupe_per_room: usize,
     /// Recent messages kept in memory per room.
     pub recent_per_room: usize,
+    /// Bytes of rendered messages a room's recent ring keeps at most (the oldest go first;
+    /// older history and catch-up then come from the store, or the Redis stream in a cluster).
+    pub recent_per_room_bytes: usize,
     /// New WebSocket upgrades admitted per second per shard (token bucket);
     /// over it, upgrades are refused with `retry_ms`. 0 admits everything.
     pub admission_rate_per_shard: f64,
@@ -338,6 +341,7 @@ impl Default for Config {
             max_rooms_per_shard: 200_000,
             dedupe_per_room: 1024,
             recent_per_room: 256,
+            recent_per_room_bytes: 1 << 20,
             admission_rate_per_shard: 0.0,
             admission_burst: 256,
             admission_refusal: AdmissionRefusal::Http503,

@@ -64,6 +64,9 @@ impl Config {
         if !(self.admission_rate_per_shard.is_finite() && self.admission_rate_per_shard >= 0.0) {
             return invalid("admission_rate_per_shard", "must be a number >= 0 (0 admits everything)");
         }
+        if self.recent_per_room_bytes < 1024 {
+            return invalid("recent_per_room_bytes", "must be at least 1024");
+        }
         if self.admission_burst == 0 {
             return invalid("admission_burst", "must be at least 1");
         }

@@ -354,6 +354,11 @@ pub fn render(all: &[ShardStats], driver: &str) -> String {
         env!("CARGO_PKG_VERSION"),
         all.len()
     );
+    let _ = writeln!(
+        out,
+        "# HELP edge_ring_bytes_evicted_total Messages dropped from rooms' recent rings to keep them within recent_per_room_bytes.\n# TYPE edge_ring_bytes_evicted_total counter\nedge_ring_bytes_evicted_total {}",
+        crate::engine::ring::EVICTED_FOR_BYTES.load(Relaxed)
+    );
     let rows: Vec<Vec<u64>> = all.iter().map(ShardStats::values).collect();
     for (i, (name, kind, help)) in ShardStats::describe().iter().enumerate() {
         let _ = writeln!(out, "# HELP edge_{name} {}", help.trim());

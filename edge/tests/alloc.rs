@@ -71,6 +71,7 @@ fn per_send(durability: Durability, client_ids: bool) -> f64 {
         durability,
         dedupe_per_room: 64,
         recent_per_room: 256,
+        recent_per_room_bytes: 1 << 20,
         room_load_queue_max: 64,
         max_rooms_per_shard: 16,
         history_page_max_bytes: 1 << 20,

@@ -379,6 +379,47 @@ fn with_admin_listen_the_operator_endpoints_leave_the_public_port() {
 }
 
 #[test]
+fn rooms_keep_recent_messages_within_their_byte_bound_and_lose_nothing() {
+    // A 4 KiB ring and 1 KiB messages: a room keeps about four; a late joiner's catch-up
+    // from 0 and the history pages still get all thirty (from the store), in order.
+    on_both_drivers(&[("EDGE_RECENT_PER_ROOM_BYTES", "4096"), ("EDGE_MAX_MSGS_PER_S", "1000")], |s| {
+        let mut a = Client::connect(&s.addr, "alice", "");
+        a.join("big");
+        for i in 0..30 {
+            let ack = a.request(
+                json!({"type": "send", "room": "big", "body": format!("{i:04}{}", "x".repeat(1000))}),
+                &format!("s{i}"),
+            );
+            assert_eq!(ack["type"], "ack", "{ack}");
+        }
+        let text = http_get(&s.addr, "/metrics");
+        let evicted_total: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("edge_ring_bytes_evicted_total ")?.trim().parse().ok())
+            .expect("edge_ring_bytes_evicted_total");
+        assert!(evicted_total >= 20, "the byte bound dropped the oldest ({evicted_total})");
+        let mut b = Client::connect(&s.addr, "bob", "");
+        let joined = b.request(json!({"type": "join", "room": "big", "since": 0}), "j");
+        assert_eq!(joined["type"], "joined", "{joined}");
+        let seqs: Vec<u64> = (0..30)
+            .map(|_| {
+                let m = b.recv_chat();
+                m["seq"].as_u64().unwrap_or_else(|| panic!("a message: {m}"))
+            })
+            .collect();
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "the catch-up is whole, in order");
+        let page = b.request(json!({"type": "history", "room": "big", "limit": 30}), "h");
+        let got: Vec<u64> = page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect();
+        assert_eq!(got, (1..=30).collect::<Vec<_>>(), "history is whole too");
+    });
+}
+
+#[test]
 fn dm_rooms_admit_only_their_two_users() {
     on_both_drivers(&[], |s| {
         let mut a = Client::connect(&s.addr, "amy", "");

@@ -29,6 +29,13 @@ pub struct RoomFeed {
 }
 
 impl RoomFeed {
+    /// The same feed, its ring keeping at most `max_bytes` of messages.
+    #[must_use]
+    pub fn with_ring_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.ring = self.ring.with_max_bytes(max_bytes);
+        self
+    }
+
     /// A feed not yet positioned, with `epoch` and a ring of `ring_cap` messages.
     pub fn new(epoch: u64, ring_cap: usize) -> Self {
         Self {

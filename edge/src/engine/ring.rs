@@ -1,4 +1,5 @@
-//! The recent ring: a room's newest rendered messages, by seq, bounded.
+//! The recent ring: a room's newest rendered messages, by seq, bounded in count and in
+//! bytes (the oldest go first; the newest message is kept whatever its size).
 //!
 //! One type for both places a room's recent messages are kept: the owner's
 //! room state on a single node (history pages and catch-up without the
@@ -8,16 +9,23 @@
 //! to hold a range that has such a hole at its start.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 
 use crate::room::Page;
 
-/// A room's newest messages, oldest first, at most `cap` of them.
+/// Messages dropped from rings (all rooms, all shards) to keep them within their byte bound
+/// (`edge_ring_bytes_evicted_total`).
+pub static EVICTED_FOR_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// A room's newest messages, oldest first, at most `cap` of them and `max_bytes` of them.
 #[derive(Debug, Clone)]
 pub struct RecentRing {
     items: VecDeque<(u64, Bytes)>,
     cap: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 impl RecentRing {
@@ -26,6 +34,22 @@ impl RecentRing {
         Self {
             items: VecDeque::new(),
             cap,
+            max_bytes: usize::MAX,
+            bytes: 0,
+        }
+    }
+
+    /// The same ring, keeping at most `max_bytes` of rendered messages (the newest one
+    /// always).
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, b)) = self.items.pop_front() {
+            self.bytes -= b.len();
         }
     }
 
@@ -36,21 +60,32 @@ impl RecentRing {
             return;
         }
         if self.items.len() == self.cap {
-            self.items.pop_front();
+            self.pop_oldest();
         }
+        while !self.items.is_empty() && self.bytes + rendered.len() > self.max_bytes {
+            self.pop_oldest();
+            EVICTED_FOR_BYTES.fetch_add(1, Relaxed);
+        }
+        self.bytes += rendered.len();
         self.items.push_back((seq, rendered));
+    }
+
+    /// Bytes of the messages held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Forgets everything (the room's sequence restarted).
     pub fn clear(&mut self) {
         self.items.clear();
+        self.bytes = 0;
     }
 
     /// Keeps only the run of consecutive seqs that ends at `last` (nothing, if the
     /// newest held is not `last`): what the ring holds then has no hole up to `last`.
     pub fn keep_run_to(&mut self, last: u64) {
         if self.items.back().is_none_or(|(s, _)| *s != last) {
-            return self.items.clear();
+            return self.clear();
         }
         let run = self
             .items
@@ -60,7 +95,9 @@ impl RecentRing {
             .take_while(|(i, (s, _))| *s + *i as u64 == last)
             .count();
         let drop = self.items.len() - run;
-        self.items.drain(..drop);
+        for _ in 0..drop {
+            self.pop_oldest();
+        }
     }
 
     /// The message `seq`, when held.
@@ -81,6 +118,8 @@ impl RecentRing {
         let end = i.min(self.items.len().saturating_sub(1));
         match self.items.range_mut(..=end).rev().find(|(s, _)| *s == seq) {
             Some(entry) => {
+                // A new version may be larger: the bound is kept again at the next push.
+                self.bytes = self.bytes - entry.1.len() + rendered.len();
                 entry.1 = rendered;
                 true
             }
@@ -142,6 +181,29 @@ mod tests {
             r.push(s, Bytes::from(s.to_string()));
         }
         r
+    }
+
+    #[test]
+    fn the_byte_bound_drops_the_oldest_and_keeps_the_newest() {
+        let mut r = RecentRing::new(100).with_max_bytes(10);
+        let before = EVICTED_FOR_BYTES.load(Relaxed);
+        for s in 1..=5 {
+            r.push(s, Bytes::from(vec![b'x'; 4]));
+        }
+        assert_eq!(r.after(0).map(|(s, _)| s).collect::<Vec<_>>(), [4, 5], "8 of 10 bytes: two fit");
+        assert_eq!(r.bytes(), 8);
+        r.push(6, Bytes::from(vec![b'y'; 50]));
+        assert_eq!(
+            r.after(0).map(|(s, _)| s).collect::<Vec<_>>(),
+            [6],
+            "the newest stays, even alone over the bound"
+        );
+        assert!(EVICTED_FOR_BYTES.load(Relaxed) >= before + 5, "counted");
+        assert!(!r.covers(3, 6), "what was dropped is not claimed");
+        assert!(r.replace(6, Bytes::from_static(b"z")));
+        assert_eq!(r.bytes(), 1, "a replaced version is counted at its size");
+        r.keep_run_to(7);
+        assert_eq!((r.len(), r.bytes()), (0, 0));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub const JOIN_CANCELLED: &str = "join cancelled: the room was left before the j
 pub struct SubscriberConfig {
     /// Messages kept in each room's ring.
     pub ring_cap: usize,
+    /// Bytes kept in each room's ring at most.
+    pub ring_max_bytes: usize,
     /// Most messages a catch-up fetches from the stream.
     pub max_catch_up_messages: usize,
     /// The epoch members are told until Redis says otherwise (this run's start).
@@ -165,9 +167,9 @@ impl Subscriber {
 
     /// A join whose member-side checks passed: step 1, subscribe.
     pub fn join(&mut self, j: JoinReq<'_>) {
-        let (ring_cap, epoch) = (self.cfg.ring_cap, self.cfg.run_epoch);
+        let (ring_cap, ring_bytes, epoch) = (self.cfg.ring_cap, self.cfg.ring_max_bytes, self.cfg.run_epoch);
         let r = self.rooms.entry(j.room.to_owned()).or_insert_with(|| SubRoom {
-            feed: RoomFeed::new(epoch, ring_cap),
+            feed: RoomFeed::new(epoch, ring_cap).with_ring_max_bytes(ring_bytes),
             members: 0,
             others: 0,
             joining: 0,

@@ -272,6 +272,13 @@ impl OwnedRoom {
         self.published = self.published.max(seq);
     }
 
+    /// The same room, its recent ring keeping at most `max_bytes` of messages.
+    #[must_use]
+    pub fn with_recent_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.recent = self.recent.with_max_bytes(max_bytes);
+        self
+    }
+
     fn record(&mut self, seq: u64, rendered: Bytes) {
         self.recent.push(seq, rendered);
     }

@@ -196,6 +196,7 @@ impl Shard {
         });
         let subscriber = RefCell::new(Subscriber::new(SubscriberConfig {
             ring_cap: s.cfg.recent_per_room,
+            ring_max_bytes: s.cfg.recent_per_room_bytes,
             max_catch_up_messages: s.cfg.max_catch_up_messages,
             run_epoch: s.run_epoch,
         }));

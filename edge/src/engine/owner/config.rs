@@ -15,6 +15,8 @@ pub struct OwnerConfig {
     pub dedupe_per_room: usize,
     /// Messages kept in a room's recent ring.
     pub recent_per_room: usize,
+    /// Bytes a room's recent ring keeps at most.
+    pub recent_per_room_bytes: usize,
     /// Requests that may wait for a room load.
     pub room_load_queue_max: usize,
     /// Rooms kept in memory (loaded or loading).
@@ -44,6 +46,7 @@ impl OwnerConfig {
             durability: cfg.durability,
             dedupe_per_room: cfg.dedupe_per_room,
             recent_per_room: cfg.recent_per_room,
+            recent_per_room_bytes: cfg.recent_per_room_bytes,
             room_load_queue_max: cfg.room_load_queue_max,
             max_rooms_per_shard: cfg.max_rooms_per_shard,
             history_page_max_bytes: cfg.history_page_max_bytes,

@@ -190,6 +190,7 @@ impl<S: StorePort> Owner<S> {
                 // A change or a page that waited for this write to settle may go on now.
                 self.next_change(&room, now_ms);
                 self.read_deferred_pages(&room);
+                self.read_deferred_fetches(&room);
             }
             (Wait::Durable(p), Completion::Written { result, .. }) => match result {
                 Ok(()) => self.publish_durable(*p),
@@ -330,7 +331,8 @@ impl<S: StorePort> Owner<S> {
             state.last_seq,
             self.cfg.dedupe_per_room,
             self.cfg.recent_per_room,
-        );
+        )
+        .with_recent_max_bytes(self.cfg.recent_per_room_bytes);
         for m in page.messages {
             let StoredMessage {
                 seq,

@@ -208,6 +208,31 @@ pub struct Owner<S> {
     /// History pages whose older part waits for the room's writes to settle (fast mode):
     /// (the seq below which the store must hold everything, the page, its query).
     deferred_pages: HashMap<String, Vec<(u64, Box<history::PageWait>, Query)>>,
+    /// Catch-up reads waiting the same way: (the seq below which the store must hold
+    /// everything, the member shard's fetch).
+    deferred_fetches: HashMap<String, Vec<(u64, FetchWait)>>,
+}
+
+/// A catch-up read of a member shard, owned (it may wait for the room's writes).
+#[derive(Debug, Clone)]
+pub(super) struct FetchWait {
+    room: String,
+    shard: usize,
+    token: u64,
+    after: u64,
+    count: u32,
+}
+
+impl FetchWait {
+    fn args(&self) -> FetchArgs<'_> {
+        FetchArgs {
+            room: &self.room,
+            shard: self.shard,
+            token: self.token,
+            after: self.after,
+            count: self.count,
+        }
+    }
 }
 
 impl<S: StorePort> Owner<S> {
@@ -226,6 +251,7 @@ impl<S: StorePort> Owner<S> {
             receipts: HashMap::new(),
             changes: HashMap::new(),
             deferred_pages: HashMap::new(),
+            deferred_fetches: HashMap::new(),
             seen: HashMap::new(),
             delivered_unstored: HashMap::new(),
             delivered_senders: HashMap::new(),
@@ -347,23 +373,58 @@ impl<S: StorePort> Owner<S> {
             return self.fetched(&f, Ok(msgs));
         }
         r.hold();
-        let query = Query::RangeAfter {
-            room: f.room.to_owned(),
-            after: f.after,
-            limit: f.count as usize,
-        };
-        let wait = Wait::Fetch {
+        let wait = FetchWait {
             room: f.room.to_owned(),
             shard: f.shard,
             token: f.token,
             after: f.after,
             count: f.count,
         };
+        // Fast mode: what the ring no longer holds must be in the store before the store is
+        // read (else a message written a moment ago would be announced as a gap).
+        let below = r.ring().first_seq().unwrap_or(r.published().saturating_add(1));
+        if r.settled_seq().saturating_add(1) < below {
+            self.deferred_fetches.entry(f.room.to_owned()).or_default().push((below, wait));
+            return;
+        }
+        self.read_fetch(wait);
+    }
+
+    /// Reads a catch-up's older part from the store (the room is held until it answers).
+    fn read_fetch(&mut self, w: FetchWait) {
+        let query = Query::RangeAfter {
+            room: w.room.clone(),
+            after: w.after,
+            limit: w.count as usize,
+        };
+        let wait = Wait::Fetch {
+            room: w.room.clone(),
+            shard: w.shard,
+            token: w.token,
+            after: w.after,
+            count: w.count,
+        };
         if !self.submit_query(query, wait) {
-            if let Some(r) = self.rooms.get_mut(f.room) {
+            if let Some(r) = self.rooms.get_mut(&w.room) {
                 r.release();
             }
-            self.fetched(&f, Err(Busy::Store.refusal("store busy, retry")));
+            self.fetched(&w.args(), Err(Busy::Store.refusal("store busy, retry")));
+        }
+    }
+
+    /// A write of `room` settled: the catch-ups that waited for it read the store now.
+    pub(super) fn read_deferred_fetches(&mut self, room: &str) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let settled = r.settled_seq();
+        let Some(waiting) = self.deferred_fetches.get_mut(room) else {
+            return;
+        };
+        let ready: Vec<(u64, FetchWait)> = waiting.extract_if(.., |(below, _)| settled.saturating_add(1) >= *below).collect();
+        if waiting.is_empty() {
+            self.deferred_fetches.remove(room);
+        }
+        for (_, w) in ready {
+            self.read_fetch(w);
         }
     }
 

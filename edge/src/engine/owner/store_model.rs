@@ -121,6 +121,7 @@ pub(super) fn config(ring: usize) -> OwnerConfig {
         durability: Durability::Fast,
         dedupe_per_room: 8,
         recent_per_room: ring,
+        recent_per_room_bytes: usize::MAX,
         room_load_queue_max: 8,
         max_rooms_per_shard: 8,
         history_page_max_bytes: 1 << 20,

@@ -8,6 +8,7 @@ use super::*;
 fn sub() -> Subscriber {
     Subscriber::new(SubscriberConfig {
         ring_cap: 4,
+        ring_max_bytes: usize::MAX,
         max_catch_up_messages: 100,
         run_epoch: 1,
     })
@@ -121,6 +122,7 @@ fn a_catch_up_keeps_the_newest_and_says_gap_only_at_its_start() {
     // At most 3 messages per catch-up; deliveries outrun the first read.
     let mut s = Subscriber::new(SubscriberConfig {
         ring_cap: 1,
+        ring_max_bytes: usize::MAX,
         max_catch_up_messages: 3,
         run_epoch: 1,
     });
