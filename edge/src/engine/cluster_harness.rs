@@ -111,7 +111,11 @@ impl World {
         let ring_cap = rng.random_range(0..5);
         // Half the seeds bound the rings in bytes too (a few messages' worth), without a draw
         // from `rng`: the seeds recorded below keep exercising what they found.
-        let ring_max_bytes = if seed.is_multiple_of(2) { usize::MAX } else { 150 + (seed as usize % 400) };
+        let ring_max_bytes = if seed.is_multiple_of(2) {
+            usize::MAX
+        } else {
+            150 + (seed as usize % 400)
+        };
         let publishers = (0..NODES * SHARDS)
             .map(|sid| {
                 let cfg = PublisherConfig {

@@ -229,3 +229,25 @@ fn of_message(counts: &[ReactionCount], seq: u64) -> &[ReactionCount] {
 
 #[cfg(test)]
 mod tests;
+
+/// A catch-up read of a member shard, owned (it may wait for the room's writes).
+#[derive(Debug, Clone)]
+pub(super) struct FetchWait {
+    pub(super) room: String,
+    pub(super) shard: usize,
+    pub(super) token: u64,
+    pub(super) after: u64,
+    pub(super) count: u32,
+}
+
+impl FetchWait {
+    pub(super) fn args(&self) -> super::FetchArgs<'_> {
+        super::FetchArgs {
+            room: &self.room,
+            shard: self.shard,
+            token: self.token,
+            after: self.after,
+            count: self.count,
+        }
+    }
+}

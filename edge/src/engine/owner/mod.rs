@@ -210,29 +210,7 @@ pub struct Owner<S> {
     deferred_pages: HashMap<String, Vec<(u64, Box<history::PageWait>, Query)>>,
     /// Catch-up reads waiting the same way: (the seq below which the store must hold
     /// everything, the member shard's fetch).
-    deferred_fetches: HashMap<String, Vec<(u64, FetchWait)>>,
-}
-
-/// A catch-up read of a member shard, owned (it may wait for the room's writes).
-#[derive(Debug, Clone)]
-pub(super) struct FetchWait {
-    room: String,
-    shard: usize,
-    token: u64,
-    after: u64,
-    count: u32,
-}
-
-impl FetchWait {
-    fn args(&self) -> FetchArgs<'_> {
-        FetchArgs {
-            room: &self.room,
-            shard: self.shard,
-            token: self.token,
-            after: self.after,
-            count: self.count,
-        }
-    }
+    deferred_fetches: HashMap<String, Vec<(u64, history::FetchWait)>>,
 }
 
 impl<S: StorePort> Owner<S> {
@@ -373,7 +351,7 @@ impl<S: StorePort> Owner<S> {
             return self.fetched(&f, Ok(msgs));
         }
         r.hold();
-        let wait = FetchWait {
+        let wait = history::FetchWait {
             room: f.room.to_owned(),
             shard: f.shard,
             token: f.token,
@@ -391,7 +369,7 @@ impl<S: StorePort> Owner<S> {
     }
 
     /// Reads a catch-up's older part from the store (the room is held until it answers).
-    fn read_fetch(&mut self, w: FetchWait) {
+    fn read_fetch(&mut self, w: history::FetchWait) {
         let query = Query::RangeAfter {
             room: w.room.clone(),
             after: w.after,
@@ -419,7 +397,7 @@ impl<S: StorePort> Owner<S> {
         let Some(waiting) = self.deferred_fetches.get_mut(room) else {
             return;
         };
-        let ready: Vec<(u64, FetchWait)> = waiting.extract_if(.., |(below, _)| settled.saturating_add(1) >= *below).collect();
+        let ready: Vec<(u64, history::FetchWait)> = waiting.extract_if(.., |(below, _)| settled.saturating_add(1) >= *below).collect();
         if waiting.is_empty() {
             self.deferred_fetches.remove(room);
         }

@@ -173,7 +173,11 @@ impl World {
     fn new(seed: u64, durability: Durability) -> Self {
         // Half the seeds bound the rings in bytes too (a few messages' worth), without a draw
         // from the run's rng: the seeds recorded in tests keep exercising what they found.
-        let ring_max_bytes = if seed.is_multiple_of(2) { usize::MAX } else { 150 + (seed as usize % 400) };
+        let ring_max_bytes = if seed.is_multiple_of(2) {
+            usize::MAX
+        } else {
+            150 + (seed as usize % 400)
+        };
         let mut rng = StdRng::seed_from_u64(seed);
         let store = Rc::new(RefCell::new(MemStore {
             write_cap: rng.random_range(2..12),
