@@ -97,9 +97,9 @@ impl Pump {
                 } => self.forward(&room, seq, frame, shards).await,
                 BridgeEvent::Gap { room, expected, got } if got > expected => self.recover(&room, expected - 1, got - 1).await,
                 BridgeEvent::Gap { room, got, .. } => self.reset(&room, got.saturating_sub(1)).await,
-                BridgeEvent::Resync { rooms } => {
+                BridgeEvent::Resync { rooms, lost } => {
                     for room in rooms {
-                        self.resync(&room).await;
+                        self.resync(&room, lost).await;
                     }
                 }
                 BridgeEvent::UserDeliver {
@@ -214,12 +214,27 @@ impl Pump {
         }
     }
 
-    async fn resync(&mut self, room: &str) {
+    /// After a reconnect (or a lag): what the room missed is fetched, a sequence that went
+    /// back is reset; with `lost` (Redis lost its data) a sequence that went on after a shared
+    /// store's floor is announced too, as a new epoch after the last seq delivered, before
+    /// what is fetched.
+    async fn resync(&mut self, room: &str, lost: bool) {
         let Some(last) = self.rooms.get(room).map(|r| r.seq) else { return };
         match monoio::time::timeout(FETCH_TIMEOUT, self.bridge.room_seq(room)).await {
-            Ok(Ok(now)) if now > last => self.recover(room, last, now).await,
             Ok(Ok(now)) if now < last => self.reset(room, now).await,
-            Ok(Ok(_)) => {}
+            Ok(Ok(now)) => {
+                if lost {
+                    tracing::warn!(
+                        room,
+                        seq = last,
+                        "cluster: Redis lost its data; the room's sequence goes on: new epoch"
+                    );
+                    self.notify(room, &server::epoch(room, now_ms(), last)).await;
+                }
+                if now > last {
+                    self.recover(room, last, now).await;
+                }
+            }
             Ok(Err(e)) => tracing::warn!(room, error = %e, "cluster pump: resync could not read the room's seq"),
             Err(_) => tracing::warn!(room, "cluster pump: resync timed out"),
         }

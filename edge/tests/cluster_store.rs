@@ -219,10 +219,22 @@ fn after_redis_loses_everything_the_sequence_continues_from_the_store() {
         ["before 1", "before 2", "before 3", "before 4", "before 5", "after"],
         "{page}"
     );
-    // Members on both nodes got the new message: the sequence continued, nothing was lost.
+    // Members on both nodes heard that Redis lost the room (`epoch`, the sequence going on
+    // after 5), then got the new message.
     for m in &mut senders {
         let got = m.seen_or_read(Duration::from_secs(10), |f| f["type"] == "message" && f["seq"] == 6);
         assert!(got.is_some(), "{}: seq 6 delivered\n{}", m.who(), m.context());
+        let epoch = m
+            .log
+            .iter()
+            .position(|f| f["type"] == "epoch" && f["room"] == "kept" && f["seq"] == 5);
+        let sixth = m.log.iter().position(|f| f["type"] == "message" && f["seq"] == 6);
+        assert!(
+            epoch.is_some() && epoch < sixth,
+            "{}: an epoch before message 6\n{}",
+            m.who(),
+            m.context()
+        );
     }
 }
 

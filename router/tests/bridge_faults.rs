@@ -32,10 +32,11 @@ async fn redis_restart_flips_readiness_resubscribes_and_resyncs() {
     redis.restart();
     wait_until("ready again after the restart", || h.is_ready()).await;
     let seen = until_event(&mut a.events, |e| matches!(e, BridgeEvent::Resync { .. })).await;
-    let Some(BridgeEvent::Resync { rooms }) = seen.last() else {
+    let Some(BridgeEvent::Resync { rooms, lost }) = seen.last() else {
         unreachable!("until_event ends on the match")
     };
     assert_eq!(rooms, &["lobby".to_owned(), "side".to_owned()]);
+    assert!(*lost, "the restarted Redis is empty: the node's sentinel key is gone");
     assert!(a.handle.metrics().reconnects_total >= 1);
     assert!(a.handle.metrics().resyncs_total >= 1);
 

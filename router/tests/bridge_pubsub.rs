@@ -304,7 +304,7 @@ async fn a_reader_that_falls_behind_is_told_not_left_guessing() {
                 );
                 (last, resync_since_last) = (*seq, false);
             }
-            BridgeEvent::Resync { rooms } => {
+            BridgeEvent::Resync { rooms, .. } => {
                 assert_eq!(rooms, &["flood".to_owned()]);
                 (resyncs, resync_since_last) = (resyncs + 1, true);
             }
@@ -474,4 +474,58 @@ async fn subscribers_counts_the_nodes_on_a_channel() {
         assert!(std::time::Instant::now() < deadline, "b's unsubscribe never reached Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_room_restarted_at_a_floor_tells_its_members_first() {
+    use router::bridge::SeqFloor;
+    let redis = RedisServer::start();
+    let a = node(config(&redis, "a")).await;
+    let mut w = node(config(&redis, "w")).await;
+    w.handle.subscribe("kept", 0).await.unwrap();
+    let notice = |seq: u64| {
+        encode(&Frame::Event {
+            room: "kept".into(),
+            from: String::new(),
+            payload: format!(r#"{{"type":"epoch","room":"kept","seq":{seq}}}"#).into_bytes(),
+        })
+    };
+    // Redis has nothing for the room and the store says 41: the notice, then message 42.
+    let r = a
+        .handle
+        .publish_noticed("kept", vec![message("kept", "x")], Vec::new(), SeqFloor::At(41), Some(notice(41)))
+        .await
+        .unwrap();
+    assert_eq!(r.first, 42);
+    let first = next_event(&mut w.events).await;
+    assert!(
+        matches!(&first, BridgeEvent::Event { room, .. } if room == "kept"),
+        "the notice comes first: {first:?}"
+    );
+    let second = next_event(&mut w.events).await;
+    assert!(matches!(&second, BridgeEvent::Deliver { seq: 42, .. }), "{second:?}");
+    // Once Redis holds the room, a floor (and its notice) changes nothing.
+    let r = a
+        .handle
+        .publish_noticed("kept", vec![message("kept", "y")], Vec::new(), SeqFloor::At(7), Some(notice(7)))
+        .await
+        .unwrap();
+    assert_eq!(r.first, 43);
+    let third = next_event(&mut w.events).await;
+    assert!(
+        matches!(&third, BridgeEvent::Deliver { seq: 43, .. }),
+        "no second notice: {third:?}"
+    );
+    // A notice that is not an Event frame of the room is refused before anything is sent.
+    let bad = a
+        .handle
+        .publish_noticed(
+            "kept",
+            vec![message("kept", "z")],
+            Vec::new(),
+            SeqFloor::At(1),
+            Some(Bytes::from_static(b"junk")),
+        )
+        .await;
+    assert!(bad.is_err(), "{bad:?}");
 }

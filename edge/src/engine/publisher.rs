@@ -66,10 +66,13 @@ pub struct StoreState {
 #[derive(Debug)]
 pub enum PubEffect {
     /// Publish `batch` of `room` through Redis, with `floor`, then call [`Publisher::published`].
+    /// `notice` (an `epoch` event's JSON, with a floor above 0) goes to the room's members
+    /// first if the script starts the room's counter there: Redis had lost the room.
     Publish {
         room: String,
         batch: Vec<PreparedMessage>,
         floor: SeqFloor,
+        notice: Option<Bytes>,
     },
     /// Read the store's highest seq of `room`, then call [`Publisher::floor_loaded`].
     LoadFloor { room: String },
@@ -107,6 +110,8 @@ struct PubRoom {
     floor: Option<u64>,
     /// The store's highest seq is being read: no batch goes until it is.
     loading_floor: bool,
+    /// The `epoch` notice that goes with the floor (Redis lost the room).
+    notice: Option<Bytes>,
     /// The highest seq Redis gave this node's sends of the room: a floor never goes below it
     /// (the store may not hold the newest of them yet when Redis loses the room).
     last_seq: u64,
@@ -193,6 +198,7 @@ impl Publisher {
             in_flight: Vec::new(),
             floor: None,
             loading_floor: false,
+            notice: None,
             last_seq: 0,
             pending_ids: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
@@ -250,10 +256,12 @@ impl Publisher {
             (true, Some(f)) => SeqFloor::At(f),
             (true, None) => SeqFloor::Unknown,
         };
+        let notice = matches!(floor, SeqFloor::At(_)).then(|| r.notice.take()).flatten();
         self.effects.push_back(PubEffect::Publish {
             room: room.to_owned(),
             batch,
             floor,
+            notice,
         });
     }
 
@@ -263,7 +271,16 @@ impl Publisher {
         let Some(r) = self.rooms.get_mut(room) else { return };
         r.loading_floor = false;
         match floor {
-            Ok(f) => r.floor = Some(f.max(r.last_seq)),
+            Ok(f) => {
+                let floor = f.max(r.last_seq);
+                r.floor = Some(floor);
+                // Redis lost a room that has messages: the sequence continues after `floor`,
+                // in a new epoch members are told of (the time of the first send waiting).
+                if floor > 0 {
+                    let epoch = r.queued.front().map_or(0, |q| q.ts);
+                    r.notice = Some(server::epoch(room, epoch, floor));
+                }
+            }
             Err(e) => {
                 let msg = format!("cluster: the store's highest seq of the room could not be read: {e}");
                 let failed: Vec<Queued> = r.queued.drain(..).collect();

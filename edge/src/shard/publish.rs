@@ -66,7 +66,12 @@ impl Shard {
                         shard.with_publisher(|p, _| p.floor_loaded(&room, floor));
                     });
                 }
-                PubEffect::Publish { room, batch, floor } => {
+                PubEffect::Publish {
+                    room,
+                    batch,
+                    floor,
+                    notice,
+                } => {
                     let (shard, bridge) = (self.clone(), redis.bridge.clone());
                     // A DM room's messages go to its users' channels too (the user channel).
                     let also: Vec<String> = match crate::auth::dm_participants(&room) {
@@ -75,7 +80,15 @@ impl Shard {
                         None => Vec::new(),
                     };
                     monoio::spawn(async move {
-                        let result = bridge.publish_with(&room, batch, also, floor).await;
+                        // The notice goes as an event of the room, to every member (no user excepted).
+                        let notice = notice.map(|payload| {
+                            router::encode(&router::Frame::Event {
+                                room: room.clone(),
+                                from: String::new(),
+                                payload: payload.to_vec(),
+                            })
+                        });
+                        let result = bridge.publish_noticed(&room, batch, also, floor, notice).await;
                         shard.batch_published(&room, result);
                     });
                 }

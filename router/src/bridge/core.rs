@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) sub_changed: Notify,
     /// Subscriptions are in place on the current subscriber connection.
     pub(crate) restored: AtomicBool,
+    /// This bridge set its sentinel key (`keys::sentinel`) since it started.
+    pub(crate) sentinel_set: AtomicBool,
     pub(crate) publish_script: Script,
     pub(crate) presence_script: Script,
     events: mpsc::Sender<BridgeEvent>,
@@ -133,6 +135,7 @@ fn spawn_inner(config: BridgeConfig) -> Result<(BridgeHandle, BridgeEvents, toki
         subs: Mutex::new(SubTable::default()),
         sub_changed: Notify::new(),
         restored: AtomicBool::new(false),
+        sentinel_set: AtomicBool::new(false),
         publish_script: Script::new(scripts::PUBLISH),
         presence_script: Script::new(scripts::PRESENCE),
         events: ev_tx,

@@ -40,6 +40,7 @@ pub(crate) enum Command {
         batch: Vec<PreparedMessage>,
         also: Vec<String>,
         floor: SeqFloor,
+        notice: Option<Bytes>,
         reply: Reply<SeqRange>,
     },
     Subscribe {
@@ -191,6 +192,9 @@ pub enum BridgeEvent {
     Resync {
         /// Every room subscribed at the time.
         rooms: Vec<String>,
+        /// Redis lost its data meanwhile (its sentinel key is gone): every room's sequence
+        /// restarted, or continues after a shared store's floor; members must be told.
+        lost: bool,
     },
     /// A sequenced message of a room published on a user's channel too (a DM): for that
     /// user's connections on this node, whatever rooms they joined. A user's channel
@@ -299,12 +303,27 @@ impl BridgeHandle {
         also: Vec<String>,
         floor: SeqFloor,
     ) -> Result<SeqRange, BridgeError> {
+        self.publish_noticed(room, batch, also, floor, None).await
+    }
+
+    /// [`Self::publish_with`], and `notice` (an `Event` frame of the room) is published on the
+    /// room's channel before the batch when the script starts the room's counter at a floor
+    /// above 0: Redis had lost the room, and members hear of it first.
+    pub async fn publish_noticed(
+        &self,
+        room: &str,
+        batch: Vec<PreparedMessage>,
+        also: Vec<String>,
+        floor: SeqFloor,
+        notice: Option<Bytes>,
+    ) -> Result<SeqRange, BridgeError> {
         let room = room.to_owned();
         self.ask(|reply| Command::Publish {
             room,
             batch,
             also,
             floor,
+            notice,
             reply,
         })
         .await

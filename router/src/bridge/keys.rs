@@ -52,6 +52,14 @@ pub fn presence_users(room: &str) -> String {
     key(room, "presence_users")
 }
 
+/// A key each node sets for itself and never deletes: missing after the node's reconnect, it
+/// says Redis lost its data (a restart without persistence, a flush), so every room's
+/// sequence may have gone. One per node, so a node that reconnected first and set its own
+/// cannot hide the loss from the others.
+pub fn sentinel(node_id: &str) -> String {
+    format!("chat:sentinel:{node_id}")
+}
+
 /// The key that remembers, for the dedupe time to live, that `user` sent `client_id` in the
 /// room: its value is `"<seq> <receipt>"`. The user's length goes first, so no two
 /// (user, client_id) pairs share a key.

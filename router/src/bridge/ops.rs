@@ -31,9 +31,10 @@ pub(crate) async fn run(shared: Arc<Shared>, cmd: Command) {
             batch,
             also,
             floor,
+            notice,
             reply,
         } => {
-            let _ = reply.send(publish(&shared, &room, &batch, &also, floor).await);
+            let _ = reply.send(publish(&shared, &room, &batch, &also, floor, notice.as_ref()).await);
         }
         Command::RoomSeq { room, reply } => {
             let _ = reply.send(room_seq(&shared, &room).await);
@@ -99,8 +100,14 @@ async fn publish(
     batch: &[PreparedMessage],
     also: &[String],
     floor: SeqFloor,
+    notice: Option<&Bytes>,
 ) -> Result<SeqRange, BridgeError> {
     check_batch(shared, room, batch)?;
+    if let Some(frame) = notice {
+        if !matches!(decode_incoming(frame), Ok(Incoming::Event { room: r, .. }) if r == room) {
+            return Err(BridgeError::BadMessage("a notice must be an Event frame of its room".into()));
+        }
+    }
     if also.len() > MAX_ALSO || also.iter().any(|n| n.is_empty() || n == room) {
         return Err(BridgeError::BadMessage(format!("{} other channels for {room:?}", also.len())));
     }
@@ -108,7 +115,7 @@ async fn publish(
         return Err(BridgeError::Unavailable);
     }
     let mut keys = vec![keys::seq(room), keys::recent(room)];
-    let mut args = Vec::with_capacity(6 + also.len() + 4 * batch.len());
+    let mut args = Vec::with_capacity(7 + also.len() + 4 * batch.len());
     args.push(Value::from(keys::channel(room)));
     args.push(Value::from(i64::from(shared.config.recent_len)));
     args.push(Value::from(if shared.config.sharded_pubsub { "1" } else { "0" }));
@@ -118,6 +125,10 @@ async fn publish(
         SeqFloor::At(n) => n.to_string(),
     }));
     args.push(Value::from(shared.config.dedupe_ttl_ms.max(1) as i64));
+    args.push(match notice {
+        Some(frame) => Value::Bytes(frame.clone()),
+        None => Value::from(""),
+    });
     // A script may only publish on its own slot's shard channels: with sharded pub/sub the
     // other names' channels (another slot) are left out.
     let also = if shared.config.sharded_pubsub { &[][..] } else { also };

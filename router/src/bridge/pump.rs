@@ -39,7 +39,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: broadcast::Receiver<Message
                 shared.metrics.lagged_total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 BridgeMetrics::inc(&shared.metrics.resyncs_total);
                 let rooms = shared.subs().rooms();
-                shared.emit(BridgeEvent::Resync { rooms }).await;
+                shared.emit(BridgeEvent::Resync { rooms, lost: false }).await;
             }
             Err(RecvError::Closed) => return,
         }

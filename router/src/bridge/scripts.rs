@@ -24,9 +24,10 @@ use fred::types::Value;
 /// KEYS: seq counter, recent stream, then one dedupe key per message that has
 /// a receipt, in batch order. ARGV: channel, recent_len, sharded (`1`/`0`),
 /// the floor (`""`: none, `"?"`: unknown, or the shared store's highest seq),
-/// the dedupe keys' time to live in ms, the number `x` of other channels,
-/// those `x` channels (each message is published there too, after the room's
-/// channel: a DM room's users' channels), then per message: frame bytes,
+/// the dedupe keys' time to live in ms, a notice frame (`""`: none; see below),
+/// the number `x` of other channels, those `x` channels (each message is
+/// published there too, after the room's channel: a DM room's users'
+/// channels), then per message: frame bytes,
 /// offset of the archived u64 seq, offset of the 20-byte JSON slot (both
 /// 0-based), and its receipt (`""`: no dedupe key).
 ///
@@ -43,7 +44,10 @@ use fred::types::Value;
 /// stream ids, and seqs, only grow. If both are gone (a new room, or Redis
 /// lost its data) and a floor is given, the counter starts at the floor; an
 /// unknown floor returns 0 before any write: the caller reads the store's
-/// highest seq and calls again with it.
+/// highest seq and calls again with it. A counter started at a floor above 0
+/// means Redis lost the room: the notice frame (an `epoch` event) is published
+/// on the room's channel first, so members hear of it before the first
+/// message of the new sequence.
 pub(crate) const PUBLISH: &str = r"
 local floor = ARGV[4]
 if floor ~= '' and floor ~= '?' then
@@ -56,11 +60,12 @@ local ttl = tonumber(ARGV[5])
 if not ttl or ttl < 1 or ttl ~= math.floor(ttl) then
   return redis.error_reply('ERR chat: bad dedupe ttl')
 end
-local x = tonumber(ARGV[6])
+local notice = ARGV[6]
+local x = tonumber(ARGV[7])
 if not x or x < 0 or x ~= math.floor(x) then
   return redis.error_reply('ERR chat: bad channel count')
 end
-local m = 7 + x
+local m = 8 + x
 local n = (#ARGV - m + 1) / 4
 if n < 1 or n ~= math.floor(n) then
   return redis.error_reply('ERR chat: bad argument count')
@@ -80,9 +85,14 @@ end
 if k ~= #KEYS then
   return redis.error_reply('ERR chat: dedupe keys do not match the receipts')
 end
+local cmd = 'PUBLISH'
+if ARGV[3] == '1' then cmd = 'SPUBLISH' end
 if floor ~= '' and redis.call('EXISTS', KEYS[1]) == 0 and not redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1] then
   if floor == '?' then return 0 end
   redis.call('SET', KEYS[1], floor)
+  if notice ~= '' and tonumber(floor) > 0 then
+    redis.call(cmd, ARGV[1], notice)
+  end
 end
 local dup, seen, fresh = {}, {}, 0
 for i = 0, n - 1 do
@@ -107,8 +117,6 @@ if fresh > 0 then
   end
   first = top - fresh + 1
 end
-local cmd = 'PUBLISH'
-if ARGV[3] == '1' then cmd = 'SPUBLISH' end
 local seq = first
 for i = 0, n - 1 do
   if not dup[i] then
@@ -118,7 +126,7 @@ for i = 0, n - 1 do
     f = string.sub(f, 1, b) .. string.format('%20d', seq) .. string.sub(f, b + 21)
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-0', seq), 'f', f)
     redis.call(cmd, ARGV[1], f)
-    for c = 7, 6 + x do
+    for c = 8, 7 + x do
       redis.call(cmd, ARGV[c], f)
     end
     if keyof[i] then

@@ -213,9 +213,33 @@ async fn finish_round(shared: &Shared) {
         (t.take_resync(), t.rooms())
     };
     shared.restored.store(true, Ordering::Release);
+    // The sentinel is set once the first subscriptions are in place; after a reconnect, its
+    // absence says Redis lost its data.
+    let lost = owed && sentinel_gone(shared).await;
+    if lost || !shared.sentinel_set.load(Ordering::Acquire) {
+        set_sentinel(shared).await;
+    }
     if owed {
         BridgeMetrics::inc(&shared.metrics.resyncs_total);
-        shared.emit(BridgeEvent::Resync { rooms }).await;
+        shared.emit(BridgeEvent::Resync { rooms, lost }).await;
+    }
+}
+
+/// Whether Redis no longer holds the sentinel (an error reads as "not gone": no false alarm).
+async fn sentinel_gone(shared: &Shared) -> bool {
+    use fred::interfaces::KeysInterface;
+    matches!(shared.client.exists::<i64, _>(keys::sentinel(&shared.config.node_id)).await, Ok(0))
+}
+
+async fn set_sentinel(shared: &Shared) {
+    use fred::interfaces::KeysInterface;
+    let set: Result<(), _> = shared
+        .client
+        .set(keys::sentinel(&shared.config.node_id), "1", None, None, false)
+        .await;
+    match set {
+        Ok(()) => shared.sentinel_set.store(true, Ordering::Release),
+        Err(e) => tracing::debug!(error = %e, "bridge: the sentinel key was not set"),
     }
 }
 

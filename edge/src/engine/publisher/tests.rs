@@ -388,3 +388,35 @@ fn a_floor_never_goes_below_what_redis_gave_this_node() {
     };
     assert_eq!(floor, SeqFloor::At(7), "seq 7 is never given again");
 }
+
+#[test]
+fn a_floor_above_0_comes_with_an_epoch_notice_and_a_new_room_without() {
+    let mut p = publisher(100, 8);
+    p.cfg.store_writes = true;
+    let notice_of = |p: &mut Publisher, room_floor: u64| {
+        p.published("r", Err(BridgeError::FloorNeeded));
+        assert!(matches!(p.poll(), Some(PubEffect::LoadFloor { .. })));
+        p.floor_loaded("r", Ok(room_floor));
+        match p.poll() {
+            Some(PubEffect::Publish { floor, notice, .. }) => (floor, notice),
+            other => panic!("the batch goes again: {other:?}"),
+        }
+    };
+    // A new room: the store has nothing, nothing was lost, no notice.
+    p.send(&send(1, "1", None), 10);
+    let _ = p.poll();
+    let (floor, notice) = notice_of(&mut p, 0);
+    assert_eq!((floor, notice), (SeqFloor::At(0), None));
+    p.published("r", range(1, 1));
+    let _ = std::iter::from_fn(|| p.poll()).count();
+    // Redis lost the room at 41 messages: the batch carries the epoch notice, once.
+    p.send(&send(1, "2", None), 20);
+    let _ = p.poll();
+    let (floor, notice) = notice_of(&mut p, 41);
+    assert_eq!(floor, SeqFloor::At(41));
+    let v: Value = serde_json::from_slice(&notice.expect("a notice")).expect("json");
+    assert_eq!(
+        (v["type"].as_str(), v["room"].as_str(), v["seq"].as_u64(), v["epoch"].as_u64()),
+        (Some("epoch"), Some("r"), Some(41), Some(20))
+    );
+}
