@@ -231,9 +231,23 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Capacity of each cross-core ring, in frames (rounded to a power of two).
     pub mesh_ring_capacity: usize,
+    /// Frames a shard's spill queue (frames whose ring was full) holds before the shard
+    /// refuses new sends, history pages, catch-up reads and changes of its rooms
+    /// (`overloaded`) until it drains to half; frames of work already taken are never dropped.
+    pub mesh_spill_max_frames: usize,
     /// Rooms one shard keeps state for (seq, epoch, dedupe); empty rooms
     /// beyond it are evicted and come back with a new epoch.
     pub max_rooms_per_shard: usize,
+    /// A room with no member left leaves memory after this long without a request (its
+    /// messages stay in the store and it loads again when named); 0 keeps rooms until
+    /// `max_rooms_per_shard`.
+    pub room_idle_evict_ms: u64,
+    /// Rooms one user may bring into a shard's memory per second (a join, send, edit or
+    /// thread page naming a room not in memory); over it the request is answered
+    /// `overloaded` with `retry_ms`. 0: no limit.
+    pub rooms_per_user_per_s: f64,
+    /// Rooms one user may bring into a shard's memory back to back before the rate applies.
+    pub rooms_per_user_burst: u32,
     /// `client_id`s remembered per room for idempotent retries.
     pub dedupe_per_room: usize,
     /// Recent messages kept in memory per room.
@@ -252,6 +266,23 @@ pub struct Config {
     pub admission_refusal: AdmissionRefusal,
     /// Largest `retry_ms` hint given to a refused client.
     pub admission_retry_max_ms: u64,
+    /// Upgraded WebSocket connections the node holds at most; past it an upgrade is refused
+    /// (503, or close 1013, with `retry_ms`). 0: the open-file limit less 1,024 (left for the
+    /// store, Redis, the mesh and HTTP requests), so a full node refuses instead of failing
+    /// `accept`.
+    pub max_conns: usize,
+    /// Connections one client address may hold (behind `trusted_proxies`, the address
+    /// `X-Forwarded-For` names); past it, 429 (or close 1013). 0: no limit, the default,
+    /// because many users can share one address behind NAT.
+    pub max_conns_per_ip: usize,
+    /// Authenticated connections one user may hold on the node; past it, 429 before the
+    /// upgrade (token in the URL) or close 1013 after `auth`. 0: no limit.
+    pub max_conns_per_user: usize,
+    /// `retry_ms` told to a connection refused by `max_conns*`.
+    pub conn_limit_retry_ms: u64,
+    /// Proxies (addresses or CIDR blocks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` names
+    /// the client address for `max_conns_per_ip`; from any other peer the header is ignored.
+    pub trusted_proxies: Vec<String>,
     /// Upper bound of the jittered `reconnect.retry_ms` sent on drain.
     pub drain_retry_ms_max: u64,
     /// Time allowed for a drain (SIGTERM) before the node exits anyway.
@@ -338,7 +369,11 @@ impl Default for Config {
             heartbeat_ms: 25_000,
             idle_timeout_ms: 90_000,
             mesh_ring_capacity: 8192,
+            mesh_spill_max_frames: 16_384,
             max_rooms_per_shard: 200_000,
+            room_idle_evict_ms: 300_000,
+            rooms_per_user_per_s: 5.0,
+            rooms_per_user_burst: 100,
             dedupe_per_room: 1024,
             recent_per_room: 256,
             recent_per_room_bytes: 1 << 20,
@@ -346,6 +381,11 @@ impl Default for Config {
             admission_burst: 256,
             admission_refusal: AdmissionRefusal::Http503,
             admission_retry_max_ms: 10_000,
+            max_conns: 0,
+            max_conns_per_ip: 0,
+            max_conns_per_user: 64,
+            conn_limit_retry_ms: 5_000,
+            trusted_proxies: Vec::new(),
             drain_retry_ms_max: 5_000,
             drain_timeout_ms: 5_000,
             admin_listen: None,
@@ -461,6 +501,22 @@ impl Config {
             postgres_url: self.postgres_url.clone(),
             postgres_pool_size: self.postgres_pool_size,
             ..StoreConfig::default()
+        }
+    }
+
+    /// `trusted_proxies`, parsed.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<crate::limits::client_ip::IpNet>, String> {
+        self.trusted_proxies.iter().map(|s| s.parse()).collect()
+    }
+
+    /// The node's connection limits, with `max_conns = 0` resolved against the open-file
+    /// limit `nofile` (the soft `RLIMIT_NOFILE`).
+    pub fn conn_limits(&self, nofile: u64) -> crate::limits::conns::ConnLimits {
+        let auto = usize::try_from(nofile.saturating_sub(1024)).unwrap_or(usize::MAX).max(1);
+        crate::limits::conns::ConnLimits {
+            max_total: if self.max_conns == 0 { auto } else { self.max_conns },
+            max_per_ip: self.max_conns_per_ip,
+            max_per_user: self.max_conns_per_user,
         }
     }
 

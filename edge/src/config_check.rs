@@ -70,6 +70,12 @@ impl Config {
         if self.admission_burst == 0 {
             return invalid("admission_burst", "must be at least 1");
         }
+        if self.mesh_spill_max_frames < 2 {
+            return invalid("mesh_spill_max_frames", "must be at least 2");
+        }
+        if let Err(e) = self.trusted_proxy_nets() {
+            return invalid("trusted_proxies", &e);
+        }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return invalid("node_id", "must be 1..=64 bytes");
         }

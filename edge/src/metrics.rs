@@ -39,6 +39,12 @@ stats! {
     handshake_rejected_total: "counter",
     /// Upgrades refused by admission control (over the handshake rate).
     admission_refused_total: "counter",
+    /// Connections refused because the node held `max_conns`.
+    conns_refused_node_total: "counter",
+    /// Connections refused because their client address held `max_conns_per_ip`.
+    conns_refused_ip_total: "counter",
+    /// Connections refused because their user held `max_conns_per_user`.
+    conns_refused_user_total: "counter",
     /// Connections handed to the room's owner shard before the upgrade.
     handoffs_total: "counter",
     /// Client frames received.
@@ -67,8 +73,16 @@ stats! {
     mesh_frames_out_total: "counter",
     /// Mesh frames that found their ring full and waited in the spill queue.
     mesh_spilled_total: "counter",
+    /// Frames waiting in the spill queue now (bounded by `mesh_spill_max_frames` plus the frames of work already taken).
+    mesh_spill_frames: "gauge",
+    /// Sends, history pages, catch-up reads and changes refused `overloaded` while the spill queue was full.
+    mesh_spill_refused_total: "counter",
     /// Rooms whose state this shard owns.
     rooms_owned: "gauge",
+    /// Rooms dropped from memory after `room_idle_evict_ms` without a request (they load again from the store).
+    rooms_evicted_total: "counter",
+    /// Requests refused because their user brought rooms into memory over `rooms_per_user_per_s`.
+    room_loads_refused_total: "counter",
     /// HTTP API and web page requests served.
     api_requests_total: "counter",
     /// HTTP API requests answered with a 5xx status (timeouts, shutdown, internal).

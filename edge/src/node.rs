@@ -10,6 +10,7 @@ use router::Frame;
 
 use crate::auth::Verifier;
 use crate::config::{Config, DriverChoice};
+use crate::limits::conns::ConnTable;
 use crate::metrics::ShardStats;
 use crate::shard::{self, ShardSetup};
 
@@ -22,6 +23,8 @@ pub enum NodeError {
     NoUring,
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("invalid config: {field}: {message}")]
+    Config { field: &'static str, message: String },
     #[error("cannot start shard thread: {0}")]
     Thread(std::io::Error),
     #[error("cluster (redis_url): {0}")]
@@ -101,6 +104,11 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         Some(addr) => Some(bind_admin(addr)?),
         None => None,
     };
+    let conn_table = Arc::new(ConnTable::new(cfg.conn_limits(open_file_limit())));
+    let trusted_proxies = cfg.trusted_proxy_nets().map_err(|message| NodeError::Config {
+        field: "trusted_proxies",
+        message,
+    })?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
     for (id, ((mesh, listener), completions)) in endpoints.into_iter().zip(listeners).zip(completions).enumerate() {
@@ -116,6 +124,8 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
             mesh,
             stats: stats.clone(),
             driver,
+            conn_table: conn_table.clone(),
+            trusted_proxies: trusted_proxies.clone(),
         };
         let core = if cfg.pin_threads && !cores.is_empty() {
             Some(cores[id % cores.len()])
@@ -250,4 +260,16 @@ impl Node {
 fn block_on_bridge<T>(f: impl std::future::Future<Output = T>, limit: Duration) -> Option<T> {
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().ok()?;
     rt.block_on(async { monoio::time::timeout(limit, f).await.ok() })
+}
+
+/// The soft `RLIMIT_NOFILE` of this process (what `max_conns = 0` is derived from).
+fn open_file_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we pass and reads nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok {
+        lim.rlim_cur
+    } else {
+        1024
+    }
 }

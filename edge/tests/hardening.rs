@@ -1,6 +1,7 @@
 //! Hardening over real sockets (issue 14), on both io drivers: refused frames are not free,
 //! a trickle is silence, URL joins are rated, tokens expire unless refreshed, the echo
-//! endpoint's checks, `admin_listen`, and rooms' recent rings bounded in bytes.
+//! endpoint's checks, `admin_listen`, rooms' recent rings bounded in bytes, and the bound of
+//! the cross-core spill queue.
 
 mod common;
 
@@ -241,5 +242,68 @@ fn rooms_keep_recent_messages_within_their_byte_bound_and_lose_nothing() {
             .filter_map(|m| m["seq"].as_u64())
             .collect();
         assert_eq!(got, (1..=30).collect::<Vec<_>>(), "history is whole too");
+    });
+}
+
+#[test]
+fn a_full_spill_queue_refuses_new_sends_and_loses_nothing_taken() {
+    // Room `spill-r` is owned by one shard; its sender is placed there and its 100 members on
+    // the other shard, so every message is a frame across the mesh. The sender pipelines
+    // 5,000 sends; with rings of 64 frames and a spill bound of 8 the owner refuses sends while they
+    // wait, and every message it acked reaches the members, gap-free and in order.
+    let envs = [
+        ("EDGE_MESH_SPILL_MAX_FRAMES", "8"),
+        ("EDGE_MESH_RING_CAPACITY", "64"),
+        ("EDGE_MAX_MSGS_PER_S", "1000000"),
+        ("EDGE_MSGS_BURST", "1000000"),
+        ("EDGE_OUTBOUND_QUEUE_MAX_BYTES", "16777216"),
+        ("EDGE_OUTBOUND_QUEUE_MAX_FRAMES", "100000"),
+    ];
+    const SENDS: usize = 5000;
+    on_both_drivers(&envs, |s| {
+        let room = "spill-r";
+        let owner = edge::room::owner(room, 2);
+        let other_room = (0..)
+            .map(|i| format!("o{i}"))
+            .find(|r| edge::room::owner(r, 2) != owner)
+            .expect("a room");
+        let mut sender = Client::connect(&s.addr, "sender", &format!("&room={room}"));
+        assert_eq!(sender.shard() as usize, owner, "the sender is on the owner shard");
+        let mut members: Vec<Client> = (0..100)
+            .map(|i| {
+                let mut m = Client::connect(&s.addr, &format!("m{i}"), &format!("&room={other_room}"));
+                assert_ne!(m.shard() as usize, owner, "members are on the other shard");
+                m.join(room);
+                m
+            })
+            .collect();
+        for i in 0..SENDS {
+            sender.send(json!({"type": "send", "room": room, "body": format!("b{i}"), "id": format!("s{i}")}));
+        }
+        let (mut acked, mut refused) = (Vec::new(), 0);
+        while acked.len() + refused < SENDS {
+            let v = sender.recv();
+            match v["type"].as_str() {
+                Some("ack") => acked.push(v["seq"].as_u64().expect("seq")),
+                Some("error") => {
+                    assert_eq!(v["code"], "overloaded", "{v}");
+                    assert!(
+                        v["message"].as_str().is_some_and(|m| m.contains("outbound queue is backed up")),
+                        "{v}"
+                    );
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+        eprintln!("spill bound: {} acked, {refused} refused", acked.len());
+        assert!(refused > 0, "the bound was never reached: {} acked", acked.len());
+        assert!(common::metric_sum(&s.addr, "mesh_spill_refused_total") >= refused as u64);
+        assert_eq!(acked, (1..=acked.len() as u64).collect::<Vec<_>>(), "acked seqs are gap-free");
+        let m = &mut members[99];
+        for want in 1..=acked.len() as u64 {
+            let v = m.recv_type("message");
+            assert_eq!(v["seq"], want, "every acked message reaches the members in order: {v}");
+        }
     });
 }

@@ -125,6 +125,7 @@ impl World {
                     room_queue_max: 4,
                     batch_max: 3,
                     max_rooms: 100,
+                    room_idle_evict_ms: if seed % 3 == 1 { 5 } else { 0 },
                     store_writes: false,
                     ack_on_commit: false,
                 };
@@ -454,6 +455,11 @@ impl World {
                 4..=6 => self.answer_step(),
                 _ => self.deliver_step(),
             }
+            // The shell's tick, on the request counter's clock: idle rooms are forgotten
+            // (configured on a third of the seeds; no draw, so recorded seeds replay).
+            for p in &mut self.publishers {
+                p.evict_idle(self.next);
+            }
         }
         for _ in 0..100_000 {
             if self.calls.is_empty() && self.inbox.iter().all(VecDeque::is_empty) {
@@ -473,12 +479,25 @@ fn run_seeds() {
         Ok(s) => vec![s.parse().expect("HARNESS_SEED is a number")],
         Err(_) => (0..std::env::var("HARNESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300)).collect(),
     };
+    let (many, mut evicted) = (seeds.len() >= 30, 0);
     for seed in seeds {
-        if let Err(e) = std::panic::catch_unwind(|| World::new(seed).run(400)) {
-            eprintln!("cluster harness: seed {seed} failed; replay with HARNESS_SEED={seed}");
-            std::panic::resume_unwind(e);
+        let run = || {
+            let mut w = World::new(seed);
+            w.run(400);
+            w.publishers
+                .iter()
+                .map(|p| p.stats().rooms_evicted_total.load(std::sync::atomic::Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        match std::panic::catch_unwind(run) {
+            Ok(n) => evicted += n,
+            Err(e) => {
+                eprintln!("cluster harness: seed {seed} failed; replay with HARNESS_SEED={seed}");
+                std::panic::resume_unwind(e);
+            }
         }
     }
+    assert!(!many || evicted > 0, "no idle room was forgotten in any seed");
 }
 
 #[test]

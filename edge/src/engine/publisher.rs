@@ -43,6 +43,8 @@ pub struct PublisherConfig {
     pub batch_max: usize,
     /// Rooms with publishing state kept (idle ones beyond it are forgotten).
     pub max_rooms: usize,
+    /// Idle rooms are forgotten after this long without a send (0: only past `max_rooms`).
+    pub room_idle_evict_ms: u64,
     /// Write every sequenced message to the store (a store the nodes share: PostgreSQL or
     /// Scylla), as the node that published it.
     pub store_writes: bool,
@@ -115,6 +117,8 @@ struct PubRoom {
     /// The highest seq Redis gave this node's sends of the room: a floor never goes below it
     /// (the store may not hold the newest of them yet when Redis loses the room).
     last_seq: u64,
+    /// When a send last named the room (ms).
+    active_ms: u64,
 }
 
 impl PubRoom {
@@ -187,6 +191,28 @@ impl Publisher {
         true
     }
 
+    /// This shard's stats line.
+    pub(crate) fn stats(&self) -> &ShardStats {
+        &self.stats[self.cfg.shard]
+    }
+
+    /// Forgets the rooms with nothing queued or in flight and no send for
+    /// `room_idle_evict_ms` (their `client_id`s stay deduplicated by Redis for
+    /// `redis_dedupe_ttl_ms`); the shell calls it about once a second.
+    pub fn evict_idle(&mut self, now_ms: u64) {
+        let idle_ms = self.cfg.room_idle_evict_ms;
+        if idle_ms == 0 {
+            return;
+        }
+        let before = self.rooms.len();
+        self.rooms
+            .retain(|_, r| !(r.idle() && now_ms.saturating_sub(r.active_ms) >= idle_ms));
+        let evicted = (before - self.rooms.len()) as u64;
+        if evicted > 0 {
+            ShardStats::add(&self.stats().rooms_evicted_total, evicted);
+        }
+    }
+
     /// A send to a room this shard owns.
     pub fn send(&mut self, a: &SendArgs<'_>, now_ms: u64) {
         if !self.rooms.contains_key(a.room) && self.rooms.len() >= self.cfg.max_rooms {
@@ -202,7 +228,9 @@ impl Publisher {
             last_seq: 0,
             pending_ids: HashSet::new(),
             dedupe: Dedupe::new(dedupe_cap),
+            active_ms: now_ms,
         });
+        r.active_ms = r.active_ms.max(now_ms);
         if let Some(cid) = a.client_id {
             if let Some(ack) = r.dedupe.get(a.user, cid).cloned() {
                 return self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));

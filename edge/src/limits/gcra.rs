@@ -41,6 +41,60 @@ impl Gcra {
         self.tat_ns = tat.saturating_add(self.interval_ns);
         Ok(())
     }
+
+    /// Whether the bucket is full again at `now_ns` (forgetting it changes nothing).
+    pub fn is_full(&self, now_ns: u64) -> bool {
+        self.tat_ns <= now_ns
+    }
+}
+
+/// One [`Gcra`] per key (a user), created on first use; keys whose bucket is full again are
+/// forgotten by [`KeyedGcra::prune`], so the map holds only the keys limited lately.
+#[derive(Debug, Clone)]
+pub struct KeyedGcra {
+    rate_per_s: f64,
+    burst: u32,
+    keys: std::collections::HashMap<Box<str>, Gcra>,
+}
+
+impl KeyedGcra {
+    /// `rate_per_s` per key with bursts of `burst`; a non-positive rate admits everything.
+    pub fn new(rate_per_s: f64, burst: u32) -> Self {
+        Self {
+            rate_per_s,
+            burst,
+            keys: Default::default(),
+        }
+    }
+
+    /// Admits one request of `key` at `now_ns`, or the milliseconds until one would be.
+    pub fn check(&mut self, key: &str, now_ns: u64) -> Result<(), u64> {
+        if !(self.rate_per_s.is_finite() && self.rate_per_s > 0.0) {
+            return Ok(());
+        }
+        if let Some(g) = self.keys.get_mut(key) {
+            return g.check(now_ns);
+        }
+        let mut g = Gcra::new(self.rate_per_s, self.burst);
+        let r = g.check(now_ns);
+        self.keys.insert(key.into(), g);
+        r
+    }
+
+    /// Forgets the keys whose bucket is full again.
+    pub fn prune(&mut self, now_ns: u64) {
+        self.keys.retain(|_, g| !g.is_full(now_ns));
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// No key held.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -48,6 +102,27 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn keyed_limits_each_key_alone_and_forgets_refilled_keys() {
+        let mut k = KeyedGcra::new(10.0, 3);
+        let t = 1_000 * MS;
+        for _ in 0..3 {
+            assert!(k.check("a", t).is_ok());
+        }
+        assert_eq!(k.check("a", t), Err(100), "over the burst: 100 ms to the next slot");
+        assert!(k.check("b", t).is_ok(), "another key has its own bucket");
+        k.prune(t + 50 * MS);
+        assert_eq!(k.len(), 2, "neither bucket is full yet");
+        k.prune(t + 300 * MS);
+        assert!(k.is_empty(), "both refilled: forgotten");
+        assert!(k.check("a", t + 300 * MS).is_ok());
+        let mut off = KeyedGcra::new(0.0, 1);
+        assert!(
+            (0..100).all(|_| off.check("a", t).is_ok()) && off.is_empty(),
+            "rate 0: no limit, no state"
+        );
+    }
 
     #[test]
     fn burst_then_rate() {

@@ -19,6 +19,10 @@ pub struct AdvertisedLimits {
     pub max_rooms_per_conn: u64,
     /// Sustained requests per second per connection.
     pub max_msgs_per_s: f64,
+    /// Connections one user may hold on the node (0: no limit, advertised as null).
+    pub max_conns_per_user: u64,
+    /// Connections one client address may hold on the node (0: no limit, null).
+    pub max_conns_per_ip: u64,
 }
 
 /// A message as fanned out.
@@ -115,9 +119,14 @@ pub fn welcome(user: &str, conn: &str, node: &str, shard: u16, heartbeat_ms: u64
     } else {
         "null".into()
     };
+    let or_null = |n: u64| if n == 0 { "null".to_owned() } else { n.to_string() };
     let l = format!(
-        "{{\"max_frame_bytes\":{},\"max_body_chars\":{},\"max_rooms_per_conn\":{},\"max_msgs_per_s\":{rate}}}",
-        limits.max_frame_bytes, limits.max_body_chars, limits.max_rooms_per_conn
+        "{{\"max_frame_bytes\":{},\"max_body_chars\":{},\"max_rooms_per_conn\":{},\"max_msgs_per_s\":{rate},\"max_conns_per_user\":{},\"max_conns_per_ip\":{}}}",
+        limits.max_frame_bytes,
+        limits.max_body_chars,
+        limits.max_rooms_per_conn,
+        or_null(limits.max_conns_per_user),
+        or_null(limits.max_conns_per_ip)
     );
     Obj::new("welcome", 256)
         .str("user", user)
@@ -448,9 +457,13 @@ mod tests {
             max_body_chars: 2,
             max_rooms_per_conn: 3,
             max_msgs_per_s: 20.0,
+            max_conns_per_user: 8,
+            max_conns_per_ip: 0,
         };
         let w = j(&welcome("u", "c", "n", 1, 25_000, &lim));
         assert_eq!(w["limits"]["max_msgs_per_s"], 20.0);
+        assert_eq!(w["limits"]["max_conns_per_user"], 8);
+        assert!(w["limits"]["max_conns_per_ip"].is_null(), "0 is no limit: null");
         assert_eq!(w["shard"], 1);
         let inf = AdvertisedLimits {
             max_msgs_per_s: f64::INFINITY,

@@ -85,6 +85,8 @@ pub struct OwnedRoom {
     unstored: u64,
     /// Durable sends waiting for their commit: (seq, store ticket), ascending.
     committing: VecDeque<(u64, u64)>,
+    /// When a request last named the room (ms; idle eviction reads it).
+    active_ms: u64,
 }
 
 impl OwnedRoom {
@@ -112,7 +114,18 @@ impl OwnedRoom {
             stored: last_seq,
             unstored: 0,
             committing: VecDeque::new(),
+            active_ms: 0,
         }
+    }
+
+    /// A request named the room at `now_ms`.
+    pub fn touch(&mut self, now_ms: u64) {
+        self.active_ms = self.active_ms.max(now_ms);
+    }
+
+    /// Evictable, and no request named it for `idle_ms` until `now_ms`.
+    pub fn is_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        self.is_evictable() && now_ms.saturating_sub(self.active_ms) >= idle_ms
     }
 
     /// Puts a stored message back in the recent ring and the dedupe memory (oldest first, at load).

@@ -15,7 +15,10 @@ use monoio::net::{TcpListener, TcpStream};
 use router::Frame;
 
 use super::{conn, Shard};
+use crate::auth::Claims;
 use crate::config::AdmissionRefusal;
+use crate::limits::client_ip::client_ip;
+use crate::limits::conns::{ConnRefusal, SocketSlot};
 use crate::metrics::ShardStats;
 use crate::ws::codec::close_frame;
 use crate::ws::handshake::{self, Request};
@@ -228,13 +231,49 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, req:
             return reject(&shard, stream, 400, "bad resume: expected resume=<room>:<seq>,...").await;
         }
     };
+    // Counted until the connection ends (the slot is dropped when this function returns).
+    let _slot = match count_connection(&shard, peer, &req, claims.as_ref()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refuse_connection(&shard, stream, &req, refusal).await,
+    };
     let (res, _) = stream.write_all(handshake::switching_protocols(&key)).await;
     if res.is_err() {
+        if let Some(c) = &claims {
+            shard.conn_table.close_user(&c.sub);
+        }
         return;
     }
     let mut rest = buf;
     let _ = rest.split_to(req.head_len);
     conn::run_connection(shard, stream, claims, joins, rest).await;
+}
+
+/// Counts an upgrade against `max_conns` and `max_conns_per_ip` (the client address behind
+/// `trusted_proxies`) and, with a token in the URL, its user against `max_conns_per_user`.
+fn count_connection(shard: &Shard, peer: SocketAddr, req: &Request, claims: Option<&Claims>) -> Result<SocketSlot, ConnRefusal> {
+    let ip = client_ip(peer.ip(), req.forwarded_for.as_deref(), &shard.trusted_proxies);
+    let slot = shard.conn_table.open_socket(ip)?;
+    if let Some(c) = claims {
+        shard.conn_table.open_user(&c.sub)?; // on refusal, `slot` is dropped: released
+    }
+    Ok(slot)
+}
+
+/// Refuses an upgrade over a connection limit: 429 (this client has too many) or 503 (the
+/// node is full) with `Retry-After` and `Retry-Ms`, or close 1013 as `admission_refusal` says.
+async fn refuse_connection(shard: &Shard, stream: TcpStream, req: &Request, refusal: ConnRefusal) {
+    shard.count_conn_refusal(refusal);
+    let retry_ms = shard.cfg.conn_limit_retry_ms;
+    let code = if refusal == ConnRefusal::Node {
+        "overloaded"
+    } else {
+        "rate_limited"
+    };
+    let body = format!(
+        r#"{{"type":"error","code":"{code}","message":"{}","retry_ms":{retry_ms}}}"#,
+        refusal.message()
+    );
+    refuse_with_retry(shard, stream, req, refusal.status(), &body, retry_ms).await;
 }
 
 /// The conformance echo endpoint: no authentication and its own message size
@@ -290,12 +329,18 @@ async fn hand_off(shard: &Shard, stream: TcpStream, peer: SocketAddr, buf: Bytes
 
 /// Refuses an upgrade over the admission rate, telling the client when to retry.
 async fn refuse_admission(shard: &Shard, stream: TcpStream, req: &Request, retry_ms: u64) {
+    let body = format!(r#"{{"type":"error","code":"overloaded","message":"too many new connections","retry_ms":{retry_ms}}}"#);
+    refuse_with_retry(shard, stream, req, 503, &body, retry_ms).await;
+}
+
+/// An HTTP `status` with `body`, `Retry-After` and `Retry-Ms`; or, with `admission_refusal =
+/// "close1013"`, the upgrade and at once close 1013 with reason `retry_ms=N`.
+async fn refuse_with_retry(shard: &Shard, stream: TcpStream, req: &Request, status: u16, body: &str, retry_ms: u64) {
     match shard.cfg.admission_refusal {
         AdmissionRefusal::Http503 => {
             let (secs, ms) = (retry_ms.div_ceil(1000).to_string(), retry_ms.to_string());
             let extra = [("Retry-After", secs.as_str()), ("Retry-Ms", ms.as_str())];
-            let body = format!(r#"{{"type":"error","code":"overloaded","message":"too many new connections","retry_ms":{retry_ms}}}"#);
-            let _ = stream_write(stream, handshake::http_response(503, &body, &extra)).await;
+            let _ = stream_write(stream, handshake::http_response(status, body, &extra)).await;
         }
         AdmissionRefusal::Close1013 => {
             let Ok(key) = handshake::validate_upgrade(req) else {

@@ -388,6 +388,7 @@ impl Shard {
             last_seen_ms: Cell::new(now),
             last_ping_ms: Cell::new(now),
             stall_cut: Cell::new(false),
+            user_counted: Cell::new(false),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         self.api_conns.set(self.api_conns.get() + 1);

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use router::{ChangeMsg, Frame};
 
 use super::{Conn, Shard};
+use crate::engine::Busy;
 use crate::metrics::ShardStats;
 
 impl Shard {
@@ -29,6 +30,10 @@ impl Shard {
 
     /// A change of a message in a room this shard owns.
     pub(super) fn owner_change(&self, change: ChangeMsg) {
+        if self.spill_refuses() {
+            let reply = Busy::Shard.reply(change.req.as_deref(), super::local::SPILL_FULL);
+            return self.to_conn(change.conn, reply);
+        }
         self.with_owner(|o, now| o.change(change, now));
     }
 

@@ -36,6 +36,8 @@ pub(super) async fn run_connection(
     rest: BytesMut,
 ) {
     let conn = shard.open_conn(&stream, shard.cfg.outbound_queue_max_bytes, joins);
+    // A token in the URL was counted for its user before the upgrade (`accept`).
+    conn.user_counted.set(claims.is_some());
     let (rd, wr) = stream.into_split();
     monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
     match claims {
@@ -225,6 +227,7 @@ impl Shard {
             last_seen_ms: Cell::new(now),
             last_ping_ms: Cell::new(now),
             stall_cut: Cell::new(false),
+            user_counted: Cell::new(false),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         ShardStats::set(
@@ -240,6 +243,11 @@ impl Shard {
         }
         self.leave_all(conn);
         self.user_offline(conn);
+        if conn.user_counted.replace(false) {
+            if let Some(user) = conn.user() {
+                self.conn_table.close_user(&user.sub);
+            }
+        }
         self.conns.borrow_mut().remove(&conn.id);
         ShardStats::set(
             &self.stats().connections_open,

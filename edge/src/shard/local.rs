@@ -52,6 +52,9 @@ pub(super) async fn run_completions(shard: Rc<Shard>) {
     }
 }
 
+/// The refusal of new work while this shard's spill queue is over its bound.
+pub(super) const SPILL_FULL: &str = "this core's outbound queue is backed up, retry";
+
 impl Shard {
     /// Runs `f` on the owner with the time now, then carries out every effect it produced.
     pub(super) fn with_owner(&self, f: impl FnOnce(&mut LocalOwner, u64)) {
@@ -64,7 +67,7 @@ impl Shard {
         }
     }
 
-    fn carry_out(&self, effect: Effect) {
+    pub(super) fn carry_out(&self, effect: Effect) {
         match effect {
             Effect::Reply { conn, payload } => self.to_conn(conn, payload),
             Effect::ToUsers { room, seq, payload } => self.to_users_everywhere(&room, seq, &payload),
@@ -183,6 +186,14 @@ impl Shard {
 
     /// A member shard reads a catch-up of a room this shard owns.
     pub(super) fn owner_fetch(&self, f: FetchArgs<'_>) {
+        if self.spill_refuses() {
+            let result = Err(Busy::Shard.refusal(SPILL_FULL));
+            return self.carry_out(Effect::Fetched {
+                shard: f.shard,
+                token: f.token,
+                result,
+            });
+        }
         self.with_owner(|o, now| o.fetch(f, now));
     }
 
@@ -226,8 +237,11 @@ impl Shard {
         self.with_owner(|o, _| o.sync(&user.sub, conn.id, id));
     }
 
-    /// The owner's periodic tick (a single node; nothing in a cluster).
+    /// The owner's periodic tick (a single node), or the publisher's idle rooms (a cluster).
     pub(super) fn owner_tick(&self) {
+        if let Sequencer::Redis(r) = &self.sequencer {
+            return r.publisher.borrow_mut().evict_idle(Self::now_ms());
+        }
         self.with_owner(|o, now| o.tick(now));
     }
 
@@ -254,11 +268,17 @@ impl Shard {
 
     /// A send to a room this shard owns.
     pub(super) fn owner_send(&self, a: &SendArgs<'_>) {
+        if self.spill_refuses() {
+            return self.to_conn(a.conn, Busy::Shard.reply(a.req, SPILL_FULL));
+        }
         self.with_owner(|o, now| o.send(a, now));
     }
 
     /// A history page of a room this shard owns.
     pub(super) fn owner_history(&self, h: HistoryArgs<'_>) {
+        if self.spill_refuses() {
+            return self.to_conn(h.conn, Busy::Shard.reply(h.req, SPILL_FULL));
+        }
         self.with_owner(|o, now| o.history(h, now));
     }
 

@@ -11,6 +11,10 @@
 //! never spill: `try_request` refuses (the client gets `overloaded`) once a
 //! ring is half full, so requests can fill at most half of any ring and
 //! responses always find room to make progress (no cross-shard deadlock).
+//! The spill queue is bounded by refusing new work at its source: at
+//! `mesh_spill_max_frames` the shard's rooms refuse new sends, history
+//! pages, catch-up reads and changes until it drains to half
+//! (`spill_refuses`); frames already queued are never dropped.
 
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -54,6 +58,7 @@ pub(super) async fn run_spill(shard: Rc<Shard>) {
         // so frames sent meanwhile queue behind it and order is kept.
         shard.mesh.send(to, frame).await;
         shard.spill.borrow_mut()[to].pop_front();
+        shard.spill_count(-1);
         ShardStats::inc(&shard.stats().mesh_frames_out_total);
     }
 }
@@ -81,9 +86,37 @@ impl Shard {
         }
         ShardStats::inc(&self.stats().mesh_spilled_total);
         drop(spill);
+        self.spill_count(1);
         if let Some(w) = self.spill_waker.take() {
             w.wake();
         }
+    }
+
+    /// Counts frames into (+1) or out of (-1) the spill queue. At `mesh_spill_max_frames` the
+    /// shard stops taking new work that adds to it (see [`Shard::spill_refuses`]) until it is
+    /// back to half of that; nothing in it is dropped.
+    fn spill_count(&self, delta: isize) {
+        let n = self.spilled.get().saturating_add_signed(delta);
+        self.spilled.set(n);
+        ShardStats::set(&self.stats().mesh_spill_frames, n as u64);
+        let max = self.cfg.mesh_spill_max_frames;
+        if n >= max {
+            self.spill_full.set(true);
+        } else if n <= max / 2 {
+            self.spill_full.set(false);
+        }
+    }
+
+    /// Whether new work for this shard's rooms is refused now: its spill queue reached
+    /// `mesh_spill_max_frames` and has not drained to half yet. Sends, history pages,
+    /// catch-up reads and changes are then answered `overloaded` (counted in
+    /// `edge_mesh_spill_refused_total`); what was taken before still goes out, in order.
+    pub(super) fn spill_refuses(&self) -> bool {
+        if self.spill_full.get() {
+            ShardStats::inc(&self.stats().mesh_spill_refused_total);
+            return true;
+        }
+        false
     }
 
     /// Sends a client request unless the ring to `to` is congested.

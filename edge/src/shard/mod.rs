@@ -54,6 +54,8 @@ use crate::engine::session::{Session, SessionLimits};
 use crate::engine::subscriber::{Subscriber, SubscriberConfig};
 use crate::engine::typing::{Typing, TypingConfig};
 use crate::limits::admission::Admission;
+use crate::limits::client_ip::IpNet;
+use crate::limits::conns::ConnTable;
 use crate::metrics::ShardStats;
 use crate::room::MemberIndex;
 use local::ShardStore;
@@ -88,6 +90,10 @@ pub struct ShardSetup {
     pub run_epoch: u64,
     /// The Redis bridge, in cluster mode.
     pub bridge: Option<BridgeHandle>,
+    /// The node's connection counts (`max_conns*`), shared by every shard.
+    pub conn_table: Arc<ConnTable>,
+    /// `trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// One connection as its shard sees it.
@@ -100,6 +106,8 @@ pub(crate) struct Conn {
     pub(crate) last_ping_ms: Cell<u64>,
     /// The socket was shut down because a write stalled (counted once).
     pub(crate) stall_cut: Cell<bool>,
+    /// Counted in the node's `ConnTable` for its user (released at close).
+    pub(crate) user_counted: Cell<bool>,
 }
 
 impl Conn {
@@ -132,8 +140,15 @@ pub(crate) struct Shard {
     /// Frames whose ring was full, per destination, oldest first.
     spill: RefCell<Vec<VecDeque<Bytes>>>,
     spill_waker: Cell<Option<std::task::Waker>>,
+    /// Frames in `spill`, over every destination, and whether they reached
+    /// `mesh_spill_max_frames` (until they fall to half of it: new work is refused meanwhile).
+    spilled: Cell<usize>,
+    spill_full: Cell<bool>,
     /// Token bucket on new upgrades.
     pub(crate) admission: RefCell<Admission>,
+    /// The node's connection counts, and the proxies whose `X-Forwarded-For` names the client.
+    pub(crate) conn_table: Arc<ConnTable>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
     /// Monotonic clock origin of this shard (admission control runs on it).
     started: std::time::Instant,
     /// The message store (its figures for /metrics).
@@ -168,6 +183,7 @@ impl Shard {
                     room_queue_max: s.cfg.room_load_queue_max,
                     batch_max: s.cfg.redis_batch_max as usize,
                     max_rooms: s.cfg.max_rooms_per_shard,
+                    room_idle_evict_ms: s.cfg.room_idle_evict_ms,
                     store_writes: s.cfg.store != storage::StoreKind::Embedded,
                     ack_on_commit: s.cfg.store != storage::StoreKind::Embedded && s.cfg.durability == crate::config::Durability::Durable,
                 };
@@ -219,7 +235,11 @@ impl Shard {
             drain_retry_ms_max: Cell::new(0),
             spill: RefCell::new(vec![VecDeque::new(); threads]),
             spill_waker: Cell::new(None),
+            spilled: Cell::new(0),
+            spill_full: Cell::new(false),
             admission: RefCell::new(admission),
+            conn_table: s.conn_table,
+            trusted_proxies: s.trusted_proxies,
             started: std::time::Instant::now(),
             store: s.store,
             completions: s.completions,

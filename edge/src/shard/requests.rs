@@ -18,6 +18,7 @@ use super::{Conn, Shard};
 use crate::engine::owner::SendArgs;
 use crate::engine::session::{FrameCtx, Step};
 use crate::engine::Busy;
+use crate::limits::conns::ConnRefusal;
 use crate::metrics::ShardStats;
 use crate::protocol::client::SendReq;
 use crate::protocol::server::{self, AdvertisedLimits, FileOut};
@@ -96,11 +97,21 @@ impl Shard {
     /// (each through the session's join checks).
     pub(super) fn welcome(&self, conn: &Rc<Conn>, joins: Vec<(String, Option<u64>)>) {
         let Some(user) = conn.user() else { return };
+        if !conn.user_counted.get() {
+            // Authenticated in-band (`auth`): counted now, refused after the upgrade.
+            if let Err(refusal) = self.conn_table.open_user(&user.sub) {
+                return self.refuse_authenticated(conn, refusal);
+            }
+            conn.user_counted.set(true);
+        }
+        let table = self.conn_table.limits();
         let limits = AdvertisedLimits {
             max_frame_bytes: self.cfg.max_frame_bytes as u64,
             max_body_chars: self.cfg.max_body_chars as u64,
             max_rooms_per_conn: self.cfg.max_rooms_per_conn as u64,
             max_msgs_per_s: self.cfg.max_msgs_per_s,
+            max_conns_per_user: table.max_per_user as u64,
+            max_conns_per_ip: table.max_per_ip as u64,
         };
         let conn_id = format!("{:x}", conn.id);
         let welcome = server::welcome(
@@ -118,6 +129,31 @@ impl Shard {
             let step = conn.session.borrow_mut().url_join(Cow::Owned(room), since, &cx);
             self.carry_out_step(conn, None, step);
         }
+    }
+
+    /// A connection over a connection limit once it authenticated: `error` with `retry_ms`,
+    /// then close 1013 with reason `retry_ms=N`, as admission control closes.
+    fn refuse_authenticated(&self, conn: &Conn, refusal: ConnRefusal) {
+        self.count_conn_refusal(refusal);
+        let retry_ms = self.cfg.conn_limit_retry_ms;
+        let code = if refusal == ConnRefusal::Node {
+            ErrorCode::Overloaded
+        } else {
+            ErrorCode::RateLimited
+        };
+        conn.out.push_text(server::error(None, code, refusal.message(), Some(retry_ms)));
+        conn.out.close(1013, &format!("retry_ms={retry_ms}"));
+    }
+
+    /// Counts a connection refused by `max_conns*` under its reason.
+    pub(super) fn count_conn_refusal(&self, refusal: ConnRefusal) {
+        let s = self.stats();
+        let counter = match refusal {
+            ConnRefusal::Node => &s.conns_refused_node_total,
+            ConnRefusal::Ip => &s.conns_refused_ip_total,
+            ConnRefusal::User => &s.conns_refused_user_total,
+        };
+        ShardStats::inc(counter);
     }
 
     /// `conn` is off `room` in its session: the member side and the sequencer forget it.

@@ -65,7 +65,7 @@ pub struct Request {
     pub upgrade: bool,
     /// `Sec-WebSocket-Version: 13`.
     pub version_ok: bool,
-    /// `X-Forwarded-For`, for logs behind a proxy.
+    /// `X-Forwarded-For`, every header line joined with `, ` (read only from trusted proxies).
     pub forwarded_for: Option<String>,
     /// What the HTTP API reads of the head.
     pub api: ApiHeaders,
@@ -142,7 +142,14 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, Handshak
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-            out.forwarded_for = Some(value.to_owned());
+            // Proxies may each add their own header line: one list, in order.
+            match &mut out.forwarded_for {
+                Some(list) => {
+                    list.push_str(", ");
+                    list.push_str(value);
+                }
+                None => out.forwarded_for = Some(value.to_owned()),
+            }
         } else {
             api_header(&mut out.api, name, value);
         }

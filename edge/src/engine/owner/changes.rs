@@ -71,9 +71,14 @@ pub(super) struct ChangeWait {
 impl<S: StorePort> Owner<S> {
     /// A member's edit, delete or reaction of message `c.seq` in a room this shard owns.
     pub fn change(&mut self, c: ChangeMsg, now_ms: u64) {
-        let room = c.room.clone();
+        let (room, user) = (c.room.clone(), c.user.clone());
         let mut parked = Some(c);
-        let ready = self.room_ready(&room, || load::Op::Change(Box::new(parked.take().expect("built once"))), now_ms);
+        let ready = self.room_ready(
+            &room,
+            Some(&user),
+            || load::Op::Change(Box::new(parked.take().expect("built once"))),
+            now_ms,
+        );
         let c = match (ready, parked) {
             (Readiness::Queued, _) | (Readiness::Ready, None) => return,
             (Readiness::Refused(msg), Some(c)) => return self.reply(c.conn, Busy::Store.reply(c.req.as_deref(), msg)),

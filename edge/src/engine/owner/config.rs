@@ -21,6 +21,11 @@ pub struct OwnerConfig {
     pub room_load_queue_max: usize,
     /// Rooms kept in memory (loaded or loading).
     pub max_rooms_per_shard: usize,
+    /// Empty rooms leave memory after this long without a request (0: never).
+    pub room_idle_evict_ms: u64,
+    /// Rooms one user may bring into this shard's memory per second, and back to back.
+    pub rooms_per_user_per_s: f64,
+    pub rooms_per_user_burst: u32,
     /// Largest history page, in bytes of messages.
     pub history_page_max_bytes: usize,
     /// Users a presence list shows (with the full count).
@@ -49,6 +54,9 @@ impl OwnerConfig {
             recent_per_room_bytes: cfg.recent_per_room_bytes,
             room_load_queue_max: cfg.room_load_queue_max,
             max_rooms_per_shard: cfg.max_rooms_per_shard,
+            room_idle_evict_ms: cfg.room_idle_evict_ms,
+            rooms_per_user_per_s: cfg.rooms_per_user_per_s,
+            rooms_per_user_burst: cfg.rooms_per_user_burst,
             history_page_max_bytes: cfg.history_page_max_bytes,
             presence_roster_max: cfg.presence_roster_max,
             receipts_room_max: cfg.receipts_room_max,

@@ -41,17 +41,9 @@ pub(super) struct PageWait {
     reactions: Vec<ReactionCount>,
 }
 
-impl<S: StorePort> Owner<S> {
-    /// A page of history: from the recent ring when it holds the page; else the older part
-    /// from the store and the newer part from the ring, never past `published`.
-    pub fn history(&mut self, h: HistoryArgs<'_>, now_ms: u64) {
-        match self.room_ready(h.room, load::Op::history(&h), now_ms) {
-            Readiness::Ready => {}
-            Readiness::Queued => return,
-            Readiness::Refused(msg) => return self.reply(h.conn, Busy::Store.reply(h.req, msg)),
-        }
-        let Some(r) = self.rooms.get(h.room) else { return };
-        let mut w = PageWait {
+impl PageWait {
+    fn new(h: &HistoryArgs<'_>) -> Self {
+        Self {
             room: h.room.to_owned(),
             user: h.user.to_owned(),
             conn: h.conn,
@@ -59,7 +51,31 @@ impl<S: StorePort> Owner<S> {
             messages: Vec::new(),
             next: None,
             reactions: Vec::new(),
-        };
+        }
+    }
+}
+
+impl<S: StorePort> Owner<S> {
+    /// A page of history: from the recent ring when it holds the page; else the older part
+    /// from the store and the newer part from the ring, never past `published`.
+    pub fn history(&mut self, h: HistoryArgs<'_>, now_ms: u64) {
+        if h.thread.is_none() && !self.rooms.contains_key(h.room) && !self.loading.has(h.room) {
+            // Not in memory: a room leaves memory only once its writes have settled, so the
+            // store holds all of it. Read it there, without loading the room (or creating it).
+            let query = Query::History {
+                room: h.room.to_owned(),
+                before: h.before,
+                limit: h.limit as usize,
+            };
+            return self.read_older(PageWait::new(&h), query);
+        }
+        match self.room_ready(h.room, Some(h.user), load::Op::history(&h), now_ms) {
+            Readiness::Ready => {}
+            Readiness::Queued => return,
+            Readiness::Refused(msg) => return self.reply(h.conn, Busy::Store.reply(h.req, msg)),
+        }
+        let Some(r) = self.rooms.get(h.room) else { return };
+        let mut w = PageWait::new(&h);
         let top = h.before.unwrap_or(u64::MAX).min(r.published() + 1);
         let limit = h.limit as usize;
         let (query, below) = match h.thread {

@@ -23,6 +23,7 @@ use storage::{Answer, Completion, HistoryPage, Query, RoomState, StoreError, Sto
 
 use super::{Effect, FetchArgs, HistoryArgs, Owner, SendArgs, StorePort, Wait};
 use crate::engine::{Busy, Failure};
+use crate::limits::gcra::KeyedGcra;
 use crate::metrics::ShardStats;
 use crate::room::OwnedRoom;
 
@@ -93,9 +94,28 @@ impl Op {
 }
 
 /// Rooms being loaded, with the requests waiting for each (bounded).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Loading {
     rooms: HashMap<String, Vec<Op>>,
+    /// When the idle rooms were last looked for.
+    last_idle_sweep_ms: u64,
+    /// Rooms each user brought into memory lately (`rooms_per_user_per_s`).
+    per_user: KeyedGcra,
+}
+
+impl Loading {
+    pub(super) fn new(rate_per_s: f64, burst: u32) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            last_idle_sweep_ms: 0,
+            per_user: KeyedGcra::new(rate_per_s, burst),
+        }
+    }
+
+    /// Whether `room` is being loaded.
+    pub(super) fn has(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
 }
 
 /// Why a room could not be loaded.
@@ -141,9 +161,11 @@ pub(super) fn unexpected(answer: &Answer) -> StoreError {
 }
 
 impl<S: StorePort> Owner<S> {
-    /// Whether `room` is loaded; if not, queues `op` (built only then) and starts the load.
-    pub(super) fn room_ready(&mut self, room: &str, op: impl FnOnce() -> Op, now_ms: u64) -> Readiness {
-        if self.rooms.contains_key(room) {
+    /// Whether `room` is loaded; if not, queues `op` (built only then) and starts the load,
+    /// counted against `user`'s `rooms_per_user_per_s`.
+    pub(super) fn room_ready(&mut self, room: &str, user: Option<&str>, op: impl FnOnce() -> Op, now_ms: u64) -> Readiness {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.touch(now_ms);
             return Readiness::Ready;
         }
         if let Some(queue) = self.loading.rooms.get_mut(room) {
@@ -155,6 +177,12 @@ impl<S: StorePort> Owner<S> {
         }
         if self.rooms.len() + self.loading.rooms.len() >= self.cfg.max_rooms_per_shard && !self.evict_one() {
             return Readiness::Refused("too many rooms on this shard");
+        }
+        if let Some(user) = user {
+            if self.loading.per_user.check(user, now_ms.saturating_mul(1_000_000)).is_err() {
+                ShardStats::inc(&self.stats().room_loads_refused_total);
+                return Readiness::Refused("too many new rooms for this user, retry");
+            }
         }
         let query = Query::RoomState {
             room: room.to_owned(),
@@ -175,6 +203,24 @@ impl<S: StorePort> Owner<S> {
         self.rooms.remove(&victim);
         ShardStats::set(&self.stats().rooms_owned, self.rooms.len() as u64);
         true
+    }
+
+    /// Drops the rooms that are evictable and idle for `room_idle_evict_ms` (0: never); they
+    /// load again from the store when next named.
+    pub(super) fn evict_idle(&mut self, now_ms: u64) {
+        let idle_ms = self.cfg.room_idle_evict_ms;
+        if idle_ms == 0 || now_ms.saturating_sub(self.loading.last_idle_sweep_ms) < idle_ms.div_ceil(4) {
+            return;
+        }
+        self.loading.last_idle_sweep_ms = now_ms;
+        self.loading.per_user.prune(now_ms.saturating_mul(1_000_000));
+        let before = self.rooms.len();
+        self.rooms.retain(|_, r| !r.is_idle(now_ms, idle_ms));
+        let evicted = before - self.rooms.len();
+        if evicted > 0 {
+            ShardStats::add(&self.stats().rooms_evicted_total, evicted as u64);
+            ShardStats::set(&self.stats().rooms_owned, self.rooms.len() as u64);
+        }
     }
 
     /// A store completion for this shard.
@@ -333,6 +379,7 @@ impl<S: StorePort> Owner<S> {
             self.cfg.recent_per_room,
         )
         .with_recent_max_bytes(self.cfg.recent_per_room_bytes);
+        r.touch(now_ms);
         for m in page.messages {
             let StoredMessage {
                 seq,

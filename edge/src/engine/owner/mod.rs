@@ -217,11 +217,11 @@ impl<S: StorePort> Owner<S> {
     /// An owner with no room loaded; `stats[cfg.shard]` is its stats line.
     pub fn new(cfg: OwnerConfig, store: S, stats: Arc<Vec<ShardStats>>) -> Self {
         Self {
+            loading: load::Loading::new(cfg.rooms_per_user_per_s, cfg.rooms_per_user_burst),
             cfg,
             store,
             stats,
             rooms: HashMap::new(),
-            loading: load::Loading::default(),
             waits: HashMap::new(),
             next_ticket: 0,
             effects: VecDeque::new(),
@@ -247,7 +247,8 @@ impl<S: StorePort> Owner<S> {
         &mut self.store
     }
 
-    fn stats(&self) -> &ShardStats {
+    /// This shard's stats line.
+    pub(crate) fn stats(&self) -> &ShardStats {
         &self.stats[self.cfg.shard]
     }
 
@@ -282,7 +283,7 @@ impl<S: StorePort> Owner<S> {
             token,
             user: user.map(str::to_owned),
         };
-        let result = match self.room_ready(room, op, now_ms) {
+        let result = match self.room_ready(room, user, op, now_ms) {
             Readiness::Queued => return,
             Readiness::Refused(msg) => Err(Busy::Store.refusal(msg)),
             Readiness::Ready => {
@@ -335,7 +336,7 @@ impl<S: StorePort> Owner<S> {
             after: f.after,
             count: f.count,
         };
-        match self.room_ready(f.room, op, now_ms) {
+        match self.room_ready(f.room, None, op, now_ms) {
             Readiness::Ready => {}
             Readiness::Queued => return,
             Readiness::Refused(msg) => return self.fetched(&f, Err(Busy::Store.refusal(msg))),
@@ -431,7 +432,7 @@ impl<S: StorePort> Owner<S> {
 
     /// Sequences a send, hands it to the store, and publishes it as the durability mode says.
     pub fn send(&mut self, a: &SendArgs<'_>, now_ms: u64) {
-        match self.room_ready(a.room, load::Op::send(a), now_ms) {
+        match self.room_ready(a.room, Some(a.user), load::Op::send(a), now_ms) {
             Readiness::Ready => {}
             Readiness::Queued => return,
             Readiness::Refused(msg) => return self.reply(a.conn, Busy::Store.reply(a.req, msg)),

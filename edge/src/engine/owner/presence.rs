@@ -51,9 +51,10 @@ impl<S: StorePort> Owner<S> {
         self.reply(conn, server::presence_list(req, room, &online, count));
     }
 
-    /// The shell's periodic tick (about once a second): coalesced online counts and read
-    /// receipts go out.
+    /// The shell's periodic tick (about once a second): idle rooms leave memory, and coalesced
+    /// online counts and read receipts go out.
     pub fn tick(&mut self, now_ms: u64) {
+        self.evict_idle(now_ms);
         self.flush_receipts(now_ms);
         self.flush_delivered(now_ms, false);
         for room in std::mem::take(&mut self.presence_counts) {

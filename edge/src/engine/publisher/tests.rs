@@ -12,6 +12,7 @@ fn publisher(queue_max: usize, batch_max: usize) -> Publisher {
         room_queue_max: queue_max,
         batch_max,
         max_rooms: 100,
+        room_idle_evict_ms: 0,
         store_writes: false,
         ack_on_commit: false,
     };
@@ -419,4 +420,21 @@ fn a_floor_above_0_comes_with_an_epoch_notice_and_a_new_room_without() {
         (v["type"].as_str(), v["room"].as_str(), v["seq"].as_u64(), v["epoch"].as_u64()),
         (Some("epoch"), Some("r"), Some(41), Some(20))
     );
+}
+
+#[test]
+fn idle_rooms_are_forgotten_but_not_while_a_send_is_out() {
+    let mut p = publisher(100, 8);
+    p.cfg.room_idle_evict_ms = 1_000;
+    p.send(&send(1, "1", None), 10);
+    let _ = drain(&mut p);
+    p.evict_idle(5_000);
+    assert_eq!(p.rooms.len(), 1, "a batch in flight keeps the room");
+    p.published("r", range(1, 1));
+    let _ = drain(&mut p);
+    p.evict_idle(900);
+    assert_eq!(p.rooms.len(), 1, "not idle long enough");
+    p.evict_idle(1_010);
+    assert!(p.rooms.is_empty(), "idle for room_idle_evict_ms: forgotten");
+    assert_eq!(p.stats[0].rooms_evicted_total.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

@@ -178,6 +178,10 @@ impl World {
         } else {
             150 + (seed as usize % 400)
         };
+        // A third of the seeds evict idle rooms after a few virtual ms, and every fifth limits
+        // the rooms a user brings into memory (also without a draw).
+        let room_idle_evict_ms = if seed % 3 == 1 { 4 + seed % 20 } else { 0 };
+        let (rooms_per_user_per_s, rooms_per_user_burst) = if seed % 5 == 2 { (200.0, 2) } else { (0.0, 1) };
         let mut rng = StdRng::seed_from_u64(seed);
         let store = Rc::new(RefCell::new(MemStore {
             write_cap: rng.random_range(2..12),
@@ -197,6 +201,9 @@ impl World {
                     room_load_queue_max: rng.random_range(1..6),
                     // Small, so empty rooms are evicted and reloaded.
                     max_rooms_per_shard: 1,
+                    room_idle_evict_ms,
+                    rooms_per_user_per_s,
+                    rooms_per_user_burst,
                     history_page_max_bytes: 64 * 1024,
                     presence_roster_max: rng.random_range(1..4),
                     receipts_room_max: 100,

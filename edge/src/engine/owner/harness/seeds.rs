@@ -5,12 +5,16 @@ use super::World;
 use crate::config::Durability;
 
 /// Runs `steps` steps of seed `seed`, then settles and checks.
-fn run(seed: u64, durability: Durability, steps: usize) {
+fn run(seed: u64, durability: Durability, steps: usize) -> u64 {
     let mut w = World::new(seed, durability);
     for _ in 0..steps {
         w.step();
     }
     w.settle();
+    w.owners
+        .iter()
+        .map(|o| o.stats().rooms_evicted_total.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
 }
 
 /// Runs every seed (or `HARNESS_SEED` alone); a failure names its seed.
@@ -22,13 +26,20 @@ fn run_seeds(durability: Durability) {
             (0..n).collect()
         }
     };
+    let mut idle_evictions = 0;
+    let many = seeds.len() >= 30;
     for seed in seeds {
-        let result = std::panic::catch_unwind(|| run(seed, durability, 400));
-        if let Err(e) = result {
-            eprintln!("harness: seed {seed} ({durability:?}) failed; replay with HARNESS_SEED={seed}");
-            std::panic::resume_unwind(e);
+        match std::panic::catch_unwind(|| run(seed, durability, 400)) {
+            Ok(evicted) => idle_evictions += evicted,
+            Err(e) => {
+                eprintln!("harness: seed {seed} ({durability:?}) failed; replay with HARNESS_SEED={seed}");
+                std::panic::resume_unwind(e);
+            }
         }
     }
+    // A third of the seeds evict idle rooms: over many seeds that must have happened, or
+    // the invariants above were never checked across an idle eviction and reload.
+    assert!(!many || idle_evictions > 0, "no idle room was evicted in any seed");
 }
 
 #[test]
