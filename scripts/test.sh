@@ -34,6 +34,8 @@ echo "== cargo test (unit + integration, both drivers)"
 cargo test --workspace --locked
 echo "== the engine's deterministic harnesses: 5,000 seeded interleavings per mode"
 HARNESS_SEEDS=5000 cargo test --locked -p edge --lib -- engine::owner::harness engine::cluster_harness
+echo "== fuzzing every network parser (proptest, FUZZ_CASES per property)"
+FUZZ_CASES=10000 cargo test --locked -p edge --test fuzz_parsers && FUZZ_CASES=20000 cargo test --locked -p router --test fuzz_wire
 echo "== stress tests (10k idle connections + a 10k reconnect storm, release build)"
 # Same command as scripts/autobahn.sh, so the Autobahn step reuses this build.
 cargo build --release --locked --bin edge

@@ -388,7 +388,8 @@ pub const MAX_SEQ: u64 = (1 << 53) - 1;
 /// Refuses a seq-valued field beyond [`MAX_SEQ`], naming it.
 fn seq_ok(ty: &str, field: &str, v: Option<u64>) -> Result<(), Refusal> {
     match v {
-        Some(n) if n > MAX_SEQ => Err((ErrorCode::BadRequest, format!("{ty}: `{field}` must be at most {MAX_SEQ}"))),
+        // `ty` is not checked yet: shown cut short, like all client input.
+        Some(n) if n > MAX_SEQ => Err((ErrorCode::BadRequest, format!("{}: `{field}` must be at most {MAX_SEQ}", echo(ty)))),
         _ => Ok(()),
     }
 }
