@@ -472,7 +472,7 @@ fn a_cluster_on_the_embedded_store_says_read_and_sync_need_a_shared_store() {
 }
 
 #[test]
-fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store() {
+fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store_and_roots_count_them() {
     let (_redis, _db, _nodes, mut senders) = cluster_on_postgres(2, &[], "th");
     let mut send = |who: usize, body: &str, reply_to: Option<u64>| {
         let mut q = json!({"type": "send", "room": "th", "body": body});
@@ -504,6 +504,15 @@ fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store() {
         seqs(&page) == want
     });
     assert!(whole, "the thread's replies, without the message aside: {page}");
+    // A plain page (from the Redis stream) carries the root's reply count from the store.
+    let mut plain = Value::Null;
+    let counted = eventually(Duration::from_secs(10), || {
+        plain = senders[0].request(json!({"type": "history", "room": "th"}), "h", Duration::from_secs(10));
+        let msgs = plain["messages"].as_array().cloned().unwrap_or_default();
+        let of = |seq: u64| msgs.iter().find(|m| m["seq"] == seq).map(|m| m["replies"].clone());
+        of(root) == Some(json!(4)) && of(last) == Some(Value::Null)
+    });
+    assert!(counted, "the root says 4 replies, a reply says none: {plain}");
     // Paged two at a time, newest first.
     let first = senders[0].request(
         json!({"type": "history", "room": "th", "thread": root, "limit": 2}),

@@ -16,7 +16,7 @@ use crate::engine::subscriber::SubEffect;
 use crate::engine::Failure;
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
-use crate::room::fit_page;
+use crate::room::{fit_page, fit_page_seqs};
 
 impl Shard {
     pub(super) fn bridge(&self) -> Option<BridgeHandle> {
@@ -146,7 +146,7 @@ impl Shard {
         self.reply_from_redis(conn, req, async move {
             let (mut msgs, mut next, top) = history_page(&bridge, &r, before, limit).await?;
             let lowest = msgs.first().map_or(top + 1, |m| m.0);
-            if let Some(shard) = store.filter(|_| msgs.len() < limit as usize && lowest > 1) {
+            if let Some(shard) = store.as_ref().filter(|_| msgs.len() < limit as usize && lowest > 1) {
                 let query = storage::Query::History {
                     room: r.clone(),
                     before: Some(lowest),
@@ -163,9 +163,37 @@ impl Shard {
                     Err(e) => tracing::warn!(room = r, error = %e, "cluster: older history not read from the store"),
                 }
             }
-            let (msgs, next) = fit_page(msgs, next, max_bytes);
+            let (mut msgs, next) = fit_page_seqs(msgs, next, max_bytes);
+            if let Some(shard) = store {
+                shard.with_reply_counts(&r, &mut msgs).await;
+            }
+            let msgs: Vec<Bytes> = msgs.into_iter().map(|(_, m)| m).collect();
             Ok(move |req: Option<&str>| server::history(req, &r, &msgs, next))
         });
+    }
+
+    /// Adds `"replies":N` to the page's thread roots, as the shared store counts them (a reply
+    /// counts once its write landed); without the counts (the store failed) the page is
+    /// served as it is.
+    async fn with_reply_counts(&self, room: &str, msgs: &mut [(u64, Bytes)]) {
+        let (Some(&(from, _)), Some(&(to, _))) = (msgs.first(), msgs.last()) else {
+            return;
+        };
+        let query = storage::Query::ReplyCounts {
+            room: room.to_owned(),
+            from,
+            to,
+        };
+        let counts = match self.cluster_store_query(query).await {
+            Ok(storage::Answer::ReplyCounts(c)) => c,
+            Ok(_) => return tracing::error!(room, "cluster: the store answered reply counts with something else"),
+            Err(e) => return tracing::warn!(room, error = %e, "cluster: reply counts not read from the store"),
+        };
+        for (seq, m) in msgs.iter_mut() {
+            if let Ok(i) = counts.binary_search_by_key(seq, |(root, _)| *root) {
+                *m = server::with_extras(m, &[], counts[i].1);
+            }
+        }
     }
 
     /// `history` by `thread` in a cluster on a shared store: the root's replies from the store
