@@ -9,6 +9,9 @@
 //! - `storm`: hold N connections, drop them all at once (or wait for a server
 //!   restart), reconnect with full-jitter backoff honouring `retry_ms`;
 //!   time to recover, accept rate, outcomes, messages lost across the storm.
+//! - `typing`, `inbox`: CPU per typing event delivered; `sync` latency for a user in many rooms.
+//! - `churn`: clients cycling connect, join (pool and fresh rooms), send, leave, close,
+//!   reconnect, with periodic storms; every refusal or wrong answer counted (`scripts/soak.sh`).
 //! - `compare A.json B.json`: the ratios of two runs' figures.
 //! - `report`: regenerate results/README.md and the latency plot from results/*.json.
 

@@ -9,7 +9,7 @@ use loadgen::{output, report, scenario};
 #[command(
     name = "loadgen",
     version,
-    about = "Load generator for the edge: idle, fan-out, reconnect-storm, typing and inbox scenarios with correctness checks"
+    about = "Load generator for the edge: idle, fan-out, reconnect-storm, typing, inbox and churn scenarios with correctness checks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +28,8 @@ enum Cmd {
     Typing(scenario::typing::TypingArgs),
     /// The latency of `sync` for a user in many rooms.
     Inbox(scenario::inbox::InboxArgs),
+    /// Connect, join, send, leave, disconnect and reconnect-storm churn for a bounded time (soak runs).
+    Churn(scenario::churn::ChurnArgs),
     /// Print the ratios of two runs' figures (B/A).
     Compare {
         /// The baseline run's JSON.
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Storm(a) => scenario::storm::run(a),
         Cmd::Typing(a) => scenario::typing::run(a),
         Cmd::Inbox(a) => scenario::inbox::run(a),
+        Cmd::Churn(a) => scenario::churn::run(a),
         Cmd::Compare { a, b } => output::compare(&a, &b).map(|()| true),
         Cmd::Report { dir } => report::regenerate(&dir).map(|()| true),
     };

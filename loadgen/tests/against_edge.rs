@@ -310,6 +310,56 @@ fn storm_against_admission_control_is_refused_then_recovers() {
 }
 
 #[test]
+fn churn_cycles_sessions_through_storms_without_errors() {
+    // Rooms idle for a second leave memory, so revisits (2-3 s old names) load them again.
+    let edge = Edge::start(&[("EDGE_ROOM_IDLE_EVICT_MS", "1000")]);
+    let args = [
+        "churn",
+        "--url",
+        &edge.url,
+        "--clients",
+        "60",
+        "--pool-rooms",
+        "5",
+        "--fresh-rooms-per-s",
+        "5",
+        "--revisit-pct",
+        "30",
+        "--revisit-age-s",
+        "2",
+        "--revisit-band-s",
+        "1",
+        "--hold-ms",
+        "300",
+        "--pause-ms",
+        "100",
+        "--storm-every-s",
+        "2",
+        "--duration-s",
+        "5",
+    ];
+    let (out, v) = run_json(&args, "churn");
+    assert!(out.status.success(), "{}", show(&out));
+    let r = &v["results"];
+    assert_eq!(r["errors_total"], 0, "{}", show(&out));
+    assert_eq!(r["storms"], 2, "{}", show(&out));
+    assert!(r["storm_drops"].as_u64().expect("storm_drops") > 0, "{}", show(&out));
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}: {}", show(&out)));
+    assert!(
+        n("connects") > 60 && n("sessions_completed") > 60,
+        "clients came back: {}",
+        show(&out)
+    );
+    assert!(n("fresh_joins") > 0 && n("revisits") > 0, "{}", show(&out));
+    assert!(
+        n("acks") > 0 && n("acks") + 60 >= n("sends"),
+        "sends acked but for storm drops: {}",
+        show(&out)
+    );
+    assert_eq!(n("disconnects"), n("sessions_completed"), "every completed session closed cleanly");
+}
+
+#[test]
 fn bad_flags_get_a_clear_error() {
     for (args, needle) in [
         (vec!["fanout", "--rooms", "0"], "--rooms"),
@@ -317,6 +367,7 @@ fn bad_flags_get_a_clear_error() {
         (vec!["idle", "--cpus", "999"], "--cpus"),
         (vec!["storm", "--conns", "10", "--rooms", "20"], "--rooms"),
         (vec!["idle", "--first-source", "nope"], "--first-source"),
+        (vec!["churn", "--pool-rooms", "1", "--pool-joins", "2"], "--pool-joins"),
     ] {
         let out = loadgen(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));

@@ -1,6 +1,7 @@
 //! The scenarios, and what they share: who connects where, and how outcomes
 //! are counted.
 
+pub mod churn;
 pub mod fanout;
 pub mod idle;
 pub mod inbox;
