@@ -267,9 +267,10 @@ pub struct Config {
     /// Largest `retry_ms` hint given to a refused client.
     pub admission_retry_max_ms: u64,
     /// Upgraded WebSocket connections the node holds at most; past it an upgrade is refused
-    /// (503, or close 1013, with `retry_ms`). 0: the open-file limit less 1,024 (left for the
-    /// store, Redis, the mesh and HTTP requests), so a full node refuses instead of failing
-    /// `accept`.
+    /// (503, or close 1013, with `retry_ms`). 0: the open-file limit (the node raises its soft
+    /// limit to the hard one at start) less 1,024, or a quarter of a smaller limit, left for
+    /// the store, Redis, the mesh and HTTP requests, so a full node refuses instead of
+    /// failing `accept`.
     pub max_conns: usize,
     /// Connections one client address may hold (behind `trusted_proxies`, the address
     /// `X-Forwarded-For` names); past it, 429 (or close 1013). 0: no limit, the default,
@@ -510,9 +511,11 @@ impl Config {
     }
 
     /// The node's connection limits, with `max_conns = 0` resolved against the open-file
-    /// limit `nofile` (the soft `RLIMIT_NOFILE`).
+    /// limit `nofile`: less 1,024 descriptors (a quarter of a smaller limit) kept for the
+    /// store, Redis, the mesh and HTTP requests.
     pub fn conn_limits(&self, nofile: u64) -> crate::limits::conns::ConnLimits {
-        let auto = usize::try_from(nofile.saturating_sub(1024)).unwrap_or(usize::MAX).max(1);
+        let reserve = (nofile / 4).min(1024);
+        let auto = usize::try_from(nofile.saturating_sub(reserve)).unwrap_or(usize::MAX).max(1);
         crate::limits::conns::ConnLimits {
             max_total: if self.max_conns == 0 { auto } else { self.max_conns },
             max_per_ip: self.max_conns_per_ip,

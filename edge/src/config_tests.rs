@@ -159,3 +159,28 @@ fn the_echo_endpoint_is_served_on_loopback_only_unless_allowed() {
     };
     assert!(no_echo.validate().is_ok(), "no echo endpoint, nothing to refuse");
 }
+
+#[test]
+fn max_conns_zero_is_derived_from_the_open_file_limit() {
+    let c = Config::default();
+    assert_eq!(c.conn_limits(20_000).max_total, 18_976, "1,024 descriptors kept");
+    assert_eq!(c.conn_limits(1024).max_total, 768, "a quarter of a small limit kept");
+    assert_eq!(c.conn_limits(0).max_total, 1, "never 0 (0 would mean no limit)");
+    let set = Config {
+        max_conns: 500,
+        max_conns_per_ip: 7,
+        ..Config::default()
+    };
+    let l = set.conn_limits(20_000);
+    assert_eq!((l.max_total, l.max_per_ip, l.max_per_user), (500, 7, 64));
+}
+
+#[test]
+fn a_bad_trusted_proxy_is_refused_naming_the_field() {
+    let c = Config {
+        trusted_proxies: vec!["10.0.0.0/8".into(), "10.0.0.0/40".into()],
+        ..Config::default()
+    };
+    let e = c.validate().expect_err("a prefix over 32");
+    assert!(e.to_string().contains("trusted_proxies"), "{e}");
+}

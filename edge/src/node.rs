@@ -105,6 +105,7 @@ pub fn start(cfg: Config, verifier: Verifier) -> Result<Node, NodeError> {
         None => None,
     };
     let conn_table = Arc::new(ConnTable::new(cfg.conn_limits(open_file_limit())));
+    tracing::info!(max_conns = conn_table.limits().max_total, "connection limit of the node");
     let trusted_proxies = cfg.trusted_proxy_nets().map_err(|message| NodeError::Config {
         field: "trusted_proxies",
         message,
@@ -262,14 +263,24 @@ fn block_on_bridge<T>(f: impl std::future::Future<Output = T>, limit: Duration) 
     rt.block_on(async { monoio::time::timeout(limit, f).await.ok() })
 }
 
-/// The soft `RLIMIT_NOFILE` of this process (what `max_conns = 0` is derived from).
+/// The open-file limit of this process, after raising its soft `RLIMIT_NOFILE` to the hard
+/// one (as Go's runtime does at start): `max_conns = 0` is derived from it.
 fn open_file_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct we pass and reads nothing else.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    if ok {
-        lim.rlim_cur
-    } else {
-        1024
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
     }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    lim.rlim_cur
 }
