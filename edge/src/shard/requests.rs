@@ -175,6 +175,16 @@ impl Shard {
     /// A send the session allowed: to the room's owner shard.
     pub(super) fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, s: SendReq<'_>) {
         let Some(claims) = conn.user() else { return };
+        // A reply to a seq this core has not delivered yet names no message the sender saw.
+        // The only check in a cluster (Redis holds the counter); on one node the owner then
+        // checks against the room's seq.
+        if let Some(root) = s
+            .reply_to
+            .filter(|&r| r == 0 || self.subscriber.borrow().seen(room).is_some_and(|c| r > c))
+        {
+            let msg = format!("{room} has no message {root} to reply to");
+            return self.reply_error(conn, id, ErrorCode::NotFound, &msg, None);
+        }
         let args = SendArgs {
             room,
             shard: self.id,
