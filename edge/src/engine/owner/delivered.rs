@@ -136,6 +136,15 @@ impl<S: StorePort> Owner<S> {
         }
     }
 
+    /// Forgets the senders older than [`SENDER_WINDOW_MS`] in every room (a room whose last
+    /// message went out with nobody left to report it delivered is pruned nowhere else).
+    pub(super) fn forget_old_senders(&mut self, now_ms: u64) {
+        self.delivered_senders.retain(|_, senders| {
+            senders.retain(|(_, at)| at.saturating_add(SENDER_WINDOW_MS) >= now_ms);
+            !senders.is_empty()
+        });
+    }
+
     /// Who sent to `room` within [`SENDER_WINDOW_MS`] of `now_ms` (older senders are forgotten).
     pub(super) fn recent_senders(&mut self, room: &str, now_ms: u64) -> Rc<[String]> {
         let Some(senders) = self.delivered_senders.get_mut(room) else {
@@ -250,6 +259,21 @@ mod audience {
         // Past the window, nobody sent lately: nobody is told.
         o.delivered("r", 1, vec!["erin".into()]);
         assert!(receipts(&mut o, NOW + SENDER_WINDOW_MS + 1).is_empty());
+    }
+
+    #[test]
+    fn senders_of_a_room_nobody_reports_on_are_forgotten_by_the_sweep() {
+        let mut o = owner(8);
+        send(&mut o, "alice", "hi");
+        drain(&mut o);
+        assert_eq!(o.delivered_senders.len(), 1);
+        o.forget_old_senders(NOW + 1_000);
+        assert_eq!(o.delivered_senders.len(), 1, "within the window: kept");
+        o.forget_old_senders(NOW + SENDER_WINDOW_MS + 1_000);
+        assert!(
+            o.delivered_senders.is_empty(),
+            "past the window, with no report on the room: forgotten"
+        );
     }
 
     #[test]

@@ -214,6 +214,7 @@ impl<S: StorePort> Owner<S> {
         }
         self.loading.last_idle_sweep_ms = now_ms;
         self.loading.per_user.prune(now_ms.saturating_mul(1_000_000));
+        self.forget_old_senders(now_ms);
         let before = self.rooms.len();
         self.rooms.retain(|_, r| !r.is_idle(now_ms, idle_ms));
         let evicted = before - self.rooms.len();
