@@ -206,15 +206,21 @@ impl<S: StorePort> Owner<S> {
     }
 
     /// Drops the rooms that are evictable and idle for `room_idle_evict_ms` (0: never); they
-    /// load again from the store when next named.
+    /// load again from the store when next named. The same sweep forgets the per-user room
+    /// load buckets that refilled and the senders past the delivered-receipt window.
     pub(super) fn evict_idle(&mut self, now_ms: u64) {
         let idle_ms = self.cfg.room_idle_evict_ms;
-        if idle_ms == 0 || now_ms.saturating_sub(self.loading.last_idle_sweep_ms) < idle_ms.div_ceil(4) {
+        // Every quarter of the idle time (every minute when rooms are never idle-evicted).
+        let every_ms = if idle_ms == 0 { 60_000 } else { idle_ms.div_ceil(4) };
+        if now_ms.saturating_sub(self.loading.last_idle_sweep_ms) < every_ms {
             return;
         }
         self.loading.last_idle_sweep_ms = now_ms;
         self.loading.per_user.prune(now_ms.saturating_mul(1_000_000));
         self.forget_old_senders(now_ms);
+        if idle_ms == 0 {
+            return;
+        }
         let before = self.rooms.len();
         self.rooms.retain(|_, r| !r.is_idle(now_ms, idle_ms));
         let evicted = before - self.rooms.len();
