@@ -175,13 +175,10 @@ impl Shard {
     /// A send the session allowed: to the room's owner shard.
     pub(super) fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, s: SendReq<'_>) {
         let Some(claims) = conn.user() else { return };
-        // A reply to a seq this core has not delivered yet names no message the sender saw.
-        // The only check in a cluster (Redis holds the counter); on one node the owner then
-        // checks against the room's seq.
-        if let Some(root) = s
-            .reply_to
-            .filter(|&r| r == 0 || self.subscriber.borrow().seen(room).is_some_and(|c| r > c))
-        {
+        // Seq 0 is no message. On one node the owner then checks `reply_to` against the room's
+        // seq; in a cluster nothing knows the room's seq before Redis gives it (a root acked on
+        // another node a moment ago may not have reached this one yet), so only 0 is refused.
+        if let Some(root) = s.reply_to.filter(|&r| r == 0) {
             let msg = format!("{room} has no message {root} to reply to");
             return self.reply_error(conn, id, ErrorCode::NotFound, &msg, None);
         }
