@@ -18,9 +18,13 @@
 # default they would still be rising then).
 # Every SOAK_SAMPLE_S it samples the edge's RSS
 # (VmRSS in /proc/<pid>/status), open fds (/proc/<pid>/fd), open connections
-# (edge_connections_open) and rooms (edge_rooms_held when the edge has it,
-# and edge_rooms_owned summed over shards; edge_rooms_evicted_total) into
-# results/<name>-<date>.csv,
+# (edge_connections_open), rooms (edge_rooms_held when the edge has it,
+# and edge_rooms_owned summed over shards; edge_rooms_evicted_total), the
+# heap SQLite holds (edge_store_sqlite_memory_bytes: its page caches grow
+# with the database up to EDGE_STORE_CACHE_MIB, then stay), the size of
+# the data dir, anonymous RSS (RssAnon), the process's threads, and with SOAK_FEATURES=heap-stats
+# the live heap (edge_heap_live_bytes: what the program holds, against what
+# the allocator keeps) into results/<name>-<date>.csv,
 # then scripts/soak_plot.py draws results/<name>.svg and judges: the mean
 # of minutes 10-15 (M/3-M/2) against the mean of the last 5 (last M/6) must
 # grow less than SOAK_TOLERANCE_PCT (5) for RSS, fds and rooms.
@@ -32,7 +36,8 @@
 # (400), SOAK_FRESH_ROOMS_PER_S (10), SOAK_STORM_EVERY_S (60),
 # SOAK_SAMPLE_S (10), SOAK_TOLERANCE_PCT (5), SOAK_EDGE_CORES (2),
 # SOAK_ROOM_IDLE_EVICT_MS (60000), SOAK_REVISIT_BAND_S (60),
-# SOAK_LOADGEN_ARGS (more `loadgen churn` flags), SOAK_NO_BUILD=1 (use the
+# SOAK_LOADGEN_ARGS (more `loadgen churn` flags), SOAK_FEATURES (edge
+# features to build with, e.g. heap-stats), SOAK_NO_BUILD=1 (use the
 # binaries in target/release), SOAK_KEEP_TMP=1 (keep the data dir and logs).
 # EDGE_* variables in the environment configure the edge as usual.
 #
@@ -61,7 +66,8 @@ fi
 REVISIT_AGE=$((EDGE_ROOM_IDLE_EVICT_MS / 1000 + 10))
 
 if [ "${SOAK_NO_BUILD:-0}" != 1 ]; then
-  cargo build --release -p edge -p loadgen || { echo "soak: the build failed" >&2; exit 2; }
+  # shellcheck disable=SC2086 # a list of features
+  cargo build --release -p edge -p loadgen ${SOAK_FEATURES:+--features "edge/$SOAK_FEATURES"} || { echo "soak: the build failed" >&2; exit 2; }
 fi
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 mkdir -p results
@@ -108,12 +114,17 @@ metric_sum() { # NAME METRICS_TEXT
 
 t0=$EPOCHREALTIME
 sample() { # PHASE
-  local t rss fds m
+  local t rss fds m sqlite db heap anon threads
   t=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$edge_pid/status" 2>/dev/null || true)
   fds=$(find "/proc/$edge_pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
   m=$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN/metrics" || true)
-  echo "$t,$1,$rss,$fds,$(metric_sum edge_connections_open "$m"),$(metric_sum edge_rooms_held "$m"),$(metric_sum edge_rooms_owned "$m"),$(metric_sum edge_rooms_evicted_total "$m")" >>"$CSV"
+  sqlite=$(metric_sum edge_store_sqlite_memory_bytes "$m")
+  heap=$(metric_sum edge_heap_live_bytes "$m")
+  anon=$(awk '/^RssAnon:/ { print $2 }' "/proc/$edge_pid/status" 2>/dev/null || true)
+  threads=$(awk '/^Threads:/ { print $2 }' "/proc/$edge_pid/status" 2>/dev/null || true)
+  db=$(du -sk "$TMP/data" 2>/dev/null | awk '{ print $1 }' || true)
+  echo "$t,$1,$rss,$fds,$(metric_sum edge_connections_open "$m"),$(metric_sum edge_rooms_held "$m"),$(metric_sum edge_rooms_owned "$m"),$(metric_sum edge_rooms_evicted_total "$m"),${sqlite:+$((sqlite / 1024))},$db,${heap:+$((heap / 1024))},$anon,$threads" >>"$CSV"
 }
 
 edge_alive() { kill -0 "$edge_pid" 2>/dev/null; }
@@ -122,7 +133,7 @@ start_edge
 echo "soak: edge pid $edge_pid on ws://127.0.0.1:$PORT/ws (metrics on 127.0.0.1:$ADMIN), data in $TMP/data"
 echo "soak: $MINUTES min of churn: $CLIENTS clients, $FRESH fresh rooms/s (revisited at ${REVISIT_AGE}-$((REVISIT_AGE + BAND)) s old;" \
   "rooms idle ${EDGE_ROOM_IDLE_EVICT_MS} ms leave memory), a storm every ${STORM_S}s; sampling every ${SAMPLE_S}s into $CSV"
-echo "t_s,phase,rss_kib,fds,connections,rooms_held,rooms_owned,rooms_evicted" >"$CSV"
+echo "t_s,phase,rss_kib,fds,connections,rooms_held,rooms_owned,rooms_evicted,sqlite_kib,db_kib,heap_kib,anon_kib,threads" >"$CSV"
 t0=$EPOCHREALTIME
 sample start
 # shellcheck disable=SC2086 # SOAK_LOADGEN_ARGS is a list of flags

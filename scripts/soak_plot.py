@@ -2,9 +2,11 @@
 """Plot a soak run's samples as SVG and judge whether they stayed flat.
 
 Reads the CSV that scripts/soak.sh writes (columns: t_s, phase, rss_kib,
-fds, connections, rooms_held, rooms_owned, rooms_evicted; phase is
-`start`, `load` or `after`), writes an SVG with one panel per series (RSS, open fds, rooms,
-connections over minutes), and prints a verdict for RSS, fds and rooms:
+fds, connections, rooms_held, rooms_owned, rooms_evicted, and in newer runs
+sqlite_kib, db_kib, heap_kib, anon_kib and threads; phase is `start`, `load` or `after`), writes an SVG
+with one panel per series (RSS, open fds, rooms, connections, and where
+sampled SQLite's heap, RSS less SQLite's heap and the data dir's size over
+minutes), and prints a verdict for RSS, fds and rooms:
 
   base = mean of the samples in minutes [M/3, M/2] of an M-minute load
          (minutes 10-15 of 30), after the warm-up;
@@ -30,6 +32,12 @@ SERIES = [  # (column, title, unit divisor, unit, judged)
     ("fds", "open fds", 1.0, "", True),
     ("rooms", "rooms", 1.0, "", True),
     ("connections", "open connections", 1.0, "", False),
+    ("sqlite_kib", "SQLite heap (page caches, bounded by store_cache_mib)", 1024.0, "MiB", False),
+    ("rss_less_sqlite_kib", "RSS less SQLite heap", 1024.0, "MiB", False),
+    ("db_kib", "data dir (database and WAL)", 1024.0, "MiB", False),
+    ("anon_kib", "anonymous RSS (RssAnon)", 1024.0, "MiB", False),
+    ("heap_kib", "live heap (heap-stats builds)", 1024.0, "MiB", False),
+    ("threads", "threads", 1.0, "", False),
 ]
 
 
@@ -49,7 +57,9 @@ def load(path):
     held_known = any(number(r.get("rooms_held")) is not None for r in rows)
     out = []
     for r in rows:
-        row = {k: number(r.get(k)) for k in ("t_s", "rss_kib", "fds", "connections", "rooms_evicted")}
+        row = {k: number(r.get(k)) for k in ("t_s", "rss_kib", "fds", "connections", "rooms_evicted", "sqlite_kib", "db_kib", "anon_kib", "heap_kib", "threads")}
+        sq = row["sqlite_kib"]
+        row["rss_less_sqlite_kib"] = row["rss_kib"] - sq if row["rss_kib"] is not None and sq is not None else None
         row["rooms"] = number(r.get("rooms_held" if held_known else "rooms_owned"))
         row["phase"] = r.get("phase", "load")
         out.append(row)
@@ -85,10 +95,12 @@ def judge(rows, minutes, tolerance):
     )
     all_flat = True
     for col, title, div, unit, judged in SERIES:
+        if not judged and not any(r[col] is not None for r in rows):
+            continue
         base, nb = mean_in(rows, col, b_lo, b_hi)
         last, nl = mean_in(rows, col, l_lo, l_hi)
         if base is None or last is None:
-            print(f"  {title:<17} no samples in a window ({nb} / {nl})" + (": NOT JUDGED" if judged else ""))
+            print(f"  {title[:24]:<24} no samples in a window ({nb} / {nl})" + (": NOT JUDGED" if judged else ""))
             all_flat = all_flat and not judged
             continue
         growth = (last - base) / base * 100 if base else (0.0 if last == base else float("inf"))
@@ -97,7 +109,7 @@ def judge(rows, minutes, tolerance):
         flat = growth < tolerance
         mark = ("flat" if flat else "NOT FLAT") if judged else "(not judged)"
         print(
-            f"  {title:<17} {base / div:10.1f} -> {last / div:10.1f} {unit:<3} {growth:+7.2f}%  "
+            f"  {title[:24]:<24} {base / div:10.1f} -> {last / div:10.1f} {unit:<3} {growth:+7.2f}%  "
             f"slope over the 2nd half {slope_txt:>12}  {mark}  ({nb} / {nl} samples)"
         )
         if judged and not flat:
@@ -136,7 +148,8 @@ def fmt(v, div=1.0):
 def svg(rows, minutes, rooms_source, title):
     """The SVG document: one panel per series, judged windows shaded."""
     w, ph, left, right, top, gap = 960, 150, 80, 20, 70, 40
-    h = top + len(SERIES) * (ph + gap)
+    series = [s for s in SERIES if any(r[s[0]] is not None for r in rows) or s[4]]
+    h = top + len(series) * (ph + gap)
     t_max = max(minutes * 60.0, max(r["t_s"] for r in rows))
     x = lambda t: left + (w - left - right) * t / t_max  # noqa: E731
     out = [
@@ -149,7 +162,7 @@ def svg(rows, minutes, rooms_source, title):
         f'<text x="{left}" y="40" fill="#555">shaded: minutes {b_lo / 60:.1f}-{b_hi / 60:.1f} and '
         f"{l_lo / 60:.1f}-{l_hi / 60:.1f}, compared by the verdict; dashed: the end of the load</text>"
     )
-    for i, (col, name, div, unit, _) in enumerate(SERIES):
+    for i, (col, name, div, unit, _) in enumerate(series):
         y0 = top + i * (ph + gap)
         label = f"{name} ({unit})" if unit else name
         if col == "rooms":

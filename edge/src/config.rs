@@ -97,6 +97,10 @@ pub struct Config {
     pub store_query_queue_capacity: usize,
     /// Embedded store: fsync every commit (survives power loss), instead of surviving process crashes only.
     pub store_sync_full: bool,
+    /// Embedded store: SQLite page cache, MiB, of all its connections together (half to the
+    /// writer, half shared by the read connections). Each cache fills up to its share as the
+    /// database grows past it and then stays there; `edge_store_sqlite_memory_bytes` shows it.
+    pub store_cache_mib: u64,
     /// Scylla contact points, `host:port` (flag `--scylla-uri host:port[,host:port]`).
     pub scylla_contact_points: Vec<String>,
     /// Scylla keyspace.
@@ -317,6 +321,7 @@ impl Default for Config {
             store_queue_capacity: 65_536,
             store_query_queue_capacity: 4096,
             store_sync_full: false,
+            store_cache_mib: 128,
             scylla_contact_points: vec!["127.0.0.1:9042".into()],
             scylla_keyspace: "edge".into(),
             scylla_consistency: "LOCAL_QUORUM".into(),
@@ -495,6 +500,7 @@ impl Config {
             write_retry_forever: self.store != StoreKind::Embedded && self.durability == Durability::Fast,
             query_queue_capacity: self.store_query_queue_capacity,
             embedded_sync_full: self.store_sync_full,
+            embedded_cache_mib: self.store_cache_mib,
             scylla_contact_points: self.scylla_contact_points.clone(),
             scylla_keyspace: self.scylla_keyspace.clone(),
             scylla_consistency: self.scylla_consistency.clone(),

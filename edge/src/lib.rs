@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod config;
 pub mod engine;
+pub mod heap;
 pub mod http;
 pub mod limits;
 pub mod metrics;

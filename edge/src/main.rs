@@ -9,8 +9,14 @@ use edge::auth::{self, AuthSettings, JwtAlgorithm, Verifier};
 use edge::config::{Config, DriverChoice, Durability, LogFormat};
 use storage::StoreKind;
 
+#[cfg(not(feature = "heap-stats"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// With `heap-stats`: mimalloc, counting the live heap (`edge_heap_live_bytes`).
+#[cfg(feature = "heap-stats")]
+#[global_allocator]
+static GLOBAL: edge::heap::Counting = edge::heap::Counting;
 
 #[derive(Parser)]
 #[command(name = "edge", version, about = "Real-time chat edge node (io_uring, thread-per-core)")]

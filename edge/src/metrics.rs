@@ -283,9 +283,20 @@ pub fn render_process(out: &mut String) {
             "User and system CPU time, seconds.",
             format!("{cpu_s:.3}"),
         ),
+        (
+            "edge_store_sqlite_memory_bytes",
+            "gauge",
+            "Heap the embedded store's SQLite holds (page caches, bounded by store_cache_mib; statements); 0 with another store.",
+            storage::embedded::EmbeddedStore::memory_used().to_string(),
+        ),
     ];
     for (name, kind, help, value) in rows {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
+    if let Some(live) = crate::heap::live_bytes() {
+        let name = "edge_heap_live_bytes";
+        let help = "Heap the program holds (allocated, not freed), counted by a heap-stats build.";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {live}");
     }
 }
 

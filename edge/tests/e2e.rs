@@ -381,6 +381,12 @@ fn admission_control_refuses_over_the_rate_with_a_retry_hint() {
             .and_then(|v| v.trim().parse::<u64>().ok());
         assert!(fds.is_some_and(|n| n >= 2), "process_open_fds in {metrics}");
         assert!(metrics.contains("process_resident_memory_bytes ") && metrics.contains("process_cpu_seconds_total "));
+        // The embedded store (the default) is open, so SQLite holds at least its schema and statements.
+        let sqlite = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("edge_store_sqlite_memory_bytes "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        assert!(sqlite.is_some_and(|n| n > 0), "edge_store_sqlite_memory_bytes in {metrics}");
     });
 }
 

@@ -58,6 +58,8 @@ pub struct StoreConfig {
     pub embedded_sync_full: bool,
     /// Embedded: read-only SQLite connections serving reads alongside the writer.
     pub embedded_read_connections: usize,
+    /// Embedded: SQLite page cache of all connections together, MiB (half to the writer).
+    pub embedded_cache_mib: u64,
     /// Scylla: contact points, `host:port`.
     pub scylla_contact_points: Vec<String>,
     /// Scylla: the keyspace holding the tables.
@@ -93,6 +95,7 @@ impl Default for StoreConfig {
             shutdown_timeout_ms: 10_000,
             embedded_sync_full: false,
             embedded_read_connections: 4,
+            embedded_cache_mib: 128,
             scylla_contact_points: vec!["127.0.0.1:9042".to_owned()],
             scylla_keyspace: "edge".to_owned(),
             scylla_consistency: "LOCAL_QUORUM".to_owned(),
@@ -202,6 +205,7 @@ impl StoreConfig {
         crate::embedded::EmbeddedOptions {
             sync_full: self.embedded_sync_full,
             read_connections: self.embedded_read_connections,
+            cache_kib: self.embedded_cache_mib.saturating_mul(1024),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct EmbeddedOptions {
     pub sync_full: bool,
     /// Read-only connections for plain reads (at least 1).
     pub read_connections: usize,
+    /// SQLite page cache of all connections together, KiB: the writer gets half, the read
+    /// connections share the other half. Each cache fills up to its share and stays there.
+    pub cache_kib: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -42,6 +45,7 @@ impl Default for EmbeddedOptions {
         Self {
             sync_full: false,
             read_connections: 4,
+            cache_kib: 128 * 1024,
         }
     }
 }
@@ -73,9 +77,11 @@ impl EmbeddedStore {
     pub fn open(data_dir: &Path, opts: &EmbeddedOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::io("create data_dir", e))?;
         let path = data_dir.join(DB_FILE);
-        let writer = schema::open_writer(&path, opts.sync_full)?;
-        let readers = (0..opts.read_connections.max(1))
-            .map(|_| schema::open_reader(&path).map(Mutex::new))
+        let readers = opts.read_connections.max(1);
+        let (writer_cache, reader_cache) = schema::cache_shares(opts.cache_kib, readers);
+        let writer = schema::open_writer(&path, opts.sync_full, writer_cache)?;
+        let readers = (0..readers)
+            .map(|_| schema::open_reader(&path, reader_cache).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let checkpointer = checkpoint::Checkpointer::start(&path)?;
         let inner = Inner {
@@ -86,6 +92,15 @@ impl EmbeddedStore {
             next_reader: AtomicUsize::new(0),
         };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Bytes SQLite holds on the heap right now, in this process (all its connections: page
+    /// caches, statements, schemas). The page caches are bounded by [`EmbeddedOptions::cache_kib`].
+    pub fn memory_used() -> u64 {
+        // SAFETY: sqlite3_memory_used reads SQLite's global counter; it takes no arguments and
+        // is safe to call from any thread at any time.
+        let n = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        u64::try_from(n).unwrap_or(0)
     }
 
     /// The database file.

@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn message_reads_use_their_index() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conn = super::super::schema::open_writer(&dir.path().join("t.sqlite3"), false).expect("open");
+        let conn = super::super::schema::open_writer(&dir.path().join("t.sqlite3"), false, 2048).expect("open");
         let cases = [
             (HISTORY_SQL, "sqlite_autoindex_messages_1 (room=? AND seq<?)"),
             (RANGE_AFTER_SQL, "sqlite_autoindex_messages_1 (room=? AND seq>?)"),

@@ -31,11 +31,17 @@ pub const DB_FILE: &str = "edge.sqlite3";
 /// How long a connection waits on a lock held by another before failing with a (retryable) busy error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Page cache of the writer connection, KiB: the tails of the busy rooms' B-tree pages stay in memory.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// The smallest page cache a connection gets, KiB (SQLite's own default is 2 MiB).
+const MIN_CACHE_KIB: u64 = 1024;
 
-/// Page cache of each read connection, KiB.
-const READER_CACHE_KIB: i64 = 16 * 1024;
+/// Splits the page-cache budget `total_kib`: half to the writer (the tails of the busy rooms'
+/// B-tree pages stay in memory), the other half shared by the `readers`. Each share is at least
+/// [`MIN_CACHE_KIB`].
+pub(super) fn cache_shares(total_kib: u64, readers: usize) -> (u64, u64) {
+    let writer = (total_kib / 2).max(MIN_CACHE_KIB);
+    let reader = (total_kib / 2 / readers.max(1) as u64).max(MIN_CACHE_KIB);
+    (writer, reader)
+}
 
 /// Prepared statements kept per connection (each connection uses fewer than this).
 const STATEMENT_CACHE: usize = 32;
@@ -90,7 +96,7 @@ const MIGRATIONS: &[&str] = &[
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// Opens (creating if needed) the writer connection, sets its pragmas and migrates the schema.
-pub(super) fn open_writer(path: &Path, sync_full: bool) -> Result<Connection, StoreError> {
+pub(super) fn open_writer(path: &Path, sync_full: bool, cache_kib: u64) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite("open database", e))?;
     common_setup(&conn)?;
     let mode: String = conn
@@ -105,8 +111,7 @@ pub(super) fn open_writer(path: &Path, sync_full: bool) -> Result<Connection, St
     let sync = if sync_full { "FULL" } else { "NORMAL" };
     conn.pragma_update(None, "synchronous", sync)
         .map_err(|e| StoreError::sqlite("set synchronous", e))?;
-    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
-        .map_err(|e| StoreError::sqlite("set cache_size", e))?;
+    set_cache(&conn, cache_kib)?;
     // Checkpoints run on their own thread (see `checkpoint`); this only bounds the WAL if that thread falls behind.
     conn.pragma_update(None, "wal_autocheckpoint", super::checkpoint::WRITER_AUTOCHECKPOINT_PAGES)
         .map_err(|e| StoreError::sqlite("set wal_autocheckpoint", e))?;
@@ -115,13 +120,19 @@ pub(super) fn open_writer(path: &Path, sync_full: bool) -> Result<Connection, St
 }
 
 /// Opens a read-only connection to a file the writer has already created and migrated.
-pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+pub(super) fn open_reader(path: &Path, cache_kib: u64) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::sqlite("open read connection", e))?;
     common_setup(&conn)?;
-    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
-        .map_err(|e| StoreError::sqlite("set cache_size", e))?;
+    set_cache(&conn, cache_kib)?;
     Ok(conn)
+}
+
+/// `cache_size` in KiB (SQLite takes a negative number as KiB, a positive one as pages).
+fn set_cache(conn: &Connection, kib: u64) -> Result<(), StoreError> {
+    let kib = i64::try_from(kib).unwrap_or(i64::MAX);
+    conn.pragma_update(None, "cache_size", -kib)
+        .map_err(|e| StoreError::sqlite("set cache_size", e))
 }
 
 fn common_setup(conn: &Connection) -> Result<(), StoreError> {
@@ -158,12 +169,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cache_budget_is_split_half_to_the_writer() {
+        assert_eq!(cache_shares(128 * 1024, 4), (64 * 1024, 16 * 1024));
+        assert_eq!(cache_shares(16 * 1024, 2), (8 * 1024, 4 * 1024));
+        // Tiny budgets and zero readers still give every connection a usable cache.
+        assert_eq!(cache_shares(0, 0), (MIN_CACHE_KIB, MIN_CACHE_KIB));
+        assert_eq!(cache_shares(3 * 1024, 8), (1536, MIN_CACHE_KIB));
+    }
+
+    #[test]
+    fn the_cache_size_is_applied_to_the_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let conn = open_writer(&path, false, 4096).expect("open writer");
+        let got: i64 = conn.query_row("PRAGMA cache_size", [], |r| r.get(0)).expect("read cache_size");
+        assert_eq!(got, -4096);
+        let reader = open_reader(&path, 1536).expect("open reader");
+        let got: i64 = reader.query_row("PRAGMA cache_size", [], |r| r.get(0)).expect("read cache_size");
+        assert_eq!(got, -1536);
+    }
+
+    #[test]
     fn migrates_once_and_records_the_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
-        let conn = open_writer(&path, false).expect("first open");
+        let conn = open_writer(&path, false, 2048).expect("first open");
         drop(conn);
-        let conn = open_writer(&path, false).expect("second open is a no-op migration");
+        let conn = open_writer(&path, false, 2048).expect("second open is a no-op migration");
         let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).expect("user_version");
         assert_eq!(v as usize, SCHEMA_VERSION);
         let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).expect("journal_mode");
@@ -186,7 +218,7 @@ mod tests {
             conn.execute(insert, rusqlite::params![seq, frame]).expect("insert");
         }
         drop(conn);
-        let conn = open_writer(&path, false).expect("migrate to the newest version");
+        let conn = open_writer(&path, false, 2048).expect("migrate to the newest version");
         let got: Vec<(i64, Option<i64>)> = conn
             .prepare("SELECT seq, reply_to FROM messages ORDER BY seq")
             .expect("prepare")
@@ -201,10 +233,10 @@ mod tests {
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
-        let conn = open_writer(&path, false).expect("open");
+        let conn = open_writer(&path, false, 2048).expect("open");
         conn.pragma_update(None, "user_version", SCHEMA_VERSION as i64 + 1).expect("bump");
         drop(conn);
-        let err = open_writer(&path, false).expect_err("newer schema must be refused");
+        let err = open_writer(&path, false, 2048).expect_err("newer schema must be refused");
         assert!(matches!(err, StoreError::Config(_)), "{err}");
     }
 }

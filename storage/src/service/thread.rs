@@ -21,6 +21,14 @@ use crate::{MessageStore, StoreError};
 /// Longest wait for blocking-pool threads (SQLite calls) when the runtime is dropped.
 const RUNTIME_DROP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Blocking-pool threads beyond `query_concurrency`: the writer's calls, and the store's
+/// own (room states, marks, last seen) that do not go through the query lanes.
+const BLOCKING_SPARE: usize = 8;
+
+/// How long an idle blocking-pool thread stays (tokio's default is 10 s): a pool that
+/// shrinks and grows again with every burst leaves the exited threads' allocator pages behind.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(300);
+
 pub(super) struct Ctx {
     pub(super) writer: writer::Settings,
     pub(super) query_concurrency: usize,
@@ -41,9 +49,15 @@ pub(super) fn main<S, F, Fut>(
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<S, StoreError>>,
 {
+    // The blocking pool runs the embedded store's SQLite calls. Without a bound it grew to one
+    // thread per call waiting on a connection's lock (148 threads after 15 minutes of churn,
+    // each with its own stack and allocator heap: resident memory rose in steps with each
+    // burst). More threads than queries and the writer can run at once only wait.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("store-blocking")
+        .max_blocking_threads(ctx.query_concurrency + BLOCKING_SPARE)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
     {
         Ok(rt) => rt,
