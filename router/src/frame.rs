@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 15;
+pub const FRAME_VERSION: u8 = 16;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -276,6 +276,16 @@ pub enum Frame {
         /// The asking API connection.
         conn: u64,
     },
+    /// A delivered receipt of a room, through Redis in a cluster (version 16): for the
+    /// connections, among the room's members on the receiving shard, of the users who sent
+    /// to the room from that shard lately (every member, in a DM room). On a user's channel:
+    /// for that user's connections that are not members of the (DM) room.
+    ToSenders {
+        /// The room.
+        room: String,
+        /// The rendered `receipt` event.
+        payload: Vec<u8>,
+    },
 }
 
 /// A member's change to a sent message, on its way to the room's owner.
@@ -515,6 +525,7 @@ fn size_hint(frame: &Frame) -> usize {
             c.room.len() + c.user.len() + opt(&c.req) + op
         }
         Frame::Changed { room, message, event, .. } => room.len() + message.as_ref().map_or(0, Vec::len) + event.len(),
+        Frame::ToSenders { room, payload } => room.len() + payload.len(),
     };
     1 + 160 + variable
 }

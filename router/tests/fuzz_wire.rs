@@ -61,11 +61,12 @@ fn variant(f: &Frame) -> usize {
         Frame::Change(_) => 22,
         Frame::Changed { .. } => 23,
         Frame::Disconnect { .. } => 24,
+        Frame::ToSenders { .. } => 25,
     }
 }
 
 /// How many variants [`variant`] knows.
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 26;
 
 fn text() -> impl Strategy<Value = String> + Clone {
     "(?s).{0,12}"
@@ -197,6 +198,7 @@ fn any_frame() -> BoxedStrategy<Frame> {
         (s.clone(), any::<u16>(), any::<bool>()).prop_map(|(user, shard, online)| Frame::Seen { user, shard, online }),
         (s.clone(), u64s, os).prop_map(|(user, conn, req)| Frame::LastSeen { user, conn, req }),
         change_msg().prop_map(Frame::Change),
+        (s.clone(), b.clone()).prop_map(|(room, payload)| Frame::ToSenders { room, payload }),
         (s.clone(), u64s, prop::option::of(b.clone()), b).prop_map(|(room, seq, message, event)| Frame::Changed {
             room,
             seq,

@@ -27,6 +27,7 @@
 //!   the one retry policy (`retryable()` decides, one table of hints).
 
 pub mod catch_up;
+pub mod change_rules;
 #[cfg(test)]
 mod cluster_harness;
 pub mod failure;

@@ -13,7 +13,7 @@ use router::bridge::{BridgeError, BridgeHandle, RecentMessage};
 use super::members::JoinStep;
 use super::{Conn, Shard};
 use crate::engine::subscriber::SubEffect;
-use crate::engine::Failure;
+use crate::engine::{change_rules, Failure};
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
 use crate::room::{fit_page, fit_page_seqs};
@@ -64,7 +64,7 @@ impl Shard {
                     // The stream starts above `after + 1`: it was trimmed there. A shared store
                     // holds what it lost (the member side announces `gap` for what neither has).
                     let first = msgs.first().map(|m| m.0);
-                    if let (Some(shard), Some(first)) = (store, first.filter(|&f| f > after + 1)) {
+                    if let (Some(shard), Some(first)) = (&store, first.filter(|&f| f > after + 1)) {
                         let want = (first - after - 1).min(u64::from(count)) as usize;
                         let query = storage::Query::RangeAfter {
                             room: room.clone(),
@@ -81,6 +81,15 @@ impl Shard {
                                 after,
                                 "cluster: a catch-up below the Redis stream was not read from the store"
                             ),
+                        }
+                    }
+                    // The stream keeps messages as sent: edits and deletes are in the store.
+                    if let Some(shard) = &store {
+                        if monoio::time::timeout(limit, shard.current_versions(&room, &mut msgs))
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(room, "cluster: a catch-up went out as the stream has it: the store was late");
                         }
                     }
                     JoinStep::Fetched(Ok(msgs))
@@ -143,6 +152,7 @@ impl Shard {
         let r = room.to_owned();
         let max_bytes = self.cfg.history_page_max_bytes;
         let store = self.shared_store().then(|| self.rc()).flatten();
+        let user = conn.user().map(|u| u.sub.clone());
         self.reply_from_redis(conn, req, async move {
             let (mut msgs, mut next, top) = history_page(&bridge, &r, before, limit).await?;
             let lowest = msgs.first().map_or(top + 1, |m| m.0);
@@ -165,19 +175,38 @@ impl Shard {
             }
             let (mut msgs, next) = fit_page_seqs(msgs, next, max_bytes);
             if let Some(shard) = store {
-                shard.with_reply_counts(&r, &mut msgs).await;
+                shard.with_store_versions(&r, user.as_deref(), &mut msgs).await;
             }
             let msgs: Vec<Bytes> = msgs.into_iter().map(|(_, m)| m).collect();
             Ok(move |req: Option<&str>| server::history(req, &r, &msgs, next))
         });
     }
 
-    /// Adds `"replies":N` to the page's thread roots, as the shared store counts them (a reply
-    /// counts once its write landed); without the counts (the store failed) the page is
-    /// served as it is.
-    async fn with_reply_counts(&self, room: &str, msgs: &mut [(u64, Bytes)]) {
+    /// Brings a page read (partly) from the Redis stream up to date from the shared store: each
+    /// message the store holds in its current version (edited, or a tombstone), with its
+    /// reactions as `user` sees them and, for a thread root, `"replies":N`. A message the store
+    /// does not hold yet (its write is on its way) stays as the stream has it. Without the
+    /// store (it failed) the page is served as it is.
+    async fn with_store_versions(&self, room: &str, user: Option<&str>, msgs: &mut [(u64, Bytes)]) {
         let (Some(&(from, _)), Some(&(to, _))) = (msgs.first(), msgs.last()) else {
             return;
+        };
+        self.current_versions(room, msgs).await;
+        let reactions = match user {
+            Some(user) => {
+                let query = storage::Query::ReactionCounts {
+                    room: room.to_owned(),
+                    from,
+                    to,
+                    user: user.to_owned(),
+                };
+                match self.cluster_store_query(query).await {
+                    Ok(storage::Answer::ReactionCounts(c)) => c,
+                    Ok(_) => return tracing::error!(room, "cluster: the store answered reactions with something else"),
+                    Err(e) => return tracing::warn!(room, error = %e, "cluster: reactions not read from the store"),
+                }
+            }
+            None => Vec::new(),
         };
         let query = storage::Query::ReplyCounts {
             room: room.to_owned(),
@@ -190,8 +219,30 @@ impl Shard {
             Err(e) => return tracing::warn!(room, error = %e, "cluster: reply counts not read from the store"),
         };
         for (seq, m) in msgs.iter_mut() {
-            if let Ok(i) = counts.binary_search_by_key(seq, |(root, _)| *root) {
-                *m = server::with_extras(m, &[], counts[i].1);
+            let replies = counts.binary_search_by_key(seq, |(root, _)| *root).map_or(0, |i| counts[i].1);
+            *m = server::with_extras(m, change_rules::of_message(&reactions, *seq), replies);
+        }
+    }
+
+    /// Replaces each of `msgs` (ascending seqs) by its version in the shared store, where the
+    /// store holds it: an edit or a delete changed the store's copy, never the stream's.
+    pub(super) async fn current_versions(&self, room: &str, msgs: &mut [(u64, Bytes)]) {
+        let (Some(&(from, _)), Some(&(to, _))) = (msgs.first(), msgs.last()) else {
+            return;
+        };
+        let query = storage::Query::RangeAfter {
+            room: room.to_owned(),
+            after: from - 1,
+            limit: usize::try_from(to - from + 1).unwrap_or(usize::MAX),
+        };
+        let stored = match self.cluster_store_query(query).await {
+            Ok(storage::Answer::RangeAfter(stored)) => stored,
+            Ok(_) => return tracing::error!(room, "cluster: the store answered a range with something else"),
+            Err(e) => return tracing::warn!(room, error = %e, "cluster: current versions not read from the store"),
+        };
+        for m in stored {
+            if let Ok(i) = msgs.binary_search_by_key(&m.seq, |(seq, _)| *seq) {
+                msgs[i].1 = m.frame;
             }
         }
     }

@@ -1,8 +1,7 @@
 //! Read and delivered marks, and last seen, in a cluster on a shared store: a member's
 //! `read` moves the user's mark in the store (forward only), and the moves this shard saw go
 //! to the room's members once a second as `receipt` events, through the room's Redis
-//! channel. The users a room's messages reached on this shard have their delivered marks
-//! stored once a second (for `sync`; no delivered receipts are pushed in a cluster). A user's
+//! channel. Delivered marks and their receipts are `cluster_receipts.rs`. A user's
 //! last seen is stored when a shard gets its first connection of the user or closes its last.
 //!
 //! What must stay true (as on one node, `engine/owner/receipts.rs`):
@@ -67,26 +66,6 @@ impl Shard {
                 Ok(Answer::Mark(_)) => {}
                 Ok(other) => tracing::error!(?other, "set_mark answered with something else"),
                 Err(e) => me.to_conn(conn_id, Failure::Store(e).reply(req.as_deref(), "read mark not stored")),
-            }
-        });
-    }
-
-    /// The users message `seq` of `room` reached on this shard (once a second): their delivered
-    /// marks, stored forward-only for `sync`. Receipts for them are not pushed in a cluster
-    /// (on one node the room's owner knows its recent senders; no shard here does).
-    pub(super) fn cluster_delivered(self: &Rc<Self>, room: String, seq: u64, users: Vec<String>) {
-        let me = self.clone();
-        monoio::spawn(async move {
-            let query = Query::SetMarks {
-                room: room.clone(),
-                users,
-                kind: MarkKind::Delivered,
-                seq,
-            };
-            match me.cluster_store_query(query).await {
-                Ok(Answer::Marks(_)) => {}
-                Ok(other) => tracing::error!(?other, "set_marks answered with something else"),
-                Err(e) => tracing::warn!(room, error = %e, "cluster: delivered marks not stored: the next ones carry them"),
             }
         });
     }

@@ -184,6 +184,7 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
         shard.delivered_tick();
         shard.owner_tick();
         shard.cluster_marks_tick();
+        shard.cluster_receipts_tick();
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {
             // A session lives as long as its token: past `exp` (and the leeway) without a

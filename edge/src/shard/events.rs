@@ -101,7 +101,7 @@ impl Shard {
 
     /// `payload` for this shard's members of `room` whose user `to` accepts; shed for a
     /// member whose queue is backed up.
-    fn push_event(&self, room: &str, payload: &Bytes, to: impl Fn(&str) -> bool) {
+    pub(super) fn push_event(&self, room: &str, payload: &Bytes, to: impl Fn(&str) -> bool) {
         let members = self.members.borrow();
         let conns = self.conns.borrow();
         let (mut sent, mut shed) = (0, 0);

@@ -201,6 +201,7 @@ impl Shard {
             | ArchivedFrame::UserDeliver { .. }
             | ArchivedFrame::Event { .. }
             | ArchivedFrame::Changed { .. }
+            | ArchivedFrame::ToSenders { .. }
             | ArchivedFrame::EventTo { .. } => self.on_member_frame(&buf, frame),
             ArchivedFrame::Change(c) => match c.to_owned_msg() {
                 Ok(change) => self.owner_change(change),
@@ -273,6 +274,9 @@ impl Shard {
             ArchivedFrame::EventTo { room, users, payload } => {
                 let users: Vec<String> = users.iter().map(|u| u.as_str().to_owned()).collect();
                 self.member_event_users(room.as_str(), &users, &router::payload_bytes(buf, payload.as_slice()));
+            }
+            ArchivedFrame::ToSenders { room, payload } => {
+                self.member_to_senders(room.as_str(), &router::payload_bytes(buf, payload.as_slice()));
             }
             ArchivedFrame::Changed { room, seq, message, event } => {
                 let message = message.as_ref().map(|m| router::payload_bytes(buf, m.as_slice()));

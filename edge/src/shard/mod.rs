@@ -20,7 +20,9 @@ mod accept;
 mod api;
 mod changes;
 mod cluster;
+mod cluster_changes;
 mod cluster_marks;
+mod cluster_receipts;
 mod cluster_store;
 mod conn;
 mod delivered;
@@ -194,6 +196,8 @@ impl Shard {
                     store_queries: Default::default(),
                     members: Default::default(),
                     marks: Default::default(),
+                    changes: Default::default(),
+                    senders: Default::default(),
                 }))
             }
             None => {

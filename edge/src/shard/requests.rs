@@ -182,6 +182,10 @@ impl Shard {
             let msg = format!("{room} has no message {root} to reply to");
             return self.reply_error(conn, id, ErrorCode::NotFound, &msg, None);
         }
+        if let super::sequencer::Sequencer::Redis(r) = &self.sequencer {
+            // Whom this shard's delivered receipts of the room are for (`cluster_receipts.rs`).
+            r.senders.note(room, &claims.sub, Self::now_ms());
+        }
         let args = SendArgs {
             room,
             shard: self.id,

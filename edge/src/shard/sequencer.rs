@@ -51,6 +51,10 @@ pub(crate) struct RedisSequencer {
     pub(crate) members: super::cluster_store::Members,
     /// Read marks moved on this shard, waiting for the tick's receipts (`cluster_marks.rs`).
     pub(crate) marks: super::cluster_marks::MovedMarks,
+    /// Changes of sent messages waiting to run, per room (`cluster_changes.rs`).
+    pub(crate) changes: super::cluster_changes::Waiting,
+    /// Who sent to each room from this shard lately, and rooms' sizes (`cluster_marks.rs`).
+    pub(crate) senders: super::cluster_receipts::RecentSenders,
 }
 
 impl Sequencer {
@@ -134,13 +138,20 @@ impl Shard {
         }
     }
 
-    /// A member's edit, delete or reaction: to the room's owner on one node. A cluster keeps
-    /// its history in the Redis stream only (issue #13): the client is told so.
+    /// A member's edit, delete or reaction: to the room's owner on one node; in a cluster on a
+    /// shared store, run by this shard under the room's lock in Redis (`cluster_changes.rs`).
+    /// A cluster on the embedded store (one per node) has no one copy to change: the client
+    /// is told so.
     pub(super) fn seq_change(&self, conn: &Rc<Conn>, id: Option<&str>, change: router::ChangeMsg) {
         match &self.sequencer {
             Sequencer::Local(_) => self.local_change(conn, id, change),
+            Sequencer::Redis(_) if self.shared_store() => {
+                if let Some(me) = self.rc() {
+                    me.cluster_change(conn, change);
+                }
+            }
             Sequencer::Redis(_) => {
-                let msg = "edit, delete and react are not available in cluster mode yet (they need the shared store)";
+                let msg = "edit, delete and react need a shared store in cluster mode (store = \"postgres\" or \"scylla\")";
                 self.reply_error(conn, id, crate::protocol::ErrorCode::BadRequest, msg, None);
             }
         }
@@ -148,7 +159,8 @@ impl Shard {
 
     /// The users a room's message `seq` reached on this shard (coalesced, once a second): to
     /// the room's owner on one node, which stores their delivered marks and pushes receipts;
-    /// in a cluster on a shared store, stored from this shard (no receipts pushed there yet).
+    /// in a cluster on a shared store, stored from this shard, and the receipt goes through
+    /// Redis to the room's recent senders (`cluster_receipts.rs`).
     pub(super) fn seq_delivered(&self, room: String, seq: u64, users: Vec<String>) {
         if let Sequencer::Redis(_) = &self.sequencer {
             if let Some(me) = self.rc().filter(|s| s.shared_store()) {

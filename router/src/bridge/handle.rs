@@ -80,6 +80,22 @@ pub(crate) enum Command {
         room: String,
         frame: Bytes,
     },
+    PublishEvent {
+        room: String,
+        frame: Bytes,
+        reply: Reply<()>,
+    },
+    Lock {
+        room: String,
+        token: u64,
+        ttl_ms: u64,
+        reply: Reply<bool>,
+    },
+    Unlock {
+        room: String,
+        token: u64,
+        reply: Reply<()>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -378,8 +394,8 @@ impl BridgeHandle {
     }
 
     /// Publishes `frame`, an encoded mesh `Frame::Event` of `room` (an event without a
-    /// seq), on the room's channel: every node subscribed to the room gets it as a
-    /// [`BridgeEvent::Event`]. Or, with `room` a user's name ([`keys::user`]), a
+    /// seq) or `Frame::Changed` (an edit, delete or reaction), on the room's channel: every
+    /// node subscribed to the room gets it as a [`BridgeEvent::Event`]. Or, with `room` a user's name ([`keys::user`]), a
     /// `Frame::Disconnect` of that user: the nodes holding the user's connections get it as
     /// a [`BridgeEvent::Disconnect`]. Resolves once queued; the publish is best effort (a
     /// failure is counted and logged, never retried).
@@ -391,12 +407,40 @@ impl BridgeHandle {
             .map_err(|_| BridgeError::Stopped)
     }
 
+    /// Publishes `frame` as [`Self::notify`] does, and resolves once Redis took it (or
+    /// refused it): the caller knows its events reached Redis in the order it awaited them.
+    pub async fn publish_event(&self, room: &str, frame: Bytes) -> Result<(), BridgeError> {
+        let room = room.to_owned();
+        self.ask(|reply| Command::PublishEvent { room, frame, reply }).await
+    }
+
     /// Users online in `room` on any node, with the time (ms since the
     /// epoch, Redis clock) since which they are; sorted by user. Expired
     /// entries are swept first (and their offline notes published).
     pub async fn presence_online(&self, room: &str) -> Result<Vec<(String, u64)>, BridgeError> {
         let room = room.to_owned();
         self.ask(|reply| Command::PresenceOnline { room, reply }).await
+    }
+
+    /// Takes the room's cluster-wide lock for `ttl_ms` (Redis `SET NX PX`) with `token`, a
+    /// value the caller picks unique: whether it holds it now (false: another caller does).
+    /// Held for a change of a sent message, so a room's changes run one at a time across
+    /// nodes; it expires by itself if its holder dies.
+    pub async fn lock(&self, room: &str, token: u64, ttl_ms: u64) -> Result<bool, BridgeError> {
+        let room = room.to_owned();
+        self.ask(|reply| Command::Lock {
+            room,
+            token,
+            ttl_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Releases the room's lock if `token` still holds it.
+    pub async fn unlock(&self, room: &str, token: u64) -> Result<(), BridgeError> {
+        let room = room.to_owned();
+        self.ask(|reply| Command::Unlock { room, token, reply }).await
     }
 
     /// The last seq assigned in `room` cluster-wide (0 if none).

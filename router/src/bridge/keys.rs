@@ -30,6 +30,11 @@ pub fn seq(room: &str) -> String {
     key(room, "seq")
 }
 
+/// The room's lock for changes of sent messages (a string holding its holder's token).
+pub fn lock(room: &str) -> String {
+    key(room, "lock")
+}
+
 /// The room's bounded recent-history stream; entry ids are `<seq>-0`.
 pub fn recent(room: &str) -> String {
     key(room, "recent")

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use fred::interfaces::{ClientLike, KeysInterface, PubsubInterface, StreamsInterface};
-use fred::types::Value;
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface, PubsubInterface, StreamsInterface};
+use fred::types::{Expiration, SetOptions, Value};
 
 use super::core::Shared;
 use super::handle::{Command, Duplicate, RecentMessage, SeqFloor, SeqRange};
@@ -49,6 +49,20 @@ pub(crate) async fn run(shared: Arc<Shared>, cmd: Command) {
             let _ = reply.send(presence::online(&shared, &room).await);
         }
         Command::Notify { room, frame } => notify(&shared, &room, frame).await,
+        Command::PublishEvent { room, frame, reply } => {
+            let _ = reply.send(publish_event(&shared, &room, frame).await);
+        }
+        Command::Lock {
+            room,
+            token,
+            ttl_ms,
+            reply,
+        } => {
+            let _ = reply.send(lock(&shared, &room, token, ttl_ms).await);
+        }
+        Command::Unlock { room, token, reply } => {
+            let _ = reply.send(unlock(&shared, &room, token).await);
+        }
         // Handled by the command loop itself.
         Command::Subscribe { .. } | Command::Unsubscribe { .. } | Command::Presence { .. } | Command::Shutdown { .. } => {}
     }
@@ -208,17 +222,31 @@ fn published_range(reply: Value, room: &str, n: usize) -> Result<SeqRange, Bridg
 
 /// Publishes an event frame on the room's channel, best effort.
 async fn notify(shared: &Shared, room: &str, frame: Bytes) {
+    if let Err(e) = publish_event(shared, room, frame).await {
+        tracing::debug!(room, error = %e, "bridge: event not published");
+    }
+}
+
+/// Publishes an event frame on `room`'s channel (see [`super::BridgeHandle::notify`] for
+/// what it may be): an error if it is not valid there, or Redis refused it.
+async fn publish_event(shared: &Shared, room: &str, frame: Bytes) -> Result<(), BridgeError> {
     let fits = match decode_incoming(&frame) {
-        Ok(Incoming::Event { room: r, .. }) => r == room,
+        // On the room's channel, or on a user's channel (a DM room's change or receipt for
+        // its users).
+        Ok(Incoming::Event { room: r, .. } | Incoming::Changed { room: r, .. }) => r == room || keys::user_of(room).is_some(),
         Ok(Incoming::Disconnect { user }) => keys::user_of(room) == Some(user),
         _ => false,
     };
     if !fits || frame.len() > shared.config.max_message_bytes as usize {
         BridgeMetrics::inc(&shared.metrics.errors_total);
-        return tracing::error!(
+        tracing::error!(
             room,
-            "bridge: a frame that is not a valid Event of its room or Disconnect of its user was not published"
+            "bridge: a frame that is not a valid Event or Changed of its room, or Changed or Disconnect for a user, was not published"
         );
+        return Err(BridgeError::Reply {
+            op: "notify",
+            detail: "not an event frame of this channel".into(),
+        });
     }
     let (client, channel) = (&shared.client, keys::channel(room));
     let sent: Result<i64, BridgeError> = if shared.config.sharded_pubsub {
@@ -226,9 +254,30 @@ async fn notify(shared: &Shared, room: &str, frame: Bytes) {
     } else {
         timed(shared, "notify", client.publish(channel, Value::Bytes(frame))).await
     };
-    if let Err(e) = sent {
-        tracing::debug!(room, error = %e, "bridge: event not published");
-    }
+    sent.map(drop)
+}
+
+/// `SET <room's lock> token NX PX ttl_ms`: whether this caller holds the lock now.
+async fn lock(shared: &Shared, room: &str, token: u64, ttl_ms: u64) -> Result<bool, BridgeError> {
+    let set = shared.client.set::<Value, _, _>(
+        keys::lock(room),
+        token.to_string(),
+        Some(Expiration::PX(ttl_ms.max(1) as i64)),
+        Some(SetOptions::NX),
+        false,
+    );
+    let v = timed(shared, "lock", set).await?;
+    Ok(!v.is_null())
+}
+
+/// Deletes the room's lock if `token` still holds it (a lock that expired and was taken by
+/// another caller stays theirs).
+async fn unlock(shared: &Shared, room: &str, token: u64) -> Result<(), BridgeError> {
+    const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+    let call = shared
+        .client
+        .eval::<Value, _, _, _>(UNLOCK, vec![keys::lock(room)], vec![token.to_string()]);
+    timed(shared, "unlock", call).await.map(drop)
 }
 
 async fn room_seq(shared: &Shared, room: &str) -> Result<u64, BridgeError> {

@@ -81,6 +81,28 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
                 };
                 [Some(deliver), None]
             }
+            // A DM room's edit, delete, reaction or delivered receipt, for the user's
+            // connections that are not members of the room: as a seq-0 user delivery (an
+            // event, not a message).
+            Ok(
+                Incoming::Changed { room: r, event, .. }
+                | Incoming::Event {
+                    room: r, payload: event, ..
+                },
+            ) => {
+                BridgeMetrics::inc(&shared.metrics.received_total);
+                let Some(shards) = shared.subs().shards(room) else {
+                    return [None, None];
+                };
+                let deliver = BridgeEvent::UserDeliver {
+                    user: user.to_owned(),
+                    room: r.to_owned(),
+                    seq: 0,
+                    payload: payload_bytes(&buf, event),
+                    shards,
+                };
+                [Some(deliver), None]
+            }
             Ok(Incoming::Disconnect { user: u }) if u == user => {
                 BridgeMetrics::inc(&shared.metrics.received_total);
                 let Some(shards) = shared.subs().shards(room) else {
@@ -106,7 +128,8 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
     BridgeMetrics::inc(&shared.metrics.received_total);
     match incoming {
         Incoming::Message { seq, payload, .. } => deliver(shared, room, seq, payload_bytes(&buf, payload), buf.clone()),
-        Incoming::Event { .. } => match shared.subs().shards(room) {
+        // Forwarded as is: the shards read it as the mesh frame it is.
+        Incoming::Event { .. } | Incoming::Changed { .. } => match shared.subs().shards(room) {
             Some(shards) => [
                 Some(BridgeEvent::Event {
                     room: room.to_owned(),

@@ -226,7 +226,8 @@ pub enum Incoming<'a> {
         /// The client JSON, a slice of the received buffer.
         payload: &'a [u8],
     },
-    /// An event without a seq (typing), a mesh `Event` frame.
+    /// An event without a seq (typing), a mesh `Event` frame, or a delivered receipt for
+    /// the room's recent senders, a mesh `ToSenders` frame.
     Event {
         /// The room named inside the frame.
         room: &'a str,
@@ -234,6 +235,16 @@ pub enum Incoming<'a> {
         from: &'a str,
         /// The client JSON, a slice of the received buffer.
         payload: &'a [u8],
+    },
+    /// An edit, delete or reaction of a sent message (a mesh `Changed` frame): forwarded
+    /// as is, so each shard's ring keeps the new version and its members get the event.
+    Changed {
+        /// The room named inside the frame.
+        room: &'a str,
+        /// The message changed.
+        seq: u64,
+        /// The client event (`update` or `reaction`), a slice of the received buffer.
+        event: &'a [u8],
     },
     /// An operator's disconnect of a user's connections (a mesh `Disconnect` frame), on the
     /// user's channel.
@@ -258,7 +269,7 @@ impl Incoming<'_> {
     /// The room named inside the message.
     pub fn room(&self) -> &str {
         match self {
-            Self::Message { room, .. } | Self::Event { room, .. } | Self::Presence { room, .. } => room,
+            Self::Message { room, .. } | Self::Event { room, .. } | Self::Changed { room, .. } | Self::Presence { room, .. } => room,
             // Not about a room: never matches a room channel's room.
             Self::Disconnect { .. } => "",
         }
@@ -266,7 +277,8 @@ impl Incoming<'_> {
 }
 
 /// Validates a buffer received from a room or user channel. Anything but a `Deliver`,
-/// `Event` or `Disconnect` frame or a presence note is rejected with a reason.
+/// `Event`, `ToSenders`, `Changed` or `Disconnect` frame or a presence note is rejected
+/// with a reason.
 pub fn decode_incoming(buf: &[u8]) -> Result<Incoming<'_>, String> {
     match buf.first() {
         Some(&FRAME_VERSION) => match decode(buf).map_err(|e| e.to_string())? {
@@ -280,8 +292,19 @@ pub fn decode_incoming(buf: &[u8]) -> Result<Incoming<'_>, String> {
                 from: from.as_str(),
                 payload: payload.as_slice(),
             }),
+            // Forwarded as is, like an event without a seq about nobody.
+            ArchivedFrame::ToSenders { room, payload } => Ok(Incoming::Event {
+                room: room.as_str(),
+                from: "",
+                payload: payload.as_slice(),
+            }),
+            ArchivedFrame::Changed { room, seq, event, .. } => Ok(Incoming::Changed {
+                room: room.as_str(),
+                seq: seq.to_native(),
+                event: event.as_slice(),
+            }),
             ArchivedFrame::Disconnect { user, .. } => Ok(Incoming::Disconnect { user: user.as_str() }),
-            _ => Err("frame is not a Deliver, an Event or a Disconnect".into()),
+            _ => Err("frame is not a Deliver, an Event, a ToSenders, a Changed or a Disconnect".into()),
         },
         Some(&PRESENCE_VERSION) => {
             let note = rkyv::access::<ArchivedPresenceNote, rancor::Error>(&buf[1..]).map_err(|e| e.to_string())?;

@@ -233,6 +233,10 @@ fn samples() -> Vec<Frame> {
             message: None,
             event: br#"{"type":"reaction"}"#.to_vec(),
         },
+        Frame::ToSenders {
+            room: "lobby".into(),
+            payload: br#"{"type":"receipt"}"#.to_vec(),
+        },
     ]
 }
 

@@ -27,6 +27,7 @@ fn check_any(buf: &[u8]) -> Result<(), TestCaseError> {
     let slices: Vec<&[u8]> = match incoming {
         Incoming::Message { room, payload, .. } => vec![room.as_bytes(), payload],
         Incoming::Event { room, from, payload } => vec![room.as_bytes(), from.as_bytes(), payload],
+        Incoming::Changed { room, event, .. } => vec![room.as_bytes(), event],
         Incoming::Disconnect { user } => vec![user.as_bytes()],
         Incoming::Presence { room, user, node, .. } => vec![room.as_bytes(), user.as_bytes(), node.as_bytes()],
     };
@@ -36,7 +37,11 @@ fn check_any(buf: &[u8]) -> Result<(), TestCaseError> {
     } else {
         let kind_ok = matches!(
             decode(buf),
-            Ok(ArchivedFrame::Deliver { .. } | ArchivedFrame::Event { .. } | ArchivedFrame::Disconnect { .. })
+            Ok(ArchivedFrame::Deliver { .. }
+                | ArchivedFrame::Event { .. }
+                | ArchivedFrame::ToSenders { .. }
+                | ArchivedFrame::Changed { .. }
+                | ArchivedFrame::Disconnect { .. })
         );
         prop_assert!(kind_ok, "accepted a frame Redis must not carry");
     }

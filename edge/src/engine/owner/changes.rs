@@ -5,7 +5,8 @@
 //! 1. read the message (the recent ring, else the store);
 //! 2. edit/delete: check the author (or the moderator flag), render the new
 //!    version, and replace the stored frame; react: read the message's
-//!    reactions to check the bounds, then add or remove one;
+//!    reactions to check the bounds, then add or remove one (the rules, shared
+//!    with a cluster's changes, are in `engine/change_rules.rs`);
 //! 3. tell: the ring keeps the new version, every subscribed shard gets the
 //!    `update`/`reaction` event (and the new version for its ring), a DM's two
 //!    users get it on the user channel, and the asker gets its `ack`.
@@ -16,30 +17,26 @@
 //!   bound check holds when its write lands;
 //! - a change waits until the store holds its message (fast mode acks before
 //!   the write commits), so a stored frame is never replaced before it exists;
-//! - a deleted message stays a tombstone: it keeps its seq and cannot be
-//!   edited, deleted again or reacted to;
 //! - every change gets exactly one answer: `ack`, or an error naming why.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use router::{ChangeMsg, ChangeOp};
-use storage::{Answer, Query, ReactionCount, ReactionOp, StoreError, StoredMessage};
+use router::ChangeMsg;
+use storage::{Answer, Query, ReactionCount, StoreError, StoredMessage};
 
 use super::{load, Effect, Owner, StorePort, Wait};
+use crate::engine::change_rules::{self as rules, Plan};
 use crate::engine::{Busy, Failure};
-use crate::protocol::server::{self, StoredView};
+use crate::protocol::server;
 use crate::protocol::ErrorCode;
 
 use load::Readiness;
 
 /// Changes that may wait behind the one running in a room.
 const QUEUE_MAX: usize = 256;
-/// Distinct emojis one message may carry.
-pub const MAX_EMOJIS_PER_MESSAGE: usize = 20;
-/// Emojis one user may put on one message.
-pub const MAX_EMOJIS_PER_USER: usize = 5;
+pub use rules::{MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER};
 
 /// The changes of one room: the one running, and those waiting behind it.
 #[derive(Debug, Default)]
@@ -122,11 +119,7 @@ impl<S: StorePort> Owner<S> {
         match held {
             Some(frame) => self.looked_up(c, Some(frame), now_ms),
             None => {
-                let query = Query::RangeAfter {
-                    room: c.room.clone(),
-                    after: c.seq - 1,
-                    limit: 1,
-                };
+                let query = rules::lookup_query(&c);
                 self.step(c, query, Stage::Lookup, now_ms);
             }
         }
@@ -172,94 +165,39 @@ impl<S: StorePort> Owner<S> {
 
     /// Step 1 done: the message as stored (`None`: not stored, a seq given up).
     fn looked_up(&mut self, c: ChangeMsg, frame: Option<Bytes>, now_ms: u64) {
-        let view = frame.as_deref().and_then(StoredView::parse);
-        let Some(view) = view.filter(|v| !v.deleted) else {
-            let what = if frame.is_some() { "was deleted" } else { "is not stored" };
-            let msg = format!("message {} of {} {what}", c.seq, c.room);
-            return self.finish_change(&c, server::error(c.req.as_deref(), ErrorCode::NotFound, &msg, None), now_ms);
-        };
-        let new_frame = match &c.op {
-            ChangeOp::React { .. } => {
-                let query = Query::ReactionCounts {
+        match rules::plan(&c, frame.as_ref(), now_ms) {
+            Err(reply) => self.finish_change(&c, reply, now_ms),
+            Ok(Plan::React { msg_id }) => {
+                let query = rules::bounds_query(&c);
+                self.step(c, query, Stage::Bounds { msg_id }, now_ms);
+            }
+            Ok(Plan::Replace { frame, msg_id }) => {
+                let query = Query::ReplaceFrame {
                     room: c.room.clone(),
-                    from: c.seq,
-                    to: c.seq,
-                    user: c.user.clone(),
+                    seq: c.seq,
+                    frame: frame.clone(),
                 };
-                return self.step(
-                    c,
-                    query,
-                    Stage::Bounds {
-                        msg_id: view.msg_id().to_owned(),
-                    },
-                    now_ms,
-                );
+                self.step(c, query, Stage::Replace { frame, msg_id }, now_ms);
             }
-            _ if view.from != c.user && !c.moderator => {
-                let msg = format!(
-                    "message {} of {} is {}'s: only its author or a moderator may change it",
-                    c.seq, c.room, view.from
-                );
-                return self.finish_change(&c, server::error(c.req.as_deref(), ErrorCode::Forbidden, &msg, None), now_ms);
-            }
-            ChangeOp::Edit { body } => view.edited(body, now_ms),
-            ChangeOp::Delete => view.deleted(now_ms),
-        };
-        let query = Query::ReplaceFrame {
-            room: c.room.clone(),
-            seq: c.seq,
-            frame: new_frame.clone(),
-        };
-        let stage = Stage::Replace {
-            frame: new_frame,
-            msg_id: view.msg_id().to_owned(),
-        };
-        self.step(c, query, stage, now_ms);
+        }
     }
 
     /// A reaction's bounds, from the message's reactions: then its write (none when it changes nothing).
     fn react_within_bounds(&mut self, c: ChangeMsg, msg_id: String, counts: &[ReactionCount], now_ms: u64) {
-        let ChangeOp::React { emoji, add } = &c.op else { return };
-        let mine = counts.iter().any(|r| r.me && r.emoji == *emoji);
-        if mine == *add {
+        match rules::react_write(&c, counts) {
+            Err(reply) => self.finish_change(&c, reply, now_ms),
             // Already there, or already gone: an ack, and nobody is told.
-            let ack = server::ack(c.req.as_deref(), &c.room, c.seq, &msg_id, now_ms);
-            return self.finish_change(&c, ack, now_ms);
+            Ok(None) => {
+                let ack = server::ack(c.req.as_deref(), &c.room, c.seq, &msg_id, now_ms);
+                self.finish_change(&c, ack, now_ms);
+            }
+            Ok(Some(query)) => self.step(c, query, Stage::React { msg_id }, now_ms),
         }
-        let known = counts.iter().any(|r| r.emoji == *emoji);
-        let refusal = if *add && !known && counts.len() >= MAX_EMOJIS_PER_MESSAGE {
-            Some(format!(
-                "message {} has {MAX_EMOJIS_PER_MESSAGE} different reactions, the most a message may have",
-                c.seq
-            ))
-        } else if *add && counts.iter().filter(|r| r.me).count() >= MAX_EMOJIS_PER_USER {
-            Some(format!(
-                "you have {MAX_EMOJIS_PER_USER} reactions on message {}, the most one user may put on a message",
-                c.seq
-            ))
-        } else {
-            None
-        };
-        if let Some(msg) = refusal {
-            return self.finish_change(&c, server::error(c.req.as_deref(), ErrorCode::TooLarge, &msg, None), now_ms);
-        }
-        let query = Query::React {
-            room: c.room.clone(),
-            seq: c.seq,
-            user: c.user.clone(),
-            emoji: emoji.clone(),
-            op: if *add { ReactionOp::Add } else { ReactionOp::Remove },
-        };
-        self.step(c, query, Stage::React { msg_id }, now_ms);
     }
 
     /// The store holds the change: the ring, every subscribed shard, a DM's users, then the ack.
     fn changed(&mut self, c: ChangeMsg, msg_id: &str, frame: Option<Bytes>, now_ms: u64) {
-        let event = match &c.op {
-            ChangeOp::Edit { body } => server::update(&c.room, c.seq, Some(body), now_ms),
-            ChangeOp::Delete => server::update(&c.room, c.seq, None, now_ms),
-            ChangeOp::React { emoji, add } => server::reaction(&c.room, c.seq, &c.user, emoji, *add),
-        };
+        let event = rules::event(&c, now_ms);
         if let Some(r) = self.rooms.get_mut(&c.room) {
             if let Some(f) = &frame {
                 r.patch(c.seq, f.clone());

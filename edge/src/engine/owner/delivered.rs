@@ -33,7 +33,7 @@ use super::{Effect, Owner, StorePort, Wait};
 use crate::metrics::ShardStats;
 
 /// A member who sent to a room gets its delivered receipts for this long after its last message.
-pub(super) const SENDER_WINDOW_MS: u64 = 30_000;
+pub const SENDER_WINDOW_MS: u64 = 30_000;
 
 impl<S: StorePort> Owner<S> {
     /// Message `seq` of `room` reached connections of `users` on a member shard.

@@ -213,7 +213,7 @@ impl<S: StorePort> Owner<S> {
             .iter()
             .map(|(seq, f)| {
                 let n = replies.binary_search_by_key(seq, |(root, _)| *root).map_or(0, |i| replies[i].1);
-                server::with_extras(f, of_message(&w.reactions, *seq), n)
+                server::with_extras(f, crate::engine::change_rules::of_message(&w.reactions, *seq), n)
             })
             .collect();
         self.reply(w.conn, server::history(w.req.as_deref(), &w.room, &frames, w.next));
@@ -234,13 +234,6 @@ impl<S: StorePort> Owner<S> {
 /// The first and last seq of a page.
 fn span(messages: &[(u64, Bytes)]) -> Option<(u64, u64)> {
     Some((messages.first()?.0, messages.last()?.0))
-}
-
-/// The counts of message `seq`, from counts sorted by seq.
-fn of_message(counts: &[ReactionCount], seq: u64) -> &[ReactionCount] {
-    let start = counts.partition_point(|c| c.seq < seq);
-    let end = counts.partition_point(|c| c.seq <= seq);
-    &counts[start..end]
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ use crate::room::{AckInfo, OwnedRoom, Sequenced};
 pub use args::{render_message, FetchArgs, HistoryArgs, SendArgs};
 pub use changes::{MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER};
 pub use config::OwnerConfig;
+pub use delivered::SENDER_WINDOW_MS;
 use load::Readiness;
 use router::Refusal;
 
