@@ -537,12 +537,27 @@ fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store_and_roots_count
     let q = json!({"type": "send", "room": "th", "body": "orphan", "reply_to": 0});
     let r = senders[1].request(q, "orphan", Duration::from_secs(10));
     assert_eq!(r["code"], "not_found", "reply_to 0: {r}");
+    // A reply to a seq Redis has not given is refused too (Redis's counter is asked, since
+    // the root is past what the sender's core delivered), and takes no seq.
+    let q = json!({"type": "send", "room": "th", "body": "far", "reply_to": last + 50});
+    let r = senders[1].request(q, "far", Duration::from_secs(10));
+    assert_eq!(r["code"], "not_found", "reply_to past the room's last seq: {r}");
+    // A reply to the newest root, sent from the other node at once: not refused.
+    let fresh = senders[0].request(
+        json!({"type": "send", "room": "th", "body": "fresh root"}),
+        "fresh",
+        Duration::from_secs(10),
+    );
+    let fresh = fresh["seq"].as_u64().unwrap_or_else(|| panic!("{fresh}"));
+    let q = json!({"type": "send", "room": "th", "body": "quick reply", "reply_to": fresh});
+    let reply = senders[1].request(q, "quick", Duration::from_secs(10));
+    assert_eq!(reply["seq"], fresh + 1, "a reply to a root just acked elsewhere: {reply}");
     let after = senders[0].request(
         json!({"type": "send", "room": "th", "body": "after"}),
         "after",
         Duration::from_secs(10),
     );
-    assert_eq!(after["seq"], last + 1, "the refused replies took no seq: {after}");
+    assert_eq!(after["seq"], last + 3, "the refused replies took no seq: {after}");
 }
 
 #[test]

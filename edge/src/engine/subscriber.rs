@@ -378,6 +378,11 @@ impl Subscriber {
         self.rooms.get_mut(room).is_some_and(|r| r.feed.advance(seq, payload))
     }
 
+    /// The last seq of `room` this shard delivered, when it knows the room's position.
+    pub fn seen(&self, room: &str) -> Option<u64> {
+        self.rooms.get(room).filter(|r| r.feed.is_known()).map(|r| r.feed.cursor())
+    }
+
     /// Message `seq` of `room` changed: a feed whose ring holds it keeps `message`, its
     /// current version, so a later catch-up from the ring returns it.
     pub fn patch(&mut self, room: &str, seq: u64, message: &Bytes) {

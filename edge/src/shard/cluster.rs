@@ -285,6 +285,42 @@ impl Shard {
         });
     }
 
+    /// A reply (`frame`, a `Frame::Send`) to `root`, a seq past what this shard delivered in
+    /// the room: sent on to the room's owner shard once Redis's counter says the root exists,
+    /// else refused `not_found` (it takes no seq). This rare path may let a later send of the
+    /// same connection be sequenced first.
+    pub(super) fn cluster_reply_send(self: &Rc<Self>, conn: &Rc<Conn>, root: u64, owner: usize, frame: router::Frame) {
+        let (Some(bridge), router::Frame::Send(m)) = (self.bridge(), &frame) else {
+            return;
+        };
+        let (me, conn, room) = (self.clone(), conn.clone(), m.room.clone());
+        let req = m.req.clone();
+        let limit = Duration::from_millis(self.cfg.cluster_join_timeout_ms);
+        monoio::spawn(async move {
+            let req = req.as_deref();
+            match timed(limit, bridge.room_seq(&room)).await {
+                Err(f) => {
+                    conn.out.push_text(f.reply(req, "message not sent"));
+                }
+                Ok(top) if root > top => {
+                    let msg = format!("{room} has no message {root} to reply to");
+                    conn.out.push_text(server::error(req, ErrorCode::NotFound, &msg, None));
+                }
+                Ok(_) if owner == me.id => {
+                    let bytes = router::encode(&frame);
+                    if let Ok(router::ArchivedFrame::Send(m)) = router::decode(&bytes) {
+                        me.seq_send(&crate::engine::owner::SendArgs::of_archived(m));
+                    }
+                }
+                Ok(_) => {
+                    if !me.try_request(owner, &frame) {
+                        me.overloaded(&conn, req);
+                    }
+                }
+            }
+        });
+    }
+
     /// `presence` in cluster mode: who is online in the room on any node.
     pub(super) fn cluster_presence(&self, conn: &Rc<Conn>, req: Option<&str>, room: &str) {
         let Some(bridge) = self.bridge() else { return };

@@ -176,8 +176,8 @@ impl Shard {
     pub(super) fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, s: SendReq<'_>) {
         let Some(claims) = conn.user() else { return };
         // Seq 0 is no message. On one node the owner then checks `reply_to` against the room's
-        // seq; in a cluster nothing knows the room's seq before Redis gives it (a root acked on
-        // another node a moment ago may not have reached this one yet), so only 0 is refused.
+        // seq; in a cluster against Redis's counter, when the root is past what this shard
+        // delivered (a root acked on another node a moment ago may not have reached it yet).
         if let Some(root) = s.reply_to.filter(|&r| r == 0) {
             let msg = format!("{room} has no message {root} to reply to");
             return self.reply_error(conn, id, ErrorCode::NotFound, &msg, None);
@@ -204,6 +204,14 @@ impl Shard {
             reply_to: s.reply_to,
         };
         let owner = crate::room::owner(room, self.shards);
+        if let (super::sequencer::Sequencer::Redis(_), Some(root)) = (&self.sequencer, s.reply_to) {
+            if self.subscriber.borrow().seen(room).is_none_or(|c| root > c) {
+                if let Some(me) = self.rc() {
+                    me.cluster_reply_send(conn, root, owner, super::mesh_io::send_frame(&args));
+                }
+                return;
+            }
+        }
         if owner == self.id {
             return self.seq_send(&args);
         }
