@@ -289,7 +289,7 @@ impl<S: StorePort> Owner<S> {
             (Wait::Reactions(w), result) => self.reactions_answered(*w, result),
             (Wait::Replies(w), result) => self.replies_answered(*w, result),
             (Wait::Mark(mark), result) => self.marked(*mark, result),
-            (Wait::LastSeenSet { user }, result) => self.last_seen_stored(&user, result),
+            (Wait::LastSeenSet { user, ts_ms }, result) => self.last_seen_stored(user, ts_ms, result),
             (Wait::LastSeen { user, conn, req }, result) => self.last_seen_read(&user, conn, req.as_deref(), result),
             (Wait::Delivered { room }, result) => self.delivered_stored(&room, result),
             (Wait::Member { room, user }, result) => self.member_recorded(&room, &user, result),

@@ -161,7 +161,7 @@ enum Wait {
     /// A `read` whose mark the store is setting.
     Mark(Box<receipts::MarkWait>),
     /// A user's last-seen time the store is writing.
-    LastSeenSet { user: String },
+    LastSeenSet { user: String, ts_ms: u64 },
     /// A user's last-seen time the store is reading, for a connection.
     LastSeen { user: String, conn: u64, req: Option<String> },
     /// A flush of delivered marks the store is writing.
@@ -206,6 +206,9 @@ pub struct Owner<S> {
     delivered_flushed_ms: u64,
     /// Users whose home shard this is and who are online: the shards holding a connection of each.
     seen: HashMap<String, Vec<usize>>,
+    /// Last-seen times the store has not taken yet (its queue was full, or the write failed):
+    /// user → time, written again at the next ticks.
+    seen_unstored: HashMap<String, u64>,
     /// History pages whose older part waits for the room's writes to settle (fast mode):
     /// (the seq below which the store must hold everything, the page, its query).
     deferred_pages: HashMap<String, Vec<(u64, Box<history::PageWait>, Query)>>,
@@ -232,6 +235,7 @@ impl<S: StorePort> Owner<S> {
             deferred_pages: HashMap::new(),
             deferred_fetches: HashMap::new(),
             seen: HashMap::new(),
+            seen_unstored: HashMap::new(),
             delivered_unstored: HashMap::new(),
             delivered_senders: HashMap::new(),
             delivered_flushed_ms: 0,

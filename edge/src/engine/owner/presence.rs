@@ -57,6 +57,7 @@ impl<S: StorePort> Owner<S> {
         self.evict_idle(now_ms);
         self.flush_receipts(now_ms);
         self.flush_delivered(now_ms, false);
+        self.retry_last_seen();
         for room in std::mem::take(&mut self.presence_counts) {
             let Some(r) = self.rooms.get_mut(&*room) else { continue };
             if r.roster_mut().take_count_changed() {

@@ -10,7 +10,9 @@
 //! the set holds shards, not counts, so two shards' reports may interleave);
 //! every question gets one answer. At a clean stop every shard stores the
 //! time for the users it holds itself; a crash loses the last-seen time of
-//! users online then (their stored time is their previous one).
+//! users online then (their stored time is their previous one). A time the
+//! store cannot take (its queue is full during a reconnect storm, or the write
+//! failed) is kept, answered from memory, and written again at the next ticks.
 
 use storage::{Answer, Query, StoreError};
 
@@ -18,6 +20,9 @@ use super::{Owner, StorePort, Wait};
 use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
+
+/// Last-seen times a shard keeps back while the store cannot take them, at most.
+const UNSTORED_MAX: usize = 100_000;
 
 impl<S: StorePort> Owner<S> {
     /// Shard `shard` holds its first connection of `user` (`online`), or closed its last one
@@ -49,23 +54,63 @@ impl<S: StorePort> Owner<S> {
         self.flush_delivered(now_ms, true);
     }
 
-    fn store_last_seen(&mut self, user: &str, now_ms: u64) {
+    /// Writes `user`'s last seen; one the store cannot take now is kept and written again
+    /// at the next ticks (`retry_last_seen`), so a burst of closes (a reconnect storm) loses none.
+    fn store_last_seen(&mut self, user: &str, ts_ms: u64) -> bool {
         let query = Query::SetLastSeen {
             user: user.to_owned(),
-            ts_ms: now_ms,
+            ts_ms,
         };
         let ticket = self.take_ticket();
         if self.store.query(query, ticket).is_err() {
             ShardStats::inc(&self.stats().store_overloaded_total);
-            return tracing::warn!(shard = self.cfg.shard, user, "last seen not stored: the store is busy");
+            self.keep_last_seen(user, ts_ms);
+            return false;
         }
-        self.waits.insert(ticket, Wait::LastSeenSet { user: user.to_owned() });
+        let wait = Wait::LastSeenSet {
+            user: user.to_owned(),
+            ts_ms,
+        };
+        self.waits.insert(ticket, wait);
+        true
+    }
+
+    /// Keeps a last seen the store did not take (the later time wins), up to [`UNSTORED_MAX`].
+    fn keep_last_seen(&mut self, user: &str, ts_ms: u64) {
+        if let Some(at) = self.seen_unstored.get_mut(user) {
+            *at = (*at).max(ts_ms);
+        } else if self.seen_unstored.len() < UNSTORED_MAX {
+            self.seen_unstored.insert(user.to_owned(), ts_ms);
+        } else {
+            tracing::warn!(
+                shard = self.cfg.shard,
+                user,
+                "last seen not stored: {UNSTORED_MAX} already wait for the store"
+            );
+        }
+    }
+
+    /// At each tick: the last-seen times kept back go to the store, until it refuses again.
+    pub(super) fn retry_last_seen(&mut self) {
+        let kept: Vec<(String, u64)> = self.seen_unstored.drain().collect();
+        let mut refused = false;
+        for (user, ts_ms) in kept {
+            if refused {
+                self.keep_last_seen(&user, ts_ms);
+            } else {
+                refused = !self.store_last_seen(&user, ts_ms);
+            }
+        }
     }
 
     /// Whether `user` is online, and when it was last seen, for connection `conn`.
     pub fn last_seen(&mut self, user: &str, conn: u64, req: Option<&str>, now_ms: u64) {
         if self.seen.contains_key(user) {
             return self.reply(conn, server::presence_user(req, user, true, Some(now_ms)));
+        }
+        if let Some(&ts) = self.seen_unstored.get(user) {
+            // Newer than what the store holds: it waits to be written.
+            return self.reply(conn, server::presence_user(req, user, false, Some(ts)));
         }
         let ticket = self.take_ticket();
         if self.store.query(Query::LastSeen { user: user.to_owned() }, ticket).is_err() {
@@ -92,10 +137,11 @@ impl<S: StorePort> Owner<S> {
         self.reply(conn, reply);
     }
 
-    /// The store answered a last-seen write.
-    pub(super) fn last_seen_stored(&mut self, user: &str, result: Result<Answer, StoreError>) {
+    /// The store answered a last-seen write: one that failed is written again at the next tick.
+    pub(super) fn last_seen_stored(&mut self, user: String, ts_ms: u64, result: Result<Answer, StoreError>) {
         if let Err(e) = result {
-            tracing::warn!(shard = self.cfg.shard, user, error = %e, "last seen not stored");
+            tracing::debug!(shard = self.cfg.shard, user, error = %e, "last seen not stored yet: written again at the next tick");
+            self.keep_last_seen(&user, ts_ms);
         }
     }
 }
@@ -134,5 +180,31 @@ mod tests {
             json!({"type":"presence","user":"ann","status":"offline","last_seen":NOW + 20})
         );
         assert_eq!(ask(&mut o, "bob")["last_seen"], json!(null), "others are untouched");
+    }
+
+    #[test]
+    fn a_last_seen_the_store_cannot_take_is_kept_answered_and_written_at_a_later_tick() {
+        let mut o = owner(4);
+        o.user_seen("ann", 0, true, NOW);
+        o.store_mut().full = true;
+        o.user_seen("ann", 0, false, NOW + 30);
+        o.tick(NOW + 1_000);
+        assert!(o.store_mut().last_seen.is_empty(), "the store took nothing while full");
+        // Asked meanwhile: answered from what waits to be written.
+        o.last_seen("ann", 7, None, NOW + 1_100);
+        let (replies, _) = outcome(&mut o);
+        assert_eq!(
+            replies,
+            vec![json!({"type":"presence","user":"ann","status":"offline","last_seen":NOW + 30})]
+        );
+        o.store_mut().full = false;
+        o.tick(NOW + 2_000);
+        settle_queries(&mut o);
+        assert_eq!(
+            o.store_mut().last_seen.get("ann"),
+            Some(&(NOW + 30)),
+            "written at the tick after the store took queries again"
+        );
+        assert_eq!(ask(&mut o, "ann")["last_seen"], json!(NOW + 30));
     }
 }

@@ -21,6 +21,8 @@ pub(super) struct Port {
     /// (seq, emoji, user).
     pub(super) reactions: BTreeSet<(u64, String, String)>,
     pub(super) last_seen: BTreeMap<String, u64>,
+    /// While set, every query is refused as if the store's queue were full.
+    pub(super) full: bool,
 }
 
 impl StorePort for Port {
@@ -30,6 +32,9 @@ impl StorePort for Port {
     }
 
     fn query(&mut self, query: Query, ticket: u64) -> Result<(), Overloaded> {
+        if self.full {
+            return Err(Overloaded);
+        }
         self.queries.push((ticket, query));
         Ok(())
     }
