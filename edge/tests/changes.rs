@@ -54,23 +54,6 @@ fn on_both_shards(s: &Server, user: &str) -> Vec<Member> {
     ms
 }
 
-fn ok(m: &mut Member, v: Value, id: &str) -> Value {
-    let r = m.request(v, id, WAIT);
-    assert_eq!(r["type"], "ack", "{}: {r}\n{}", m.who(), m.context());
-    r
-}
-
-fn refused(m: &mut Member, v: Value, id: &str, code: &str) -> Value {
-    let r = m.request(v, id, WAIT);
-    assert_eq!(
-        (r["type"].as_str(), r["code"].as_str()),
-        (Some("error"), Some(code)),
-        "{}: {r}",
-        m.who()
-    );
-    r
-}
-
 fn history(m: &mut Member, id: &str) -> Vec<Value> {
     let r = m.request(json!({"type": "history", "room": ROOM}), id, WAIT);
     assert_eq!(r["type"], "history", "{r}");
@@ -108,14 +91,10 @@ fn edits_deletes_and_reactions_reach_members_persist_and_refuse_bad_input() {
             m.join(ROOM);
         }
         for (i, body) in ["one", "two", "three"].iter().enumerate() {
-            ok(&mut alice, json!({"type": "send", "room": ROOM, "body": body}), &format!("s{i}"));
+            alice.expect_ack(json!({"type": "send", "room": ROOM, "body": body}), &format!("s{i}"));
         }
         // The author edits: every member hears the update.
-        ok(
-            &mut alice,
-            json!({"type": "edit", "room": ROOM, "seq": 1, "body": "one, edited"}),
-            "e1",
-        );
+        alice.expect_ack(json!({"type": "edit", "room": ROOM, "seq": 1, "body": "one, edited"}), "e1");
         for b in bobs.iter_mut() {
             let u = b
                 .read_until(WAIT, |v| v["type"] == "update")
@@ -126,62 +105,37 @@ fn edits_deletes_and_reactions_reach_members_persist_and_refuse_bad_input() {
             );
         }
         // Someone else may not; a moderator may delete.
-        refused(
-            &mut bobs[0],
-            json!({"type": "edit", "room": ROOM, "seq": 1, "body": "mine"}),
-            "e2",
-            "forbidden",
-        );
-        refused(&mut bobs[0], json!({"type": "delete", "room": ROOM, "seq": 2}), "d1", "forbidden");
-        ok(&mut md, json!({"type": "delete", "room": ROOM, "seq": 2}), "d2");
+        bobs[0].expect_error(json!({"type": "edit", "room": ROOM, "seq": 1, "body": "mine"}), "e2", "forbidden");
+        bobs[0].expect_error(json!({"type": "delete", "room": ROOM, "seq": 2}), "d1", "forbidden");
+        md.expect_ack(json!({"type": "delete", "room": ROOM, "seq": 2}), "d2");
         let gone = bobs[1]
             .read_until(WAIT, |v| v["type"] == "update" && v["seq"] == 2)
             .expect("delete update");
         assert_eq!(gone["deleted"], true, "{gone}");
         assert!(gone.get("body").is_none(), "{gone}");
-        refused(
-            &mut alice,
-            json!({"type": "edit", "room": ROOM, "seq": 2, "body": "back"}),
-            "e3",
-            "not_found",
-        );
+        alice.expect_error(json!({"type": "edit", "room": ROOM, "seq": 2, "body": "back"}), "e3", "not_found");
         // Reactions: told once per change.
-        ok(
-            &mut bobs[0],
-            json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "add"}),
-            "r1",
-        );
-        ok(
-            &mut bobs[0],
-            json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "add"}),
-            "r2",
-        );
+        bobs[0].expect_ack(json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "add"}), "r1");
+        bobs[0].expect_ack(json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "add"}), "r2");
         let r = alice.read_until(WAIT, |v| v["type"] == "reaction").expect("reaction");
         assert_eq!(
             r,
             json!({"type": "reaction", "room": ROOM, "seq": 3, "user": "bob", "emoji": "👍", "op": "add"})
         );
         // Bad input: the protocol's codes.
-        refused(
-            &mut alice,
+        alice.expect_error(
             json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "x".repeat(33), "op": "add"}),
             "b1",
             "bad_request",
         );
-        refused(
-            &mut alice,
+        alice.expect_error(
             json!({"type": "react", "room": ROOM, "seq": 99, "emoji": "👍", "op": "add"}),
             "b2",
             "not_found",
         );
-        refused(&mut alice, json!({"type": "delete", "room": ROOM, "seq": 0}), "b3", "not_found");
-        refused(&mut alice, json!({"type": "edit", "room": ROOM, "seq": 1}), "b4", "bad_request");
-        refused(
-            &mut alice,
-            json!({"type": "delete", "room": "dm:bob:carol", "seq": 1}),
-            "b5",
-            "forbidden",
-        );
+        alice.expect_error(json!({"type": "delete", "room": ROOM, "seq": 0}), "b3", "not_found");
+        alice.expect_error(json!({"type": "edit", "room": ROOM, "seq": 1}), "b4", "bad_request");
+        alice.expect_error(json!({"type": "delete", "room": "dm:bob:carol", "seq": 1}), "b5", "forbidden");
         alice.drain(Duration::from_millis(300));
         let reactions = alice.log.iter().filter(|v| v["type"] == "reaction").count();
         assert_eq!(reactions, 1, "the repeated add told nobody\n{}", alice.context());
@@ -211,8 +165,7 @@ fn edits_deletes_and_reactions_reach_members_persist_and_refuse_bad_input() {
         let s = Server::start_with(driver, ENVS, &[], &dir);
         let mut bob = Member::connect(&s, "n1", "bob");
         check_current(&history(&mut bob, "h3"), true);
-        ok(
-            &mut bob,
+        bob.expect_ack(
             json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "remove"}),
             "r3",
         );
@@ -226,27 +179,7 @@ fn a_dm_edit_reaches_the_recipient_who_never_joined() {
     let s = Server::start("io_uring", ENVS);
     let mut bob = Member::connect(&s, "n1", "bob");
     let mut alice = Member::connect(&s, "n1", "alice");
-    let ack = ok(&mut alice, json!({"type": "send", "to": "bob", "body": "hi"}), "dm");
-    let seq = ack["seq"].as_u64().expect("seq");
-    bob.read_until(WAIT, |v| v["type"] == "message").expect("the DM");
-    ok(
-        &mut alice,
-        json!({"type": "edit", "room": "dm:alice:bob", "seq": seq, "body": "hello"}),
-        "e",
-    );
-    let u = bob
-        .read_until(WAIT, |v| v["type"] == "update")
-        .unwrap_or_else(|| panic!("{}", bob.context()));
-    assert_eq!((u["room"].clone(), u["body"].clone()), (json!("dm:alice:bob"), json!("hello")));
-    ok(
-        &mut bob,
-        json!({"type": "react", "room": "dm:alice:bob", "seq": seq, "emoji": "❤️", "op": "add"}),
-        "r",
-    );
-    let r = alice
-        .read_until(WAIT, |v| v["type"] == "reaction")
-        .unwrap_or_else(|| panic!("{}", alice.context()));
-    assert_eq!(r["user"], "bob");
+    cluster_support::a_dm_change_reaches_the_recipient_who_never_joined(&mut alice, &mut bob);
 }
 
 #[test]
@@ -255,7 +188,7 @@ fn a_cluster_refuses_changes_clearly() {
     let nodes = cluster_support::start_cluster(1, &redis);
     let mut alice = Member::connect(&nodes[0], "n1", "alice");
     alice.join(ROOM);
-    ok(&mut alice, json!({"type": "send", "room": ROOM, "body": "x"}), "s");
+    alice.expect_ack(json!({"type": "send", "room": ROOM, "body": "x"}), "s");
     for (i, v) in [
         json!({"type": "edit", "room": ROOM, "seq": 1, "body": "y"}),
         json!({"type": "delete", "room": ROOM, "seq": 1}),
@@ -264,7 +197,7 @@ fn a_cluster_refuses_changes_clearly() {
     .into_iter()
     .enumerate()
     {
-        let r = refused(&mut alice, v, &format!("c{i}"), "bad_request");
+        let r = alice.expect_error(v, &format!("c{i}"), "bad_request");
         assert!(r["message"].as_str().is_some_and(|m| m.contains("cluster mode")), "{r}");
     }
 }

@@ -21,23 +21,6 @@ use serde_json::{json, Value};
 const ROOM: &str = "edits";
 const WAIT: Duration = Duration::from_secs(10);
 
-fn ok(m: &mut Member, v: Value, id: &str) -> Value {
-    let r = m.request(v, id, WAIT);
-    assert_eq!(r["type"], "ack", "{}: {r}\n{}", m.who(), m.context());
-    r
-}
-
-fn refused(m: &mut Member, v: Value, id: &str, code: &str) -> Value {
-    let r = m.request(v, id, WAIT);
-    assert_eq!(
-        (r["type"].as_str(), r["code"].as_str()),
-        (Some("error"), Some(code)),
-        "{}: {r}",
-        m.who()
-    );
-    r
-}
-
 fn history(m: &mut Member, id: &str) -> Vec<Value> {
     let r = m.request(json!({"type": "history", "room": ROOM}), id, WAIT);
     assert_eq!(r["type"], "history", "{r}");
@@ -79,16 +62,12 @@ fn changes_in_a_cluster_reach_every_node_persist_and_refuse_bad_input() {
         m.join(ROOM);
     }
     for (i, body) in ["one", "two", "three"].into_iter().enumerate() {
-        let ack = ok(&mut alice, json!({"type": "send", "room": ROOM, "body": body}), &format!("s{i}"));
+        let ack = alice.expect_ack(json!({"type": "send", "room": ROOM, "body": body}), &format!("s{i}"));
         assert_eq!(ack["seq"], i as u64 + 1);
     }
 
     // The author edits on node 1; the members on node 2 hear it.
-    ok(
-        &mut alice,
-        json!({"type": "edit", "room": ROOM, "seq": 1, "body": "one, edited"}),
-        "e1",
-    );
+    alice.expect_ack(json!({"type": "edit", "room": ROOM, "seq": 1, "body": "one, edited"}), "e1");
     for m in [&mut bob, &mut carol] {
         let u = m
             .read_until(WAIT, |v| v["type"] == "update")
@@ -97,50 +76,25 @@ fn changes_in_a_cluster_reach_every_node_persist_and_refuse_bad_input() {
         assert!(u["edited_ts"].as_u64().is_some(), "{u}");
     }
     // Only the author: bob may not edit or delete alice's messages.
-    refused(
-        &mut bob,
-        json!({"type": "edit", "room": ROOM, "seq": 1, "body": "mine"}),
-        "be",
-        "forbidden",
-    );
-    refused(&mut bob, json!({"type": "delete", "room": ROOM, "seq": 2}), "bd", "forbidden");
+    bob.expect_error(json!({"type": "edit", "room": ROOM, "seq": 1, "body": "mine"}), "be", "forbidden");
+    bob.expect_error(json!({"type": "delete", "room": ROOM, "seq": 2}), "bd", "forbidden");
     // The author deletes from her other node; node 1 hears it.
-    ok(&mut alice2, json!({"type": "delete", "room": ROOM, "seq": 2}), "d2");
+    alice2.expect_ack(json!({"type": "delete", "room": ROOM, "seq": 2}), "d2");
     let u = alice
         .seen_or_read(WAIT, |v| v["type"] == "update" && v["seq"] == 2)
         .unwrap_or_else(|| panic!("{}", alice.context()));
     assert_eq!(u["deleted"], true, "{u}");
     // A tombstone stays one; seqs past the room's last, and 0, do not exist.
-    refused(
-        &mut alice,
-        json!({"type": "edit", "room": ROOM, "seq": 2, "body": "back"}),
-        "e2",
-        "not_found",
-    );
-    refused(
-        &mut alice,
-        json!({"type": "delete", "room": ROOM, "seq": 2}),
-        "d2again",
-        "not_found",
-    );
-    refused(
-        &mut bob,
+    alice.expect_error(json!({"type": "edit", "room": ROOM, "seq": 2, "body": "back"}), "e2", "not_found");
+    alice.expect_error(json!({"type": "delete", "room": ROOM, "seq": 2}), "d2again", "not_found");
+    bob.expect_error(
         json!({"type": "react", "room": ROOM, "seq": 2, "emoji": "👍", "op": "add"}),
         "r2",
         "not_found",
     );
-    refused(
-        &mut alice,
-        json!({"type": "edit", "room": ROOM, "seq": 99, "body": "x"}),
-        "e99",
-        "not_found",
-    );
+    alice.expect_error(json!({"type": "edit", "room": ROOM, "seq": 99, "body": "x"}), "e99", "not_found");
     // Bob reacts on node 2; alice hears it on node 1. Adding it again is acked and tells nobody.
-    ok(
-        &mut bob,
-        json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "add"}),
-        "r3",
-    );
+    bob.expect_ack(json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "add"}), "r3");
     let r = alice
         .read_until(WAIT, |v| v["type"] == "reaction")
         .unwrap_or_else(|| panic!("{}", alice.context()));
@@ -149,12 +103,11 @@ fn changes_in_a_cluster_reach_every_node_persist_and_refuse_bad_input() {
         (json!("bob"), json!("👍"), json!("add")),
         "{r}"
     );
-    ok(
-        &mut bob,
+    bob.expect_ack(
         json!({"type": "react", "room": ROOM, "seq": 3, "emoji": "👍", "op": "add"}),
         "r3again",
     );
-    ok(&mut alice, json!({"type": "send", "room": ROOM, "body": "marker"}), "marker");
+    alice.expect_ack(json!({"type": "send", "room": ROOM, "body": "marker"}), "marker");
     let next = alice.read_until(WAIT, |v| {
         v["type"] == "reaction" || (v["type"] == "message" && v["body"] == "marker")
     });
@@ -213,32 +166,7 @@ fn a_dm_change_in_a_cluster_reaches_the_recipient_who_never_joined() {
     let nodes = start(&redis, &db);
     let mut bob = Member::connect(&nodes[2], "n3", "bob");
     let mut alice = Member::connect(&nodes[0], "n1", "alice");
-    let ack = ok(&mut alice, json!({"type": "send", "to": "bob", "body": "hi"}), "dm");
-    let seq = ack["seq"].as_u64().expect("seq");
-    bob.read_until(WAIT, |v| v["type"] == "message")
-        .unwrap_or_else(|| panic!("{}", bob.context()));
-    ok(
-        &mut alice,
-        json!({"type": "edit", "room": "dm:alice:bob", "seq": seq, "body": "hello"}),
-        "e",
-    );
-    let u = bob
-        .read_until(WAIT, |v| v["type"] == "update")
-        .unwrap_or_else(|| panic!("{}", bob.context()));
-    assert_eq!(
-        (u["room"].clone(), u["body"].clone()),
-        (json!("dm:alice:bob"), json!("hello")),
-        "{u}"
-    );
-    ok(
-        &mut bob,
-        json!({"type": "react", "room": "dm:alice:bob", "seq": seq, "emoji": "❤️", "op": "add"}),
-        "r",
-    );
-    let r = alice
-        .read_until(WAIT, |v| v["type"] == "reaction")
-        .unwrap_or_else(|| panic!("{}", alice.context()));
-    assert_eq!(r["user"], "bob", "{r}");
+    cluster_support::a_dm_change_reaches_the_recipient_who_never_joined(&mut alice, &mut bob);
 }
 
 #[test]
@@ -254,11 +182,7 @@ fn changes_racing_from_two_nodes_end_as_they_were_acked() {
     }
     let rounds = 10;
     for i in 0..rounds {
-        ok(
-            &mut a1,
-            json!({"type": "send", "room": ROOM, "body": format!("m{i}")}),
-            &format!("s{i}"),
-        );
+        a1.expect_ack(json!({"type": "send", "room": ROOM, "body": format!("m{i}")}), &format!("s{i}"));
     }
     // Each message: an edit from node 1 and a delete from node 2, sent together.
     for i in 0..rounds {

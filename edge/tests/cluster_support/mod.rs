@@ -235,6 +235,25 @@ impl Member {
             .unwrap_or_else(|| panic!("{}: no reply to {v} within {limit:?}\n{}", self.who(), self.context()))
     }
 
+    /// Sends `v` as request `id` and checks that it is acked; the `ack`.
+    pub fn expect_ack(&mut self, v: Value, id: &str) -> Value {
+        let r = self.request(v, id, Duration::from_secs(10));
+        assert_eq!(r["type"], "ack", "{}: {r}\n{}", self.who(), self.context());
+        r
+    }
+
+    /// Sends `v` as request `id` and checks that it is refused with `code`; the `error`.
+    pub fn expect_error(&mut self, v: Value, id: &str, code: &str) -> Value {
+        let r = self.request(v, id, Duration::from_secs(10));
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{}: {r}",
+            self.who()
+        );
+        r
+    }
+
     pub fn send(&mut self, v: Value) {
         if let Err(e) = self.c.ws.send(Message::text(v.to_string())) {
             panic!("{}: sending {v} failed: {e}\n{}", self.who(), self.context());
@@ -343,3 +362,30 @@ pub fn is_presence_event(v: &Value, room: &str, user: &str, status: &str) -> boo
 
 // ---------------------------------------------------------------------------
 // Tests
+
+/// Alice sends bob a DM (bob never joins `dm:alice:bob`), edits it, and bob reacts: bob hears
+/// the edit and alice the reaction, wherever their connections are.
+pub fn a_dm_change_reaches_the_recipient_who_never_joined(alice: &mut Member, bob: &mut Member) {
+    let wait = Duration::from_secs(10);
+    let ack = alice.expect_ack(json!({"type": "send", "to": "bob", "body": "hi"}), "dm");
+    let seq = ack["seq"].as_u64().unwrap_or_else(|| panic!("{ack}"));
+    bob.read_until(wait, |v| v["type"] == "message")
+        .unwrap_or_else(|| panic!("the DM: {}", bob.context()));
+    alice.expect_ack(json!({"type": "edit", "room": "dm:alice:bob", "seq": seq, "body": "hello"}), "e");
+    let u = bob
+        .read_until(wait, |v| v["type"] == "update")
+        .unwrap_or_else(|| panic!("{}", bob.context()));
+    assert_eq!(
+        (u["room"].clone(), u["body"].clone()),
+        (json!("dm:alice:bob"), json!("hello")),
+        "{u}"
+    );
+    bob.expect_ack(
+        json!({"type": "react", "room": "dm:alice:bob", "seq": seq, "emoji": "❤️", "op": "add"}),
+        "r",
+    );
+    let r = alice
+        .read_until(wait, |v| v["type"] == "reaction")
+        .unwrap_or_else(|| panic!("{}", alice.context()));
+    assert_eq!(r["user"], "bob", "{r}");
+}

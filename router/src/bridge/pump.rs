@@ -66,60 +66,46 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
         return reject();
     }
     if let Some(user) = keys::user_of(room) {
-        return match decode_incoming(&buf) {
-            Ok(Incoming::Message { room: r, seq, payload }) => {
-                BridgeMetrics::inc(&shared.metrics.received_total);
-                let Some(shards) = shared.subs().shards(room) else {
-                    return [None, None];
-                };
-                let deliver = BridgeEvent::UserDeliver {
-                    user: user.to_owned(),
-                    room: r.to_owned(),
-                    seq,
-                    payload: payload_bytes(&buf, payload),
-                    shards,
-                };
-                [Some(deliver), None]
-            }
-            // A DM room's edit, delete, reaction or delivered receipt, for the user's
-            // connections that are not members of the room: as a seq-0 user delivery (an
-            // event, not a message).
+        // A DM room's message; or its edit, delete, reaction or delivered receipt, as a seq-0
+        // user delivery (an event, not a message). For the user's connections that are not
+        // members of the room.
+        let (r, seq, payload) = match decode_incoming(&buf) {
+            Ok(Incoming::Message { room: r, seq, payload }) => (r, seq, payload),
             Ok(
                 Incoming::Changed { room: r, event, .. }
                 | Incoming::Event {
                     room: r, payload: event, ..
                 },
-            ) => {
-                BridgeMetrics::inc(&shared.metrics.received_total);
-                let Some(shards) = shared.subs().shards(room) else {
-                    return [None, None];
-                };
-                let deliver = BridgeEvent::UserDeliver {
-                    user: user.to_owned(),
-                    room: r.to_owned(),
-                    seq: 0,
-                    payload: payload_bytes(&buf, event),
-                    shards,
-                };
-                [Some(deliver), None]
-            }
+            ) => (r, 0, event),
             Ok(Incoming::Disconnect { user: u }) if u == user => {
                 BridgeMetrics::inc(&shared.metrics.received_total);
                 let Some(shards) = shared.subs().shards(room) else {
                     return [None, None];
                 };
                 let frame = buf.clone();
-                [
+                return [
                     Some(BridgeEvent::Disconnect {
                         user: u.to_owned(),
                         frame,
                         shards,
                     }),
                     None,
-                ]
+                ];
             }
-            _ => reject(),
+            _ => return reject(),
         };
+        BridgeMetrics::inc(&shared.metrics.received_total);
+        let Some(shards) = shared.subs().shards(room) else {
+            return [None, None];
+        };
+        let deliver = BridgeEvent::UserDeliver {
+            user: user.to_owned(),
+            room: r.to_owned(),
+            seq,
+            payload: payload_bytes(&buf, payload),
+            shards,
+        };
+        return [Some(deliver), None];
     }
     let incoming = match decode_incoming(&buf) {
         Ok(i) if i.room() == room => i,
