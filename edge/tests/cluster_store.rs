@@ -345,7 +345,7 @@ fn a_cluster_on_scylla_pages_history_below_the_stream_and_dedupes_retries() {
 
 #[test]
 fn sync_in_a_cluster_lists_joined_rooms_and_dms_from_the_shared_store() {
-    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(2, &[], "team");
+    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(3, &[], "team");
     // s0 (node 1) and s1 (node 2) are in "team"; s1 writes three messages there, s0 one; then
     // s1 sends s0 a DM neither joined.
     for i in 0..3 {
@@ -400,7 +400,7 @@ fn sync_in_a_cluster_lists_joined_rooms_and_dms_from_the_shared_store() {
 
 #[test]
 fn read_and_delivered_marks_in_a_cluster_are_kept_in_the_shared_store() {
-    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(2, &[], "marks");
+    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(3, &[], "marks");
     for i in 0..3 {
         let ack = senders[1].request(
             json!({"type": "send", "room": "marks", "body": format!("m{i}")}),
@@ -473,7 +473,7 @@ fn a_cluster_on_the_embedded_store_says_read_and_sync_need_a_shared_store() {
 
 #[test]
 fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store_and_roots_count_them() {
-    let (_redis, _db, _nodes, mut senders) = cluster_on_postgres(2, &[], "th");
+    let (_redis, _db, _nodes, mut senders) = cluster_on_postgres(3, &[], "th");
     let mut send = |who: usize, body: &str, reply_to: Option<u64>| {
         let mut q = json!({"type": "send", "room": "th", "body": body});
         if let Some(r) = reply_to {
@@ -562,7 +562,7 @@ fn a_thread_in_a_cluster_pages_its_replies_from_the_shared_store_and_roots_count
 
 #[test]
 fn a_users_presence_in_a_cluster_is_online_anywhere_then_last_seen_from_the_shared_store() {
-    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(2, &[], "ls");
+    let (_redis, _db, nodes, mut senders) = cluster_on_postgres(3, &[], "ls");
     let ask = |m: &mut Member, who: &str| m.request(json!({"type": "presence", "user": who}), who, Duration::from_secs(10));
     // ann is on node 1 only; s1 asks from node 2.
     let ann = Member::connect(&nodes[0], "n1", "ann");

@@ -86,20 +86,20 @@ fn one_node_delivers_a_dm_to_every_connection_of_both_users_without_a_join() {
 #[test]
 fn a_dm_crosses_nodes_to_a_recipient_who_never_joined() {
     let redis = RedisServer::start();
-    let nodes = cluster_support::start_cluster_with(2, &redis, ENVS);
+    let nodes = cluster_support::start_cluster_with(3, &redis, ENVS);
     cluster_support::wait_readyz(&nodes, 200, WAIT, "cluster start");
     let mut alice = vec![Member::connect(&nodes[0], "n1", "alice"), Member::connect(&nodes[1], "n2", "alice")];
     let mut bob = vec![
         Member::connect(&nodes[1], "n2", "bob"),
         Member::connect(&nodes[1], "n2", "bob"),
-        Member::connect(&nodes[0], "n1", "bob"),
+        Member::connect(&nodes[2], "n3", "bob"),
     ];
     bob[1].join(ROOM);
-    // A user's channel is subscribed when the connection authenticates: wait until both
-    // nodes hold alice's and bob's.
-    for user in ["alice", "bob"] {
-        let both = cluster_support::eventually(WAIT, || cluster_support::numsub(redis.port(), &format!("user/{user}")) == 2);
-        assert!(both, "both nodes subscribe to {user}'s channel");
+    // A user's channel is subscribed when the connection authenticates: wait until every
+    // node holding a connection of alice (nodes 1 and 2) and bob (nodes 2 and 3) subscribes it.
+    for (user, n) in [("alice", 2), ("bob", 2)] {
+        let all = cluster_support::eventually(WAIT, || cluster_support::numsub(redis.port(), &format!("user/{user}")) == n);
+        assert!(all, "{n} nodes subscribe to {user}'s channel");
     }
     check_dms(&mut alice, &mut bob);
     // Read marks need the shared store (issue #13): a cluster says so rather than drop them.

@@ -154,11 +154,11 @@ fn a_burst_of_typing_is_coalesced_and_alternates() {
 #[test]
 fn typing_crosses_nodes_through_redis() {
     let redis = RedisServer::start();
-    let nodes = cluster_support::start_cluster_with(2, &redis, ENVS);
+    let nodes = cluster_support::start_cluster_with(3, &redis, ENVS);
     cluster_support::wait_readyz(&nodes, 200, WAIT, "cluster start");
     let room = "x";
     let mut alice = vec![Member::connect(&nodes[0], "n1", "alice"), Member::connect(&nodes[1], "n2", "alice")];
-    let mut bob = vec![Member::connect(&nodes[1], "n2", "bob"), Member::connect(&nodes[0], "n1", "bob")];
+    let mut bob = vec![Member::connect(&nodes[1], "n2", "bob"), Member::connect(&nodes[2], "n3", "bob")];
     for m in alice.iter_mut().chain(bob.iter_mut()) {
         m.join(room);
     }
