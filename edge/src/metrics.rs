@@ -293,6 +293,23 @@ pub fn render_process(out: &mut String) {
     for (name, kind, help, value) in rows {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 reads glibc's arena statistics under their locks; it takes no
+        // pointer and is safe to call from any thread.
+        let m = unsafe { libc::mallinfo2() };
+        let rows = [
+            (
+                "edge_c_heap_in_use_bytes",
+                "C heap (glibc: SQLite's) in use.",
+                m.uordblks + m.hblkhd,
+            ),
+            ("edge_c_heap_free_bytes", "C heap (glibc) free but kept by the process.", m.fordblks),
+        ];
+        for (name, help, value) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+    }
     if let Some(live) = crate::heap::live_bytes() {
         let name = "edge_heap_live_bytes";
         let help = "Heap the program holds (allocated, not freed), counted by a heap-stats build.";
