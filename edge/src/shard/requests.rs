@@ -182,10 +182,6 @@ impl Shard {
             let msg = format!("{room} has no message {root} to reply to");
             return self.reply_error(conn, id, ErrorCode::NotFound, &msg, None);
         }
-        if let super::sequencer::Sequencer::Redis(r) = &self.sequencer {
-            // Whom this shard's delivered receipts of the room are for (`cluster_receipts.rs`).
-            r.senders.note(room, &claims.sub, Self::now_ms());
-        }
         let args = SendArgs {
             room,
             shard: self.id,
@@ -204,13 +200,8 @@ impl Shard {
             reply_to: s.reply_to,
         };
         let owner = crate::room::owner(room, self.shards);
-        if let (super::sequencer::Sequencer::Redis(_), Some(root)) = (&self.sequencer, s.reply_to) {
-            if self.subscriber.borrow().seen(room).is_none_or(|c| root > c) {
-                if let Some(me) = self.rc() {
-                    me.cluster_reply_send(conn, root, owner, super::mesh_io::send_frame(&args));
-                }
-                return;
-            }
+        if self.seq_before_send(conn, &args, owner) {
+            return;
         }
         if owner == self.id {
             return self.seq_send(&args);

@@ -93,6 +93,24 @@ impl Shard {
         }
     }
 
+    /// A member's send from this shard, before it goes to the room's owner shard: a cluster
+    /// notes the sender (the audience of the room's delivered receipts, `cluster_receipts.rs`)
+    /// and checks a `reply_to` past what this shard delivered in the room against Redis's
+    /// counter, taking the send over (true) until Redis answers. One node does neither: the
+    /// owner knows its senders and its room's seq.
+    pub(super) fn seq_before_send(&self, conn: &Rc<Conn>, a: &SendArgs<'_>, owner: usize) -> bool {
+        let Sequencer::Redis(r) = &self.sequencer else { return false };
+        r.senders.note(a.room, a.user, Self::now_ms());
+        let Some(root) = a.reply_to else { return false };
+        if self.subscriber.borrow().seen(a.room).is_some_and(|c| root <= c) {
+            return false;
+        }
+        if let Some(me) = self.rc() {
+            me.cluster_reply_send(conn, root, owner, super::mesh_io::send_frame(a));
+        }
+        true
+    }
+
     /// A history page for a connection of this shard. A cluster reads a thread's page from the
     /// shared store (the Redis stream has no thread index); on the embedded store (one per
     /// node) it is refused.

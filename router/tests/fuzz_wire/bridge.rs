@@ -79,6 +79,8 @@ proptest! {
                 prop_assert_eq!(got, Ok(Incoming::Message { room, seq: *seq, payload }));
             }
             Frame::Event { room, from, payload } => prop_assert_eq!(got, Ok(Incoming::Event { room, from, payload })),
+            Frame::ToSenders { room, payload } => prop_assert_eq!(got, Ok(Incoming::Event { room, from: "", payload })),
+            Frame::Changed { room, seq, event, .. } => prop_assert_eq!(got, Ok(Incoming::Changed { room, seq: *seq, event })),
             Frame::Disconnect { user, .. } => prop_assert_eq!(got, Ok(Incoming::Disconnect { user })),
             other => prop_assert!(got.is_err(), "{:?} accepted", other),
         }
