@@ -14,6 +14,7 @@
 //! `spawn_blocking`); the store thread of [`crate::service`] is one.
 
 mod checkpoint;
+pub mod heap;
 mod ops;
 pub mod schema;
 
@@ -75,6 +76,7 @@ impl EmbeddedStore {
     /// Opens (creating the directory and file if needed, migrating the schema) the store in `data_dir`.
     /// Blocking: call it before the runtime starts or from a blocking thread.
     pub fn open(data_dir: &Path, opts: &EmbeddedOptions) -> Result<Self, StoreError> {
+        heap::install();
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::io("create data_dir", e))?;
         let path = data_dir.join(DB_FILE);
         let readers = opts.read_connections.max(1);
