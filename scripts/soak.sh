@@ -115,7 +115,7 @@ metric_sum() { # NAME METRICS_TEXT
 
 t0=$EPOCHREALTIME
 sample() { # PHASE
-  local t rss fds m sqlite db heap anon threads cfree
+  local t rss fds m sqlite db heap anon threads cfree thp
   t=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$edge_pid/status" 2>/dev/null || true)
   fds=$(find "/proc/$edge_pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
@@ -125,8 +125,9 @@ sample() { # PHASE
   anon=$(awk '/^RssAnon:/ { print $2 }' "/proc/$edge_pid/status" 2>/dev/null || true)
   threads=$(awk '/^Threads:/ { print $2 }' "/proc/$edge_pid/status" 2>/dev/null || true)
   cfree=$(metric_sum edge_c_heap_free_bytes "$m")
+  thp=$(awk '/^AnonHugePages:/ { print $2 }' "/proc/$edge_pid/smaps_rollup" 2>/dev/null || true)
   db=$(du -sk "$TMP/data" 2>/dev/null | awk '{ print $1 }' || true)
-  echo "$t,$1,$rss,$fds,$(metric_sum edge_connections_open "$m"),$(metric_sum edge_rooms_held "$m"),$(metric_sum edge_rooms_owned "$m"),$(metric_sum edge_rooms_evicted_total "$m"),${sqlite:+$((sqlite / 1024))},$db,${heap:+$((heap / 1024))},$anon,$threads,${cfree:+$((cfree / 1024))}" >>"$CSV"
+  echo "$t,$1,$rss,$fds,$(metric_sum edge_connections_open "$m"),$(metric_sum edge_rooms_held "$m"),$(metric_sum edge_rooms_owned "$m"),$(metric_sum edge_rooms_evicted_total "$m"),${sqlite:+$((sqlite / 1024))},$db,${heap:+$((heap / 1024))},$anon,$threads,${cfree:+$((cfree / 1024))},$thp" >>"$CSV"
 }
 
 edge_alive() { kill -0 "$edge_pid" 2>/dev/null; }
@@ -135,7 +136,7 @@ start_edge
 echo "soak: edge pid $edge_pid on ws://127.0.0.1:$PORT/ws (metrics on 127.0.0.1:$ADMIN), data in $TMP/data"
 echo "soak: $MINUTES min of churn: $CLIENTS clients, $FRESH fresh rooms/s (revisited at ${REVISIT_AGE}-$((REVISIT_AGE + BAND)) s old;" \
   "rooms idle ${EDGE_ROOM_IDLE_EVICT_MS} ms leave memory), a storm every ${STORM_S}s; sampling every ${SAMPLE_S}s into $CSV"
-echo "t_s,phase,rss_kib,fds,connections,rooms_held,rooms_owned,rooms_evicted,sqlite_kib,db_kib,heap_kib,anon_kib,threads,c_free_kib" >"$CSV"
+echo "t_s,phase,rss_kib,fds,connections,rooms_held,rooms_owned,rooms_evicted,sqlite_kib,db_kib,heap_kib,anon_kib,threads,c_free_kib,thp_kib" >"$CSV"
 t0=$EPOCHREALTIME
 sample start
 # shellcheck disable=SC2086 # SOAK_LOADGEN_ARGS is a list of flags

@@ -3,7 +3,7 @@
 
 Reads the CSV that scripts/soak.sh writes (columns: t_s, phase, rss_kib,
 fds, connections, rooms_held, rooms_owned, rooms_evicted, and in newer runs
-sqlite_kib, db_kib, heap_kib, anon_kib, threads and c_free_kib; phase is `start`, `load` or `after`), writes an SVG
+sqlite_kib, db_kib, heap_kib, anon_kib, threads, c_free_kib and thp_kib; phase is `start`, `load` or `after`), writes an SVG
 with one panel per series (RSS, open fds, rooms, connections, and where
 sampled SQLite's heap, RSS less SQLite's heap and the data dir's size over
 minutes), and prints a verdict for RSS, fds and rooms:
@@ -39,6 +39,7 @@ SERIES = [  # (column, title, unit divisor, unit, judged)
     ("heap_kib", "live heap (heap-stats builds)", 1024.0, "MiB", False),
     ("threads", "threads", 1.0, "", False),
     ("c_free_kib", "C heap free, kept (glibc)", 1024.0, "MiB", False),
+    ("thp_kib", "RSS in transparent huge pages (AnonHugePages)", 1024.0, "MiB", False),
 ]
 
 
@@ -58,7 +59,7 @@ def load(path):
     held_known = any(number(r.get("rooms_held")) is not None for r in rows)
     out = []
     for r in rows:
-        row = {k: number(r.get(k)) for k in ("t_s", "rss_kib", "fds", "connections", "rooms_evicted", "sqlite_kib", "db_kib", "anon_kib", "heap_kib", "threads", "c_free_kib")}
+        row = {k: number(r.get(k)) for k in ("t_s", "rss_kib", "fds", "connections", "rooms_evicted", "sqlite_kib", "db_kib", "anon_kib", "heap_kib", "threads", "c_free_kib", "thp_kib")}
         sq = row["sqlite_kib"]
         row["rss_less_sqlite_kib"] = row["rss_kib"] - sq if row["rss_kib"] is not None and sq is not None else None
         row["rooms"] = number(r.get("rooms_held" if held_known else "rooms_owned"))

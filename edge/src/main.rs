@@ -223,6 +223,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     merge_flags(&mut cfg, a);
     init_logs(cfg.log_format);
     cfg.validate()?;
+    if !cfg.transparent_huge_pages {
+        if let Err(e) = edge::operator::disable_transparent_huge_pages() {
+            tracing::warn!(error = %e, "could not turn transparent huge pages off; RSS may climb in 2 MiB steps");
+        }
+    }
     // One node per data dir and per address (held until the process exits).
     let _lock = edge::operator::lock_data_dir(&cfg.data_dir).map_err(anyhow::Error::msg)?;
     edge::operator::probe_listen(&cfg.listen).map_err(anyhow::Error::msg)?;

@@ -2,7 +2,8 @@
 //! the dev-mode secret kept in the data dir (so `edge token --data-dir` mints
 //! tokens a dev server accepts), the data dir's lock (one node per data dir),
 //! and a probe of the listen address (SO_REUSEPORT would let a second node
-//! bind the same port silently, splitting clients between two servers).
+//! bind the same port silently, splitting clients between two servers),
+//! and the process's transparent huge pages.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -89,6 +90,20 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, String> {
 /// just exited may hold its listener a few hundred ms while its io_uring is torn down, and
 /// a restart right after it must not be refused.
 const PROBE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Asks the kernel not to back this process's memory with transparent huge pages (from now
+/// on, and khugepaged leaves its existing ranges alone): see `Config::transparent_huge_pages`.
+/// The flag is the process's (`THP_enabled: 0` in `/proc/<pid>/status`) and its children's.
+pub fn disable_transparent_huge_pages() -> Result<(), String> {
+    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and three zero arguments; it changes
+    // only this process's memory policy.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("prctl(PR_SET_THP_DISABLE): {}", std::io::Error::last_os_error()))
+    }
+}
 
 /// Whether something keeps accepting connections on `listen` for [`PROBE_PATIENCE`] (a port
 /// of 0 never does). The error says who to stop.

@@ -103,9 +103,14 @@ fn a_second_serve_on_a_taken_address_or_data_dir_is_refused() {
 
 /// Starts a dev-mode node (no secret) on `dir`; returns it and its address.
 fn dev_node(dir: &std::path::Path) -> (std::process::Child, String) {
+    dev_node_with(dir, &[])
+}
+
+fn dev_node_with(dir: &std::path::Path, envs: &[(&str, &str)]) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
         .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
         .arg(dir)
+        .envs(envs.iter().copied())
         .env("RUST_LOG", "warn")
         .env_remove("EDGE_JWT_SECRET")
         .stdout(std::process::Stdio::piped())
@@ -114,6 +119,37 @@ fn dev_node(dir: &std::path::Path) -> (std::process::Child, String) {
         .expect("spawn edge");
     let (_, addr) = common::read_banner(&mut child);
     (child, addr)
+}
+
+/// `THP_enabled` of a running process (`/proc/<pid>/status`, Linux 5.0 and later).
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+}
+
+#[test]
+fn serve_turns_transparent_huge_pages_off_unless_configured() {
+    // The kernel's own setting for this test process: the node must differ from it only when
+    // it turns THP off.
+    let Some(inherited) = thp_enabled(std::process::id()) else {
+        eprintln!("skipped: this kernel has no THP_enabled in /proc/<pid>/status");
+        return;
+    };
+    assert_eq!(
+        inherited, "1",
+        "the test process itself runs with THP off; the check below would prove nothing"
+    );
+    for (envs, want) in [(&[][..], "0"), (&[("EDGE_TRANSPARENT_HUGE_PAGES", "true")][..], "1")] {
+        let dir = common::temp_data_dir("thp");
+        let (mut node, _) = dev_node_with(&dir, envs);
+        let got = thp_enabled(node.id());
+        let _ = node.kill();
+        let _ = node.wait();
+        assert_eq!(got.as_deref(), Some(want), "THP_enabled of a node started with {envs:?}");
+    }
 }
 
 #[test]
