@@ -4,17 +4,24 @@
 # results/<scenario>.json, and regenerates results/README.md and
 # results/latency.svg (`loadgen report`).
 #
+# Every run starts with the kernel's floor on this machine today
+# (`floorbench`: writer CPU per frame on loopback, one frame per write and
+# eight per writev; results/floor.json), and ends by printing each
+# result's server CPU per delivery as a ratio to that floor: absolute
+# figures move with the hypervisor from day to day, ratios from one run do
+# not.
+#
 # Pinning: with 2+ CPUs the edge runs on CPU 0 with one shard and loadgen on
 # the other CPUs (`taskset`), recorded in each JSON (machine.server_cpus,
 # machine.loadgen_cpus). With 1 CPU both share it (and the JSON says so).
 #
 #   scripts/bench.sh                 # everything (~4 minutes on 2 cores)
-#   ONLY=fanout scripts/bench.sh     # one group: idle, fanout, durability or storm
+#   ONLY=fanout scripts/bench.sh     # one group: idle, fanout, durability or storm (the floor runs too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECRET=bench-secret-0123456789abcdef-0123456789
 ONLY=${ONLY:-all}
-cargo build --release --locked --bin edge --bin loadgen
+cargo build --release --locked --bin edge --bin loadgen --bin floorbench
 mkdir -p results
 cpus=$(nproc)
 if [ "$cpus" -ge 2 ]; then SERVER_CPUS=0; LOADGEN_CPUS=$(seq -s, 1 $((cpus - 1))); else SERVER_CPUS=0; LOADGEN_CPUS=0; fi
@@ -47,6 +54,11 @@ lg() { # loadgen SCENARIO NAME ARGS...
     echo "!! $name exited with $?" >&2; FAILED=1; }
 }
 FAILED=0
+RUN_START=$(date +%s)
+
+echo "== floor"
+target/release/floorbench --writer-cpu "$SERVER_CPUS" --reader-cpu "${LOADGEN_CPUS%%,*}" --json results/floor.json || {
+  echo "!! floorbench exited with $?" >&2; exit 1; }
 
 if [ "$ONLY" = all ] || [ "$ONLY" = idle ]; then
   start_edge; lg idle idle-10k --conns 10000 --duration-s 3; stop_edge
@@ -82,4 +94,24 @@ if [ "$ONLY" = all ] || [ "$ONLY" = storm ]; then
   stop_edge
 fi
 target/release/loadgen report --dir results
+
+# Each result of this run against the floor measured at its start.
+python3 - "$RUN_START" <<'PY'
+import glob, json, os, sys
+start = int(sys.argv[1])
+floor = json.load(open("results/floor.json"))["results"]
+single, batch8 = floor["single_ns_per_frame"], floor["batch8_ns_per_frame"]
+print(f"\n== against the floor: {single:.0f} ns/frame written alone, {batch8:.0f} ns/frame eight to a writev")
+print(f"{'result':34} {'deliveries/s':>12} {'CPU ns/delivery':>16} {'/ single':>9} {'/ batch8':>9} {'p99 ms':>8}")
+for path in sorted(glob.glob("results/*.json")):
+    if os.path.getmtime(path) < start:
+        continue
+    r = json.load(open(path)).get("results", {})
+    ns = r.get("server_cpu_ns_per_delivery")
+    if not ns:
+        continue
+    p99 = r.get("latency_ms", {}).get("p99", float("nan"))
+    name = os.path.basename(path)[:-5]
+    print(f"{name:34} {r.get('deliveries_per_s', 0):12.0f} {ns:16.0f} {ns / single:9.2f} {ns / batch8:9.2f} {p99:8.2f}")
+PY
 exit "$FAILED"

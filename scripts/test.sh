@@ -2,6 +2,7 @@
 # Runs the whole test suite from a fresh checkout, installing what it needs
 # (on Debian/Ubuntu, as root or with sudo): fmt, clippy, unit and integration
 # tests on both io drivers, the stress tests (loadgen against a release edge),
+# the instruction-count regression gate (valgrind, gungraun; scripts/icount.sh),
 # the web client's browser test (Debian's chromium, playwright-core from npm),
 # and the Autobahn conformance run.
 #
@@ -40,6 +41,8 @@ echo "== stress tests (10k idle connections + a 10k reconnect storm, release bui
 # Same command as scripts/autobahn.sh, so the Autobahn step reuses this build.
 cargo build --release --locked --bin edge
 cargo test --release --locked -p loadgen --test against_edge -- --ignored
+echo "== the instruction-count gate: hot paths under callgrind against bench/baselines/ (3%)"
+scripts/icount.sh
 echo "== the web client in headless Chromium (playwright-core) against the release edge"
 need chromium || apt_install chromium
 need npm || apt_install nodejs npm
