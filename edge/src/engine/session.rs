@@ -357,6 +357,15 @@ impl Session {
             Target::User(to) if auth::is_valid_user_id(to) => auth::dm_room(&claims.sub, to),
             Target::User(_) => return Step::Reply(error(id, ErrorCode::BadRequest, "send: invalid user id in to")),
         };
+        // Seq 0 is no message, in either mode. A root past the room's seq is the sequencer's
+        // to refuse: on one node the owner checks it, in a cluster Redis's counter.
+        if s.reply_to == Some(0) {
+            return Step::Reply(error(
+                id,
+                ErrorCode::NotFound,
+                &format!("{} has no message 0 to reply to", client::echo(&room)),
+            ));
+        }
         Step::Send { room, send: s }
     }
 

@@ -175,13 +175,9 @@ impl Shard {
     /// A send the session allowed: to the room's owner shard.
     pub(super) fn on_send(&self, conn: &Rc<Conn>, id: Option<&str>, room: &str, s: SendReq<'_>) {
         let Some(claims) = conn.user() else { return };
-        // Seq 0 is no message. On one node the owner then checks `reply_to` against the room's
-        // seq; in a cluster against Redis's counter, when the root is past what this shard
-        // delivered (a root acked on another node a moment ago may not have reached it yet).
-        if let Some(root) = s.reply_to.filter(|&r| r == 0) {
-            let msg = format!("{room} has no message {root} to reply to");
-            return self.reply_error(conn, id, ErrorCode::NotFound, &msg, None);
-        }
+        // `reply_to: 0` was refused by the session. On one node the owner checks a root against
+        // the room's seq; in a cluster Redis's counter does, when the root is past what this
+        // shard delivered (a root acked on another node a moment ago may not have reached it yet).
         let args = SendArgs {
             room,
             shard: self.id,

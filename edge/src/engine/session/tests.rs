@@ -159,6 +159,13 @@ fn sends_go_to_joined_rooms_or_a_dm_room() {
         panic!()
     };
     assert_eq!(room, auth::dm_room("ann", "bob"));
+    // Seq 0 is no message: refused here, in both modes, before any sequencer sees it.
+    let r = refusal(&w.frame(&mut s, r#"{"type":"send","room":"a","body":"x","reply_to":0}"#).1);
+    assert_eq!(r["code"], "not_found", "{r}");
+    let Step::Send { send, .. } = w.frame(&mut s, r#"{"type":"send","room":"a","body":"x","reply_to":1}"#).1 else {
+        panic!()
+    };
+    assert_eq!(send.reply_to, Some(1));
 }
 
 #[test]
