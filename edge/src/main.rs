@@ -9,9 +9,10 @@ use edge::auth::{self, AuthSettings, JwtAlgorithm, Verifier};
 use edge::config::{Config, DriverChoice, Durability, LogFormat};
 use storage::StoreKind;
 
-#[cfg(not(feature = "heap-stats"))]
+#[cfg(not(any(feature = "heap-stats", feature = "system-alloc")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// With `system-alloc`: the C library's malloc, which heap profilers (heaptrack) follow.
 
 /// With `heap-stats`: mimalloc, counting the live heap (`edge_heap_live_bytes`).
 #[cfg(feature = "heap-stats")]
