@@ -36,10 +36,10 @@ pub fn message(room: &str, seq: u64) -> StoredMessage {
     let sender = format!("u{}", seq % 7);
     let frame = format!(r#"{{"type":"message","room":"{room}","seq":{seq},"from":"{sender}","text":"hi \"{seq}\" ✓ 🙂"}}"#);
     StoredMessage {
-        room: room.to_owned(),
+        room: room.into(),
         seq,
-        msg_id: format!("{room}-m{seq}"),
-        sender,
+        msg_id: crate::MsgId::format(format_args!("{room}-m{seq}")),
+        sender: sender.into(),
         ts_ms: 1_700_000_000_000_u64.saturating_add(seq),
         client_id: None,
         frame: Bytes::from(frame),
@@ -391,7 +391,7 @@ pub async fn user_rooms_with_marks<S: MessageStore>(store: &S, p: &str) {
         store.add_user_room(&user, room).await.expect("add");
     }
     let mut sent = messages(&ra, 1..=8);
-    sent[7].sender = user.clone();
+    sent[7].sender = user.as_str().into();
     store.write_batch(&sent).await.expect("write");
     store.set_mark(&ra, &user, MarkKind::Read, 4).await.expect("mark");
     store.set_mark(&ra, &user, MarkKind::Delivered, 6).await.expect("mark");

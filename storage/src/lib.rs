@@ -36,6 +36,7 @@ mod config;
 pub mod conformance;
 pub mod embedded;
 mod error;
+mod msg_id;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "scylla")]
@@ -48,6 +49,7 @@ mod types;
 pub use any::{migrate, AnyStore};
 pub use config::{StoreConfig, StoreKind};
 pub use error::{ErrorSource, Overloaded, StoreError};
+pub use msg_id::MsgId;
 pub use service::{spawn, spawn_with, Answer, Completion, Completions, Query, StoreHandle};
 pub use stats::{LatencyHistogram, StoreStats, StoreStatsSnapshot};
 pub use store::MessageStore;

@@ -4,19 +4,24 @@
 //! and `last_seq`); `frame` is the complete outgoing `message` JSON, stored and
 //! returned verbatim.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+use crate::MsgId;
 
 /// One chat message as stored: its identity, its metadata for lookups, and the exact frame sent to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
-    /// The room the message belongs to.
-    pub room: String,
+    /// The room the message belongs to (shared: the sequencer keeps one per room, so a send
+    /// does not copy it).
+    pub room: Arc<str>,
     /// Its sequence number in the room (1, 2, ...); `(room, seq)` identifies the message.
     pub seq: u64,
     /// The message id given to clients.
-    pub msg_id: String,
-    /// The sending user.
-    pub sender: String,
+    pub msg_id: MsgId,
+    /// The sending user (shared, like `room`).
+    pub sender: Arc<str>,
     /// Server time of sequencing, milliseconds since the Unix epoch.
     pub ts_ms: u64,
     /// The client's idempotency key, if it sent one.

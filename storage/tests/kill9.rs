@@ -102,7 +102,7 @@ async fn kill9_loses_no_committed_message() {
             let page = store.range_after(&room, after, 1000).await.expect("read back");
             let Some(last) = page.last() else { break };
             after = last.seq;
-            stored.extend(page.iter().map(|m| (m.room.clone(), m.seq)));
+            stored.extend(page.iter().map(|m| (m.room.to_string(), m.seq)));
         }
     }
     let missing: Vec<u64> = committed.iter().copied().filter(|&t| !stored.contains(&room_seq(t))).collect();

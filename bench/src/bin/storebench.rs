@@ -87,11 +87,11 @@ fn message(cli: &Cli, n: u64) -> StoredMessage {
     let seq = n / cli.rooms + 1;
     StoredMessage {
         frame: frame(&room, seq, cli.frame_bytes).into(),
-        msg_id: format!("m{n}"),
+        msg_id: storage::MsgId::format(format_args!("m{n}")),
         sender: "bench".into(),
         ts_ms: 1_700_000_000_000 + n,
         client_id: None,
-        room,
+        room: room.into(),
         seq,
         reply_to: None,
     }

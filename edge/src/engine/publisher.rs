@@ -94,7 +94,7 @@ struct Queued {
     user: String,
     client_id: Option<String>,
     reply_to: Option<u64>,
-    msg_id: String,
+    msg_id: storage::MsgId,
     ts: u64,
 }
 
@@ -243,7 +243,7 @@ impl Publisher {
             return self.refuse(a, "room publish queue full, retry");
         }
         self.next_id += 1;
-        let msg_id = format!("{}-{:x}-{:x}", self.cfg.node_id, self.cfg.shard, self.next_id);
+        let msg_id = storage::MsgId::format(format_args!("{}-{:x}-{:x}", self.cfg.node_id, self.cfg.shard, self.next_id));
         let payload = render_message(a, None, &msg_id, now_ms);
         let prepared = PreparedMessage::new(a.room, payload.to_vec()).map(|m| match a.client_id {
             Some(cid) => m.with_dedupe(a.user, cid, &format!("{msg_id} {now_ms}")),
@@ -421,10 +421,10 @@ fn stored(room: &str, seq: u64, q: Queued) -> Option<StoredMessage> {
         return None;
     };
     Some(StoredMessage {
-        room: room.to_owned(),
+        room: room.into(),
         seq,
         msg_id: q.msg_id,
-        sender: q.user,
+        sender: q.user.into(),
         ts_ms: q.ts,
         client_id: q.client_id,
         reply_to: q.reply_to,
@@ -439,7 +439,7 @@ fn original(room: &str, d: &Duplicate, q: Queued) -> Option<(AckInfo, Option<Sto
     let (msg_id, ts) = d.receipt.split_once(' ')?;
     let ack = AckInfo {
         seq: d.seq,
-        msg_id: msg_id.to_owned(),
+        msg_id: msg_id.into(),
         ts: ts.parse().ok()?,
     };
     let msg = d.frame.as_ref().and_then(|frame| {
@@ -452,10 +452,10 @@ fn original(room: &str, d: &Duplicate, q: Queued) -> Option<(AckInfo, Option<Sto
             .get("reply_to")
             .and_then(serde_json::Value::as_u64);
         Some(StoredMessage {
-            room: room.to_owned(),
+            room: room.into(),
             seq: d.seq,
             msg_id: ack.msg_id.clone(),
-            sender: q.user.clone(),
+            sender: q.user.as_str().into(),
             ts_ms: ack.ts,
             client_id: q.client_id.clone(),
             reply_to,

@@ -9,8 +9,8 @@ use std::collections::{HashMap, VecDeque};
 pub struct AckInfo {
     /// The room-wide sequence number.
     pub seq: u64,
-    /// Unique id of the message.
-    pub msg_id: String,
+    /// Unique id of the message (inline: making and cloning it allocates nothing).
+    pub msg_id: storage::MsgId,
     /// Server time the message was sequenced (ms since the epoch).
     pub ts: u64,
 }
@@ -86,7 +86,7 @@ mod tests {
     fn ack(seq: u64) -> AckInfo {
         AckInfo {
             seq,
-            msg_id: seq.to_string(),
+            msg_id: seq.to_string().into(),
             ts: 0,
         }
     }

@@ -60,6 +60,8 @@ pub enum Sequenced {
 #[derive(Debug)]
 pub struct OwnedRoom {
     name: Rc<str>,
+    /// The name again, for what leaves the thread (each stored message names its room).
+    shared_name: std::sync::Arc<str>,
     seq: u64,
     published: u64,
     epoch: u64,
@@ -99,6 +101,7 @@ impl OwnedRoom {
     pub fn restore(room: &str, shards: usize, epoch: u64, last_seq: u64, dedupe_cap: usize, recent_cap: usize) -> Self {
         Self {
             name: Rc::from(room),
+            shared_name: std::sync::Arc::from(room),
             seq: last_seq,
             published: last_seq,
             epoch,
@@ -133,7 +136,7 @@ impl OwnedRoom {
         if let Some(cid) = client_id {
             let ack = AckInfo {
                 seq,
-                msg_id: msg_id.to_owned(),
+                msg_id: msg_id.into(),
                 ts,
             };
             self.dedupe.insert(sender, cid, ack);
@@ -161,6 +164,11 @@ impl OwnedRoom {
     /// The room's name, shared by the effects that name it.
     pub fn name(&self) -> Rc<str> {
         self.name.clone()
+    }
+
+    /// The room's name for the store (shared across threads, so a send does not copy it).
+    pub fn shared_name(&self) -> std::sync::Arc<str> {
+        self.shared_name.clone()
     }
 
     /// Members on all shards.
@@ -406,12 +414,9 @@ impl OwnedRoom {
         self.is_empty() && self.holds == 0 && self.committing.is_empty() && self.unstored <= self.stored
     }
 
-    fn msg_id(&self, seq: u64) -> String {
-        use std::fmt::Write;
-        // Sized once (16 + 1 + up to 16 + 1 + up to 20): `format!` would grow it from empty.
-        let mut id = String::with_capacity(54);
-        let _ = write!(id, "{:016x}-{:x}-{seq}", self.room_hash, self.epoch);
-        id
+    fn msg_id(&self, seq: u64) -> storage::MsgId {
+        // At most 16 + 1 + 16 + 1 + 20 = 54 bytes: always inline, no allocation.
+        storage::MsgId::format(format_args!("{:016x}-{:x}-{seq}", self.room_hash, self.epoch))
     }
 }
 

@@ -6,12 +6,14 @@
 //! counted in once and out once each, is above zero.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A room's online users.
 #[derive(Debug, Default)]
 pub struct Roster {
-    /// User -> (connections in the room, online since ms).
-    users: HashMap<String, (u32, u64)>,
+    /// User -> (connections in the room, online since ms). The name is shared: a member's
+    /// send hands it to the store without copying it ([`Self::name`]).
+    users: HashMap<Arc<str>, (u32, u64)>,
     /// The online count changed since members were last told (large rooms, coalesced).
     count_changed: bool,
 }
@@ -23,8 +25,13 @@ impl Roster {
             *n += 1;
             return false;
         }
-        self.users.insert(user.to_owned(), (1, now_ms));
+        self.users.insert(Arc::from(user), (1, now_ms));
         true
+    }
+
+    /// The shared name of `user` when online here, else a new one.
+    pub fn name(&self, user: &str) -> Arc<str> {
+        self.users.get_key_value(user).map_or_else(|| Arc::from(user), |(u, _)| u.clone())
     }
 
     /// A connection of `user` left; true when it was the user's last (they went offline).
@@ -67,9 +74,9 @@ impl Roster {
 
     /// The first `limit` online users with the time they came online, earliest first.
     pub fn online(&self, limit: usize) -> Vec<(String, u64)> {
-        let mut list: Vec<(&String, u64)> = self.users.iter().map(|(u, (_, since))| (u, *since)).collect();
+        let mut list: Vec<(&str, u64)> = self.users.iter().map(|(u, (_, since))| (&**u, *since)).collect();
         list.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-        list.into_iter().take(limit).map(|(u, since)| (u.clone(), since)).collect()
+        list.into_iter().take(limit).map(|(u, since)| (u.to_owned(), since)).collect()
     }
 }
 

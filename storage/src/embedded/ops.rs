@@ -59,7 +59,7 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredMessage, i64, i64,
     let msg = StoredMessage {
         room: row.get(0)?,
         seq: 0,
-        msg_id: row.get(2)?,
+        msg_id: row.get::<_, String>(2)?.into(),
         sender: row.get(3)?,
         ts_ms: 0,
         client_id: row.get(5)?,
@@ -100,7 +100,16 @@ pub(super) fn write_batch(conn: &mut Connection, msgs: &[StoredMessage]) -> Resu
             let ts_ms = to_i64("ts_ms", m.ts_ms)?;
             let reply_to = m.reply_to.map(|r| to_i64("reply_to", r)).transpose()?;
             insert
-                .execute(params![m.room, seq, m.msg_id, m.sender, ts_ms, m.client_id, &m.frame[..], reply_to])
+                .execute(params![
+                    m.room,
+                    seq,
+                    m.msg_id.as_str(),
+                    m.sender,
+                    ts_ms,
+                    m.client_id,
+                    &m.frame[..],
+                    reply_to
+                ])
                 .map_err(sql("insert message"))?;
         }
     }

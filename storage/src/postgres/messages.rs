@@ -103,10 +103,10 @@ fn message_from_row(row: &Row) -> Result<StoredMessage, StoreError> {
     const CTX: &str = "read message row";
     let frame: &[u8] = get(row, 6, CTX)?;
     Ok(StoredMessage {
-        room: get(row, 0, CTX)?,
+        room: get::<&str>(row, 0, CTX)?.into(),
         seq: to_u64("seq", get(row, 1, CTX)?)?,
-        msg_id: get(row, 2, CTX)?,
-        sender: get(row, 3, CTX)?,
+        msg_id: get::<&str>(row, 2, CTX)?.into(),
+        sender: get::<&str>(row, 3, CTX)?.into(),
         ts_ms: to_u64("ts_ms", get(row, 4, CTX)?)?,
         client_id: get(row, 5, CTX)?,
         frame: Bytes::copy_from_slice(frame),
@@ -133,10 +133,10 @@ pub(super) async fn write_batch(c: &Client, msgs: &[StoredMessage]) -> Result<()
         Vec::with_capacity(n),
     );
     for m in msgs {
-        rooms.push(m.room.as_str());
+        rooms.push(&*m.room);
         seqs.push(to_i64("seq", m.seq)?);
         msg_ids.push(m.msg_id.as_str());
-        senders.push(m.sender.as_str());
+        senders.push(&*m.sender);
         ts.push(to_i64("ts_ms", m.ts_ms)?);
         client_ids.push(m.client_id.as_deref());
         frames.push(&m.frame[..]);

@@ -39,11 +39,11 @@ pub(super) fn bucket_of(seq: i64) -> i64 {
 fn to_row(m: &StoredMessage) -> Result<MessageRow, StoreError> {
     let seq = to_i64("seq", m.seq)?;
     Ok(MessageRow {
-        room: m.room.clone(),
+        room: m.room.to_string(),
         bucket: bucket_of(seq),
         seq,
-        msg_id: m.msg_id.clone(),
-        sender: m.sender.clone(),
+        msg_id: m.msg_id.to_string(),
+        sender: m.sender.to_string(),
         ts_ms: to_i64("ts_ms", m.ts_ms)?,
         client_id: m.client_id.clone(),
         frame: m.frame.clone(),
@@ -55,9 +55,9 @@ pub(super) fn from_row(r: MessageRow) -> Result<StoredMessage, StoreError> {
     Ok(StoredMessage {
         seq: to_u64("seq", r.seq)?,
         ts_ms: to_u64("ts_ms", r.ts_ms)?,
-        room: r.room,
-        msg_id: r.msg_id,
-        sender: r.sender,
+        room: r.room.into(),
+        msg_id: r.msg_id.into(),
+        sender: r.sender.into(),
         client_id: r.client_id,
         frame: r.frame,
         reply_to: r.reply_to.map(|v| to_u64("reply_to", v)).transpose()?,

@@ -127,7 +127,7 @@ impl<S: MessageStore> MessageStore for Probe<S> {
             .batches
             .lock()
             .expect("log")
-            .push(msgs.iter().map(|m| (m.room.clone(), m.seq)).collect());
+            .push(msgs.iter().map(|m| (m.room.to_string(), m.seq)).collect());
         Ok(())
     }
     async fn room_state(&self, room: &str, new_epoch: u64) -> Result<RoomState, StoreError> {

@@ -447,7 +447,7 @@ impl<S: StorePort> Owner<S> {
             let msg = format!("{} has no message {root} to reply to", a.room);
             return self.reply(a.conn, server::error(a.req, crate::protocol::ErrorCode::NotFound, &msg, None));
         }
-        let mut ack = match r.sequence(a.user, a.client_id, now_ms) {
+        let ack = match r.sequence(a.user, a.client_id, now_ms) {
             Sequenced::New(ack) => ack,
             Sequenced::Duplicate(ack) => {
                 let ticket = (ack.seq > r.published()).then(|| r.commit_ticket(ack.seq)).flatten();
@@ -455,19 +455,16 @@ impl<S: StorePort> Owner<S> {
             }
         };
         let (name, durable) = (r.name(), self.cfg.durability == Durability::Durable);
+        let (stored_room, sender) = (r.shared_name(), r.roster().name(a.user));
         let rendered = render_message(a, Some(ack.seq), &ack.msg_id, ack.ts);
         // Fast mode acks at once: its ack is rendered before the msg_id moves into the write.
         let fast_ack = (!durable).then(|| server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
-        let msg_id = if durable {
-            ack.msg_id.clone()
-        } else {
-            std::mem::take(&mut ack.msg_id)
-        };
+        let msg_id = ack.msg_id.clone();
         let stored = StoredMessage {
-            room: a.room.to_owned(),
+            room: stored_room,
             seq: ack.seq,
             msg_id,
-            sender: a.user.to_owned(),
+            sender,
             ts_ms: ack.ts,
             client_id: a.client_id.map(str::to_owned),
             frame: rendered.clone(),

@@ -490,12 +490,13 @@ impl World {
         trace(|| format!("store: write {}/{} (shard {shard}, ticket {ticket})", msg.room, msg.seq));
         let result = if self.fail_writes && self.rng.random_bool(0.15) {
             if let Some(cid) = &msg.client_id {
-                self.unstored_ids.insert((msg.sender.clone(), msg.room.clone(), cid.clone()));
+                self.unstored_ids
+                    .insert((msg.sender.to_string(), msg.room.to_string(), cid.clone()));
             }
             Err(StoreError::Injected("write failed"))
         } else {
             let mut s = self.store.borrow_mut();
-            let room = s.messages.entry(msg.room.clone()).or_default();
+            let room = s.messages.entry(msg.room.to_string()).or_default();
             assert!(!room.contains_key(&msg.seq), "seq {} of {} written twice", msg.seq, msg.room);
             room.insert(msg.seq, msg);
             Ok(())
@@ -581,7 +582,7 @@ impl World {
         for (room, msgs) in &stored.messages {
             for (seq, m) in msgs {
                 if let Some(name) = self.names.get(&(room.clone(), *seq)) {
-                    assert_eq!(name, &m.msg_id, "the store holds another message at {room}/{seq}");
+                    assert_eq!(name.as_str(), m.msg_id.as_str(), "the store holds another message at {room}/{seq}");
                 }
             }
         }
