@@ -232,7 +232,7 @@ impl Publisher {
         });
         r.active_ms = r.active_ms.max(now_ms);
         if let Some(cid) = a.client_id {
-            if let Some(ack) = r.dedupe.get(a.user, cid).cloned() {
+            if let Some(ack) = r.dedupe.get(a.user, cid) {
                 return self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
             }
             if r.pending_ids.contains(&(a.user.to_owned(), cid.to_owned())) {

@@ -15,10 +15,20 @@ pub struct AckInfo {
     pub ts: u64,
 }
 
+/// What the dedupe memory keeps of an ack: its msg_id boxed to its length (an inline
+/// `MsgId` would make every slot of the table 48 bytes wider, and the table keeps up to
+/// four slots per id: hashbrown's load factor and the tombstones of the FIFO's removals).
+#[derive(Debug)]
+struct Kept {
+    seq: u64,
+    ts: u64,
+    msg_id: Box<str>,
+}
+
 /// `(user, client_id) -> ack`, FIFO-bounded.
 #[derive(Debug)]
 pub struct Dedupe {
-    map: HashMap<String, AckInfo>,
+    map: HashMap<String, Kept>,
     order: VecDeque<String>,
     cap: usize,
 }
@@ -34,8 +44,12 @@ impl Dedupe {
     }
 
     /// The ack of an earlier send with this id, if still remembered.
-    pub fn get(&self, user: &str, client_id: &str) -> Option<&AckInfo> {
-        self.map.get(&key(user, client_id))
+    pub fn get(&self, user: &str, client_id: &str) -> Option<AckInfo> {
+        self.map.get(&key(user, client_id)).map(|k| AckInfo {
+            seq: k.seq,
+            msg_id: (*k.msg_id).into(),
+            ts: k.ts,
+        })
     }
 
     /// Remembers an ack, forgetting the oldest beyond `cap`.
@@ -44,7 +58,12 @@ impl Dedupe {
             return;
         }
         let k = key(user, client_id);
-        if self.map.insert(k.clone(), ack).is_none() {
+        let kept = Kept {
+            seq: ack.seq,
+            ts: ack.ts,
+            msg_id: ack.msg_id.as_str().into(),
+        };
+        if self.map.insert(k.clone(), kept).is_none() {
             self.order.push_back(k);
         }
         while self.order.len() > self.cap {
@@ -99,7 +118,7 @@ mod tests {
         d.insert("u", "c", ack(3));
         assert_eq!(d.len(), 2);
         assert!(d.get("u", "a").is_none());
-        assert_eq!(d.get("u", "c"), Some(&ack(3)));
+        assert_eq!(d.get("u", "c"), Some(ack(3)));
     }
 
     #[test]

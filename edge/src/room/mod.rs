@@ -249,7 +249,7 @@ impl OwnedRoom {
     pub fn sequence(&mut self, user: &str, client_id: Option<&str>, now_ms: u64) -> Sequenced {
         if let Some(cid) = client_id {
             if let Some(ack) = self.dedupe.get(user, cid) {
-                return Sequenced::Duplicate(ack.clone());
+                return Sequenced::Duplicate(ack);
             }
         }
         self.seq += 1;
