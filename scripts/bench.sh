@@ -2,7 +2,9 @@
 # Reproduces the headline results from a clean checkout: builds release,
 # starts an edge, runs loadgen's idle, fanout and storm scenarios, writes
 # results/<scenario>.json, and regenerates results/README.md and
-# results/latency.svg (`loadgen report`).
+# results/latency.svg (`loadgen report`), and the fan-out runs'
+# latency-throughput curve (results/curve.json and curve.svg,
+# scripts/curve.py).
 #
 # Every run starts with the kernel's floor on this machine today
 # (`floorbench`: writer CPU per frame on loopback, one frame per write and
@@ -17,12 +19,15 @@
 #
 #   scripts/bench.sh                 # everything (~4 minutes on 2 cores)
 #   ONLY=fanout scripts/bench.sh     # one group: idle, fanout, durability or storm (the floor runs too)
+#   BENCH_OUT=results/x scripts/bench.sh  # write into results/x instead of results/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECRET=bench-secret-0123456789abcdef-0123456789
 ONLY=${ONLY:-all}
+# Where the JSON, the report and the curve go (BENCH_OUT=results/<name> keeps a run apart).
+OUT=${BENCH_OUT:-results}
 cargo build --release --locked --bin edge --bin loadgen --bin floorbench
-mkdir -p results
+mkdir -p "$OUT"
 cpus=$(nproc)
 if [ "$cpus" -ge 2 ]; then SERVER_CPUS=0; LOADGEN_CPUS=$(seq -s, 1 $((cpus - 1))); else SERVER_CPUS=0; LOADGEN_CPUS=0; fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -50,14 +55,14 @@ lg() { # loadgen SCENARIO NAME ARGS...
   echo "== $name"
   taskset -c "$LOADGEN_CPUS" target/release/loadgen "$scenario" --url "$URL" --jwt-secret "$SECRET" \
     --cpus "$LOADGEN_CPUS" --server-cpus "$SERVER_CPUS" --server-pid "$edge_pid" --first-source "$first" \
-    --json "results/$name.json" "$@" || {
+    --json "$OUT/$name.json" "$@" || {
     echo "!! $name exited with $?" >&2; FAILED=1; }
 }
 FAILED=0
 RUN_START=$(date +%s)
 
 echo "== floor"
-target/release/floorbench --writer-cpu "$SERVER_CPUS" --reader-cpu "${LOADGEN_CPUS%%,*}" --json results/floor.json || {
+target/release/floorbench --writer-cpu "$SERVER_CPUS" --reader-cpu "${LOADGEN_CPUS%%,*}" --json "$OUT/floor.json" || {
   echo "!! floorbench exited with $?" >&2; exit 1; }
 
 if [ "$ONLY" = all ] || [ "$ONLY" = idle ]; then
@@ -68,12 +73,15 @@ if [ "$ONLY" = all ] || [ "$ONLY" = idle ]; then
   start_edge; lg idle "idle-max" --conns "$MAX" --duration-s 3; stop_edge
 fi
 if [ "$ONLY" = all ] || [ "$ONLY" = fanout ]; then
-  # 10 rooms x 100 members, one sender per room, rising rates.
-  for rate in 10 20 50 100 300 600; do
+  # 10 rooms x 100 members, one sender per room, rising rates: 5k to 600k deliveries/s,
+  # from a tenth of the knee (p99 rises past 10 ms between 20k and 50k here) to saturation.
+  for rate in 5 10 20 50 100 300 600; do
     start_edge
     lg fanout "fanout-10x100-r$rate" --rooms 10 --members 100 --senders 1 --rate-per-sender "$rate" --warmup-s 2 --duration-s 10
     stop_edge
   done
+  # The latency-throughput curve of these runs: results/curve.json and curve.svg.
+  python3 scripts/curve.py --dir "$OUT" --since "$RUN_START" || FAILED=1
 fi
 if [ "$ONLY" = all ] || [ "$ONLY" = durability ]; then
   # The cost of durable acks: the same fan-out with acks (and fan-out) after the store commit.
@@ -93,17 +101,17 @@ if [ "$ONLY" = all ] || [ "$ONLY" = storm ]; then
   lg storm storm-10k-admission-2000 --conns 10000 --rooms 100 --rate-per-room 2 --hold-s 2
   stop_edge
 fi
-target/release/loadgen report --dir results
+target/release/loadgen report --dir "$OUT"
 
 # Each result of this run against the floor measured at its start.
-python3 - "$RUN_START" <<'PY'
+python3 - "$RUN_START" "$OUT" <<'PY'
 import glob, json, os, sys
-start = int(sys.argv[1])
-floor = json.load(open("results/floor.json"))["results"]
+start, out = int(sys.argv[1]), sys.argv[2]
+floor = json.load(open(os.path.join(out, "floor.json")))["results"]
 single, batch8 = floor["single_ns_per_frame"], floor["batch8_ns_per_frame"]
 print(f"\n== against the floor: {single:.0f} ns/frame written alone, {batch8:.0f} ns/frame eight to a writev")
 print(f"{'result':34} {'deliveries/s':>12} {'CPU ns/delivery':>16} {'/ single':>9} {'/ batch8':>9} {'p99 ms':>8}")
-for path in sorted(glob.glob("results/*.json")):
+for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     if os.path.getmtime(path) < start:
         continue
     r = json.load(open(path)).get("results", {})
