@@ -6,7 +6,7 @@
 # target/release/edge), EXTRA_ENV adds settings. Prints both snapshots and
 # loadgen's RSS per connection (results/idle-breakdown-20261205.txt).
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/.."
 SECRET=bench-secret-0123456789abcdef-0123456789
 N=${N:-10000}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
