@@ -457,7 +457,7 @@ impl<S: StorePort> Owner<S> {
         let (name, durable) = (r.name(), self.cfg.durability == Durability::Durable);
         let (stored_room, sender) = (r.shared_name(), r.roster().name(a.user));
         let rendered = render_message(a, Some(ack.seq), &ack.msg_id, ack.ts);
-        // Fast mode acks at once: its ack is rendered before the msg_id moves into the write.
+        // Fast mode acks at once, before the store has the message.
         let fast_ack = (!durable).then(|| server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
         let msg_id = ack.msg_id.clone();
         let stored = StoredMessage {
