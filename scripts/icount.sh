@@ -7,7 +7,10 @@
 # baseline fails the run (exit 3); a lower count passes and is printed.
 # Counts are exact and repeat from run to run on one toolchain, so the gate
 # does not flake; they change with rustc, valgrind or glibc, so a toolchain
-# upgrade updates the baseline in the same commit.
+# upgrade updates the baseline in the same commit. The bench profile builds
+# with one codegen unit (Cargo.toml): with several, code added anywhere in a
+# crate could change what is inlined in a benched path and move its count
+# (results/icount-cgu1-20261205.txt).
 #
 #   scripts/icount.sh                # compare with the committed baseline
 #   ICOUNT_UPDATE=1 scripts/icount.sh # measure and overwrite the baseline, on purpose:
