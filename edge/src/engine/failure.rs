@@ -68,6 +68,9 @@ pub enum Failure {
     /// Redis did not answer within the configured time.
     #[error("Redis did not answer in time")]
     RedisTimedOut,
+    /// The shared store did not answer a cluster's read within the configured time.
+    #[error("the store did not answer in time")]
+    StoreTimedOut,
     /// The room's owner shard refused (its store failed or a queue there was full), as
     /// it decided and worded it on its side of the mesh.
     #[error("{}", .0.message)]
@@ -80,7 +83,7 @@ impl Failure {
         match self {
             Self::Store(e) => e.is_retryable(),
             Self::Redis(e) => e.retryable(),
-            Self::RedisTimedOut => true,
+            Self::RedisTimedOut | Self::StoreTimedOut => true,
             Self::Owner(r) => r.code != RefusalCode::Internal,
         }
     }
@@ -89,7 +92,7 @@ impl Failure {
     pub fn retry_ms(&self) -> Option<u64> {
         match self {
             _ if !self.retryable() => None,
-            Self::Store(_) => Some(Busy::Store.retry_ms()),
+            Self::Store(_) | Self::StoreTimedOut => Some(Busy::Store.retry_ms()),
             Self::Redis(_) | Self::RedisTimedOut => Some(REDIS_RETRY_MS),
             Self::Owner(r) => r.retry_ms,
         }

@@ -15,6 +15,9 @@
 //!   answer in one go; "join cancelled" is decided here only);
 //! - `ring`: the recent ring of a room, one type for the owner's room state
 //!   and a member shard's feed;
+//! - `reads`: a cluster's reads from Redis and the shared store (history,
+//!   threads, presence, a join's catch-up): the chain of calls each makes,
+//!   and the one place that merges the stream with the store;
 //! - `presence_counts`: a cluster's coalesced presence counts (the pump's
 //!   half of what a single node's owner does from its roster);
 //! - `catch_up`: the one merge that catches a member up (a read, then the
@@ -35,6 +38,7 @@ pub mod feed;
 pub mod owner;
 pub mod presence_counts;
 pub mod publisher;
+pub mod reads;
 pub mod ring;
 pub mod session;
 pub mod subscriber;

@@ -22,6 +22,7 @@ mod changes;
 mod cluster;
 mod cluster_changes;
 mod cluster_marks;
+mod cluster_reads;
 mod cluster_receipts;
 mod cluster_store;
 mod conn;
@@ -190,9 +191,16 @@ impl Shard {
                     ack_on_commit: s.cfg.store != storage::StoreKind::Embedded && s.cfg.durability == crate::config::Durability::Durable,
                 };
                 let publisher = RefCell::new(Publisher::new(cfg, s.stats.clone()));
+                let reads = crate::engine::reads::ReadsConfig {
+                    timeout_ms: s.cfg.cluster_join_timeout_ms,
+                    page_max_bytes: s.cfg.history_page_max_bytes,
+                    presence_roster_max: s.cfg.presence_roster_max,
+                    shared_store: s.cfg.store != storage::StoreKind::Embedded,
+                };
                 sequencer::Sequencer::Redis(Box::new(sequencer::RedisSequencer {
                     bridge,
                     publisher,
+                    reads: RefCell::new(crate::engine::reads::Reads::new(reads)),
                     store_queries: Default::default(),
                     members: Default::default(),
                     marks: Default::default(),

@@ -45,6 +45,9 @@ pub(crate) struct RedisSequencer {
     pub(crate) bridge: BridgeHandle,
     /// The owner side of this shard's rooms: sends batched to Redis.
     pub(crate) publisher: RefCell<Publisher>,
+    /// History, threads, presence and catch-ups read from Redis and the shared store
+    /// (`cluster_reads.rs`).
+    pub(crate) reads: RefCell<crate::engine::reads::Reads>,
     /// Shared-store queries in flight, by ticket (`cluster_store.rs`).
     pub(crate) store_queries: super::cluster_store::StoreQueries,
     /// Memberships (user, room) this shard wrote to the shared store (`cluster_store.rs`).
