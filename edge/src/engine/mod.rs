@@ -15,6 +15,8 @@
 //!   answer in one go; "join cancelled" is decided here only);
 //! - `ring`: the recent ring of a room, one type for the owner's room state
 //!   and a member shard's feed;
+//! - `pump`: a cluster node's pump (the bridge's events for the node's
+//!   shards: forward, recover a gap from the stream, resync, reset, presence);
 //! - `reads`: a cluster's reads from Redis and the shared store (history,
 //!   threads, presence, a join's catch-up): the chain of calls each makes,
 //!   and the one place that merges the stream with the store;
@@ -38,6 +40,7 @@ pub mod feed;
 pub mod owner;
 pub mod presence_counts;
 pub mod publisher;
+pub mod pump;
 pub mod reads;
 pub mod ring;
 pub mod session;
