@@ -6,11 +6,16 @@
 //!
 //! - `Deliver`: the received frame is already a mesh `Deliver` frame (the
 //!   bytes Redis published); it goes as is to each subscribed shard.
-//! - A delivery past the one after the last seq forwarded (the bridge says
-//!   so with a forward `Gap`, but its own last seq can be from before Redis
-//!   lost data, so the pump checks against its own): the missed messages are
-//!   read from the room's recent stream and forwarded first, in order; what
-//!   the stream no longer holds is announced to members with a `gap` notice.
+//! - A delivery past the one after the last seq forwarded (checked against
+//!   the pump's own last seq: the bridge's `Gap` cannot see a skip after
+//!   Redis lost data, since its last seq is from before; a room's first
+//!   delivery since the node subscribed it is checked only against what
+//!   Redis itself told the pump, as a last seq the pump took from
+//!   deliveries may predate the subscription): the missed messages are read
+//!   from the room's recent stream and forwarded first, in order; what the
+//!   stream no longer holds is announced to members with a `gap` notice. A
+//!   delivery at or below the last seq forwarded was forwarded already (a
+//!   resync's read got it first) and is dropped.
 //! - `Gap` backward (`got < expected`): Redis lost the room's sequence;
 //!   shards get a `Reset` (cursor and an `epoch` notice for members).
 //! - `Resync` (Redis reconnect, or the event reader fell behind): for each
@@ -28,9 +33,12 @@
 //! event waits while a read for an earlier one is out ([`Pump::waiting`]: the
 //! shell takes no new event then), so a room's frames reach each shard in seq
 //! order, and a message forwarded after a gap's recovery comes after the
-//! recovered ones; per room the pump forwards each seq above the last one
-//! forwarded at most once (a gap notice stands for what it could not read;
-//! a sequence that went back is reset first);
+//! recovered ones; each shard gets every seq in order, as a message or within
+//! a gap notice, from a room's first delivery since the node subscribed it
+//! (a reset starts the count again), and once, but around a resubscription:
+//! that first delivery is checked only against what a read of the stream
+//! told the pump last, else forwarded unchecked, so it may repeat what the
+//! old subscription's deliveries carried (a shard's feed drops a repeat);
 //! the room table is bounded (`MAX_ROOMS`, then it is cleared, and a room's
 //! next message is forwarded to the shards the bridge names).
 
@@ -84,6 +92,8 @@ pub enum PumpEffect {
 struct RoomCursor {
     seq: u64,
     shards: Arc<[u16]>,
+    /// `seq` came from Redis itself (a recovery's read, or a reset), not from a delivery.
+    read: bool,
 }
 
 /// Work waiting its turn.
@@ -242,22 +252,45 @@ impl Pump {
 
     fn handle(&mut self, ev: BridgeEvent, now_ms: u64) {
         match ev {
-            BridgeEvent::Deliver { ref room, seq, .. } if self.forwarded(room).is_some_and(|last| seq > last + 1) => {
-                // Messages were missed since the last one forwarded (the bridge's own check
-                // may not see it: its last seq can be from before Redis lost data): read them,
-                // then this delivery again.
-                let (room, last) = (room.clone(), self.forwarded(room).unwrap_or(0));
-                self.work.push_front(Work::Event(ev));
-                self.recover(room, last, seq - 1, false);
-            }
             BridgeEvent::Deliver {
-                room, seq, frame, shards, ..
-            } => self.forward(&room, seq, frame, shards),
-            // A room the pump knows is checked against its own last seq when the delivery comes.
-            BridgeEvent::Gap { room, expected, got } if got > expected && self.forwarded(&room).is_none() => {
-                self.recover(room, expected - 1, got - 1, false);
+                room,
+                seq,
+                payload,
+                frame,
+                shards,
+                first,
+            } => match self.forwarded(&room) {
+                // A room the pump does not know: nothing to check it against.
+                None => self.forward(&room, seq, frame, shards, false),
+                // The first since the node subscribed the room, and what the pump knows came
+                // from a delivery, maybe of an older subscription: not checked. (What Redis
+                // told the pump itself, a read or a reset, is checked against as usual.)
+                Some(_) if first && !self.rooms.get(&room).is_some_and(|r| r.read) => self.forward(&room, seq, frame, shards, false),
+                // Forwarded already: a resync's read got it first.
+                Some(last) if seq <= last => {}
+                Some(last) if seq > last + 1 => {
+                    // Missed since the last one forwarded (the bridge's check may not see it: its
+                    // last seq can be from before Redis lost data): read them, then this again.
+                    let again = BridgeEvent::Deliver {
+                        room: room.clone(),
+                        seq,
+                        payload,
+                        frame,
+                        shards,
+                        first,
+                    };
+                    self.work.push_front(Work::Event(again));
+                    self.recover(room, last, seq - 1, false);
+                }
+                Some(_) => self.forward(&room, seq, frame, shards, false),
+            },
+            // The delivery that follows is checked against the pump's own last seq, if it knows
+            // the room; else the bridge's is all there is.
+            BridgeEvent::Gap { room, expected, got } if got > expected => {
+                if self.forwarded(&room).is_none() {
+                    self.recover(room, expected - 1, got - 1, false);
+                }
             }
-            BridgeEvent::Gap { got, expected, .. } if got > expected => {}
             BridgeEvent::Gap { room, got, .. } => self.reset(&room, got.saturating_sub(1), now_ms),
             BridgeEvent::Resync { rooms, lost } => {
                 // Each room in turn, ahead of the events that came after the resync.
@@ -299,18 +332,14 @@ impl Pump {
         }
     }
 
-    /// Forwards message `seq` of `room`, unless the pump forwarded it (or announced it as a gap)
-    /// already: a resync reads up to Redis's seq, whose messages may be on their way as
-    /// deliveries too.
-    fn forward(&mut self, room: &str, seq: u64, frame: Bytes, shards: Arc<[u16]>) {
-        if self.forwarded(room).is_some_and(|last| seq <= last) {
-            return;
-        }
+    /// Forwards message `seq` of `room` (the callers checked it comes next); `read`: it was
+    /// read from the stream.
+    fn forward(&mut self, room: &str, seq: u64, frame: Bytes, shards: Arc<[u16]>, read: bool) {
         if self.rooms.len() >= MAX_ROOMS && !self.rooms.contains_key(room) {
             self.rooms.clear();
         }
         self.send_all(&shards, &frame);
-        self.rooms.insert(room.to_owned(), RoomCursor { seq, shards });
+        self.rooms.insert(room.to_owned(), RoomCursor { seq, shards, read });
     }
 
     /// Reads `after+1..=upto` from the recent stream, to forward it.
@@ -329,11 +358,11 @@ impl Pump {
         let shards = self.shards_of(room);
         for piece in catch_up::merge(after, upto, msgs.iter().map(|m| (m.seq, &m.frame))) {
             match piece {
-                Piece::Message(seq, frame) => self.forward(room, seq, frame.clone(), shards.clone()),
+                Piece::Message(seq, frame) => self.forward(room, seq, frame.clone(), shards.clone(), true),
                 Piece::Gap(from, to) => {
                     self.notify(room, &server::gap(room, from, to));
                     if let Some(r) = self.rooms.get_mut(room) {
-                        r.seq = r.seq.max(to);
+                        (r.seq, r.read) = (r.seq.max(to), true);
                     }
                 }
             }
@@ -371,7 +400,8 @@ impl Pump {
         });
         self.send_all(&self.shards_of(room), &frame);
         if let Some(r) = self.rooms.get_mut(room) {
-            r.seq = seq;
+            // What Redis holds now: as fresh as a read.
+            (r.seq, r.read) = (seq, true);
         }
     }
 

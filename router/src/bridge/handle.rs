@@ -189,6 +189,9 @@ pub enum BridgeEvent {
         frame: Bytes,
         /// This node's shards subscribed to the room.
         shards: Arc<[u16]>,
+        /// The first message of `room` the bridge got since the node subscribed it: there was
+        /// no seq to check it against (a gap before it is not told).
+        first: bool,
     },
     /// The next message of `room` was not `expected`: messages
     /// `expected..got` were missed (fetch them with `recent_after`, or tell

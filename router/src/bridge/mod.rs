@@ -46,7 +46,9 @@
 //! dedicated connection. After a reconnect every subscription is restored
 //! and a [`BridgeEvent::Resync`] names the rooms that may have missed
 //! messages; a seq that does not follow the previous one yields a
-//! [`BridgeEvent::Gap`]. The node then compares [`BridgeHandle::room_seq`]
+//! [`BridgeEvent::Gap`], and a room's first delivery since it was subscribed
+//! says so (`first`: there was nothing to check it against). The node then
+//! compares [`BridgeHandle::room_seq`]
 //! and fetches [`BridgeHandle::recent_after`], or tells clients `gap`.
 //!
 //! # Alignment

@@ -142,9 +142,9 @@ fn on_message(shared: &Shared, msg: Message) -> Events {
 
 fn deliver(shared: &Shared, room: &str, seq: u64, payload: Bytes, frame: Bytes) -> Events {
     let check = shared.subs().check_seq(room, seq);
-    let (gap, shards) = match check {
+    let (gap, shards, first) = match check {
         SeqCheck::NotWanted => return [None, None],
-        SeqCheck::InOrder(shards) => (None, shards),
+        SeqCheck::InOrder { shards, first } => (None, shards, first),
         SeqCheck::Jump { shards, expected } => {
             BridgeMetrics::inc(&shared.metrics.gaps_total);
             let gap = BridgeEvent::Gap {
@@ -152,7 +152,7 @@ fn deliver(shared: &Shared, room: &str, seq: u64, payload: Bytes, frame: Bytes) 
                 expected,
                 got: seq,
             };
-            (Some(gap), shards)
+            (Some(gap), shards, false)
         }
     };
     let deliver = BridgeEvent::Deliver {
@@ -161,6 +161,7 @@ fn deliver(shared: &Shared, room: &str, seq: u64, payload: Bytes, frame: Bytes) 
         payload,
         frame,
         shards,
+        first,
     };
     [gap, Some(deliver)]
 }

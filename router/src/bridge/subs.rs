@@ -59,8 +59,9 @@ pub(crate) struct SubTable {
 pub(crate) enum SeqCheck {
     /// The room is not wanted: drop the message.
     NotWanted,
-    /// In order (or the first seen): deliver to these shards.
-    InOrder(Arc<[u16]>),
+    /// In order, or (`first`) the first seen since the room became wanted, with nothing to
+    /// check it against: deliver to these shards.
+    InOrder { shards: Arc<[u16]>, first: bool },
     /// Deliver, after telling of the jump from `expected` to the seq.
     Jump { shards: Arc<[u16]>, expected: u64 },
 }
@@ -170,7 +171,10 @@ impl SubTable {
                 shards: Arc::clone(&w.snapshot),
                 expected: last.saturating_add(1),
             },
-            _ => SeqCheck::InOrder(Arc::clone(&w.snapshot)),
+            _ => SeqCheck::InOrder {
+                shards: Arc::clone(&w.snapshot),
+                first: last.is_none(),
+            },
         }
     }
 
@@ -349,8 +353,8 @@ mod tests {
         let mut t = SubTable::default();
         assert_eq!(t.check_seq("r", 1), SeqCheck::NotWanted);
         t.add("r", 3, None);
-        assert!(matches!(t.check_seq("r", 5), SeqCheck::InOrder(_)));
-        assert!(matches!(t.check_seq("r", 6), SeqCheck::InOrder(_)));
+        assert!(matches!(t.check_seq("r", 5), SeqCheck::InOrder { first: true, .. }));
+        assert!(matches!(t.check_seq("r", 6), SeqCheck::InOrder { first: false, .. }));
         assert!(matches!(t.check_seq("r", 9), SeqCheck::Jump { expected: 7, .. }));
         assert!(matches!(t.check_seq("r", 1), SeqCheck::Jump { expected: 10, .. }));
     }
