@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use edge::config::Durability;
 use edge::engine::owner::{Effect, Owner, OwnerConfig, SendArgs, StorePort};
-use edge::engine::subscriber::{JoinReq, SubEffect, Subscriber, SubscriberConfig};
+use edge::engine::subscriber::{Fate, JoinReq, SubEffect, Subscriber, SubscriberConfig};
 use edge::metrics::ShardStats;
 use edge::protocol::client::{self, ParseLimits};
 use edge::protocol::server::{self, MessageOut};
@@ -203,7 +203,7 @@ fn fan_out_100(mut f: FanOut) -> FanOut {
         }
         while let Some(e) = f.owner.poll() {
             if let Effect::Deliver { room, seq, payload, .. } = e {
-                if f.members.deliver(&room, seq, &payload) {
+                if f.members.deliver(&room, seq, &payload) == Fate::Members {
                     for out in &f.outboxes {
                         out.push_live(payload.clone());
                     }

@@ -17,6 +17,8 @@ mod common;
 #[path = "cluster/churn.rs"]
 mod churn;
 mod cluster_support;
+#[path = "cluster/hole.rs"]
+mod hole;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
-pub const FRAME_VERSION: u8 = 16;
+pub const FRAME_VERSION: u8 = 17;
 
 /// A message between shards.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
@@ -286,6 +286,19 @@ pub enum Frame {
         /// The rendered `receipt` event.
         payload: Vec<u8>,
     },
+    /// Cluster, from the node's pump: seqs `from..=to` of `room` were missed and no longer
+    /// held by the stream; the receiving shard moves its cursor past them and sends
+    /// `payload` (the rendered `gap`) to the room's members (version 17).
+    Gap {
+        /// The room.
+        room: String,
+        /// The first seq missed.
+        from: u64,
+        /// The last seq missed.
+        to: u64,
+        /// Rendered JSON for the members.
+        payload: Vec<u8>,
+    },
 }
 
 /// A member's change to a sent message, on its way to the room's owner.
@@ -525,7 +538,7 @@ fn size_hint(frame: &Frame) -> usize {
             c.room.len() + c.user.len() + opt(&c.req) + op
         }
         Frame::Changed { room, message, event, .. } => room.len() + message.as_ref().map_or(0, Vec::len) + event.len(),
-        Frame::ToSenders { room, payload } => room.len() + payload.len(),
+        Frame::ToSenders { room, payload } | Frame::Gap { room, payload, .. } => room.len() + payload.len(),
     };
     1 + 160 + variable
 }

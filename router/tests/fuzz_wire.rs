@@ -62,11 +62,12 @@ fn variant(f: &Frame) -> usize {
         Frame::Changed { .. } => 23,
         Frame::Disconnect { .. } => 24,
         Frame::ToSenders { .. } => 25,
+        Frame::Gap { .. } => 26,
     }
 }
 
 /// How many variants [`variant`] knows.
-const VARIANTS: usize = 26;
+const VARIANTS: usize = 27;
 
 fn text() -> impl Strategy<Value = String> + Clone {
     "(?s).{0,12}"
@@ -199,6 +200,7 @@ fn any_frame() -> BoxedStrategy<Frame> {
         (s.clone(), u64s, os).prop_map(|(user, conn, req)| Frame::LastSeen { user, conn, req }),
         change_msg().prop_map(Frame::Change),
         (s.clone(), b.clone()).prop_map(|(room, payload)| Frame::ToSenders { room, payload }),
+        (s.clone(), u64s, u64s, b.clone()).prop_map(|(room, from, to, payload)| Frame::Gap { room, from, to, payload }),
         (s.clone(), u64s, prop::option::of(b.clone()), b).prop_map(|(room, seq, message, event)| Frame::Changed {
             room,
             seq,

@@ -3,14 +3,17 @@
 //! (member side), and a fake Redis that sequences each room, keeps its
 //! stream and fans messages out to the subscribed shards in publish order.
 //! Every bridge call is answered when the seeded RNG says so (sometimes with
-//! an error); deliveries reach each shard in order, at random times. A
-//! failure prints its seed; `HARNESS_SEED=N` replays it.
+//! an error); deliveries reach each shard in order, at random times, and on
+//! half the seeds pub/sub loses some (a shard then sees a hole, reads it and
+//! holds what follows). A failure prints its seed; `HARNESS_SEED=N` replays
+//! it.
 //!
 //! Checked: every join and send gets exactly one answer; each member sees
 //! its room gap-free from its `joined` (or `since`) on, and a `gap` names
-//! only seqs the stream no longer holds; a `(room, seq)` names one message.
+//! only seqs the stream no longer holds (or a hole whose reads all failed);
+//! a `(room, seq)` names one message.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +25,7 @@ use serde_json::Value;
 
 use super::owner::SendArgs;
 use super::publisher::{PubEffect, Publisher, PublisherConfig};
-use super::subscriber::{JoinReq, SubEffect, Subscriber, SubscriberConfig};
+use super::subscriber::{Fate, JoinReq, SubEffect, Subscriber, SubscriberConfig, MAX_REPAIR_READS};
 use super::Failure;
 use crate::metrics::ShardStats;
 use crate::room::owner as owner_of;
@@ -72,13 +75,20 @@ struct Client {
 
 struct World {
     rng: StdRng,
+    /// Pub/sub's losses, drawn apart so `rng`'s draws (and the recorded seeds) stay as they were.
+    loss: Option<StdRng>,
+    /// Failed reads of a hole, by (shard, room, last seq of the hole): a hole whose every
+    /// read failed may be named a gap.
+    failed_holes: HashMap<(Sid, String, u64), u32>,
+    /// Reads of a hole made.
+    repair_reads: u64,
     publishers: Vec<Publisher>,
     subscribers: Vec<Subscriber>,
     /// Redis: per room, the last seq and the stream (newest `STREAM_LEN`).
     seqs: HashMap<String, u64>,
     streams: HashMap<String, VecDeque<(u64, Bytes)>>,
     /// Redis pub/sub: which shards receive each room.
-    subscribed: HashMap<String, HashSet<Sid>>,
+    subscribed: HashMap<String, BTreeSet<Sid>>,
     calls: Vec<Call>,
     /// Per shard, deliveries in publish order.
     inbox: Vec<VecDeque<(String, u64, Bytes)>>,
@@ -150,6 +160,9 @@ impl World {
         }
         Self {
             rng,
+            loss: matches!(seed % 4, 1 | 2).then(|| StdRng::seed_from_u64(seed ^ 0x5eed_1055)),
+            failed_holes: HashMap::new(),
+            repair_reads: 0,
             publishers,
             subscribers,
             seqs: HashMap::new(),
@@ -239,7 +252,9 @@ impl World {
                 let req = req.expect("every join has an id");
                 self.answered(req.trim_matches('"'));
             }
-            SubEffect::Deliver { room, payload } => self.deliver_to_members(sid, &room, &payload),
+            SubEffect::Deliver { room, payload, .. } | SubEffect::Event { room, payload } => {
+                self.deliver_to_members(sid, &room, &payload);
+            }
         }
     }
 
@@ -277,7 +292,11 @@ impl World {
             Some("gap") => {
                 let (from, to) = (v["from"].as_u64().expect("from"), v["to"].as_u64().expect("to"));
                 let oldest = self.streams.get(&room).and_then(|s| s.front()).map_or(u64::MAX, |(s, _)| *s);
-                assert!(to < oldest, "{room}: gap {from}..={to} while the stream still holds from {oldest}");
+                let failed = self.failed_holes.get(&(sid_of(conn), room.clone(), to)) >= Some(&MAX_REPAIR_READS);
+                assert!(
+                    to < oldest || failed,
+                    "{room}: gap {from}..={to} while the stream still holds from {oldest}"
+                );
                 let Some(last) = self.clients.get_mut(&conn).and_then(|c| c.member.get_mut(&room)) else {
                     return;
                 };
@@ -403,6 +422,11 @@ impl World {
                         msgs.iter().map(|m| m.0).collect::<Vec<_>>()
                     )
                 });
+                self.repair_reads += u64::from(token >= 1 << 62);
+                if fail && token >= 1 << 62 {
+                    // A repair's read: once all its reads fail, its hole may be named a gap.
+                    *self.failed_holes.entry((sid, room.clone(), after + u64::from(count))).or_default() += 1;
+                }
                 self.subscribers[sid].fetched(token, if fail { Err(Failure::RedisTimedOut) } else { Ok(msgs) });
                 sid
             }
@@ -428,6 +452,10 @@ impl World {
                 stream.pop_front();
             }
             for &sid in self.subscribed.get(room).into_iter().flatten() {
+                if self.loss.as_mut().is_some_and(|l| l.random_bool(0.15)) {
+                    trace(|| format!("redis: {room}/{seq} lost on its way to shard {sid}"));
+                    continue;
+                }
                 self.inbox[sid].push_back((room.to_owned(), *seq, payload.clone()));
             }
         }
@@ -442,7 +470,7 @@ impl World {
         let sid = busy[self.rng.random_range(0..busy.len())];
         let (room, seq, payload) = self.inbox[sid].pop_front().expect("non-empty");
         trace(|| format!("shard {sid} <- deliver {room}/{seq}"));
-        if self.subscribers[sid].deliver(&room, seq, &payload) {
+        if self.subscribers[sid].deliver(&room, seq, &payload) == Fate::Members {
             self.deliver_to_members(sid, &room, &payload);
         }
         self.drain(sid);
@@ -479,18 +507,21 @@ fn run_seeds() {
         Ok(s) => vec![s.parse().expect("HARNESS_SEED is a number")],
         Err(_) => (0..std::env::var("HARNESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300)).collect(),
     };
-    let (many, mut evicted) = (seeds.len() >= 30, 0);
+    let (many, mut evicted, mut repairs, mut failed) = (seeds.len() >= 30, 0, 0, 0);
     for seed in seeds {
         let run = || {
             let mut w = World::new(seed);
             w.run(400);
-            w.publishers
+            let evicted = w
+                .publishers
                 .iter()
                 .map(|p| p.stats().rooms_evicted_total.load(std::sync::atomic::Ordering::Relaxed))
-                .sum::<u64>()
+                .sum::<u64>();
+            let gave_up = w.failed_holes.values().filter(|&&n| n >= MAX_REPAIR_READS).count();
+            (evicted, w.repair_reads, gave_up)
         };
         match std::panic::catch_unwind(run) {
-            Ok(n) => evicted += n,
+            Ok((n, r, f)) => (evicted, repairs, failed) = (evicted + n, repairs + r, failed + f),
             Err(e) => {
                 eprintln!("cluster harness: seed {seed} failed; replay with HARNESS_SEED={seed}");
                 std::panic::resume_unwind(e);
@@ -498,6 +529,10 @@ fn run_seeds() {
         }
     }
     assert!(!many || evicted > 0, "no idle room was forgotten in any seed");
+    assert!(!many || repairs > 0, "no shard read a hole in any seed");
+    if many {
+        eprintln!("cluster harness: {repairs} reads of a hole; {failed} holes named a gap after every read failed");
+    }
 }
 
 #[test]

@@ -6,14 +6,34 @@
 //! and resyncs or catch-up races may repeat one.
 //!
 //! Invariants: a delivery whose seq is not above the cursor is refused (a
-//! re-delivery is never passed to members twice); the ring holds only seqs
-//! that were delivered, ascending; a reset (the room's sequence restarted)
-//! moves the cursor to the new seq and empties the ring.
+//! re-delivery is never passed to members twice); once the position is known,
+//! the cursor moves one seq at a time (a delivery past the next one is a
+//! [`Advance::Jump`]: the missed seqs are read first, or skipped with a `gap`
+//! named to members); the ring holds only seqs that were delivered,
+//! ascending; a reset (the room's sequence restarted) moves the cursor to the
+//! new seq and empties the ring.
 
 use bytes::Bytes;
 
 use super::catch_up;
 use super::ring::RecentRing;
+
+/// What a delivery does to a feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advance {
+    /// The next seq: recorded, for members.
+    Next,
+    /// At or below the cursor: a re-delivery, dropped.
+    Repeat,
+    /// The position is not known yet: only held in the ring until [`RoomFeed::learn`].
+    Unknown,
+    /// Past the next seq: the ones after the cursor (`after`) were missed. Nothing was
+    /// recorded: they are read first, then this one is given again.
+    Jump {
+        /// The cursor: seqs above it, below the delivery's, were missed.
+        after: u64,
+    },
+}
 
 /// What a member shard knows of a room it delivers.
 #[derive(Debug)]
@@ -97,16 +117,31 @@ impl RoomFeed {
         self.learn(seq, Some(epoch));
     }
 
-    /// A delivery: true (recorded, for members) when the position is known and it is
-    /// newer than the cursor; false for a re-delivery, or while the position is not
-    /// known yet (it is only held until [`Self::learn`]).
-    pub fn advance(&mut self, seq: u64, payload: &Bytes) -> bool {
-        if self.cursor.is_some_and(|c| seq <= c) {
-            return false;
+    /// A delivery: recorded when it is the next seq, or while the position is not known
+    /// yet (then only held until [`Self::learn`]); see [`Advance`].
+    pub fn advance(&mut self, seq: u64, payload: &Bytes) -> Advance {
+        match self.cursor {
+            Some(c) if seq <= c => return Advance::Repeat,
+            Some(c) if self.learned && seq > c + 1 => return Advance::Jump { after: c },
+            _ => {}
         }
         self.cursor = Some(seq);
         self.ring.push(seq, payload.clone());
-        self.learned
+        if self.learned {
+            Advance::Next
+        } else {
+            Advance::Unknown
+        }
+    }
+
+    /// Seqs up to `to` were missed and no source holds them (members are told with a
+    /// `gap`): the cursor moves past them. False when it is there already.
+    pub fn skip_to(&mut self, to: u64) -> bool {
+        if self.cursor.is_some_and(|c| to <= c) {
+            return false;
+        }
+        self.cursor = Some(to);
+        true
     }
 
     /// What the ring holds, oldest first (for the harness's checks).
@@ -153,10 +188,10 @@ mod tests {
         let mut f = RoomFeed::new(1, 2);
         assert!(!f.is_known());
         f.learn(5, None);
-        assert!(!f.advance(5, &b(5)), "at the cursor: a repeat");
-        assert!(f.advance(6, &b(6)));
-        assert!(f.advance(7, &b(7)));
-        assert!(!f.advance(6, &b(6)), "behind the cursor");
+        assert_eq!(f.advance(5, &b(5)), Advance::Repeat, "at the cursor");
+        assert_eq!(f.advance(6, &b(6)), Advance::Next);
+        assert_eq!(f.advance(7, &b(7)), Advance::Next);
+        assert_eq!(f.advance(6, &b(6)), Advance::Repeat, "behind the cursor");
         assert!(f.covers(5), "6 and 7 are held");
         assert!(!f.covers(4), "5 was never delivered here");
         assert!(f.covers(7));
@@ -164,10 +199,32 @@ mod tests {
         assert_eq!(f.cursor(), 7, "learning an older seq does not move the cursor back");
         f.learn(9, None);
         assert_eq!(f.cursor(), 7, "nor a newer one: 8 and 9 are still on their way");
-        assert!(f.advance(8, &b(8)));
+        assert_eq!(f.advance(8, &b(8)), Advance::Next);
         f.reset(2, 9);
         assert_eq!((f.cursor(), f.epoch()), (2, 9));
-        assert!(f.advance(3, &b(3)), "after a reset, the restarted sequence is delivered");
+        assert_eq!(
+            f.advance(3, &b(3)),
+            Advance::Next,
+            "after a reset, the restarted sequence is delivered"
+        );
+    }
+
+    #[test]
+    fn a_delivery_past_the_next_seq_is_a_jump_and_records_nothing() {
+        let mut f = RoomFeed::new(1, 8);
+        f.learn(5, None);
+        assert_eq!(f.advance(8, &b(8)), Advance::Jump { after: 5 });
+        assert_eq!(f.cursor(), 5, "the cursor waits for 6 and 7");
+        assert!(f.ring_entries().is_empty());
+        assert_eq!(f.advance(6, &b(6)), Advance::Next);
+        assert!(f.skip_to(7), "7 is held nowhere: skipped");
+        assert!(!f.skip_to(7), "once");
+        assert_eq!(f.advance(8, &b(8)), Advance::Next);
+        assert_eq!(f.cursor(), 8);
+        // Before the position is known, nothing is a jump: the first read decides.
+        let mut g = RoomFeed::new(1, 8);
+        assert_eq!(g.advance(3, &b(3)), Advance::Unknown);
+        assert_eq!(g.advance(9, &b(9)), Advance::Unknown);
     }
 
     #[test]
@@ -175,7 +232,11 @@ mod tests {
         let mut f = RoomFeed::new(1, 8);
         // Stale deliveries of an earlier subscription, then 21 after re-subscribing (20 missed).
         for s in [6, 7, 8, 21] {
-            assert!(!f.advance(s, &b(s)), "not for members before the position is known");
+            assert_eq!(
+                f.advance(s, &b(s)),
+                Advance::Unknown,
+                "not for members before the position is known"
+            );
         }
         assert!(!f.is_known());
         f.learn(20, None);
@@ -183,8 +244,8 @@ mod tests {
         assert_eq!(f.cursor(), 21, "21 came after the read: the position is past it");
         assert!(f.covers(20), "21 is held");
         assert!(!f.covers(19), "20 never reached this shard: it must be fetched");
-        assert!(!f.advance(21, &b(21)));
-        assert!(f.advance(22, &b(22)));
+        assert_eq!(f.advance(21, &b(21)), Advance::Repeat);
+        assert_eq!(f.advance(22, &b(22)), Advance::Next);
         // Stale only: the read decides, the ring is emptied.
         let mut g = RoomFeed::new(1, 8);
         g.advance(6, &b(6));

@@ -13,7 +13,8 @@
 //!   Redis itself told the pump, as a last seq the pump took from
 //!   deliveries may predate the subscription): the missed messages are read
 //!   from the room's recent stream and forwarded first, in order; what the
-//!   stream no longer holds is announced to members with a `gap` notice. A
+//!   stream no longer holds goes as a mesh `Gap` frame (each shard's feed
+//!   moves past it, and its members get the `gap` notice). A
 //!   delivery at or below the last seq forwarded was forwarded already (a
 //!   resync's read got it first) and is dropped.
 //! - `Gap` backward (`got < expected`): Redis lost the room's sequence;
@@ -360,7 +361,14 @@ impl Pump {
             match piece {
                 Piece::Message(seq, frame) => self.forward(room, seq, frame.clone(), shards.clone(), true),
                 Piece::Gap(from, to) => {
-                    self.notify(room, &server::gap(room, from, to));
+                    // A frame of its own: each shard's feed moves past what it names.
+                    let frame = router::encode(&Frame::Gap {
+                        room: room.to_owned(),
+                        from,
+                        to,
+                        payload: server::gap(room, from, to).to_vec(),
+                    });
+                    self.send_all(&shards, &frame);
                     if let Some(r) = self.rooms.get_mut(room) {
                         (r.seq, r.read) = (r.seq.max(to), true);
                     }

@@ -18,8 +18,12 @@
 //! deliveries to the local fan-out list, presence updates for the sequencer.
 //!
 //! Invariants: a delivery whose seq is not above the room's cursor is dropped
-//! (a re-delivery from a resync or a catch-up race); seq 0 frames are
-//! notices passed to members as they are; every join gets exactly one
+//! (a re-delivery from a resync or a catch-up race); a delivery past the next
+//! seq starts a repair (`repair.rs`): the missed seqs are read and given
+//! first, what arrives meanwhile is held and given after them, in arrival
+//! order, and only what no source holds is named a `gap`, so members get
+//! every seq once and in order; seq 0 frames are notices passed to members
+//! as they are (after a repair's, when one is out); every join gets exactly one
 //! answer (`Joined`, `Refused`, or `Cancelled` when a leave overtook it: this
 //! is the one place that decides it); a room's subscription is dropped once
 //! it has no member and no join out; a member is counted online by the
@@ -31,8 +35,15 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::feed::Advance;
 use super::{Failure, RoomFeed};
 use crate::protocol::server;
+
+mod repair;
+
+#[cfg(test)]
+pub(crate) use repair::MAX_REPAIR_READS;
+use repair::{Held, Repair, FIRST_REPAIR_TOKEN};
 
 /// Most reads one join's catch-up makes while deliveries outrun them (each read must make
 /// progress; the ring catches up long before this in practice).
@@ -61,7 +72,8 @@ pub enum SubEffect {
     Subscribe { token: u64, room: String, user: String },
     /// Read `room`'s seq; answer with [`Subscriber::room_seq`].
     RoomSeq { token: u64, room: String },
-    /// Read `count` messages after `after` of `room`; answer with [`Subscriber::fetched`].
+    /// Read `count` messages after `after` of `room`; answer with [`Subscriber::fetched`]
+    /// (a join's catch-up, or a repair's read: its token is at or above 2^62).
     Fetch { token: u64, room: String, after: u64, count: u32 },
     /// Drop this shard's subscription to `room` (nothing to answer).
     Unsubscribe { room: String },
@@ -76,8 +88,12 @@ pub enum SubEffect {
     Refused { conn: u64, room: String, payload: Bytes },
     /// A leave overtook the join: `conn` gets "join cancelled" for request `req`.
     Cancelled { conn: u64, req: Option<String> },
-    /// `payload` for every local member of `room` (a reset's notice; deliveries are answered by [`Subscriber::deliver`]).
-    Deliver { room: String, payload: Bytes },
+    /// `payload` for every local member of `room`: message `seq`, or (seq 0) a notice. Live
+    /// deliveries are answered by [`Subscriber::deliver`]; these are a reset's notice, and
+    /// what a repair gives once the hole is read.
+    Deliver { room: String, seq: u64, payload: Bytes },
+    /// A change's event for every local member of `room`, held during a repair.
+    Event { room: String, payload: Bytes },
     /// A connection of `user` left `room` (or, never here, joined it): for the sequencer's
     /// presence and member counts; nothing to answer.
     Presence { room: String, user: String, online: bool },
@@ -106,6 +122,8 @@ struct SubRoom {
     joining: u32,
     /// The joins still wanted, as (connection, token): a leave drops its entry.
     wanted: Vec<(u64, u64)>,
+    /// A hole in the deliveries being read.
+    repair: Option<Box<Repair>>,
 }
 
 impl SubRoom {
@@ -141,11 +159,26 @@ pub struct JoinReq<'a> {
     pub user: &'a str,
 }
 
+/// What the shell does with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Give it to the room's local members now.
+    Members,
+    /// Nothing: a re-delivery, held (until the position is known, or a hole is read), or
+    /// a room not delivered here.
+    Dropped,
+    /// A hole was seen: it is held, and effects wait (the read of the hole).
+    Repairing,
+}
+
 /// The member side of one shard.
 pub struct Subscriber {
     cfg: SubscriberConfig,
     rooms: HashMap<String, SubRoom>,
     joins: HashMap<u64, PendingJoin>,
+    /// Repair reads out: token -> room.
+    repairs: HashMap<u64, String>,
+    next_repair: u64,
     effects: VecDeque<SubEffect>,
 }
 
@@ -156,6 +189,8 @@ impl Subscriber {
             cfg,
             rooms: HashMap::new(),
             joins: HashMap::new(),
+            repairs: HashMap::new(),
+            next_repair: FIRST_REPAIR_TOKEN,
             effects: VecDeque::new(),
         }
     }
@@ -174,6 +209,7 @@ impl Subscriber {
             others: 0,
             joining: 0,
             wanted: Vec::new(),
+            repair: None,
         });
         r.joining += 1;
         r.wanted.push((j.conn, j.token));
@@ -260,6 +296,9 @@ impl Subscriber {
     /// read and the ring is read too (while reads make progress, up to
     /// `max_catch_up_messages`), so a `gap` is only ever said of what no source holds.
     pub fn fetched(&mut self, token: u64, result: Result<Vec<(u64, Bytes)>, Failure>) {
+        if let Some(room) = self.repairs.remove(&token) {
+            return self.repaired(&room, token, result);
+        }
         let msgs = match result {
             Ok(m) => m,
             Err(e) => return self.finish(token, Err(e)),
@@ -368,14 +407,78 @@ impl Subscriber {
     }
 
     /// A room message (or, seq 0, a notice) from the room's owner shard, or from Redis
-    /// through the pump: true when this shard's members of `room` get it (false for a
-    /// re-delivery, one held until the room's position is known, or a room not delivered
-    /// here). Answered at once, with no effect queued: this is the hot path.
-    pub fn deliver(&mut self, room: &str, seq: u64, payload: &Bytes) -> bool {
-        if seq == 0 {
-            return true;
+    /// through the pump: whether this shard's members of `room` get it now. Answered at
+    /// once, with no effect queued unless a hole was seen ([`Fate::Repairing`]): this is
+    /// the hot path.
+    pub fn deliver(&mut self, room: &str, seq: u64, payload: &Bytes) -> Fate {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return if seq == 0 { Fate::Members } else { Fate::Dropped };
+        };
+        if let Some(rep) = &mut r.repair {
+            rep.hold(if seq == 0 {
+                Held::Notice(payload.clone())
+            } else {
+                Held::Message(seq, payload.clone())
+            });
+            return Fate::Dropped;
         }
-        self.rooms.get_mut(room).is_some_and(|r| r.feed.advance(seq, payload))
+        if seq == 0 {
+            return Fate::Members;
+        }
+        match r.feed.advance(seq, payload) {
+            Advance::Next => Fate::Members,
+            Advance::Repeat | Advance::Unknown => Fate::Dropped,
+            Advance::Jump { after } => {
+                self.start_repair(room, after, seq - 1, Held::Message(seq, payload.clone()));
+                Fate::Repairing
+            }
+        }
+    }
+
+    /// The pump's `gap`: seqs `from..=to` of `room` are held nowhere; `notice` names them.
+    /// [`Fate::Members`]: the members get `notice` now.
+    pub fn skip(&mut self, room: &str, from: u64, to: u64, notice: &Bytes) -> Fate {
+        let Some(r) = self.rooms.get_mut(room) else { return Fate::Dropped };
+        if let Some(rep) = &mut r.repair {
+            rep.hold(Held::Skip {
+                from,
+                to,
+                notice: notice.clone(),
+            });
+            return Fate::Dropped;
+        }
+        if !r.feed.is_known() || to <= r.feed.cursor() {
+            return Fate::Dropped;
+        }
+        if from > r.feed.cursor() + 1 {
+            // Seqs before the gap were missed too: read them first.
+            let after = r.feed.cursor();
+            let held = Held::Skip {
+                from,
+                to,
+                notice: notice.clone(),
+            };
+            self.start_repair(room, after, from - 1, held);
+            return Fate::Repairing;
+        }
+        r.feed.skip_to(to);
+        Fate::Members
+    }
+
+    /// Message `seq` of `room` changed: a feed whose ring holds it keeps `message`, its
+    /// current version, so a later catch-up from the ring returns it. True: the members
+    /// get `event` now; false: it is held, behind a hole being read.
+    pub fn changed(&mut self, room: &str, seq: u64, message: Option<&Bytes>, event: &Bytes) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else { return true };
+        if let Some(m) = message {
+            r.feed.patch(seq, m.clone());
+        }
+        let Some(rep) = &mut r.repair else { return true };
+        if let Some(m) = message {
+            rep.patch(seq, m);
+        }
+        rep.hold(Held::Event(event.clone()));
+        false
     }
 
     /// The last seq of `room` this shard delivered, when it knows the room's position.
@@ -404,13 +507,18 @@ impl Subscriber {
     pub fn reset(&mut self, room: &str, seq: u64, notice: &Bytes, now_ms: u64) {
         if let Some(r) = self.rooms.get_mut(room) {
             r.feed.reset(seq, now_ms);
+            // What was held is of the sequence Redis lost; its read is dropped when answered.
+            r.repair = None;
         }
         self.effects.push_back(SubEffect::Deliver {
             room: room.to_owned(),
+            seq: 0,
             payload: notice.clone(),
         });
     }
 }
 
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 mod tests;

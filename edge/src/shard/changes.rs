@@ -54,9 +54,14 @@ impl Shard {
     /// Message `seq` of `room` changed: the feed's ring keeps `message`, and every member
     /// here gets `event`.
     pub(super) fn member_changed(&self, room: &str, seq: u64, message: Option<&Bytes>, event: &Bytes) {
-        if let Some(m) = message {
-            self.subscriber.borrow_mut().patch(room, seq, m);
+        // False: a hole before it is being read, and the event waits its turn.
+        if self.subscriber.borrow_mut().changed(room, seq, message, event) {
+            self.event_to_members(room, event);
         }
+    }
+
+    /// A change's event for every member of `room` here, never shed.
+    pub(super) fn event_to_members(&self, room: &str, event: &Bytes) {
         let members = self.members.borrow();
         let conns = self.conns.borrow();
         let mut n = 0;

@@ -73,7 +73,11 @@ impl Shard {
                     }
                 });
             }
-            answer @ (SubEffect::Joined { .. } | SubEffect::Refused { .. } | SubEffect::Cancelled { .. } | SubEffect::Deliver { .. }) => {
+            answer @ (SubEffect::Joined { .. }
+            | SubEffect::Refused { .. }
+            | SubEffect::Cancelled { .. }
+            | SubEffect::Deliver { .. }
+            | SubEffect::Event { .. }) => {
                 tracing::error!(?answer, "a member-side answer reached the Redis call path");
             }
         }

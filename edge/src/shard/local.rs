@@ -342,7 +342,11 @@ impl Shard {
                 };
                 self.send_frame(owner, &frame);
             }
-            answer @ (SubEffect::Joined { .. } | SubEffect::Refused { .. } | SubEffect::Cancelled { .. } | SubEffect::Deliver { .. }) => {
+            answer @ (SubEffect::Joined { .. }
+            | SubEffect::Refused { .. }
+            | SubEffect::Cancelled { .. }
+            | SubEffect::Deliver { .. }
+            | SubEffect::Event { .. }) => {
                 tracing::error!(?answer, "a member-side answer reached the owner call path");
             }
         }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::{Conn, Shard};
-use crate::engine::subscriber::{JoinReq, RoomPos, SubEffect, JOIN_CANCELLED};
+use crate::engine::subscriber::{Fate, JoinReq, RoomPos, SubEffect, JOIN_CANCELLED};
 use crate::engine::Failure;
 use crate::metrics::ShardStats;
 use crate::protocol::server;
@@ -60,7 +60,13 @@ impl Shard {
                         .push_text(server::error(req.as_deref(), ErrorCode::BadRequest, JOIN_CANCELLED, None));
                 }
             }
-            SubEffect::Deliver { room, payload } => self.deliver_local(&room, &payload, None),
+            SubEffect::Deliver { room, seq, payload } => {
+                self.deliver_local(&room, &payload, None);
+                if seq > 0 {
+                    self.note_delivered(&room, seq);
+                }
+            }
+            SubEffect::Event { room, payload } => self.event_to_members(&room, &payload),
             call => self.sequencer_call(call),
         }
     }
@@ -99,11 +105,26 @@ impl Shard {
     /// owner shard or from Redis; `at_us`: when it was sequenced on this node
     /// ([`latency::mono_us`](super::latency::mono_us)), for the delivery-latency histogram.
     pub(super) fn member_deliver(&self, room: &str, seq: u64, payload: &Bytes, at_us: u64) {
-        if self.subscriber.borrow_mut().deliver(room, seq, payload) {
-            self.deliver_local(room, payload, Some(at_us));
-            if seq > 0 {
-                self.note_delivered(room, seq);
+        let fate = self.subscriber.borrow_mut().deliver(room, seq, payload);
+        match fate {
+            Fate::Members => {
+                self.deliver_local(room, payload, Some(at_us));
+                if seq > 0 {
+                    self.note_delivered(room, seq);
+                }
             }
+            Fate::Dropped => {}
+            // A hole before it: the subscriber reads it, and gives this after.
+            Fate::Repairing => self.with_subscriber(|_| {}),
+        }
+    }
+
+    /// The pump's `gap` (cluster): seqs `from..=to` of `room` are held nowhere.
+    pub(super) fn member_skip(&self, room: &str, from: u64, to: u64, notice: &Bytes) {
+        let mut fate = Fate::Dropped;
+        self.with_subscriber(|s| fate = s.skip(room, from, to, notice));
+        if fate == Fate::Members {
+            self.deliver_local(room, notice, None);
         }
     }
 

@@ -198,6 +198,7 @@ impl Shard {
             ArchivedFrame::Reply { .. }
             | ArchivedFrame::Deliver { .. }
             | ArchivedFrame::Reset { .. }
+            | ArchivedFrame::Gap { .. }
             | ArchivedFrame::UserDeliver { .. }
             | ArchivedFrame::Event { .. }
             | ArchivedFrame::Changed { .. }
@@ -262,6 +263,10 @@ impl Shard {
             }
             ArchivedFrame::Reset { room, seq, payload } => {
                 self.member_reset(room.as_str(), seq.to_native(), &router::payload_bytes(buf, payload.as_slice()));
+            }
+            ArchivedFrame::Gap { room, from, to, payload } => {
+                let notice = router::payload_bytes(buf, payload.as_slice());
+                self.member_skip(room.as_str(), from.to_native(), to.to_native(), &notice);
             }
             ArchivedFrame::UserDeliver { user, room, seq, payload } => {
                 let only = user.as_ref().map(|u| u.as_str());

@@ -469,7 +469,7 @@ pub fn redis_cmd(port: u16, args: &[&str]) -> String {
 }
 
 /// Reads one complete RESP2 value, appending its raw text to `out`.
-fn read_resp(r: &mut impl BufRead, out: &mut String) {
+pub fn read_resp(r: &mut impl BufRead, out: &mut String) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap_or_else(|e| panic!("redis reply after {out:?}: {e}"));
     assert!(line.ends_with("\r\n"), "truncated redis reply: {out:?} + {line:?}");

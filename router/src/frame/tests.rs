@@ -237,6 +237,12 @@ fn samples() -> Vec<Frame> {
             room: "lobby".into(),
             payload: br#"{"type":"receipt"}"#.to_vec(),
         },
+        Frame::Gap {
+            room: "lobby".into(),
+            from: 4,
+            to: 6,
+            payload: br#"{"type":"gap"}"#.to_vec(),
+        },
     ]
 }
 

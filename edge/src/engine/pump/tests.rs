@@ -48,13 +48,21 @@ fn read(frame: &Bytes) -> Got {
         ArchivedFrame::Deliver { seq, payload, .. } if seq.to_native() == 0 => {
             let v: serde_json::Value = serde_json::from_slice(payload.as_slice()).unwrap();
             match v["type"].as_str() {
-                Some("gap") => Got::Gap(v["from"].as_u64().unwrap(), v["to"].as_u64().unwrap()),
                 Some("epoch") => Got::Epoch,
                 other => panic!("a notice of type {other:?}"),
             }
         }
         ArchivedFrame::Deliver { seq, .. } => Got::Message(seq.to_native()),
         ArchivedFrame::Reset { seq, .. } => Got::Reset(seq.to_native()),
+        ArchivedFrame::Gap { from, to, payload, .. } => {
+            let v: serde_json::Value = serde_json::from_slice(payload.as_slice()).unwrap();
+            assert_eq!(v["type"], "gap", "a gap frame carries the gap notice");
+            assert_eq!(
+                (v["from"].as_u64(), v["to"].as_u64()),
+                (Some(from.to_native()), Some(to.to_native()))
+            );
+            Got::Gap(from.to_native(), to.to_native())
+        }
         ArchivedFrame::Event { .. } => Got::Event,
         _ => panic!("an unexpected frame"),
     }

@@ -76,10 +76,10 @@ fn a_join_subscribes_learns_the_seq_fetches_and_answers_in_one_go() {
     assert_eq!(catch_up, &[Bytes::from("3"), Bytes::from("4"), Bytes::from("5")]);
     assert_eq!(out.len(), 1, "counted online by the sequencer at the subscribe: {out:?}");
     // Live traffic: re-deliveries are dropped, notices pass.
-    assert!(!s.deliver("r", 5, &Bytes::from("5")), "a re-delivery");
-    assert!(s.deliver("r", 6, &Bytes::from("6")));
-    assert!(s.deliver("r", 0, &Bytes::from("note")), "notices pass");
-    assert!(!s.deliver("other", 1, &Bytes::from("1")), "not delivered here");
+    assert_eq!(s.deliver("r", 5, &Bytes::from("5")), Fate::Dropped, "a re-delivery");
+    assert_eq!(s.deliver("r", 6, &Bytes::from("6")), Fate::Members);
+    assert_eq!(s.deliver("r", 0, &Bytes::from("note")), Fate::Members, "notices pass");
+    assert_eq!(s.deliver("other", 1, &Bytes::from("1")), Fate::Dropped, "not delivered here");
     assert!(effects(&mut s).is_empty());
 }
 

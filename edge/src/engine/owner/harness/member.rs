@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{json, shard_of, trace, Frame, World};
 use crate::config::Durability;
 use crate::engine::owner::Effect;
-use crate::engine::subscriber::{SubEffect, JOIN_CANCELLED};
+use crate::engine::subscriber::{Fate, SubEffect, JOIN_CANCELLED};
 use crate::engine::Failure;
 
 impl World {
@@ -36,7 +36,7 @@ impl World {
                         self.given_up.insert((room.to_string(), seq));
                     }
                 }
-                if self.subscribers[to].deliver(&room, seq, &payload) {
+                if self.subscribers[to].deliver(&room, seq, &payload) == Fate::Members {
                     self.deliver_to_members(to, &room, &payload);
                 }
             }
@@ -168,7 +168,9 @@ impl World {
                 // Counted as the join's one answer (`settle` checks there is exactly one).
                 self.answered(&req.expect("the harness gives every join an id"));
             }
-            SubEffect::Deliver { room, payload } => self.deliver_to_members(shard, &room, &payload),
+            SubEffect::Deliver { room, payload, .. } | SubEffect::Event { room, payload } => {
+                self.deliver_to_members(shard, &room, &payload);
+            }
         }
     }
 
