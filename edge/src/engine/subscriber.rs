@@ -436,33 +436,11 @@ impl Subscriber {
     }
 
     /// The pump's `gap`: seqs `from..=to` of `room` are held nowhere; `notice` names them.
-    /// [`Fate::Members`]: the members get `notice` now.
-    pub fn skip(&mut self, room: &str, from: u64, to: u64, notice: &Bytes) -> Fate {
-        let Some(r) = self.rooms.get_mut(room) else { return Fate::Dropped };
-        if let Some(rep) = &mut r.repair {
-            rep.hold(Held::Skip {
-                from,
-                to,
-                notice: notice.clone(),
-            });
-            return Fate::Dropped;
-        }
-        if !r.feed.is_known() || to <= r.feed.cursor() {
-            return Fate::Dropped;
-        }
-        if from > r.feed.cursor() + 1 {
-            // Seqs before the gap were missed too: read them first.
-            let after = r.feed.cursor();
-            let held = Held::Skip {
-                from,
-                to,
-                notice: notice.clone(),
-            };
-            self.start_repair(room, after, from - 1, held);
-            return Fate::Repairing;
-        }
-        r.feed.skip_to(to);
-        Fate::Members
+    /// The members are told of those they have not had (after a hole before them is read,
+    /// or behind one being read), as a `Deliver` effect.
+    pub fn skip(&mut self, room: &str, from: u64, to: u64, notice: &Bytes) {
+        let notice = notice.clone();
+        self.release(room, Held::Skip { from, to, notice });
     }
 
     /// Message `seq` of `room` changed: a feed whose ring holds it keeps `message`, its

@@ -121,11 +121,7 @@ impl Shard {
 
     /// The pump's `gap` (cluster): seqs `from..=to` of `room` are held nowhere.
     pub(super) fn member_skip(&self, room: &str, from: u64, to: u64, notice: &Bytes) {
-        let mut fate = Fate::Dropped;
-        self.with_subscriber(|s| fate = s.skip(room, from, to, notice));
-        if fate == Fate::Members {
-            self.deliver_local(room, notice, None);
-        }
+        self.with_subscriber(|s| s.skip(room, from, to, notice));
     }
 
     /// The room's sequence restarted (Redis lost it): the cursor restarts at `seq` in a new

@@ -172,9 +172,9 @@ impl Subscriber {
         }
     }
 
-    /// Something held during a repair, given now in order: it may be held again, behind a
-    /// hole it shows.
-    fn release(&mut self, room: &str, held: Held) {
+    /// Something held during a repair (or the pump's gap as it arrives), given now in
+    /// order: it may be held again, behind a hole it shows.
+    pub(super) fn release(&mut self, room: &str, held: Held) {
         let Some(r) = self.rooms.get_mut(room) else { return };
         if let Some(rep) = &mut r.repair {
             if !rep.hold(held) {
@@ -201,17 +201,23 @@ impl Subscriber {
             Held::Event(e) => SubEffect::Event { room: room_s, payload: e },
             Held::Skip { from, to, notice } => {
                 let cursor = r.feed.cursor();
-                if to <= cursor {
+                if !r.feed.is_known() || to <= cursor {
                     return;
                 }
                 if from > cursor + 1 {
                     return self.start_repair(room, cursor, from - 1, Held::Skip { from, to, notice });
                 }
                 r.feed.skip_to(to);
+                // Members had the seqs up to the cursor (read by a repair of this shard).
+                let payload = if from == cursor + 1 {
+                    notice
+                } else {
+                    server::gap(room, cursor + 1, to)
+                };
                 SubEffect::Deliver {
                     room: room_s,
                     seq: 0,
-                    payload: notice,
+                    payload,
                 }
             }
         };
