@@ -28,6 +28,8 @@
 //!   dedupe of re-deliveries and the catch-up of a joining member;
 //! - `session`: a connection's session (who, its rooms, its rate) and the
 //!   checks every client frame passes before the shell acts on it;
+//! - `liveness`: a connection's once-a-second check (an expired session
+//!   closed, a stalled write cut, a silent connection pinged, then closed);
 //! - `failure`: refusals and dependency failures with their types kept, and
 //!   the one retry policy (`retryable()` decides, one table of hints).
 
@@ -37,6 +39,7 @@ pub mod change_rules;
 mod cluster_harness;
 pub mod failure;
 pub mod feed;
+pub mod liveness;
 pub mod owner;
 pub mod presence_counts;
 pub mod publisher;

@@ -25,6 +25,7 @@ use super::outbox::Outbox;
 use super::sequencer::Page;
 use super::{Conn, Shard};
 use crate::auth::{self, Claims};
+use crate::engine::liveness::Liveness;
 use crate::engine::session::Session;
 use crate::http::{self, Access, ApiError, Caller, Response, Route};
 use crate::metrics::ShardStats;
@@ -385,9 +386,7 @@ impl Shard {
                 self.cfg.outbound_queue_max_frames,
             )),
             session: RefCell::new(session),
-            last_seen_ms: Cell::new(now),
-            last_ping_ms: Cell::new(now),
-            stall_cut: Cell::new(false),
+            liveness: Cell::new(Liveness::new(now)),
             user_counted: Cell::new(false),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());

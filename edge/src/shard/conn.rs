@@ -19,13 +19,12 @@ use monoio::net::TcpStream;
 use super::outbox::{self, Outbox};
 use super::{Conn, Shard};
 use crate::auth::Claims;
+use crate::engine::liveness::{Liveness, LivenessCfg, SweepCtx, Verdict};
 use crate::engine::session::Session;
 use crate::metrics::ShardStats;
 use crate::ws::codec::{self, Decoder, Limits, Message};
 
 const READ_CHUNK: usize = 4096;
-/// Close code and reason when a client stays silent past `idle_timeout_ms`.
-const CLOSE_IDLE: (u16, &str) = (1001, "idle timeout");
 
 /// Runs an upgraded connection; `joins` are the rooms of `?room=` / `?resume=` (with their `since`).
 pub(super) async fn run_connection(
@@ -104,7 +103,9 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<Tcp
             }
         }
         if complete {
-            conn.last_seen_ms.set(Shard::now_ms());
+            let mut l = conn.liveness.get();
+            l.heard(Shard::now_ms());
+            conn.liveness.set(l);
         }
         if buf.is_empty() {
             buf = BytesMut::new(); // release the buffer while idle
@@ -167,16 +168,14 @@ async fn auth_deadline(shard: Rc<Shard>, conn: Rc<Conn>) {
     }
 }
 
-/// Close code and reason of a session whose token expired.
-const CLOSE_EXPIRED: (u16, &str) = (1008, "token expired");
-
-/// Every second: the engine's tick (coalesced presence counts), then cut
-/// sockets whose write stalled for `write_stall_timeout_ms`, ping connections
-/// silent for `heartbeat_ms`, close those silent for `idle_timeout_ms` (0:
-/// never).
+/// Every second: the engine's ticks (delivered marks, coalesced presence counts,
+/// receipts), then each connection's liveness (`engine::liveness` decides: an expired
+/// session closed, a stalled write cut, a silent connection pinged or closed).
 pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
-    let idle_ms = shard.cfg.idle_timeout_ms;
-    let beat_ms = shard.cfg.heartbeat_ms;
+    let cfg = LivenessCfg {
+        idle_ms: shard.cfg.idle_timeout_ms,
+        heartbeat_ms: shard.cfg.heartbeat_ms,
+    };
     let stall_ms = shard.cfg.write_stall_timeout_ms;
     let ping = codec::control_frame(codec::ControlKind::Ping, b"hb");
     loop {
@@ -189,27 +188,25 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
         for conn in shard.conns.borrow().values() {
             // A session lives as long as its token: past `exp` (and the leeway) without a
             // `refresh`, it is closed.
-            if conn.session.borrow().expired(&shard.verifier, now / 1000) && !conn.out.is_closing() {
-                conn.out.close(CLOSE_EXPIRED.0, CLOSE_EXPIRED.1);
-                continue;
-            }
-            if conn.out.write_stalled(outbox::mono_ms(), stall_ms) {
-                if !conn.stall_cut.replace(true) {
+            let cx = SweepCtx {
+                expired: conn.session.borrow().expired(&shard.verifier, now / 1000),
+                write_stalled: conn.out.write_stalled(outbox::mono_ms(), stall_ms),
+                closing: conn.out.is_closing(),
+            };
+            let mut l = conn.liveness.get();
+            let verdict = l.sweep(cfg, now, cx);
+            conn.liveness.set(l);
+            match verdict {
+                Verdict::Keep | Verdict::CutStalled { first: false } => {}
+                Verdict::Ping => {
+                    conn.out.push_frame(ping.clone());
+                }
+                Verdict::Close(code, reason) => conn.out.close(code, reason),
+                Verdict::CutStalled { first: true } => {
                     ShardStats::inc(&shard.stats().write_stalled_total);
                     tracing::debug!(conn = conn.id, "write stalled: socket shut down");
                     conn.out.shutdown_socket();
                 }
-                continue;
-            }
-            if idle_ms == 0 {
-                continue;
-            }
-            let silent = now.saturating_sub(conn.last_seen_ms.get());
-            if silent > idle_ms {
-                conn.out.close(CLOSE_IDLE.0, CLOSE_IDLE.1);
-            } else if silent > beat_ms && now.saturating_sub(conn.last_ping_ms.get()) > beat_ms {
-                conn.last_ping_ms.set(now);
-                conn.out.push_frame(ping.clone());
             }
         }
     }
@@ -225,9 +222,7 @@ impl Shard {
             id: self.new_conn_id(),
             out: Rc::new(out),
             session: RefCell::new(Session::new(&self.session_limits, joins)),
-            last_seen_ms: Cell::new(now),
-            last_ping_ms: Cell::new(now),
-            stall_cut: Cell::new(false),
+            liveness: Cell::new(Liveness::new(now)),
             user_counted: Cell::new(false),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());

@@ -51,6 +51,7 @@ use storage::{Completions, StoreHandle};
 
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
+use crate::engine::liveness::Liveness;
 use crate::engine::owner::{Owner, OwnerConfig};
 use crate::engine::publisher::{Publisher, PublisherConfig};
 use crate::engine::session::{Session, SessionLimits};
@@ -105,10 +106,8 @@ pub(crate) struct Conn {
     pub(crate) out: Rc<Outbox>,
     /// Who it is, its rooms, its rate (`engine::session`).
     pub(crate) session: RefCell<Session>,
-    pub(crate) last_seen_ms: Cell<u64>,
-    pub(crate) last_ping_ms: Cell<u64>,
-    /// The socket was shut down because a write stalled (counted once).
-    pub(crate) stall_cut: Cell<bool>,
+    /// When it was last heard and pinged (`engine::liveness`).
+    pub(crate) liveness: Cell<Liveness>,
     /// Counted in the node's `ConnTable` for its user (released at close).
     pub(crate) user_counted: Cell<bool>,
 }
