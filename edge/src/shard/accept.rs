@@ -245,15 +245,12 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr, req:
     }
     let mut rest = buf;
     let _ = rest.split_to(req.head_len);
-    // The connection runs as a task of its own: this one (accept, request head, HTTP API,
+    // The connection runs as tasks of its own: this one (accept, request head, HTTP API,
     // upgrade) ends here, and its state machine, sized by its largest await point, is not
     // kept for the connection's life (3.8 KB of an idle connection's 7.7 KB;
     // results/idle-breakdown-20261205.txt). The request goes with it.
     drop(req);
-    monoio::spawn(async move {
-        let _slot = slot;
-        conn::run_connection(shard, stream, claims, joins, rest).await;
-    });
+    conn::start_connection(shard, stream, claims, joins, rest, slot);
 }
 
 /// Counts an upgrade against `max_conns` and `max_conns_per_ip` (the client address behind
@@ -308,7 +305,7 @@ async fn upgrade_echo(shard: Rc<Shard>, mut stream: TcpStream, req: Request, buf
     }
     let mut rest = buf;
     let _ = rest.split_to(req.head_len);
-    conn::run_echo(shard, stream, rest).await;
+    conn::start_echo(shard, stream, rest);
 }
 
 async fn hand_off(shard: &Shard, stream: TcpStream, peer: SocketAddr, buf: BytesMut, owner: usize) {

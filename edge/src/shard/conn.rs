@@ -21,18 +21,28 @@ use super::{Conn, Shard};
 use crate::auth::Claims;
 use crate::engine::liveness::{Liveness, LivenessCfg, SweepCtx, Verdict};
 use crate::engine::session::Session;
+use crate::limits::conns::SocketSlot;
 use crate::metrics::ShardStats;
 use crate::ws::codec::{self, Decoder, Limits, Message};
 
 const READ_CHUNK: usize = 4096;
 
-/// Runs an upgraded connection; `joins` are the rooms of `?room=` / `?resume=` (with their `since`).
-pub(super) async fn run_connection(
+/// Starts an upgraded connection: its state, its writer task, its session (a token in
+/// the URL is welcomed now, else `auth` is awaited until `auth_timeout_ms`), and its reader
+/// task, which holds `slot` (its count in `max_conns`) until the connection ends.
+/// `joins` are the rooms of `?room=` / `?resume=` (with their `since`).
+///
+/// The reader task is `read_loop` itself, not an `async fn` around it: a task's state is
+/// kept for the connection's life, sized by its largest await point, and a wrapping
+/// future would hold its arguments (the stream, the claims, the joins) and a second copy
+/// of the reader's state for nothing (results/idle-breakdown-20261205.txt).
+pub(super) fn start_connection(
     shard: Rc<Shard>,
     stream: TcpStream,
     claims: Option<Claims>,
     joins: Vec<(String, Option<u64>)>,
     rest: BytesMut,
+    slot: SocketSlot,
 ) {
     let conn = shard.open_conn(&stream, shard.cfg.outbound_queue_max_bytes, joins);
     // A token in the URL was counted for its user before the upgrade (`accept`).
@@ -52,13 +62,12 @@ pub(super) async fn run_connection(
         max_frame_bytes: shard.cfg.max_frame_bytes,
         max_message_bytes: shard.cfg.max_message_bytes,
     };
-    read_loop(&shard, &conn, rd, rest, limits, Mode::Chat).await;
-    conn.out.reader_finished();
-    shard.close_conn(&conn);
+    monoio::spawn(read_loop(shard, conn, rd, rest, limits, Mode::Chat, Some(slot)));
 }
 
-/// The conformance endpoint: echoes every message through the same framing path.
-pub(super) async fn run_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
+/// Starts a connection of the conformance endpoint: echoes every message through the
+/// same framing path.
+pub(super) fn start_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
     let max = shard.cfg.echo_max_message_bytes;
     // An echo peer may have a whole large message in flight while it is
     // still sending the next: the queue holds a few of the largest.
@@ -69,9 +78,7 @@ pub(super) async fn run_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut
         max_frame_bytes: max,
         max_message_bytes: max,
     };
-    read_loop(&shard, &conn, rd, rest, limits, Mode::Echo).await;
-    conn.out.reader_finished();
-    shard.close_conn(&conn);
+    monoio::spawn(read_loop(shard, conn, rd, rest, limits, Mode::Echo, None));
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -80,9 +87,19 @@ enum Mode {
     Echo,
 }
 
-async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<TcpStream>, mut buf: BytesMut, limits: Limits, mode: Mode) {
+/// A connection's reader task, to the connection's end (then closed here); `_slot`: the
+/// connection's count in `max_conns`, released with the task.
+async fn read_loop(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    mut rd: OwnedReadHalf<TcpStream>,
+    mut buf: BytesMut,
+    limits: Limits,
+    mode: Mode,
+    _slot: Option<SocketSlot>,
+) {
     let mut dec = Decoder::new(limits);
-    loop {
+    'conn: loop {
         // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
         // then is as silent as one that sends nothing (`idle_timeout_ms`).
         let mut complete = false;
@@ -90,15 +107,15 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<Tcp
             match dec.decode(&mut buf) {
                 Ok(Some(msg)) => {
                     complete = true;
-                    if !on_message(shard, conn, msg, mode) {
-                        return;
+                    if !on_message(&shard, &conn, msg, mode) {
+                        break 'conn;
                     }
                 }
                 Ok(None) => break,
                 Err(v) => {
                     tracing::debug!(conn = conn.id, code = v.code, reason = v.reason, "protocol violation");
                     conn.out.close(v.code, v.reason);
-                    return;
+                    break 'conn;
                 }
             }
         }
@@ -113,7 +130,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<Tcp
                                    // `&self` and only polls the fd, which outlives this borrow.
             let stream = unsafe { &*rd.0.get() };
             if stream.readable(true).await.is_err() {
-                return;
+                break 'conn;
             }
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -123,9 +140,11 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rd: OwnedReadHalf<Tcp
         let (res, slice) = rd.read(buf.slice_mut(len..cap)).await;
         buf = slice.into_inner();
         if matches!(res, Ok(0) | Err(_)) {
-            return;
+            break 'conn;
         }
     }
+    conn.out.reader_finished();
+    shard.close_conn(&conn);
 }
 
 /// Handles one message; false when the connection is done reading.

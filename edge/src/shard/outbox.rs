@@ -388,7 +388,10 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
         }
     }
     out.state.set(State::Done);
-    let _ = monoio::time::timeout(CLOSE_LINGER, out.reader_gone()).await;
+    // Boxed: a timer's future is the largest state of this task, and a task's state is
+    // kept (sized by its largest await point) for the connection's life; this one is
+    // reached once, at the end.
+    let _ = Box::pin(monoio::time::timeout(CLOSE_LINGER, out.reader_gone())).await;
     out.shutdown_socket();
 }
 

@@ -32,9 +32,11 @@ pub const CLOSE_INVALID_UTF8: u16 = 1007;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// The longest control-frame payload RFC 6455 allows.
 const MAX_CONTROL_PAYLOAD: usize = 125;
-/// tungstenite's read buffer per connection; kept small because an idle
-/// connection holds it (the shard's own read buffer is released when idle).
-const CONTEXT_READ_BUFFER: usize = 1024;
+/// tungstenite's read buffer per connection, and the most it copies from the shard's
+/// buffer per step; kept small because an idle connection holds it (the shard's own
+/// read buffer is released when idle). A frame larger than this grows it to the frame's
+/// size; a chat frame (a few hundred bytes) fits in one or two steps.
+const CONTEXT_READ_BUFFER: usize = 256;
 
 /// Inbound size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
