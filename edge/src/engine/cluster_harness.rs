@@ -14,6 +14,9 @@
 //!   jumps and resyncs with reads of the stream answered (or failed) at
 //!   random times; pub/sub loses deliveries on half the seeds.
 //!
+//! Clients are authenticated sessions: every join, leave and send is a JSON
+//! frame through `engine::session`, as on a shard.
+//!
 //! A failure prints its seed and mode; `HARNESS_SEED=N` replays it.
 //!
 //! Checked: every join and send gets exactly one answer; each member sees
@@ -35,6 +38,7 @@ use serde_json::Value;
 use super::owner::SendArgs;
 use super::publisher::{PubEffect, Publisher, PublisherConfig};
 use super::pump::{PumpCall, PumpEffect};
+use super::session::Step;
 use super::subscriber::{Fate, JoinReq, SubEffect, Subscriber, SubscriberConfig, MAX_REPAIR_READS};
 use super::Failure;
 use crate::metrics::ShardStats;
@@ -42,9 +46,11 @@ use crate::room::owner as owner_of;
 
 mod bridge;
 mod checks;
+mod clients;
 mod seeds;
 
-use bridge::NodeBridge;
+use bridge::{NodeBridge, Stored};
+use clients::{Client, SessionCtx};
 
 const NODES: usize = 2;
 const SHARDS: usize = 2;
@@ -84,28 +90,11 @@ enum Call {
     },
 }
 
-/// A message in a room's stream.
-#[derive(Clone)]
-struct Stored {
-    seq: u64,
-    /// The rendered JSON.
-    payload: Bytes,
-    /// The mesh `Deliver` frame Redis published.
-    frame: Bytes,
-}
-
-#[derive(Default)]
-struct Client {
-    rooms: Vec<String>,
-    /// Room -> the join token still standing.
-    joins: HashMap<String, u64>,
-    /// Room -> last seq seen, for members (in the fan-out list).
-    member: HashMap<String, u64>,
-    since: HashMap<u64, Option<u64>>,
-}
-
 struct World {
     rng: StdRng,
+    sessions: SessionCtx,
+    /// Leaves made.
+    leaves: u64,
     /// Pub/sub's losses, drawn apart so `rng`'s draws (and the recorded seeds) stay as they were.
     loss: Option<StdRng>,
     /// Failed reads of a hole, by (shard, room, last seq of the hole): a hole whose every
@@ -190,14 +179,18 @@ impl World {
                 })
             })
             .collect();
+        let sessions = SessionCtx::new();
+        let session = sessions.authenticated();
         let mut clients = BTreeMap::new();
         for sid in 0..NODES * SHARDS {
             for n in 1..=2u64 {
-                clients.insert(((sid as u64) << 48) | n, Client::default());
+                clients.insert(((sid as u64) << 48) | n, SessionCtx::client(&session));
             }
         }
         Self {
             rng,
+            sessions,
+            leaves: 0,
             loss: matches!(seed % 4, 1 | 2).then(|| StdRng::seed_from_u64(seed ^ 0x5eed_1055)),
             failed_holes: HashMap::new(),
             repair_reads: 0,
@@ -291,9 +284,10 @@ impl World {
             }
             SubEffect::Refused { conn, room, payload } => {
                 self.answered(json(&payload)["id"].as_str().expect("refusal id"));
+                // As the shell does: the session forgets the refused room.
                 let c = self.clients.get_mut(&conn).expect("client");
                 c.joins.remove(&room);
-                c.rooms.retain(|r| *r != room);
+                c.session.forget_room(&room);
             }
             SubEffect::Cancelled { req, .. } => {
                 let req = req.expect("every join has an id");
@@ -305,26 +299,37 @@ impl World {
         }
     }
 
+    /// A client sends a request; its session checks it (the harness makes only requests
+    /// the checks let through) and the shard acts on what comes out, as `shard/requests.rs`
+    /// does.
     fn client_step(&mut self) {
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         let conn = ids[self.rng.random_range(0..ids.len())];
         let sid = sid_of(conn);
         let room = ROOMS[self.rng.random_range(0..ROOMS.len())].to_owned();
-        let joined = self.clients[&conn].rooms.contains(&room);
+        let joined = self.clients[&conn].session.rooms().contains(&room);
         match (joined, self.rng.random_range(0..10)) {
             (false, _) => {
                 let since = self.rng.random_bool(0.5).then(|| self.rng.random_range(0..12));
                 let req = self.req();
                 let token = self.next;
+                let text = match since {
+                    Some(s) => format!(r#"{{"type":"join","room":"{room}","id":{req},"since":{s}}}"#),
+                    None => format!(r#"{{"type":"join","room":"{room}","id":{req}}}"#),
+                };
+                let (id, step) = self.request(conn, &text);
+                let Step::Join { room: r, since: s } = step else {
+                    panic!("conn {conn:x}: the session refused {text}: {step:?}")
+                };
+                assert_eq!((id, r.as_ref(), s), (Some(req.as_str()), room.as_str(), since));
                 let c = self.clients.get_mut(&conn).expect("client");
-                c.rooms.push(room.clone());
                 c.joins.insert(room.clone(), token);
                 c.since.insert(token, since);
                 let j = JoinReq {
                     room: &room,
                     conn,
                     token,
-                    req: Some(&req),
+                    req: id,
                     since,
                     user: "u",
                 };
@@ -332,8 +337,23 @@ impl World {
                 self.subscribers[sid].join(j);
             }
             (true, 0..=2) => {
+                // Numbered apart from the request counter, which is also the harness's clock.
+                self.leaves += 1;
+                let req = format!("\"l{}\"", self.leaves);
+                self.answers.insert(req.clone(), 0);
+                let text = format!(r#"{{"type":"leave","room":"{room}","id":{req}}}"#);
+                let (id, step) = self.request(conn, &text);
+                let Step::Leave { room: r } = step else {
+                    panic!("conn {conn:x}: the session refused {text}: {step:?}")
+                };
+                assert_eq!((id, r.as_ref()), (Some(req.as_str()), room.as_str()));
+                assert!(
+                    !self.clients[&conn].session.rooms().contains(&room),
+                    "a leave takes the room off the session"
+                );
+                // The shell answers `left` at once.
+                self.answered(req.trim_matches('"'));
                 let c = self.clients.get_mut(&conn).expect("client");
-                c.rooms.retain(|r| *r != room);
                 c.joins.remove(&room);
                 let was_member = c.member.remove(&room).is_some();
                 trace(|| format!("shard {sid}: conn {conn:x} leaves {room} (member: {was_member})"));
@@ -341,19 +361,13 @@ impl World {
             }
             _ => {
                 let req = self.req();
-                let body = format!("m{}", self.next);
-                let a = SendArgs {
-                    room: &room,
-                    shard: sid,
-                    conn,
-                    user: "u",
-                    req: Some(&req),
-                    client_id: None,
-                    body: &body,
-                    kind: "text",
-                    file: None,
-                    reply_to: None,
+                let text = format!(r#"{{"type":"send","room":"{room}","body":"m{}","id":{req}}}"#, self.next);
+                let (id, step) = self.request(conn, &text);
+                let Step::Send { room: r, send } = step else {
+                    panic!("conn {conn:x}: the session refused {text}: {step:?}")
                 };
+                assert_eq!(r, room);
+                let a = SendArgs::of_req(&r, (sid, conn), "u", id, &send);
                 // The room's owner shard on this node (the mesh hop is in order, modelled as direct).
                 let owner = (sid / SHARDS) * SHARDS + owner_of(&room, SHARDS);
                 self.publishers[owner].send(&a, self.next);
@@ -361,6 +375,13 @@ impl World {
             }
         }
         self.drain(sid);
+    }
+
+    /// `text` from client `conn` through its session, at the request counter's clock.
+    fn request<'a>(&mut self, conn: u64, text: &'a str) -> (Option<&'a str>, Step<'a>) {
+        let mono_ns = self.next * 1_000_000;
+        let c = self.clients.get_mut(&conn).expect("client");
+        self.sessions.frame(&mut c.session, text, mono_ns)
     }
 
     /// Redis answers one pending call.

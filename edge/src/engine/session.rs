@@ -123,7 +123,7 @@ pub enum Step<'a> {
 }
 
 /// One connection's session.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Session {
     user: Option<Rc<Claims>>,
     rooms: Vec<String>,

@@ -21,7 +21,7 @@ use crate::engine::Busy;
 use crate::limits::conns::ConnRefusal;
 use crate::metrics::ShardStats;
 use crate::protocol::client::SendReq;
-use crate::protocol::server::{self, AdvertisedLimits, FileOut};
+use crate::protocol::server::{self, AdvertisedLimits};
 use crate::protocol::ErrorCode;
 
 fn mono_ns() -> u64 {
@@ -178,23 +178,7 @@ impl Shard {
         // `reply_to: 0` was refused by the session. On one node the owner checks a root against
         // the room's seq; in a cluster Redis's counter does, when the root is past what this
         // shard delivered (a root acked on another node a moment ago may not have reached it yet).
-        let args = SendArgs {
-            room,
-            shard: self.id,
-            conn: conn.id,
-            user: &claims.sub,
-            req: id,
-            client_id: s.client_id.as_deref(),
-            body: &s.body,
-            kind: s.kind.as_str(),
-            file: s.file.as_ref().map(|f| FileOut {
-                url: &f.url,
-                name: &f.name,
-                size: f.size,
-                mime: &f.mime,
-            }),
-            reply_to: s.reply_to,
-        };
+        let args = SendArgs::of_req(room, (self.id, conn.id), &claims.sub, id, &s);
         let owner = crate::room::owner(room, self.shards);
         if self.seq_before_send(conn, &args, owner) {
             return;

@@ -14,6 +14,16 @@ use router::bridge::BridgeEvent;
 
 use crate::engine::pump::{Pump, PumpAnswer, PumpCall, PumpEffect};
 
+/// A message in a room's stream.
+#[derive(Clone)]
+pub(super) struct Stored {
+    pub(super) seq: u64,
+    /// The rendered JSON.
+    pub(super) payload: Bytes,
+    /// The mesh `Deliver` frame Redis published.
+    pub(super) frame: Bytes,
+}
+
 /// One node's bridge and pump.
 pub(super) struct NodeBridge {
     pump: Pump,
@@ -96,7 +106,7 @@ impl NodeBridge {
 }
 
 /// The fake Redis's answer to a pump's read.
-pub(super) fn answer(call: &PumpCall, seqs: &HashMap<String, u64>, streams: &HashMap<String, VecDeque<super::Stored>>) -> PumpAnswer {
+pub(super) fn answer(call: &PumpCall, seqs: &HashMap<String, u64>, streams: &HashMap<String, VecDeque<Stored>>) -> PumpAnswer {
     match call {
         PumpCall::Recent { room, after, count } => {
             let msgs = streams

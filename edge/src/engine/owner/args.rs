@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use router::{ArchivedSendMsg, FileRef, SendMsg};
 
+use crate::protocol::client::SendReq;
 use crate::protocol::server::{self, FileOut, MessageOut};
 
 /// A send, as the owner receives it (from a local connection or a mesh frame).
@@ -42,6 +43,28 @@ impl<'a> SendArgs<'a> {
                 mime: f.mime.to_owned(),
             }),
             reply_to: self.reply_to,
+        }
+    }
+
+    /// A client's `send` as the session passed it (`Step::Send`), from connection `conn` of
+    /// `user` on shard `shard`, request `req`.
+    pub fn of_req(room: &'a str, at: (usize, u64), user: &'a str, req: Option<&'a str>, s: &'a SendReq<'a>) -> Self {
+        Self {
+            room,
+            shard: at.0,
+            conn: at.1,
+            user,
+            req,
+            client_id: s.client_id.as_deref(),
+            body: &s.body,
+            kind: s.kind.as_str(),
+            file: s.file.as_ref().map(|f| FileOut {
+                url: &f.url,
+                name: &f.name,
+                size: f.size,
+                mime: &f.mime,
+            }),
+            reply_to: s.reply_to,
         }
     }
 
