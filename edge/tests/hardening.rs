@@ -307,3 +307,50 @@ fn a_full_spill_queue_refuses_new_sends_and_loses_nothing_taken() {
         }
     });
 }
+
+#[test]
+fn an_idle_connection_frees_its_decoder_and_buffers_and_still_decodes_whole() {
+    // The once-a-second sweep drops a silent connection's decoder when it holds nothing
+    // partial, and its outbox's buffers when nothing was written. What must hold: a message
+    // fragmented across sweeps, and a header split across them, still decode whole; after
+    // the drops the connection still reads and writes.
+    on_both_drivers(&[], |s| {
+        let next_of = |raw: &mut Raw, ty: &str| loop {
+            let v = raw.next_json();
+            if v["type"] == ty {
+                return v;
+            }
+        };
+        let mut bob = Client::connect(&s.addr, "bob", "");
+        bob.join("r");
+        let mut raw = Raw::connect(&s.addr, &format!("token={}", token("ann")));
+        assert_eq!(next_of(&mut raw, "welcome")["type"], "welcome");
+        raw.write(&Raw::frame(0x1, true, br#"{"type":"join","room":"r","id":"j"}"#, true));
+        assert_eq!(next_of(&mut raw, "joined")["room"], "r");
+        let pause = || std::thread::sleep(Duration::from_millis(2_300));
+        // A send in two fragments, a ping between them, two sweeps in the middle.
+        let send = br#"{"type":"send","room":"r","body":"across the sweep","id":"s1"}"#;
+        let (head, tail) = send.split_at(20);
+        raw.write(&Raw::frame(0x1, false, head, true));
+        pause();
+        raw.write(&Raw::frame(0x9, true, b"hb", true));
+        raw.write(&Raw::frame(0x0, true, tail, true));
+        let ack = next_of(&mut raw, "ack");
+        assert_eq!(ack["id"], "s1", "{ack}");
+        assert_eq!(bob.recv_type("message")["body"], "across the sweep");
+        // Silent past two sweeps (the decoder at rest is dropped), then a frame whose
+        // header is split across two more.
+        pause();
+        let ping = Raw::frame(0x1, true, br#"{"type":"ping","id":"p1"}"#, true);
+        raw.write(&ping[..1]);
+        pause();
+        raw.write(&ping[1..]);
+        let pong = next_of(&mut raw, "pong");
+        assert_eq!(pong["id"], "p1", "{pong}");
+        // Idle again, then live traffic from another member still arrives.
+        pause();
+        let ack = bob.request(json!({"type": "send", "room": "r", "body": "to an idle one"}), "b1");
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(next_of(&mut raw, "message")["body"], "to an idle one");
+    });
+}

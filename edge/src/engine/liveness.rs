@@ -69,6 +69,11 @@ impl Liveness {
         }
     }
 
+    /// When a complete frame last came in (or the connection opened).
+    pub fn last_heard_ms(&self) -> u64 {
+        self.last_heard_ms
+    }
+
     /// A complete frame came in at `now_ms` (bytes alone do not count: a peer trickling
     /// a byte now and then is as silent as one that sends nothing).
     pub fn heard(&mut self, now_ms: u64) {

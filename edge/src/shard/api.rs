@@ -388,6 +388,7 @@ impl Shard {
             session: RefCell::new(session),
             liveness: Cell::new(Liveness::new(now)),
             user_counted: Cell::new(false),
+            decoder: Cell::new(None),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         self.api_conns.set(self.api_conns.get() + 1);

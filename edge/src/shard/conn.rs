@@ -4,7 +4,12 @@
 //!
 //! Memory: an idle connection holds no read buffer. The reader waits for
 //! readiness (a poll op, no buffer), reads into a fresh 4 KiB buffer, and
-//! frees it as soon as every complete frame in it is decoded.
+//! frees it as soon as every complete frame in it is decoded. Its decoder (with
+//! tungstenite's own buffer) is kept in the connection, not in the reader task, and the
+//! once-a-second sweep drops it when the connection was silent since the sweep before
+//! and the decoder holds nothing partial (`Decoder::at_rest`); the next bytes get a new
+//! one. The sweep also has the outbox give back its queue's and write batch's buffers
+//! when nothing was written since the sweep before (`Outbox::release_idle`).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
@@ -98,26 +103,31 @@ async fn read_loop(
     mode: Mode,
     _slot: Option<SocketSlot>,
 ) {
-    let mut dec = Decoder::new(limits);
     'conn: loop {
         // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
         // then is as silent as one that sends nothing (`idle_timeout_ms`).
         let mut complete = false;
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(msg)) => {
-                    complete = true;
-                    if !on_message(&shard, &conn, msg, mode) {
+        if !buf.is_empty() {
+            // The decoder lives in the connection between reads (the sweep may drop a
+            // silent connection's); none is kept in this task's state.
+            let mut dec = conn.decoder.take().unwrap_or_else(|| Box::new(Decoder::new(limits)));
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(msg)) => {
+                        complete = true;
+                        if !on_message(&shard, &conn, msg, mode) {
+                            break 'conn;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(v) => {
+                        tracing::debug!(conn = conn.id, code = v.code, reason = v.reason, "protocol violation");
+                        conn.out.close(v.code, v.reason);
                         break 'conn;
                     }
                 }
-                Ok(None) => break,
-                Err(v) => {
-                    tracing::debug!(conn = conn.id, code = v.code, reason = v.reason, "protocol violation");
-                    conn.out.close(v.code, v.reason);
-                    break 'conn;
-                }
             }
+            conn.decoder.set(Some(dec));
         }
         if complete {
             let mut l = conn.liveness.get();
@@ -227,6 +237,16 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
                     conn.out.shutdown_socket();
                 }
             }
+            conn.out.release_idle();
+            // A connection silent since the sweep before, its decoder holding nothing
+            // partial, gives the decoder back (about 520 bytes with tungstenite's buffer).
+            if now.saturating_sub(l.last_heard_ms()) >= 1_000 {
+                if let Some(dec) = conn.decoder.take() {
+                    if !dec.at_rest() {
+                        conn.decoder.set(Some(dec));
+                    }
+                }
+            }
         }
     }
 }
@@ -243,6 +263,7 @@ impl Shard {
             session: RefCell::new(Session::new(&self.session_limits, joins)),
             liveness: Cell::new(Liveness::new(now)),
             user_counted: Cell::new(false),
+            decoder: Cell::new(None),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         ShardStats::set(

@@ -110,6 +110,10 @@ pub(crate) struct Conn {
     pub(crate) liveness: Cell<Liveness>,
     /// Counted in the node's `ConnTable` for its user (released at close).
     pub(crate) user_counted: Cell<bool>,
+    /// Its WebSocket decoder, between reads: the sweep drops a silent connection's when it
+    /// holds nothing partial, and the reader makes one again for the next bytes
+    /// (`conn.rs`).
+    pub(crate) decoder: Cell<Option<Box<crate::ws::codec::Decoder>>>,
 }
 
 impl Conn {

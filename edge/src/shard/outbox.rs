@@ -105,6 +105,11 @@ pub struct Outbox {
     /// The sweep's view: `writes_done` when it last looked, and since when (monotonic
     /// ms) it has seen no progress while writing; 0 when it has.
     swept: Cell<(u64, u64)>,
+    /// `writes_done` at the sweep before, for [`Outbox::release_idle`].
+    idle_seen: Cell<u64>,
+    /// The writer's batch between writes: kept here, not in the writer task, so the sweep
+    /// can free an idle connection's (the writer takes it for each write).
+    batch: Cell<WriteBatch>,
     state: Cell<State>,
     writer: Cell<Option<Waker>>,
     reader_done: Cell<bool>,
@@ -138,6 +143,8 @@ impl Outbox {
             writing: Cell::new(false),
             writes_done: Cell::new(0),
             swept: Cell::new((0, 0)),
+            idle_seen: Cell::new(0),
+            batch: Cell::new(WriteBatch::default()),
             state: Cell::new(State::Open),
             writer: Cell::new(None),
             reader_done: Cell::new(false),
@@ -232,6 +239,24 @@ impl Outbox {
             return false;
         }
         now_ms.saturating_sub(since) > limit_ms
+    }
+
+    /// Called by the shard's sweep (about once a second): a connection that has written
+    /// nothing since the sweep before and has nothing queued gives back its queue's and its
+    /// write batch's buffers (a few hundred bytes an idle connection would otherwise keep
+    /// for its life; results/idle-breakdown-20261205.txt). The next write allocates them
+    /// again: at most once per sweep per connection, never per frame.
+    pub fn release_idle(&self) {
+        let done = self.writes_done.get();
+        if self.idle_seen.replace(done) != done || self.writing.get() {
+            return;
+        }
+        let mut queue = self.queue.borrow_mut();
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+        drop(queue);
+        drop(self.batch.take());
     }
 
     /// Called by the reader when it has stopped reading for good.
@@ -363,16 +388,17 @@ impl Outbox {
 /// The writer task of one connection: runs until the close frame is written
 /// or the socket fails, then lingers for the peer's close and cuts the socket.
 pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
-    let mut batch = WriteBatch::default();
     loop {
         out.ready().await;
         if !out.has_queued() {
             break; // closing with nothing left, or done
         }
+        let mut batch = out.batch.take();
         out.take_into(&mut batch);
         let ok;
         (ok, batch) = write_all(&mut half, batch, &out).await;
         batch.clear();
+        out.batch.set(batch);
         if ok {
             if let Some(us) = Sample::written(&out.sample, mono_us()) {
                 crate::metrics::observe_delivery_latency(us);
@@ -494,105 +520,4 @@ unsafe impl IoVecBuf for WriteBatch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn text(s: &'static str) -> OutFrame {
-        OutFrame::Shared(Class::Live, codec::text_header(s.len()), Bytes::from_static(s.as_bytes()))
-    }
-
-    fn flatten(b: &WriteBatch) -> Vec<u8> {
-        let mut out = Vec::new();
-        for v in &b.iov[b.start..] {
-            // SAFETY: the test's batch owns the memory behind every iovec.
-            out.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) });
-        }
-        out
-    }
-
-    #[test]
-    fn batch_advances_across_partial_writes() {
-        let mut b = WriteBatch::default();
-        b.push(text("hello"));
-        b.push(OutFrame::Whole(Class::Live, Bytes::from_static(b"\x8a\x00")));
-        b.push(text("world"));
-        b.seal();
-        let all = flatten(&b);
-        assert_eq!(all.len(), 7 + 2 + 7);
-        assert_eq!(&all[..2], &[0x81, 5]);
-        for cut in [1, 3, 6, 2] {
-            let before = flatten(&b);
-            b.advance(cut);
-            assert_eq!(flatten(&b), before[cut..]);
-        }
-        b.advance(100);
-        assert!(b.is_done());
-    }
-
-    #[test]
-    fn slow_consumer_is_closed_4008_and_nothing_more_is_queued() {
-        let out = Outbox::new(-1, 64, 100);
-        assert!(out.push_live(Bytes::from(vec![b'a'; 40])));
-        assert!(!out.push_live(Bytes::from(vec![b'b'; 40])), "over 64 bytes");
-        assert!(out.is_closing());
-        let q = out.queue.borrow();
-        assert_eq!(q.len(), 1, "only the close frame is left");
-        let OutFrame::Whole(_, close) = &q[0] else { panic!("close frame") };
-        assert_eq!(&close[2..4], &CLOSE_SLOW_CONSUMER.to_be_bytes());
-        drop(q);
-        assert!(!out.push_live(Bytes::from_static(b"x")));
-        assert!(!out.push_text(Bytes::from_static(b"x")), "replies are refused once closing too");
-    }
-
-    #[test]
-    fn frame_count_bound_applies_too() {
-        let out = Outbox::new(-1, 1 << 20, 2);
-        assert!(out.push_live(Bytes::from_static(b"1")));
-        assert!(out.push_live(Bytes::from_static(b"2")));
-        assert!(!out.push_live(Bytes::from_static(b"3")));
-        assert!(out.is_closing());
-    }
-
-    #[test]
-    fn replies_do_not_count_against_the_live_bound_but_keep_their_order() {
-        let out = Outbox::new(-1, 64, 4);
-        // A history page far over the live bound is queued whole.
-        for i in 0..10u8 {
-            assert!(out.push_text(Bytes::from(vec![b'0' + i; 40])), "reply {i}");
-        }
-        assert_eq!(out.reply_bytes(), 10 * 42);
-        assert!(!out.is_closing());
-        // Live traffic still has its own full allowance behind the replies.
-        assert!(out.push_live(Bytes::from(vec![b'L'; 40])));
-        assert!(!out.push_live(Bytes::from(vec![b'M'; 40])), "the live bound still holds");
-        assert!(out.was_slow());
-
-        let out = Outbox::new(-1, 1 << 20, 100);
-        out.push_live(Bytes::from_static(b"live-1"));
-        out.push_text(Bytes::from_static(b"reply-1"));
-        out.push_live(Bytes::from_static(b"live-2"));
-        let mut batch = WriteBatch::default();
-        out.take_into(&mut batch);
-        let all = flatten(&batch);
-        let text = String::from_utf8_lossy(&all);
-        let (a, b, c) = (text.find("live-1"), text.find("reply-1"), text.find("live-2"));
-        assert!(a < b && b < c, "one FIFO for both classes: {text:?}");
-        assert_eq!((out.reply_bytes(), out.live_bytes.get(), out.live_frames.get()), (0, 0, 0));
-    }
-
-    #[test]
-    fn a_write_is_stalled_only_while_pending_without_progress_past_the_limit() {
-        let out = Outbox::new(-1, 1 << 20, 100);
-        assert!(!out.write_stalled(10_000, 1_000), "not writing");
-        out.writing.set(true);
-        assert!(!out.write_stalled(10_000, 1_000), "first seen stuck: the clock starts");
-        assert!(!out.write_stalled(11_000, 1_000), "exactly at the limit");
-        assert!(out.write_stalled(11_001, 1_000));
-        out.writes_done.set(1);
-        assert!(!out.write_stalled(12_000, 1_000), "a write completed: progress");
-        assert!(!out.write_stalled(12_500, 1_000), "stuck again, counted from here");
-        assert!(out.write_stalled(13_600, 1_000));
-        out.writing.set(false);
-        assert!(!out.write_stalled(60_000, 1_000), "the writer left the write");
-    }
-}
+mod tests;

@@ -84,6 +84,8 @@ pub struct Violation {
 pub struct Decoder {
     ctx: WebSocketContext,
     closed: bool,
+    /// Where the bytes handed to `ctx` stand in the peer's frames.
+    edge: FrameEdge,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -104,7 +106,16 @@ impl Decoder {
         Self {
             ctx: WebSocketContext::new(Role::Server, Some(config)),
             closed: false,
+            edge: FrameEdge::default(),
         }
+    }
+
+    /// Whether every byte this decoder was given has been decoded into whole messages:
+    /// no partial frame and no fragmented message open, and the peer's close not seen.
+    /// Such a decoder may be dropped (an idle connection's, to free its memory) and a new
+    /// one made for the next bytes: the two decode the same.
+    pub fn at_rest(&self) -> bool {
+        !self.closed && self.edge.at_rest()
     }
 
     /// Decodes the next message from `input`, consuming the bytes it used.
@@ -114,7 +125,10 @@ impl Decoder {
             input.clear();
             return Ok(None);
         }
-        let mut io = Feed { input };
+        let mut io = Feed {
+            input,
+            edge: &mut self.edge,
+        };
         match self.ctx.read(&mut io) {
             Ok(msg) => Ok(convert(msg, &mut self.closed)),
             Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -191,6 +205,7 @@ fn protocol_reason(p: &ProtocolError) -> &'static str {
 /// buffer (WouldBlock when it is empty); writes are discarded (see module doc).
 struct Feed<'a> {
     input: &'a mut BytesMut,
+    edge: &'a mut FrameEdge,
 }
 
 impl Read for Feed<'_> {
@@ -200,9 +215,78 @@ impl Read for Feed<'_> {
         }
         let n = buf.len().min(self.input.len());
         buf[..n].copy_from_slice(&self.input[..n]);
+        self.edge.pass(&self.input[..n]);
         self.input.advance(n);
         Ok(n)
     }
+}
+
+/// Follows the frame boundaries in the bytes handed to tungstenite (it keeps a partial
+/// frame, and a fragmented message, to itself): only the headers are read, to know where
+/// each frame ends and whether a data message is still open.
+#[derive(Debug, Default, Clone, Copy)]
+struct FrameEdge {
+    /// The header of the frame being read, as far as it came (empty: between frames).
+    head: [u8; 14],
+    head_len: u8,
+    /// Payload bytes of the current frame still to come.
+    left: u64,
+    /// A data frame without FIN came, and no final continuation yet.
+    open_message: bool,
+}
+
+impl FrameEdge {
+    fn at_rest(&self) -> bool {
+        self.head_len == 0 && self.left == 0 && !self.open_message
+    }
+
+    fn pass(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len() as u64) as usize;
+                self.left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let have = usize::from(self.head_len);
+            let want = if have < 2 { 2 } else { header_len(self.head[1]) };
+            let n = (want - have).min(bytes.len());
+            self.head[have..have + n].copy_from_slice(&bytes[..n]);
+            self.head_len += n as u8;
+            bytes = &bytes[n..];
+            let have = usize::from(self.head_len);
+            if have >= 2 && have == header_len(self.head[1]) {
+                self.frame_header();
+            }
+        }
+    }
+
+    /// A whole header is in `head`: the frame's payload follows.
+    fn frame_header(&mut self) {
+        let (b0, b1) = (self.head[0], self.head[1]);
+        self.left = match b1 & 0x7f {
+            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+            127 => u64::from_be_bytes(self.head[2..10].try_into().expect("8 bytes")),
+            n => u64::from(n),
+        };
+        let fin = b0 & 0x80 != 0;
+        match b0 & 0x0f {
+            0x1 | 0x2 => self.open_message = !fin,
+            0x0 if fin => self.open_message = false,
+            _ => {} // a continuation that is not the last, or a control frame
+        }
+        self.head_len = 0;
+    }
+}
+
+/// A frame header's length from its second byte: 2, the extended length, the mask key.
+fn header_len(b1: u8) -> usize {
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
 }
 
 impl Write for Feed<'_> {

@@ -198,3 +198,98 @@ fn control_and_close_frames_encode() {
     assert!(f.len() - 2 <= 125);
     assert!(std::str::from_utf8(&f[4..]).is_ok());
 }
+
+/// Client frames: each message text or binary, whole or in up to 3 fragments, pings
+/// between fragments; with each frame's end offset in the wire and whether a message is
+/// still open after it.
+fn wire_of(messages: &[(bool, Vec<u8>, usize, bool)]) -> (Vec<u8>, Vec<(usize, bool)>) {
+    let (mut wire, mut ends) = (Vec::new(), Vec::new());
+    for (text, body, parts, ping) in messages {
+        let parts = (*parts).clamp(1, body.len().max(1));
+        let step = body.len().div_ceil(parts).max(1);
+        let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[]] } else { body.chunks(step).collect() };
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let op = if i > 0 {
+                0x0
+            } else if *text {
+                0x1
+            } else {
+                0x2
+            };
+            wire.extend(client_frame(op | if last { 0x80 } else { 0 }, chunk));
+            ends.push((wire.len(), !last));
+            if *ping && !last {
+                wire.extend(client_frame(0x89, b"pp"));
+                ends.push((wire.len(), true));
+            }
+        }
+    }
+    (wire, ends)
+}
+
+proptest::proptest! {
+    /// A decoder dropped whenever it says it is at rest, and made again for the next
+    /// bytes, decodes the same messages as one kept throughout; and it is at rest exactly
+    /// at frame boundaries with no message open.
+    #[test]
+    fn a_decoder_at_rest_can_be_dropped_and_made_again(
+        messages in proptest::collection::vec(
+            (proptest::bool::ANY, proptest::collection::vec(b'a'..=b'z', 0..400), 1..4usize, proptest::bool::ANY),
+            1..6,
+        ),
+        cuts in proptest::collection::vec(0..2000usize, 0..8),
+    ) {
+        let (wire, ends) = wire_of(&messages);
+        let (expected, err) = decode_all(&wire);
+        proptest::prop_assert_eq!(err, None);
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let (mut got, mut fed, mut dropped) = (Vec::new(), 0, 0);
+        let mut dec = Some(Decoder::new(LIMITS));
+        for cut in cuts {
+            let mut buf = BytesMut::from(&wire[fed..cut]);
+            fed = cut;
+            if buf.is_empty() {
+                continue;
+            }
+            let d = dec.get_or_insert_with(|| Decoder::new(LIMITS));
+            while let Some(m) = d.decode(&mut buf).expect("valid") {
+                got.push(m);
+            }
+            let rest = fed == 0 || ends.iter().any(|&(end, open)| end == fed && !open);
+            proptest::prop_assert_eq!(d.at_rest(), rest, "at byte {}", fed);
+            if d.at_rest() {
+                dec = None;
+                dropped += 1;
+            }
+        }
+        proptest::prop_assert!(dropped >= 1, "the whole wire ends at rest");
+        proptest::prop_assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn every_header_form_is_followed_to_its_frame_end() {
+    let mut edge = FrameEdge::default();
+    // A 127-form header (8-byte length), masked, and its payload, a byte at a time.
+    let mut wire = vec![0x82, 0x80 | 127];
+    wire.extend_from_slice(&70_000u64.to_be_bytes());
+    wire.extend_from_slice(&[1, 2, 3, 4]);
+    wire.extend(std::iter::repeat_n(0u8, 70_000));
+    for (i, b) in wire.iter().enumerate() {
+        assert!(!edge.at_rest() || i == 0, "inside the frame at {i}");
+        edge.pass(std::slice::from_ref(b));
+    }
+    assert!(edge.at_rest());
+    // A 126-form text fragment leaves its message open; a final continuation closes it.
+    let mut open = vec![0x01, 0x80 | 126, 0, 200, 9, 9, 9, 9];
+    open.extend([0u8; 200]);
+    edge.pass(&open);
+    assert!(!edge.at_rest(), "a fragmented message is open");
+    edge.pass(&[0x89, 0x80, 1, 2, 3, 4]);
+    assert!(!edge.at_rest(), "a ping between fragments does not close it");
+    edge.pass(&[0x80, 0x80, 1, 2, 3, 4]);
+    assert!(edge.at_rest());
+}

@@ -310,26 +310,42 @@ impl Raw {
         self.s.write_all(bytes).expect("write");
     }
 
+    /// The next server frame: its opcode and payload; `None` when the socket ends.
+    pub fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut h = [0u8; 2];
+        self.s.read_exact(&mut h).ok()?;
+        let mut len = u64::from(h[1] & 0x7f);
+        if len == 126 {
+            let mut b = [0u8; 2];
+            self.s.read_exact(&mut b).ok()?;
+            len = u64::from(u16::from_be_bytes(b));
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            self.s.read_exact(&mut b).ok()?;
+            len = u64::from_be_bytes(b);
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.s.read_exact(&mut payload).ok()?;
+        Some((h[0] & 0x0f, payload))
+    }
+
+    /// The next text frame's JSON (other frames skipped); panics if the socket ends first.
+    pub fn next_json(&mut self) -> Value {
+        loop {
+            let (op, payload) = self.next_frame().expect("a text frame before the socket ended");
+            match op {
+                0x1 => return serde_json::from_slice(&payload).expect("JSON"),
+                0x8 => panic!("closed: {payload:?}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Reads server frames until a close frame; returns its code.
     pub fn close_code(&mut self) -> Option<u16> {
         loop {
-            let mut h = [0u8; 2];
-            if self.s.read_exact(&mut h).is_err() {
-                return None;
-            }
-            let mut len = u64::from(h[1] & 0x7f);
-            if len == 126 {
-                let mut b = [0u8; 2];
-                self.s.read_exact(&mut b).ok()?;
-                len = u64::from(u16::from_be_bytes(b));
-            } else if len == 127 {
-                let mut b = [0u8; 8];
-                self.s.read_exact(&mut b).ok()?;
-                len = u64::from_be_bytes(b);
-            }
-            let mut payload = vec![0u8; len as usize];
-            self.s.read_exact(&mut payload).ok()?;
-            if h[0] & 0x0f == 0x8 {
+            let (op, payload) = self.next_frame()?;
+            if op == 0x8 {
                 return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
             }
         }
