@@ -140,6 +140,7 @@ impl World {
             } => {
                 let v = json(&payload);
                 assert_eq!(v["type"], "joined", "{v}");
+                self.count(&v);
                 let req = format!("\"{}\"", v["id"].as_str().expect("joined id"));
                 self.answered(&req);
                 self.check_member_count(conn, &room, &req, &v);
@@ -160,6 +161,7 @@ impl World {
             SubEffect::Refused { conn, room, payload } => {
                 let v = json(&payload);
                 assert_eq!(v["type"], "error", "{v}");
+                self.count(&v);
                 self.answered(&format!("\"{}\"", v["id"].as_str().expect("refusal id")));
                 let c = self.clients.get_mut(&conn).expect("client");
                 c.rooms.retain(|r| *r != room);
@@ -167,6 +169,7 @@ impl World {
             SubEffect::Cancelled { req, .. } => {
                 // Counted as the join's one answer (`settle` checks there is exactly one).
                 self.answered(&req.expect("the harness gives every join an id"));
+                *self.tally.entry("join cancelled".to_owned()).or_default() += 1;
             }
             SubEffect::Deliver { room, payload, .. } | SubEffect::Event { room, payload } => {
                 self.deliver_to_members(shard, &room, &payload);
@@ -190,6 +193,7 @@ impl World {
     /// A frame reaches a client: replies are counted, room traffic is checked for order.
     pub(super) fn deliver_to_client(&mut self, conn: u64, payload: &Bytes) {
         let v = json(payload);
+        self.count(&v);
         if let Some(id) = v["id"].as_str() {
             self.answered(&format!("\"{id}\""));
         }
@@ -272,6 +276,15 @@ impl World {
             }
             other => panic!("unexpected frame {other:?}: {v}"),
         }
+    }
+
+    /// Counts a frame a client got in the tally: its type, an error's code too.
+    fn count(&mut self, v: &Value) {
+        let kind = match v["type"].as_str() {
+            Some("error") => format!("error {}", v["code"].as_str().unwrap_or_default()),
+            kind => kind.unwrap_or_default().to_owned(),
+        };
+        *self.tally.entry(kind).or_default() += 1;
     }
 
     /// Durable mode: a catch-up's `gap` names only seqs the store does not hold (given up:

@@ -146,6 +146,8 @@ struct World {
     fail_writes: bool,
     /// The member side's bound on a catch-up (older misses are a `gap`).
     max_catch_up: u64,
+    /// What the clients got, by frame type (errors by code): what the seeds exercised.
+    tally: BTreeMap<String, u64>,
 }
 
 /// `HARNESS_TRACE=1` prints every step (use with `HARNESS_SEED`).
@@ -256,6 +258,7 @@ impl World {
             unstored_ids: Default::default(),
             fail_writes,
             max_catch_up: max_catch_up_messages as u64,
+            tally: BTreeMap::new(),
         }
     }
 

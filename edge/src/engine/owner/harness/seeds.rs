@@ -1,20 +1,30 @@
 //! The harness's seeded runs: every seed in `fast` and `durable` mode, and the
 //! seeds that found real bugs, kept as regression tests.
 
+use std::collections::BTreeMap;
+
 use super::World;
 use crate::config::Durability;
 
+/// What a seed's run did: idle rooms evicted, and what the clients got (`World::tally`).
+struct Ran {
+    evicted: u64,
+    tally: BTreeMap<String, u64>,
+}
+
 /// Runs `steps` steps of seed `seed`, then settles and checks.
-fn run(seed: u64, durability: Durability, steps: usize) -> u64 {
+fn run(seed: u64, durability: Durability, steps: usize) -> Ran {
     let mut w = World::new(seed, durability);
     for _ in 0..steps {
         w.step();
     }
     w.settle();
-    w.owners
+    let evicted = w
+        .owners
         .iter()
         .map(|o| o.stats().rooms_evicted_total.load(std::sync::atomic::Ordering::Relaxed))
-        .sum()
+        .sum();
+    Ran { evicted, tally: w.tally }
 }
 
 /// Runs every seed (or `HARNESS_SEED` alone); a failure names its seed.
@@ -27,10 +37,17 @@ fn run_seeds(durability: Durability) {
         }
     };
     let mut idle_evictions = 0;
+    let mut tally: BTreeMap<String, u64> = BTreeMap::new();
     let many = seeds.len() >= 30;
+    let n = seeds.len();
     for seed in seeds {
         match std::panic::catch_unwind(|| run(seed, durability, 400)) {
-            Ok(evicted) => idle_evictions += evicted,
+            Ok(ran) => {
+                idle_evictions += ran.evicted;
+                for (kind, k) in ran.tally {
+                    *tally.entry(kind).or_default() += k;
+                }
+            }
             Err(e) => {
                 eprintln!("harness: seed {seed} ({durability:?}) failed; replay with HARNESS_SEED={seed}");
                 std::panic::resume_unwind(e);
@@ -40,6 +57,8 @@ fn run_seeds(durability: Durability) {
     // A third of the seeds evict idle rooms: over many seeds that must have happened, or
     // the invariants above were never checked across an idle eviction and reload.
     assert!(!many || idle_evictions > 0, "no idle room was evicted in any seed");
+    // What the seeds exercised (with --nocapture), to compare runs of the same seeds.
+    eprintln!("harness {durability:?}: {n} seeds, {idle_evictions} idle evictions; clients got {tally:?}");
 }
 
 #[test]
