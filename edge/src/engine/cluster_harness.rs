@@ -49,8 +49,9 @@ mod checks;
 mod clients;
 mod seeds;
 
+use super::harness_sessions::SessionCtx;
 use bridge::{NodeBridge, Stored};
-use clients::{Client, SessionCtx};
+use clients::Client;
 
 const NODES: usize = 2;
 const SHARDS: usize = 2;
@@ -179,12 +180,12 @@ impl World {
                 })
             })
             .collect();
-        let sessions = SessionCtx::new();
-        let session = sessions.authenticated();
+        let sessions = SessionCtx::new(ROOMS.len());
+        let session = sessions.authenticated("u");
         let mut clients = BTreeMap::new();
         for sid in 0..NODES * SHARDS {
             for n in 1..=2u64 {
-                clients.insert(((sid as u64) << 48) | n, SessionCtx::client(&session));
+                clients.insert(((sid as u64) << 48) | n, Client::new(&session));
             }
         }
         Self {

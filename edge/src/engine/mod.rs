@@ -39,6 +39,8 @@ pub mod change_rules;
 mod cluster_harness;
 pub mod failure;
 pub mod feed;
+#[cfg(test)]
+mod harness_sessions;
 pub mod liveness;
 pub mod owner;
 pub mod presence_counts;

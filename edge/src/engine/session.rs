@@ -25,7 +25,7 @@ use super::Busy;
 use crate::auth::{self, Claims, Verifier};
 use crate::limits::gcra::Gcra;
 use crate::metrics::ShardStats;
-use router::ChangeOp;
+use router::{ChangeMsg, ChangeOp};
 
 use crate::protocol::client::{self, ParseLimits, ReactOp, Request, SendReq, Target, TypingState};
 use crate::protocol::server;
@@ -112,14 +112,34 @@ pub enum Step<'a> {
     Read { room: Cow<'a, str>, seq: u64 },
     /// The user started (`typing`) or stopped typing in a joined room.
     Typing { room: Cow<'a, str>, typing: bool },
-    /// An edit, delete or reaction of message `seq` of a room the user may see; `moderator`:
-    /// the token's `moderator` claim covers the room (the owner checks authorship).
-    Change {
-        room: Cow<'a, str>,
-        seq: u64,
-        moderator: bool,
-        op: ChangeOp,
-    },
+    /// An edit, delete or reaction of a message of a room the user may see.
+    Change(ChangeReq<'a>),
+}
+
+/// An edit, delete or reaction the session passed: of message `seq` of `room`; `moderator`:
+/// the token's `moderator` claim covers the room (the owner checks authorship).
+#[derive(Debug)]
+pub struct ChangeReq<'a> {
+    pub room: Cow<'a, str>,
+    pub seq: u64,
+    pub moderator: bool,
+    pub op: ChangeOp,
+}
+
+impl ChangeReq<'_> {
+    /// The change as the sequencer takes it, from connection `conn` of `user`, request `req`
+    /// (the one conversion, for the shell and the harness).
+    pub fn into_msg(self, user: &str, conn: u64, req: Option<&str>) -> ChangeMsg {
+        ChangeMsg {
+            room: self.room.into_owned(),
+            seq: self.seq,
+            user: user.to_owned(),
+            moderator: self.moderator,
+            conn,
+            req: req.map(str::to_owned),
+            op: self.op,
+        }
+    }
 }
 
 /// One connection's session.
@@ -309,7 +329,7 @@ impl Session {
             return Step::Reply(refusal);
         }
         let moderator = self.user.as_ref().is_some_and(|c| auth::may_moderate(c, &room));
-        Step::Change { room, seq, moderator, op }
+        Step::Change(ChangeReq { room, seq, moderator, op })
     }
 
     /// A join from the URL (`?room=`, `?resume=`), run once the connection is authenticated:

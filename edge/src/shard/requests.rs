@@ -77,18 +77,9 @@ impl Shard {
             Step::Typing { room, typing } => self.on_typing(conn, &room, typing),
             Step::Read { room, seq } => self.seq_read(conn, id, &room, seq),
             Step::Sync => self.seq_sync(conn, id),
-            Step::Change { room, seq, moderator, op } => {
+            Step::Change(change) => {
                 let Some(user) = conn.user() else { return };
-                let change = router::ChangeMsg {
-                    room: room.into_owned(),
-                    seq,
-                    user: user.sub.clone(),
-                    moderator,
-                    conn: conn.id,
-                    req: id.map(str::to_owned),
-                    op,
-                };
-                self.seq_change(conn, id, change);
+                self.seq_change(conn, id, change.into_msg(&user.sub, conn.id, id));
             }
         }
     }
