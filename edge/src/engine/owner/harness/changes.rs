@@ -1,6 +1,7 @@
 //! Edits and deletes in the harness: members change messages of rooms they
-//! joined (their own or not, as a moderator or not), through the owner, while
-//! everything else interleaves. Checked:
+//! joined (their own or not, as a moderator or not), with `edit` and `delete`
+//! frames through their sessions to the owner, while everything else
+//! interleaves. Checked:
 //! - every change gets one answer (counted with every request);
 //! - a member gets a message's `update` only after the message itself;
 //! - at rest, every ring (an owner's, and each member shard's feed) holds the
@@ -8,12 +9,13 @@
 //!   version behind where a catch-up or a history page would read it.
 
 use rand::Rng;
-use router::{ChangeMsg, ChangeOp};
+use serde_json::json;
 
-use super::{shard_of, Frame, World, SHARDS};
+use super::{World, SHARDS};
 
 impl World {
-    /// A member of `room` edits or deletes a message it has seen there.
+    /// A member of `room` edits or deletes a message it has seen there, as a moderator or
+    /// not (its token says which: a `refresh` changes it first when it says otherwise).
     pub(super) fn client_change(&mut self, conn: u64, room: String) {
         let Some(&last) = self.clients[&conn].seen.get(&room) else { return };
         if last == 0 {
@@ -22,22 +24,13 @@ impl World {
         let seq = self.rng.random_range(1..=last);
         let req = self.req();
         let op = if self.rng.random_bool(0.2) {
-            ChangeOp::Delete
+            json!({"type": "delete", "room": room, "seq": seq})
         } else {
-            ChangeOp::Edit {
-                body: format!("edited ({req})"),
-            }
+            json!({"type": "edit", "room": room, "seq": seq, "body": format!("edited ({req})")})
         };
-        let c = ChangeMsg {
-            room: room.clone(),
-            seq,
-            user: format!("u{conn:x}"),
-            moderator: self.rng.random_bool(0.7),
-            conn,
-            req: Some(req),
-            op,
-        };
-        self.send_to_owner(shard_of(conn), &room, Frame::Change(c));
+        let moderator = self.rng.random_bool(0.7);
+        self.moderate(conn, moderator);
+        self.request(conn, &super::clients::frame(op, &req));
     }
 
     /// At rest: every ring holds the store's version of each message it holds.

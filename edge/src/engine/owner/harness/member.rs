@@ -145,7 +145,7 @@ impl World {
                 self.answered(&req);
                 self.check_member_count(conn, &room, &req, &v);
                 let c = self.clients.get_mut(&conn).expect("client");
-                assert!(c.rooms.contains(&room), "joined {room} after leaving it");
+                assert!(c.session.rooms().contains(&room), "joined {room} after leaving it");
                 let since = c.since.remove(&req).flatten();
                 let seq = v["seq"].as_u64().expect("joined.seq");
                 c.member.insert(room.clone(), since.unwrap_or(seq).min(seq));
@@ -163,8 +163,10 @@ impl World {
                 assert_eq!(v["type"], "error", "{v}");
                 self.count(&v);
                 self.answered(&format!("\"{}\"", v["id"].as_str().expect("refusal id")));
+                // As the shell does: the session forgets the refused room (a later join of it
+                // would otherwise be refused "already joined", failing the seed).
                 let c = self.clients.get_mut(&conn).expect("client");
-                c.rooms.retain(|r| *r != room);
+                c.session.forget_room(&room);
             }
             SubEffect::Cancelled { req, .. } => {
                 // Counted as the join's one answer (`settle` checks there is exactly one).
@@ -265,6 +267,8 @@ impl World {
                     );
                 }
             }
+            // Answers to a leave and to a token's refresh: counted above.
+            Some("left" | "refreshed") => {}
             Some("history") => {
                 for m in v["messages"].as_array().expect("messages") {
                     self.name(&room, m["seq"].as_u64().expect("seq"), m["msg_id"].as_str().expect("msg_id"));

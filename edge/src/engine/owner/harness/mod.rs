@@ -5,10 +5,13 @@
 //! FIFO mesh rings between shards, and a virtual clock. A seeded RNG picks
 //! every step (a client request, a frame off a ring, a store answer or
 //! failure), so one seed is one interleaving; a failure prints its seed, and
-//! `HARNESS_SEED=<seed>` replays exactly that run.
+//! `HARNESS_SEED=<seed>` replays exactly that run. Clients are authenticated
+//! sessions (`clients.rs`): every request is a JSON frame through
+//! `engine::session`, as on a shard.
 //!
 //! Checked, in both durability modes, with rooms evicted and reloaded:
-//! - every join, send and history request gets exactly one answer;
+//! - every request (join, leave, send, change, history, presence, a token's
+//!   refresh) gets exactly one answer;
 //! - each member sees its room gap-free from its `joined` (or `since`) on:
 //!   every message is the next seq, or a `gap` names what was skipped, and
 //!   no live message overtakes a catch-up;
@@ -20,6 +23,7 @@
 //!   after its message, and no ring left holding an old version.
 
 mod changes;
+mod clients;
 mod member;
 mod seeds;
 mod store;
@@ -37,9 +41,11 @@ use storage::{Completion, StoreError};
 
 use super::{Effect, FetchArgs, HistoryArgs, Owner, OwnerConfig, SendArgs};
 use crate::config::Durability;
-use crate::engine::subscriber::{JoinReq, Subscriber, SubscriberConfig};
+use crate::engine::harness_sessions::SessionCtx;
+use crate::engine::subscriber::{Subscriber, SubscriberConfig};
 use crate::metrics::ShardStats;
 use crate::room::owner as owner_of;
+use clients::{user_of, Client};
 use store::{query_room, MemStore, Port};
 
 const SHARDS: usize = 3;
@@ -77,45 +83,18 @@ enum Frame {
         conn: u64,
         req: String,
     },
-    Send {
-        room: String,
-        shard: usize,
-        conn: u64,
-        user: String,
-        req: String,
-        client_id: Option<String>,
-        body: String,
-    },
+    Send(router::SendMsg),
     History {
         room: String,
+        user: String,
         conn: u64,
         req: String,
         before: Option<u64>,
+        limit: u32,
+        thread: Option<u64>,
     },
     Change(router::ChangeMsg),
     Effect(Effect),
-}
-
-/// What a client's member shard knows of it, and what the client has seen.
-#[derive(Default)]
-struct Client {
-    /// Rooms joined or being joined (the member side's `conn.rooms`).
-    rooms: Vec<String>,
-    /// The last seq seen per room, kept across leaves (a realistic `since`).
-    seen: HashMap<String, u64>,
-    /// Rooms whose `joined` arrived: the last seq seen there (the member side's fan-out list).
-    member: HashMap<String, u64>,
-    /// The last `presence` status seen per (room, user) since the member's `joined`.
-    presence: HashMap<(String, String), bool>,
-    /// The `since` of each join request not answered yet, by request id.
-    since: HashMap<String, Option<u64>>,
-    /// For each join request not answered yet: the other connections that were members of
-    /// its room (their `joined` had arrived) when it was made, with the number of their
-    /// membership. Those still members by that same membership when the `joined` comes must
-    /// be in its `members` count.
-    members_before: HashMap<String, Vec<(u64, u64)>>,
-    /// The number of each current membership (a new one for every `joined`), per room.
-    membership: HashMap<String, u64>,
 }
 
 struct World {
@@ -126,8 +105,11 @@ struct World {
     owners: Vec<Owner<Port>>,
     subscribers: Vec<Subscriber>,
     rings: BTreeMap<(usize, usize), VecDeque<Frame>>,
+    sessions: SessionCtx,
     clients: BTreeMap<u64, Client>,
     next_req: u64,
+    /// Requests numbered apart from `next_req` (leaves, refreshes): see `World::side_req`.
+    side_reqs: u64,
     /// Request id -> answers seen.
     answers: BTreeMap<String, u32>,
     /// (room, seq) -> msg_id: what every seq names, forever.
@@ -136,8 +118,8 @@ struct World {
     given_up: std::collections::HashSet<(String, u64)>,
     /// (user, room, client_id) -> the seq its first ack carried.
     client_ids: HashMap<(String, String, String), u64>,
-    /// Client ids sent so far, per (user, room), for retries.
-    sent_ids: HashMap<(String, String), Vec<String>>,
+    /// Client ids sent so far, per (connection, room), for retries.
+    sent_ids: HashMap<(u64, String), Vec<String>>,
     /// Fast mode: client ids whose message was delivered but not stored, so a retry after a
     /// reload may be sequenced anew (the one thing fast mode gives up).
     unstored_ids: std::collections::HashSet<(String, String, String)>,
@@ -156,11 +138,6 @@ fn trace(what: impl FnOnce() -> String) {
     if ON.with(|on| *on) {
         eprintln!("{}", what());
     }
-}
-
-/// The user a connection is online as: three users, each with connections on every shard.
-fn presence_user(conn: u64) -> String {
-    format!("p{}", conn % 3)
 }
 
 fn shard_of(conn: u64) -> usize {
@@ -232,10 +209,12 @@ impl World {
                 })
             })
             .collect();
+        let sessions = SessionCtx::new(ROOMS.len());
         let mut clients = BTreeMap::new();
         for shard in 0..SHARDS {
             for n in 1..=CLIENTS_PER_SHARD {
-                clients.insert(((shard as u64) << 48) | n, Client::default());
+                let conn = ((shard as u64) << 48) | n;
+                clients.insert(conn, Client::new(sessions.authenticated(&user_of(conn))));
             }
         }
         let fail_writes = rng.random_bool(0.5);
@@ -247,8 +226,10 @@ impl World {
             owners,
             subscribers,
             rings: BTreeMap::new(),
+            sessions,
             clients,
             next_req: 0,
+            side_reqs: 0,
             answers: BTreeMap::new(),
             names: HashMap::new(),
             given_up: Default::default(),
@@ -312,38 +293,24 @@ impl World {
             Frame::Unsubscribe { room, shard } => o.unsubscribe(room, *shard),
             Frame::Presence { room, shard, user, online } => o.member(room, *shard, user, *online, now),
             Frame::Online { room, conn, req } => o.presence(room, *conn, Some(req)),
-            Frame::Send {
+            Frame::Send(m) => o.send(&SendArgs::of_msg(m), now),
+            Frame::History {
                 room,
-                shard,
-                conn,
                 user,
+                conn,
                 req,
-                client_id,
-                body,
-            } => {
-                let a = SendArgs {
-                    room,
-                    shard: *shard,
-                    conn: *conn,
-                    user,
-                    req: Some(req),
-                    client_id: client_id.as_deref(),
-                    body,
-                    kind: "text",
-                    file: None,
-                    reply_to: None,
-                };
-                o.send(&a, now);
-            }
-            Frame::History { room, conn, req, before } => o.history(
+                before,
+                limit,
+                thread,
+            } => o.history(
                 HistoryArgs {
                     room,
-                    user: "u",
+                    user,
                     conn: *conn,
                     req: Some(req),
                     before: *before,
-                    limit: 10,
-                    thread: None,
+                    limit: *limit,
+                    thread: *thread,
                 },
                 now,
             ),
@@ -373,116 +340,6 @@ impl World {
                 self.rings.entry((owner, to)).or_default().push_back(Frame::Effect(e));
             }
         }
-    }
-
-    /// A random client asks for something: join (with or without `since`), leave, send,
-    /// history, who is online.
-    fn client_step(&mut self) {
-        let ids: Vec<u64> = self.clients.keys().copied().collect();
-        let conn = ids[self.rng.random_range(0..ids.len())];
-        let room = ROOMS[self.rng.random_range(0..ROOMS.len())].to_owned();
-        let joined = self.clients[&conn].rooms.contains(&room);
-        match (joined, self.rng.random_range(0..10)) {
-            (false, 0..=5) => self.client_join(conn, room),
-            (true, 0..=1) => self.client_leave(conn, room),
-            (true, 2..=5) => self.client_send(conn, room),
-            (true, 6..=7) => self.client_change(conn, room),
-            _ if self.rng.random_bool(0.3) => {
-                let req = self.req();
-                let frame = Frame::Online {
-                    room: room.clone(),
-                    conn,
-                    req,
-                };
-                self.send_to_owner(shard_of(conn), &room, frame);
-            }
-            _ => {
-                let before = self.rng.random_bool(0.5).then(|| self.rng.random_range(1..30));
-                let req = self.req();
-                let frame = Frame::History {
-                    room: room.clone(),
-                    conn,
-                    req,
-                    before,
-                };
-                self.send_to_owner(shard_of(conn), &room, frame);
-            }
-        }
-    }
-
-    fn client_join(&mut self, conn: u64, room: String) {
-        let seen = self.clients[&conn].seen.get(&room).copied();
-        let since = match self.rng.random_range(0..3) {
-            0 => None,
-            1 => Some(0),
-            _ => seen.or(Some(0)),
-        };
-        let req = self.req();
-        let token = self.next_req;
-        let before: Vec<(u64, u64)> = self
-            .clients
-            .iter()
-            .filter(|(&d, other)| d != conn && other.member.contains_key(&room))
-            .map(|(&d, other)| (d, other.membership.get(&room).copied().unwrap_or_default()))
-            .collect();
-        let c = self.clients.get_mut(&conn).expect("client");
-        c.rooms.push(room.clone());
-        c.member.remove(&room);
-        c.since.insert(req.clone(), since);
-        c.members_before.insert(req.clone(), before);
-        let shard = shard_of(conn);
-        let user = presence_user(conn);
-        let j = JoinReq {
-            room: &room,
-            conn,
-            token,
-            req: Some(&req),
-            since,
-            user: &user,
-        };
-        trace(|| format!("shard {shard}: {j:?}"));
-        self.subscribers[shard].join(j);
-        self.drain_member(shard);
-    }
-
-    fn client_leave(&mut self, conn: u64, room: String) {
-        let c = self.clients.get_mut(&conn).expect("client");
-        c.rooms.retain(|r| *r != room);
-        let was_member = c.member.remove(&room).is_some();
-        let shard = shard_of(conn);
-        trace(|| format!("shard {shard}: conn {conn:x} leaves {room} (member: {was_member})"));
-        self.subscribers[shard].leave(&room, conn, &presence_user(conn), was_member);
-        self.drain_member(shard);
-    }
-
-    /// A send, with a new client id, a retried recent one, or none.
-    fn client_send(&mut self, conn: u64, room: String) {
-        let user = format!("u{conn:x}");
-        let key = (user.clone(), room.clone());
-        let earlier = self.sent_ids.get(&key).filter(|ids| !ids.is_empty() && self.rng.random_bool(0.3));
-        let client_id = match earlier {
-            Some(ids) => Some(ids[self.rng.random_range(ids.len().saturating_sub(3)..ids.len())].clone()),
-            None if self.rng.random_bool(0.7) => {
-                let id = format!("c{}", self.next_req);
-                self.sent_ids.entry(key).or_default().push(id.clone());
-                Some(id)
-            }
-            None => None,
-        };
-        let req = self.req();
-        self.sends.insert(req.clone(), (user.clone(), client_id.clone()));
-        let body = format!("from {user} ({req})");
-        let shard = shard_of(conn);
-        let frame = Frame::Send {
-            room: room.clone(),
-            shard,
-            conn,
-            user,
-            req,
-            client_id,
-            body,
-        };
-        self.send_to_owner(shard, &room, frame);
     }
 
     /// The oldest write is committed (or, sometimes, fails).
