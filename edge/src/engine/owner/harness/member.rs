@@ -49,10 +49,11 @@ impl World {
             Effect::Changed {
                 room, seq, message, event, ..
             } => {
-                if let Some(m) = &message {
-                    self.subscribers[to].patch(&room, seq, m);
+                // As `shard/changes.rs` does: false, a hole before it is being read, and the
+                // event waits its turn (a `SubEffect::Event`).
+                if self.subscribers[to].changed(&room, seq, message.as_ref(), &event) {
+                    self.deliver_to_members(to, &room, &event);
                 }
-                self.deliver_to_members(to, &room, &event);
             }
             Effect::EventTo { .. } => unreachable!("the harness's shards report no delivered marks"),
         }
