@@ -181,32 +181,8 @@ impl World {
         let req = || id.expect("the harness gives every request an id").to_owned();
         match step {
             Step::Reply(reply) if !reply.starts_with(br#"{"type":"error""#) => self.deliver_to_client(conn, &reply),
-            Step::Join { room, since } => {
-                // The shell takes a ticket; the harness's is the join's request number.
-                let j = JoinReq {
-                    room: &room,
-                    conn,
-                    token: self.next_req,
-                    req: id,
-                    since,
-                    user: &user,
-                };
-                trace(|| format!("shard {shard}: {j:?}"));
-                self.subscribers[shard].join(j);
-                self.drain_member(shard);
-            }
-            Step::Leave { room } => {
-                let c = self.clients.get_mut(&conn).expect("client");
-                assert!(
-                    !c.session.rooms().iter().any(|r| *r == *room),
-                    "a leave takes the room off the session"
-                );
-                let was_member = c.member.remove(&*room).is_some();
-                trace(|| format!("shard {shard}: conn {conn:x} leaves {room} (member: {was_member})"));
-                self.subscribers[shard].leave(&room, conn, &user, was_member);
-                self.drain_member(shard);
-                self.deliver_to_client(conn, &server::left(id, &room));
-            }
+            Step::Join { room, since } => self.member_join(conn, id, &room, since),
+            Step::Leave { room } => self.member_leave(conn, id, &room),
             Step::Send { room, send } => {
                 let a = SendArgs::of_req(&room, (shard, conn), &user, id, &send);
                 self.send_to_owner(shard, &room, Frame::Send(a.to_msg()));
@@ -249,6 +225,41 @@ impl World {
             }
             refused => panic!("conn {conn:x}: the session refused {text}, or the harness never asks it: {refused:?}"),
         }
+    }
+
+    /// A join the session passed, to the member side of the connection's shard.
+    fn member_join(&mut self, conn: u64, id: Option<&str>, room: &str, since: Option<u64>) {
+        let shard = shard_of(conn);
+        let user = self.user(conn);
+        // The shell takes a ticket; the harness's is the join's request number.
+        let j = JoinReq {
+            room,
+            conn,
+            token: self.next_req,
+            req: id,
+            since,
+            user: &user,
+        };
+        trace(|| format!("shard {shard}: {j:?}"));
+        self.subscribers[shard].join(j);
+        self.drain_member(shard);
+    }
+
+    /// A leave the session passed (the room is off the session): the member side forgets
+    /// the connection there, then the client gets `left`.
+    fn member_leave(&mut self, conn: u64, id: Option<&str>, room: &str) {
+        let shard = shard_of(conn);
+        let user = self.user(conn);
+        let c = self.clients.get_mut(&conn).expect("client");
+        assert!(
+            !c.session.rooms().iter().any(|r| r == room),
+            "a leave takes the room off the session"
+        );
+        let was_member = c.member.remove(room).is_some();
+        trace(|| format!("shard {shard}: conn {conn:x} leaves {room} (member: {was_member})"));
+        self.subscribers[shard].leave(room, conn, &user, was_member);
+        self.drain_member(shard);
+        self.deliver_to_client(conn, &server::left(id, room));
     }
 
     /// Client `conn`'s token moderates every room, or none: a `refresh` with a new token of
