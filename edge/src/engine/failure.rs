@@ -68,7 +68,7 @@ pub enum Failure {
     /// Redis did not answer within the configured time.
     #[error("Redis did not answer in time")]
     RedisTimedOut,
-    /// The shared store did not answer a cluster's read within the configured time.
+    /// The shared store did not answer a cluster's read or change within the configured time.
     #[error("the store did not answer in time")]
     StoreTimedOut,
     /// The room's owner shard refused (its store failed or a queue there was full), as

@@ -20,6 +20,9 @@
 //! - `reads`: a cluster's reads from Redis and the shared store (history,
 //!   threads, presence, a join's catch-up): the chain of calls each makes,
 //!   and the one place that merges the stream with the store;
+//! - `cluster_changes`: a cluster's edits, deletes and reactions on a shared
+//!   store (a room's queue, its lock in Redis with backoff, the wait for a
+//!   message not stored yet, the write, the event's publish, the answer);
 //! - `presence_counts`: a cluster's coalesced presence counts (the pump's
 //!   half of what a single node's owner does from its roster);
 //! - `catch_up`: the one merge that catches a member up (a read, then the
@@ -35,6 +38,7 @@
 
 pub mod catch_up;
 pub mod change_rules;
+pub mod cluster_changes;
 #[cfg(test)]
 mod cluster_harness;
 pub mod failure;
