@@ -11,11 +11,11 @@ use std::time::Duration;
 use router::bridge::BridgeHandle;
 
 use super::cluster::timed;
+use super::cluster_store::timed_store;
 use super::members::JoinStep;
 use super::sequencer::Sequencer;
 use super::{Conn, Shard};
 use crate::engine::reads::{Asker, PageAt, ReadAnswer, ReadCall, ReadEffect, Reads};
-use crate::engine::Failure;
 
 impl Shard {
     /// Runs `f` on the reads, then carries out every effect they produced.
@@ -44,12 +44,7 @@ impl Shard {
                             ReadAnswer::Recent(read.map(|msgs| msgs.into_iter().map(|m| (m.seq, m.payload)).collect()))
                         }
                         ReadCall::Online { room } => ReadAnswer::Online(timed(left, b.presence_online(&room)).await),
-                        ReadCall::Store(query) => {
-                            ReadAnswer::Stored(match monoio::time::timeout(left, me.cluster_store_query(query)).await {
-                                Ok(answer) => answer.map_err(Failure::Store),
-                                Err(_) => Err(Failure::StoreTimedOut),
-                            })
-                        }
+                        ReadCall::Store(query) => ReadAnswer::Stored(timed_store(&me, left, query).await),
                     };
                     me.with_reads(|r, now| r.answered(id, answer, now));
                 });

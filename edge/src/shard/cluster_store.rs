@@ -190,6 +190,14 @@ impl Shard {
     }
 }
 
+/// A shared-store query bounded by `limit`: its error kept, `StoreTimedOut` when late.
+pub(super) async fn timed_store(shard: &Shard, limit: std::time::Duration, query: Query) -> Result<Answer, crate::engine::Failure> {
+    match monoio::time::timeout(limit, shard.cluster_store_query(query)).await {
+        Ok(answer) => answer.map_err(crate::engine::Failure::Store),
+        Err(_) => Err(crate::engine::Failure::StoreTimedOut),
+    }
+}
+
 /// The request id (raw JSON) an ack answers, read back from the ack.
 fn request_id(ack: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(ack).ok()?;

@@ -51,6 +51,7 @@ use storage::{Completions, StoreHandle};
 
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
+use crate::engine::cluster_changes::{Changes, ChangesConfig};
 use crate::engine::liveness::Liveness;
 use crate::engine::owner::{Owner, OwnerConfig};
 use crate::engine::publisher::{Publisher, PublisherConfig};
@@ -207,7 +208,10 @@ impl Shard {
                     store_queries: Default::default(),
                     members: Default::default(),
                     marks: Default::default(),
-                    changes: Default::default(),
+                    changes: RefCell::new(Changes::new(ChangesConfig {
+                        timeout_ms: s.cfg.cluster_join_timeout_ms,
+                    })),
+                    changes_timer: Default::default(),
                     senders: Default::default(),
                 }))
             }

@@ -54,8 +54,11 @@ pub(crate) struct RedisSequencer {
     pub(crate) members: super::cluster_store::Members,
     /// Read marks moved on this shard, waiting for the tick's receipts (`cluster_marks.rs`).
     pub(crate) marks: super::cluster_marks::MovedMarks,
-    /// Changes of sent messages waiting to run, per room (`cluster_changes.rs`).
-    pub(crate) changes: super::cluster_changes::Waiting,
+    /// Changes of sent messages running and waiting, per room (`engine::cluster_changes`,
+    /// shell `cluster_changes.rs`).
+    pub(crate) changes: RefCell<crate::engine::cluster_changes::Changes>,
+    /// When the changes' timer is armed for (ms; 0: not armed).
+    pub(crate) changes_timer: std::cell::Cell<u64>,
     /// Who sent to each room from this shard lately, and rooms' sizes (`cluster_marks.rs`).
     pub(crate) senders: super::cluster_receipts::RecentSenders,
 }
@@ -168,7 +171,7 @@ impl Shard {
             Sequencer::Local(_) => self.local_change(conn, id, change),
             Sequencer::Redis(_) if self.shared_store() => {
                 if let Some(me) = self.rc() {
-                    me.cluster_change(conn, change);
+                    me.cluster_change(change);
                 }
             }
             Sequencer::Redis(_) => {
