@@ -23,6 +23,9 @@
 //! - `cluster_changes`: a cluster's edits, deletes and reactions on a shared
 //!   store (a room's queue, its lock in Redis with backoff, the wait for a
 //!   message not stored yet, the write, the event's publish, the answer);
+//! - `cluster_state`: a user's state in a cluster on a shared store
+//!   (memberships and `sync`, read and delivered marks with their receipts,
+//!   last seen): the chain of Redis and store calls each makes;
 //! - `presence_counts`: a cluster's coalesced presence counts (the pump's
 //!   half of what a single node's owner does from its roster);
 //! - `catch_up`: the one merge that catches a member up (a read, then the
@@ -41,6 +44,7 @@ pub mod change_rules;
 pub mod cluster_changes;
 #[cfg(test)]
 mod cluster_harness;
+pub mod cluster_state;
 pub mod failure;
 pub mod feed;
 #[cfg(test)]
