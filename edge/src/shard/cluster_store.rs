@@ -10,7 +10,7 @@
 //! its write's commit, and a failed write answers its sender `unavailable`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -36,70 +36,7 @@ struct Slot {
 #[derive(Default)]
 pub(crate) struct StoreQueries(RefCell<HashMap<u64, Rc<Slot>>>, RefCell<HashMap<u64, (u64, Bytes)>>);
 
-/// Memberships (user, room) a shard wrote to the shared store, so a user's next join of the
-/// room writes nothing; forgotten all at once past [`MEMBERS_KEPT`] (then written again, a
-/// no-op in the store).
-#[derive(Default)]
-pub(crate) struct Members(RefCell<HashSet<(String, String)>>);
-
-/// Memberships a shard remembers having written.
-const MEMBERS_KEPT: usize = 100_000;
-
 impl Shard {
-    /// `user` belongs to `room` (a join, or a DM sent or received): written to the shared store
-    /// for `sync`, once while this shard remembers it. A write that fails is tried again at the
-    /// user's next join.
-    pub(super) fn cluster_member(self: &Rc<Self>, room: &str, user: &str) {
-        let super::sequencer::Sequencer::Redis(r) = &self.sequencer else {
-            return;
-        };
-        if !self.shared_store() {
-            return;
-        }
-        let key = (user.to_owned(), room.to_owned());
-        {
-            let mut known = r.members.0.borrow_mut();
-            if known.len() >= MEMBERS_KEPT {
-                known.clear();
-            }
-            if !known.insert(key.clone()) {
-                return;
-            }
-        }
-        let me = self.clone();
-        monoio::spawn(async move {
-            let query = Query::AddUserRoom {
-                user: key.0.clone(),
-                room: key.1.clone(),
-            };
-            if let Err(e) = me.cluster_store_query(query).await {
-                tracing::warn!(user = key.0, room = key.1, error = %e, "cluster: membership not stored: retried at the next join");
-                if let super::sequencer::Sequencer::Redis(r) = &me.sequencer {
-                    r.members.0.borrow_mut().remove(&key);
-                }
-            }
-        });
-    }
-
-    /// `sync` in a cluster on a shared store: the user's rooms, their last stored seqs and the
-    /// user's marks, in one store query. (In `fast` mode a message sequenced in the last batch
-    /// interval may not be counted yet.)
-    pub(super) fn cluster_sync(self: &Rc<Self>, conn: &Rc<super::Conn>, id: Option<&str>) {
-        let Some(user) = conn.user() else { return };
-        let (me, conn_id, req, user) = (self.clone(), conn.id, id.map(str::to_owned), user.sub.clone());
-        monoio::spawn(async move {
-            let payload = match me.cluster_store_query(Query::UserRooms { user }).await {
-                Ok(Answer::UserRooms(rooms)) => server::sync(req.as_deref(), &rooms),
-                Ok(other) => {
-                    tracing::error!(?other, "user_rooms answered with something else");
-                    server::error(req.as_deref(), ErrorCode::Internal, "sync not read", None)
-                }
-                Err(e) => crate::engine::Failure::Store(e).reply(req.as_deref(), "sync not read"),
-            };
-            me.to_conn(conn_id, payload);
-        });
-    }
-
     /// Whether this cluster node writes its messages to, and reads old history from, a shared store.
     pub(super) fn shared_store(&self) -> bool {
         self.cfg.store != storage::StoreKind::Embedded

@@ -211,7 +211,7 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
         monoio::time::sleep(Duration::from_secs(1)).await;
         shard.delivered_tick();
         shard.owner_tick();
-        shard.cluster_marks_tick();
+        shard.cluster_state_tick();
         shard.cluster_receipts_tick();
         let now = Shard::now_ms();
         for conn in shard.conns.borrow().values() {

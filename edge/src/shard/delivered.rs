@@ -6,7 +6,7 @@
 //! reached here (its members of the room, and a DM room's two users'
 //! connections) and hands them to the room's sequencer: on one node the
 //! room's owner stores the marks and pushes `receipt`s; a cluster on a
-//! shared store stores them from this shard (`cluster_marks.rs`).
+//! shared store stores them from this shard (`cluster_state.rs`).
 //!
 //! What must stay true: a mark is never ahead of what reached one of the
 //! user's connections (a member that joins later caught up to the room's

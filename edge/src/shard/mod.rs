@@ -21,9 +21,9 @@ mod api;
 mod changes;
 mod cluster;
 mod cluster_changes;
-mod cluster_marks;
 mod cluster_reads;
 mod cluster_receipts;
+mod cluster_state;
 mod cluster_store;
 mod conn;
 mod delivered;
@@ -52,6 +52,7 @@ use storage::{Completions, StoreHandle};
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
 use crate::engine::cluster_changes::{Changes, ChangesConfig};
+use crate::engine::cluster_state::{State, StateConfig};
 use crate::engine::liveness::Liveness;
 use crate::engine::owner::{Owner, OwnerConfig};
 use crate::engine::publisher::{Publisher, PublisherConfig};
@@ -206,8 +207,10 @@ impl Shard {
                     publisher,
                     reads: RefCell::new(crate::engine::reads::Reads::new(reads)),
                     store_queries: Default::default(),
-                    members: Default::default(),
-                    marks: Default::default(),
+                    state: RefCell::new(State::new(StateConfig {
+                        timeout_ms: s.cfg.cluster_join_timeout_ms,
+                        receipts_room_max: s.cfg.receipts_room_max,
+                    })),
                     changes: RefCell::new(Changes::new(ChangesConfig {
                         timeout_ms: s.cfg.cluster_join_timeout_ms,
                     })),

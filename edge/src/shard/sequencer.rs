@@ -50,16 +50,15 @@ pub(crate) struct RedisSequencer {
     pub(crate) reads: RefCell<crate::engine::reads::Reads>,
     /// Shared-store queries in flight, by ticket (`cluster_store.rs`).
     pub(crate) store_queries: super::cluster_store::StoreQueries,
-    /// Memberships (user, room) this shard wrote to the shared store (`cluster_store.rs`).
-    pub(crate) members: super::cluster_store::Members,
-    /// Read marks moved on this shard, waiting for the tick's receipts (`cluster_marks.rs`).
-    pub(crate) marks: super::cluster_marks::MovedMarks,
+    /// A user's state on the shared store: memberships and `sync`, read and delivered marks
+    /// with their receipts, last seen (`engine::cluster_state`, shell `cluster_state.rs`).
+    pub(crate) state: RefCell<crate::engine::cluster_state::State>,
     /// Changes of sent messages running and waiting, per room (`engine::cluster_changes`,
     /// shell `cluster_changes.rs`).
     pub(crate) changes: RefCell<crate::engine::cluster_changes::Changes>,
     /// When the changes' timer is armed for (ms; 0: not armed).
     pub(crate) changes_timer: std::cell::Cell<u64>,
-    /// Who sent to each room from this shard lately, and rooms' sizes (`cluster_marks.rs`).
+    /// Who sent to each room from this shard lately (`cluster_receipts.rs`).
     pub(crate) senders: super::cluster_receipts::RecentSenders,
 }
 
