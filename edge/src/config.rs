@@ -167,8 +167,10 @@ pub struct Config {
     /// are coalesced.
     pub typing_interval_ms: u64,
     /// Cluster: longest wait for each Redis step of a join (the subscription, the room's seq,
-    /// the catch-up read) and for a history or presence read, in ms; then the request
-    /// answers `unavailable`.
+    /// the catch-up read), for a history or presence read, and for each Redis or
+    /// shared-store call of a `read`, `sync` or a user's `presence` (each Redis call of an
+    /// edit, delete or reaction too; the change as a whole has 3 times this plus 3.5 s), in
+    /// ms; then the request answers `unavailable`.
     pub cluster_join_timeout_ms: u64,
     /// This node's id, shown in `welcome.node`.
     pub node_id: String,
