@@ -120,32 +120,8 @@ impl Run {
     pub(super) fn answered(&mut self, answer: ChangeAnswer, now_ms: u64) -> Next {
         let step = std::mem::replace(&mut self.step, Step::Top);
         match (step, answer) {
-            (Step::Top, ChangeAnswer::RoomSeq(Ok(top))) if self.c.seq == 0 || self.c.seq > top => Next::Done(Some(self.not_found())),
-            (Step::Top, ChangeAnswer::RoomSeq(Ok(_))) => {
-                self.step = Step::Lock {
-                    since_ms: now_ms,
-                    pause_ms: BACKOFF_MS,
-                };
-                Next::Call(self.lock_call())
-            }
-            (Step::Top, ChangeAnswer::RoomSeq(Err(f))) => Next::Done(Some(f.reply(self.req(), "message change"))),
-            (Step::Lock { .. }, ChangeAnswer::Locked(Ok(true))) => {
-                self.step = Step::Lookup {
-                    since_ms: now_ms,
-                    pause_ms: BACKOFF_MS,
-                };
-                Next::Call(ChangeCall::Store(rules::lookup_query(&self.c)))
-            }
-            (Step::Lock { since_ms, pause_ms }, ChangeAnswer::Locked(Ok(false))) => {
-                self.may_hold_lock = false;
-                if now_ms.saturating_sub(since_ms) >= LOCK_WAIT_MS {
-                    let msg = "another change of this room is running, retry";
-                    return Next::Done(Some(Busy::Store.reply(self.req(), msg)));
-                }
-                self.pause(now_ms, since_ms, pause_ms, true)
-            }
-            // The lock may have been taken before the call failed: released after the answer.
-            (Step::Lock { .. }, ChangeAnswer::Locked(Err(f))) => Next::AnswerThenRelease(f.reply(self.req(), "message change")),
+            (Step::Top, ChangeAnswer::RoomSeq(result)) => self.counted(result, now_ms),
+            (Step::Lock { since_ms, pause_ms }, ChangeAnswer::Locked(result)) => self.locked(result, since_ms, pause_ms, now_ms),
             (Step::Lookup { since_ms, pause_ms }, ChangeAnswer::Stored(Ok(Answer::RangeAfter(msgs)))) => {
                 match msgs.into_iter().find(|m| m.seq == self.c.seq) {
                     Some(m) => self.plan(Some(&m.frame), now_ms),
@@ -154,49 +130,10 @@ impl Run {
                 }
             }
             (Step::Bounds { msg_id, ts_ms }, ChangeAnswer::Stored(Ok(Answer::ReactionCounts(counts)))) => {
-                match rules::react_write(&self.c, &counts) {
-                    Err(refused) => Next::ReleaseThenAnswer(Some(refused)),
-                    // Already there, or already gone: an ack, and nobody is told.
-                    Ok(None) => Next::ReleaseThenAnswer(Some(server::ack(self.req(), &self.c.room, self.c.seq, &msg_id, ts_ms))),
-                    Ok(Some(query)) => {
-                        self.step = Step::Write {
-                            msg_id,
-                            message: None,
-                            ts_ms,
-                        };
-                        Next::Call(ChangeCall::Store(query))
-                    }
-                }
+                self.bounded(&counts, msg_id, ts_ms)
             }
-            (
-                Step::Write {
-                    msg_id,
-                    message: Some(frame),
-                    ts_ms,
-                },
-                ChangeAnswer::Stored(Ok(Answer::Replaced(true))),
-            ) => self.publish(msg_id, Some(frame), ts_ms),
-            (Step::Write { message: Some(_), .. }, ChangeAnswer::Stored(Ok(Answer::Replaced(false)))) => {
-                Next::ReleaseThenAnswer(Some(self.not_found()))
-            }
-            (
-                Step::Write {
-                    msg_id,
-                    message: None,
-                    ts_ms,
-                },
-                ChangeAnswer::Stored(Ok(Answer::Reacted)),
-            ) => self.publish(msg_id, None, ts_ms),
-            // A write that was late may still land: the lock is left to expire by itself.
-            (Step::Write { .. }, ChangeAnswer::Stored(Err(f @ Failure::StoreTimedOut))) => {
-                tracing::warn!(
-                    room = self.c.room,
-                    seq = self.c.seq,
-                    "cluster: a change's write was late: its lock is left to expire"
-                );
-                Next::Done(Some(f.reply(self.req(), "message not changed")))
-            }
-            (Step::Lookup { .. } | Step::Bounds { .. } | Step::Write { .. }, ChangeAnswer::Stored(other)) => {
+            (Step::Write { msg_id, message, ts_ms }, ChangeAnswer::Stored(result)) => self.written(result, msg_id, message, ts_ms),
+            (Step::Lookup { .. } | Step::Bounds { .. }, ChangeAnswer::Stored(other)) => {
                 Next::ReleaseThenAnswer(Some(store_failed(self.req(), other)))
             }
             (Step::Publish { frame, channel, left, ack }, ChangeAnswer::Published(result)) => {
@@ -210,6 +147,80 @@ impl Run {
                 Next::Done(reply)
             }
             (step, other) => self.wrong_answer(step, other),
+        }
+    }
+
+    /// Step 1: Redis's counter for the room.
+    fn counted(&mut self, result: Result<u64, Failure>, now_ms: u64) -> Next {
+        match result {
+            Ok(top) if self.c.seq == 0 || self.c.seq > top => Next::Done(Some(self.not_found())),
+            Ok(_) => {
+                self.step = Step::Lock {
+                    since_ms: now_ms,
+                    pause_ms: BACKOFF_MS,
+                };
+                Next::Call(self.lock_call())
+            }
+            Err(f) => Next::Done(Some(f.reply(self.req(), "message change"))),
+        }
+    }
+
+    /// Step 2: the room's lock, this change's or not.
+    fn locked(&mut self, result: Result<bool, Failure>, since_ms: u64, pause_ms: u64, now_ms: u64) -> Next {
+        match result {
+            Ok(true) => {
+                self.step = Step::Lookup {
+                    since_ms: now_ms,
+                    pause_ms: BACKOFF_MS,
+                };
+                Next::Call(ChangeCall::Store(rules::lookup_query(&self.c)))
+            }
+            Ok(false) => {
+                self.may_hold_lock = false;
+                if now_ms.saturating_sub(since_ms) >= LOCK_WAIT_MS {
+                    let msg = "another change of this room is running, retry";
+                    return Next::Done(Some(Busy::Store.reply(self.req(), msg)));
+                }
+                self.pause(now_ms, since_ms, pause_ms, true)
+            }
+            // The lock may have been taken before the call failed: released after the answer.
+            Err(f) => Next::AnswerThenRelease(f.reply(self.req(), "message change")),
+        }
+    }
+
+    /// Step 4 of a reaction: its bounds checked against the message's reactions.
+    fn bounded(&mut self, counts: &[storage::ReactionCount], msg_id: String, ts_ms: u64) -> Next {
+        match rules::react_write(&self.c, counts) {
+            Err(refused) => Next::ReleaseThenAnswer(Some(refused)),
+            // Already there, or already gone: an ack, and nobody is told.
+            Ok(None) => Next::ReleaseThenAnswer(Some(server::ack(self.req(), &self.c.room, self.c.seq, &msg_id, ts_ms))),
+            Ok(Some(query)) => {
+                self.step = Step::Write {
+                    msg_id,
+                    message: None,
+                    ts_ms,
+                };
+                Next::Call(ChangeCall::Store(query))
+            }
+        }
+    }
+
+    /// Step 4's write: the new version (`message`) or the reaction, landed or not.
+    fn written(&mut self, result: Result<Answer, Failure>, msg_id: String, message: Option<Bytes>, ts_ms: u64) -> Next {
+        match (result, message) {
+            (Ok(Answer::Replaced(true)), Some(frame)) => self.publish(msg_id, Some(frame), ts_ms),
+            (Ok(Answer::Replaced(false)), Some(_)) => Next::ReleaseThenAnswer(Some(self.not_found())),
+            (Ok(Answer::Reacted), None) => self.publish(msg_id, None, ts_ms),
+            // A write that was late may still land: the lock is left to expire by itself.
+            (Err(f @ Failure::StoreTimedOut), _) => {
+                tracing::warn!(
+                    room = self.c.room,
+                    seq = self.c.seq,
+                    "cluster: a change's write was late: its lock is left to expire"
+                );
+                Next::Done(Some(f.reply(self.req(), "message not changed")))
+            }
+            (other, _) => Next::ReleaseThenAnswer(Some(store_failed(self.req(), other))),
         }
     }
 
