@@ -251,6 +251,11 @@ impl Outbox {
         if self.idle_seen.replace(done) != done || self.writing.get() {
             return;
         }
+        self.release_buffers();
+    }
+
+    /// Frees the write batch's buffers, and the queue's if nothing is queued.
+    fn release_buffers(&self) {
         let mut queue = self.queue.borrow_mut();
         if queue.is_empty() && queue.capacity() > 0 {
             *queue = VecDeque::new();
@@ -388,6 +393,7 @@ impl Outbox {
 /// The writer task of one connection: runs until the close frame is written
 /// or the socket fails, then lingers for the peer's close and cuts the socket.
 pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
+    let mut first = true;
     loop {
         out.ready().await;
         if !out.has_queued() {
@@ -399,6 +405,12 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
         (ok, batch) = write_all(&mut half, batch, &out).await;
         batch.clear();
         out.batch.set(batch);
+        if std::mem::take(&mut first) {
+            // The welcome (with a URL's joins) is often all a connection gets for a while:
+            // its buffers go now, while the allocator can hand them to the next connection,
+            // rather than at the sweep, when they are holes between connections.
+            out.release_buffers();
+        }
         if ok {
             if let Some(us) = Sample::written(&out.sample, mono_us()) {
                 crate::metrics::observe_delivery_latency(us);
