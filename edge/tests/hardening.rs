@@ -178,11 +178,13 @@ fn a_session_ends_when_its_token_expires_unless_refreshed() {
 
 #[test]
 fn with_admin_listen_the_operator_endpoints_leave_the_public_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // On 127.0.0.3: a port free on 127.0.0.1 can be taken, before the node binds it, as the
+    // ephemeral port of another test's client (they connect from 127.0.0.1).
+    let port = std::net::TcpListener::bind("127.0.0.3:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let admin = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.3:{port}");
     on_both_drivers(&[("EDGE_ADMIN_LISTEN", admin.as_str())], |s| {
         let status = |addr: &str, path: &str| -> (u16, String) {
             let text = http_get(addr, path);

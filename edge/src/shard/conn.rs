@@ -12,13 +12,13 @@
 //! when nothing was written since the sweep before (`Outbox::release_idle`).
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, OwnedReadHalf, Splitable};
+use monoio::io::{AsyncReadRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
 use super::outbox::{self, Outbox};
@@ -49,11 +49,13 @@ pub(super) fn start_connection(
     rest: BytesMut,
     slot: SocketSlot,
 ) {
-    let conn = shard.open_conn(&stream, shard.cfg.outbound_queue_max_bytes, joins);
+    let fd = stream.as_raw_fd();
+    let (rd, wr) = stream.into_split();
+    // The writer task starts with the first frame queued (the welcome, or an answer to
+    // `auth`), and leaves while the connection is idle (`outbox.rs`).
+    let conn = shard.open_conn(fd, wr, shard.cfg.outbound_queue_max_bytes, joins);
     // A token in the URL was counted for its user before the upgrade (`accept`).
     conn.user_counted.set(claims.is_some());
-    let (rd, wr) = stream.into_split();
-    monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
     match claims {
         Some(c) => {
             let joins = conn.session.borrow_mut().authenticated(c);
@@ -76,9 +78,9 @@ pub(super) fn start_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
     let max = shard.cfg.echo_max_message_bytes;
     // An echo peer may have a whole large message in flight while it is
     // still sending the next: the queue holds a few of the largest.
-    let conn = shard.open_conn(&stream, max.saturating_mul(4), Vec::new());
+    let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    monoio::spawn(outbox::run_writer(wr, conn.out.clone()));
+    let conn = shard.open_conn(fd, wr, max.saturating_mul(4), Vec::new());
     let limits = Limits {
         max_frame_bytes: max,
         max_message_bytes: max,
@@ -253,13 +255,12 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
 
 impl Shard {
     /// A connection's state, with the `?room=`/`?resume=` joins its session runs after `auth`.
-    fn open_conn(&self, stream: &TcpStream, max_queued_bytes: usize, joins: Vec<(String, Option<u64>)>) -> Rc<Conn> {
-        let cfg = &self.cfg;
-        let out = Outbox::new(stream.as_raw_fd(), max_queued_bytes, cfg.outbound_queue_max_frames);
+    fn open_conn(&self, fd: RawFd, wr: OwnedWriteHalf<TcpStream>, max_queued_bytes: usize, joins: Vec<(String, Option<u64>)>) -> Rc<Conn> {
+        let out = Outbox::for_socket(wr, fd, max_queued_bytes, self.cfg.outbound_queue_max_frames);
         let now = Self::now_ms();
         let conn = Rc::new(Conn {
             id: self.new_conn_id(),
-            out: Rc::new(out),
+            out,
             session: RefCell::new(Session::new(&self.session_limits, joins)),
             liveness: Cell::new(Liveness::new(now)),
             user_counted: Cell::new(false),

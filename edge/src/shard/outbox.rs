@@ -27,7 +27,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::os::fd::RawFd;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -111,7 +111,19 @@ pub struct Outbox {
     /// can free an idle connection's (the writer takes it for each write).
     batch: Cell<WriteBatch>,
     state: Cell<State>,
+    /// The parked writer task's waker.
     writer: Cell<Option<Waker>>,
+    /// The socket's write half while no writer task runs (it goes with the task).
+    half: Cell<Option<OwnedWriteHalf<TcpStream>>>,
+    /// This outbox, for the writer task it starts; none for a queue with no socket of its
+    /// own (an HTTP API request's, a test's).
+    me: Weak<Self>,
+    /// A writer task runs (or ran to the socket's end).
+    writer_up: Cell<bool>,
+    /// The writer is asked to leave once nothing is queued (its task's memory freed).
+    retire: Cell<bool>,
+    /// Nothing was written yet: the first write retires the writer.
+    fresh: Cell<bool>,
     reader_done: Cell<bool>,
     slow: Cell<bool>,
     reader_waiter: Cell<Option<Waker>>,
@@ -147,6 +159,11 @@ impl Outbox {
             batch: Cell::new(WriteBatch::default()),
             state: Cell::new(State::Open),
             writer: Cell::new(None),
+            half: Cell::new(None),
+            me: Weak::new(),
+            writer_up: Cell::new(false),
+            retire: Cell::new(false),
+            fresh: Cell::new(true),
             reader_done: Cell::new(false),
             slow: Cell::new(false),
             reader_waiter: Cell::new(None),
@@ -155,6 +172,16 @@ impl Outbox {
             max_frames,
             fd,
         }
+    }
+
+    /// The queue of socket `fd`, written through `half` by a writer task it starts when a
+    /// frame is queued.
+    pub fn for_socket(half: OwnedWriteHalf<TcpStream>, fd: RawFd, max_bytes: usize, max_frames: usize) -> Rc<Self> {
+        Rc::new_cyclic(|me| Self {
+            half: Cell::new(Some(half)),
+            me: me.clone(),
+            ..Self::new(fd, max_bytes, max_frames)
+        })
     }
 
     /// Queues room traffic (a delivery the client did not ask for) whose
@@ -252,6 +279,10 @@ impl Outbox {
             return;
         }
         self.release_buffers();
+        if self.writer_up.get() {
+            self.retire.set(true);
+            self.wake_writer();
+        }
     }
 
     /// Frees the write batch's buffers, and the queue's if nothing is queued.
@@ -328,16 +359,24 @@ impl Outbox {
         self.reply_bytes.set(0);
     }
 
+    /// Wakes the parked writer, or starts one if none runs and the socket is here.
     fn wake_writer(&self) {
         if let Some(w) = self.writer.take() {
-            w.wake();
+            return w.wake();
         }
+        if self.writer_up.get() {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let Some(half) = self.half.take() else { return };
+        self.writer_up.set(true);
+        monoio::spawn(run_writer(half, me));
     }
 
     /// Waits until there is something to write or the queue is finished.
     async fn ready(&self) {
         poll_fn(|cx| {
-            if !self.queue.borrow().is_empty() || self.state.get() != State::Open {
+            if !self.queue.borrow().is_empty() || self.state.get() != State::Open || self.retire.get() {
                 return Poll::Ready(());
             }
             self.writer.set(Some(cx.waker().clone()));
@@ -390,13 +429,23 @@ impl Outbox {
     }
 }
 
-/// The writer task of one connection: runs until the close frame is written
-/// or the socket fails, then lingers for the peer's close and cuts the socket.
-pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
-    let mut first = true;
+/// The writer task of one connection, started by the first frame queued: writes until
+/// the close frame is written or the socket fails, then lingers for the peer's close and
+/// cuts the socket. Asked to retire (after the connection's first write, or by the sweep when nothing
+/// was written for a second), it leaves once nothing is queued and gives the socket's
+/// half back: an idle connection holds no writer task (its state is sized by its largest
+/// await point, a `writev`), and the next frame starts one again.
+async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
     loop {
         out.ready().await;
         if !out.has_queued() {
+            if out.state.get() == State::Open {
+                // Asked to retire, with nothing to write.
+                out.retire.set(false);
+                out.half.set(Some(half));
+                out.writer_up.set(false);
+                return;
+            }
             break; // closing with nothing left, or done
         }
         let mut batch = out.batch.take();
@@ -405,11 +454,13 @@ pub async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
         (ok, batch) = write_all(&mut half, batch, &out).await;
         batch.clear();
         out.batch.set(batch);
-        if std::mem::take(&mut first) {
+        if out.fresh.replace(false) {
             // The welcome (with a URL's joins) is often all a connection gets for a while:
-            // its buffers go now, while the allocator can hand them to the next connection,
-            // rather than at the sweep, when they are holes between connections.
+            // its buffers and this task go now, while the allocator can hand them to the
+            // next connection, rather than at the sweep, when they are holes between
+            // connections.
             out.release_buffers();
+            out.retire.set(true);
         }
         if ok {
             if let Some(us) = Sample::written(&out.sample, mono_us()) {

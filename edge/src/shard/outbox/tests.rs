@@ -131,3 +131,58 @@ fn an_idle_connection_gives_back_its_buffers_after_a_sweep_without_writes() {
     assert_eq!(held(&out), (0, 0, 0), "no write for a whole sweep, nothing queued");
     assert!(out.push_text(Bytes::from_static(b"again")), "and it still takes frames");
 }
+
+/// Reads from `peer` until `want` bytes came.
+async fn read_n(peer: &mut TcpStream, want: usize) -> Vec<u8> {
+    use monoio::io::AsyncReadRent;
+    let mut got = Vec::new();
+    while got.len() < want {
+        let (res, buf) = peer.read(Vec::with_capacity(4096)).await;
+        assert!(res.expect("read") > 0, "the socket ended after {} bytes", got.len());
+        got.extend_from_slice(&buf);
+    }
+    got
+}
+
+#[test]
+fn the_writer_leaves_an_idle_connection_and_the_next_frame_starts_it_again() {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = monoio::spawn(async move { TcpStream::connect(addr).await.expect("connect") });
+        let (server, _) = listener.accept().await.expect("accept");
+        let mut peer = client.await;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&server);
+        let (_rd, wr) = monoio::io::Splitable::into_split(server);
+        let out = Outbox::for_socket(wr, fd, 1 << 20, 100);
+        let yield_now = || monoio::time::sleep(Duration::from_millis(20));
+        assert!(!out.writer_up.get(), "no writer before a frame is queued");
+
+        out.push_text(Bytes::from_static(b"welcome"));
+        assert!(out.writer_up.get(), "the first frame starts the writer");
+        assert_eq!(&read_n(&mut peer, 9).await[2..], b"welcome");
+        yield_now().await;
+        assert!(!out.writer_up.get(), "it leaves after its first write");
+        assert_eq!(out.batch.take().frames.capacity(), 0, "with its buffers");
+
+        out.push_live(Bytes::from_static(b"one"));
+        out.push_live(Bytes::from_static(b"two"));
+        assert_eq!(&read_n(&mut peer, 10).await, b"\x81\x03one\x81\x03two", "started again, in order");
+        yield_now().await;
+        assert!(out.writer_up.get(), "after a later write it stays");
+        out.release_idle(); // the sweep saw the write
+        yield_now().await;
+        assert!(out.writer_up.get());
+        out.release_idle(); // no write for a whole sweep
+        yield_now().await;
+        assert!(!out.writer_up.get(), "the sweep retires an idle connection's writer");
+
+        out.close(1000, "");
+        let close = read_n(&mut peer, 4).await;
+        assert_eq!(&close[..4], &[0x88, 2, 0x03, 0xE8], "a close starts it to write the close frame");
+    });
+}
