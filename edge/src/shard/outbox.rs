@@ -120,6 +120,8 @@ pub struct Outbox {
     me: Weak<Self>,
     /// A writer task runs (or ran to the socket's end).
     writer_up: Cell<bool>,
+    /// The queue has a socket of its own to write to (`for_socket`).
+    own_socket: bool,
     /// The writer is asked to leave once nothing is queued (its task's memory freed).
     retire: Cell<bool>,
     /// Nothing was written yet: the first write retires the writer.
@@ -162,6 +164,7 @@ impl Outbox {
             half: Cell::new(None),
             me: Weak::new(),
             writer_up: Cell::new(false),
+            own_socket: false,
             retire: Cell::new(false),
             fresh: Cell::new(true),
             reader_done: Cell::new(false),
@@ -180,6 +183,7 @@ impl Outbox {
         Rc::new_cyclic(|me| Self {
             half: Cell::new(Some(half)),
             me: me.clone(),
+            own_socket: true,
             ..Self::new(fd, max_bytes, max_frames)
         })
     }
@@ -360,13 +364,21 @@ impl Outbox {
     }
 
     /// Wakes the parked writer, or starts one if none runs and the socket is here.
+    #[inline]
     fn wake_writer(&self) {
         if let Some(w) = self.writer.take() {
             return w.wake();
         }
-        if self.writer_up.get() {
-            return;
+        if !self.writer_up.get() && self.own_socket {
+            self.start_writer();
         }
+    }
+
+    /// Starts the writer task, if the socket is here (out of line: once per burst at most,
+    /// not per frame).
+    #[cold]
+    #[inline(never)]
+    fn start_writer(&self) {
         let Some(me) = self.me.upgrade() else { return };
         let Some(half) = self.half.take() else { return };
         self.writer_up.set(true);
