@@ -285,6 +285,11 @@ impl Run {
         };
         let ack = server::ack(c.req.as_deref(), &c.room, c.seq, &msg_id, ts_ms);
         let channel = c.room.clone();
+        self.publish_on(frame, channel, left, ack)
+    }
+
+    /// Publishes `frame` on `channel`, then on each channel `left`, then answers `ack`.
+    fn publish_on(&mut self, frame: Bytes, channel: String, left: VecDeque<String>, ack: Bytes) -> Next {
         self.step = Step::Publish {
             frame: frame.clone(),
             channel: channel.clone(),
@@ -305,13 +310,7 @@ impl Run {
         let Some(channel) = left.pop_front() else {
             return Next::ReleaseThenAnswer(Some(ack));
         };
-        self.step = Step::Publish {
-            frame: frame.clone(),
-            channel: channel.clone(),
-            left,
-            ack,
-        };
-        Next::Call(ChangeCall::Publish { channel, frame })
+        self.publish_on(frame, channel, left, ack)
     }
 
     /// An answer of another kind than the call out asked for (a shell's mistake): the change
