@@ -75,6 +75,9 @@ pub enum Failure {
     /// it decided and worded it on its side of the mesh.
     #[error("{}", .0.message)]
     Owner(Refusal),
+    /// A bounded queue on the way (a shard's queue to the shared store) was full: `overloaded`.
+    #[error("its queue is full, retry")]
+    Busy(Busy),
 }
 
 impl Failure {
@@ -83,7 +86,7 @@ impl Failure {
         match self {
             Self::Store(e) => e.is_retryable(),
             Self::Redis(e) => e.retryable(),
-            Self::RedisTimedOut | Self::StoreTimedOut => true,
+            Self::RedisTimedOut | Self::StoreTimedOut | Self::Busy(_) => true,
             Self::Owner(r) => r.code != RefusalCode::Internal,
         }
     }
@@ -95,6 +98,7 @@ impl Failure {
             Self::Store(_) | Self::StoreTimedOut => Some(Busy::Store.retry_ms()),
             Self::Redis(_) | Self::RedisTimedOut => Some(REDIS_RETRY_MS),
             Self::Owner(r) => r.retry_ms,
+            Self::Busy(b) => Some(b.retry_ms()),
         }
     }
 
@@ -109,20 +113,20 @@ impl Failure {
             };
             return server::error(req, code, &r.message, r.retry_ms);
         }
-        let code = if self.retryable() {
-            ErrorCode::Unavailable
-        } else {
-            ErrorCode::Internal
+        let code = match self {
+            Self::Busy(_) => ErrorCode::Overloaded,
+            _ if self.retryable() => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
         };
         server::error(req, code, &format!("{what}: {self}"), self.retry_ms())
     }
 
     /// The failure as a room's owner sends it to a member shard, worded with `what`.
     pub fn refusal(&self, what: &str) -> Refusal {
-        let code = if self.retryable() {
-            RefusalCode::Unavailable
-        } else {
-            RefusalCode::Internal
+        let code = match self {
+            Self::Busy(_) => RefusalCode::Overloaded,
+            _ if self.retryable() => RefusalCode::Unavailable,
+            _ => RefusalCode::Internal,
         };
         Refusal {
             code,
@@ -183,5 +187,12 @@ mod tests {
     fn busy_is_always_overloaded_with_its_hint() {
         let v = frame(&Busy::Publish.reply(Some("\"x\""), "queue full"));
         assert_eq!((v["code"].as_str(), v["retry_ms"].as_u64()), (Some("overloaded"), Some(300)));
+        // A full queue met as a failure on the way (a shard's queue to the shared store).
+        let full = Failure::Busy(Busy::Store);
+        let v = frame(&full.reply(Some("3"), "message not changed"));
+        assert_eq!((v["code"].as_str(), v["retry_ms"].as_u64()), (Some("overloaded"), Some(200)));
+        assert_eq!(v["message"], "message not changed: its queue is full, retry");
+        let remote = Failure::Owner(full.refusal("read mark not stored"));
+        assert_eq!(frame(&remote.reply(Some("3"), "ignored"))["code"], "overloaded");
     }
 }

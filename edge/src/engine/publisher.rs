@@ -295,7 +295,7 @@ impl Publisher {
 
     /// The store's highest seq of `room` was read (for the batch Redis refused without it),
     /// or could not be: the batch goes again with it, or its senders get the failure.
-    pub fn floor_loaded(&mut self, room: &str, floor: Result<u64, String>) {
+    pub fn floor_loaded(&mut self, room: &str, floor: Result<u64, Failure>) {
         let Some(r) = self.rooms.get_mut(room) else { return };
         r.loading_floor = false;
         match floor {
@@ -310,13 +310,13 @@ impl Publisher {
                 }
             }
             Err(e) => {
-                let msg = format!("cluster: the store's highest seq of the room could not be read: {e}");
+                let what = "the store's highest seq of the room could not be read";
                 let failed: Vec<Queued> = r.queued.drain(..).collect();
                 for q in failed {
                     if let Some(cid) = &q.client_id {
                         r.pending_ids.remove(&(q.user.clone(), cid.clone()));
                     }
-                    let err = server::error(q.req.as_deref(), ErrorCode::Unavailable, &msg, Some(1000));
+                    let err = e.reply(q.req.as_deref(), what);
                     self.effects.push_back(PubEffect::Reply {
                         conn: q.conn,
                         payload: err,

@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use super::sequencer::RedisSequencer;
 use super::Shard;
+use crate::engine::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
 use crate::protocol::ErrorCode;
@@ -104,20 +105,21 @@ impl Shard {
         }
     }
 
-    /// Runs `query` on the shared store and waits for its answer.
-    pub(super) async fn cluster_store_query(&self, query: Query) -> Result<Answer, StoreError> {
+    /// Runs `query` on the shared store and waits for its answer; a full queue to the store
+    /// is `Busy::Store` (`overloaded`, with its retry hint).
+    pub(super) async fn cluster_store_query(&self, query: Query) -> Result<Answer, Failure> {
         let super::sequencer::Sequencer::Redis(r) = &self.sequencer else {
-            return Err(StoreError::Internal("a store query from a task needs cluster mode".into()));
+            return Err(StoreError::Internal("a store query from a task needs cluster mode".into()).into());
         };
         let ticket = self.take_ticket();
         let slot = Rc::new(Slot::default());
         r.store_queries.0.borrow_mut().insert(ticket, slot.clone());
         if self.store.query(self.id, query, ticket).is_err() {
             r.store_queries.0.borrow_mut().remove(&ticket);
-            return Err(StoreError::Internal("the store's query queue is full".into()));
+            return Err(Failure::Busy(Busy::Store));
         }
         std::future::poll_fn(|cx| match slot.answer.take() {
-            Some(a) => Poll::Ready(a),
+            Some(a) => Poll::Ready(a.map_err(Failure::Store)),
             None => {
                 slot.waker.set(Some(cx.waker().clone()));
                 Poll::Pending
@@ -128,10 +130,10 @@ impl Shard {
 }
 
 /// A shared-store query bounded by `limit`: its error kept, `StoreTimedOut` when late.
-pub(super) async fn timed_store(shard: &Shard, limit: std::time::Duration, query: Query) -> Result<Answer, crate::engine::Failure> {
+pub(super) async fn timed_store(shard: &Shard, limit: std::time::Duration, query: Query) -> Result<Answer, Failure> {
     match monoio::time::timeout(limit, shard.cluster_store_query(query)).await {
-        Ok(answer) => answer.map_err(crate::engine::Failure::Store),
-        Err(_) => Err(crate::engine::Failure::StoreTimedOut),
+        Ok(answer) => answer,
+        Err(_) => Err(Failure::StoreTimedOut),
     }
 }
 

@@ -60,8 +60,8 @@ impl Shard {
                         };
                         let floor = match shard.cluster_store_query(query).await {
                             Ok(storage::Answer::RoomState(s)) => Ok(s.last_seq),
-                            Ok(other) => Err(format!("unexpected answer {other:?}")),
-                            Err(e) => Err(e.to_string()),
+                            Ok(other) => Err(storage::StoreError::Internal(format!("unexpected answer {other:?}")).into()),
+                            Err(e) => Err(e),
                         };
                         shard.with_publisher(|p, _| p.floor_loaded(&room, floor));
                     });

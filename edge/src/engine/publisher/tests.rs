@@ -123,7 +123,7 @@ fn a_batch_refused_for_want_of_a_floor_waits_for_the_store_then_goes_again_first
     // A floor that cannot be read fails the waiting sends, each once.
     p.published("r", Err(BridgeError::FloorNeeded));
     let _ = p.poll();
-    p.floor_loaded("r", Err("store down".into()));
+    p.floor_loaded("r", Err(Failure::Store(storage::StoreError::Injected("store down"))));
     let replies: Vec<Value> = std::iter::from_fn(|| p.poll())
         .filter_map(|e| match e {
             PubEffect::Reply { payload, .. } => serde_json::from_slice(&payload).ok(),
@@ -131,7 +131,35 @@ fn a_batch_refused_for_want_of_a_floor_waits_for_the_store_then_goes_again_first
         })
         .collect();
     assert_eq!(replies.len(), 1, "{replies:?}");
-    assert_eq!(replies[0]["code"], "unavailable");
+    assert_eq!(replies[0]["code"], "unavailable", "a retryable failure: {}", replies[0]);
+    assert_eq!(replies[0]["retry_ms"], 200, "the store's retry hint");
+}
+
+#[test]
+fn a_floor_the_store_cannot_give_answers_by_the_failures_kind() {
+    // The answer follows the failure's own classification: a full queue to the store is
+    // `overloaded`, a broken store `internal` without a retry hint.
+    for (failure, code, retry) in [
+        (Failure::Busy(Busy::Store), "overloaded", Some(200)),
+        (Failure::Store(storage::StoreError::OutOfRange("seq".into())), "internal", None),
+    ] {
+        let mut p = publisher(100, 1);
+        p.cfg.store_writes = true;
+        p.send(&send(1, "1", None), 10);
+        assert!(matches!(p.poll(), Some(PubEffect::Publish { .. })));
+        p.published("r", Err(BridgeError::FloorNeeded));
+        assert!(matches!(p.poll(), Some(PubEffect::LoadFloor { .. })));
+        p.floor_loaded("r", Err(failure));
+        let replies: Vec<Value> = std::iter::from_fn(|| p.poll())
+            .filter_map(|e| match e {
+                PubEffect::Reply { payload, .. } => serde_json::from_slice(&payload).ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(replies[0]["code"], code, "{}", replies[0]);
+        assert_eq!(replies[0]["retry_ms"].as_u64(), retry, "{}", replies[0]);
+    }
 }
 
 #[test]
