@@ -33,19 +33,9 @@ ROUNDS=${ROUNDS:-3}
 EDGE_BIN=${EDGE_BIN:-target/release/edge}
 LOADGEN_BIN=${LOADGEN_BIN:-target/release/loadgen}
 LG_CPUS=${LG_CPUS:-1}
-UWS_DIR=scripts/peers/uws
 OUT=${OUT:-$(mktemp -d /tmp/fanout-peers.XXXXXX)}
 mkdir -p "$OUT"
-[ -d "$UWS_DIR/node_modules/uwebsockets" ] || { echo "uWS peer not installed: (cd $UWS_DIR && npm ci)" >&2; exit 1; }
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-pid=; DATA=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  if [ -n "$DATA" ]; then rm -rf "$DATA"; fi
-  pid=; DATA=
-}
-trap cleanup EXIT
+source scripts/peers/common.sh
 
 echo "fanout-peers: RATE=$RATE ROUNDS=$ROUNDS EDGE_BIN=$EDGE_BIN LOADGEN_BIN=$LOADGEN_BIN LG_CPUS=$LG_CPUS OUT=$OUT"
 echo "node $(node --version), uwebsockets $(node -p "require('./$UWS_DIR/node_modules/uwebsockets/package.json').version") (uWS.js source commit $(cat $UWS_DIR/node_modules/uwebsockets/source_commit 2>/dev/null || echo '?')), $(nproc) CPUs"

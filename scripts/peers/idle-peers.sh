@@ -30,17 +30,7 @@ ROUNDS=${ROUNDS:-2}
 EDGE_BIN=${EDGE_BIN:-target/release/edge}
 LOADGEN_BIN=${LOADGEN_BIN:-target/release/loadgen}
 LG_CPUS=${LG_CPUS:-1}
-UWS_DIR=scripts/peers/uws
-[ -d "$UWS_DIR/node_modules/uwebsockets" ] || { echo "uWS peer not installed: (cd $UWS_DIR && npm ci)" >&2; exit 1; }
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-pid=; DATA=
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  if [ -n "$DATA" ]; then rm -rf "$DATA"; fi
-  pid=; DATA=
-}
-trap cleanup EXIT
+source scripts/peers/common.sh
 
 echo "idle-peers: N=$N ROUNDS=$ROUNDS EDGE_BIN=$EDGE_BIN LOADGEN_BIN=$LOADGEN_BIN LG_CPUS=$LG_CPUS"
 echo "node $(node --version), uwebsockets $(node -p "require('./$UWS_DIR/node_modules/uwebsockets/package.json').version"), $(nproc) CPUs, THP $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"

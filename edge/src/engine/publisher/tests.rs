@@ -124,15 +124,20 @@ fn a_batch_refused_for_want_of_a_floor_waits_for_the_store_then_goes_again_first
     p.published("r", Err(BridgeError::FloorNeeded));
     let _ = p.poll();
     p.floor_loaded("r", Err(Failure::Store(storage::StoreError::Injected("store down"))));
-    let replies: Vec<Value> = std::iter::from_fn(|| p.poll())
+    let replies = replies(&mut p);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0]["code"], "unavailable", "a retryable failure: {}", replies[0]);
+    assert_eq!(replies[0]["retry_ms"], 200, "the store's retry hint");
+}
+
+/// The replies among the effects left, as JSON (other effects dropped).
+fn replies(p: &mut Publisher) -> Vec<Value> {
+    std::iter::from_fn(|| p.poll())
         .filter_map(|e| match e {
             PubEffect::Reply { payload, .. } => serde_json::from_slice(&payload).ok(),
             _ => None,
         })
-        .collect();
-    assert_eq!(replies.len(), 1, "{replies:?}");
-    assert_eq!(replies[0]["code"], "unavailable", "a retryable failure: {}", replies[0]);
-    assert_eq!(replies[0]["retry_ms"], 200, "the store's retry hint");
+        .collect()
 }
 
 #[test]
@@ -150,12 +155,7 @@ fn a_floor_the_store_cannot_give_answers_by_the_failures_kind() {
         p.published("r", Err(BridgeError::FloorNeeded));
         assert!(matches!(p.poll(), Some(PubEffect::LoadFloor { .. })));
         p.floor_loaded("r", Err(failure));
-        let replies: Vec<Value> = std::iter::from_fn(|| p.poll())
-            .filter_map(|e| match e {
-                PubEffect::Reply { payload, .. } => serde_json::from_slice(&payload).ok(),
-                _ => None,
-            })
-            .collect();
+        let replies = replies(&mut p);
         assert_eq!(replies.len(), 1, "{replies:?}");
         assert_eq!(replies[0]["code"], code, "{}", replies[0]);
         assert_eq!(replies[0]["retry_ms"].as_u64(), retry, "{}", replies[0]);
