@@ -14,7 +14,7 @@
 //! - Decoding never panics and never reads outside the buffer, whatever the
 //!   bytes: everything goes through rkyv's validation.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use rkyv::rancor;
 
 /// The version byte that starts every encoded frame.
@@ -461,6 +461,33 @@ pub fn try_encode(frame: &Frame) -> Result<Bytes, FrameError> {
     Ok(Bytes::from(buf))
 }
 
+/// Encodes `frame` like [`encode`], into `buf` (emptied first; it grows if the frame
+/// does not fit): a caller that keeps its frames' buffers to use again (`FramePool` in
+/// the edge) encodes with no allocation. [`encoded_size_hint`] sizes a fresh buffer.
+pub fn encode_in(frame: &Frame, mut buf: BytesMut) -> Result<Bytes, FrameError> {
+    buf.clear();
+    buf.put_u8(FRAME_VERSION);
+    // As in `try_encode`: the writer's positions start after the version byte.
+    let out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(frame, BufWriter(buf)).map_err(|e| FrameError::Invalid(e.to_string()))?;
+    Ok(out.0.freeze())
+}
+
+/// A `BytesMut` as rkyv's output.
+struct BufWriter(BytesMut);
+
+impl rkyv::ser::Positional for BufWriter {
+    fn pos(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<E> rkyv::ser::Writer<E> for BufWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), E> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Checks the version byte and validates the archive, then gives read
 /// access to the frame in place (no copy, no allocation on success).
 pub fn decode(buf: &[u8]) -> Result<&ArchivedFrame, FrameError> {
@@ -484,6 +511,11 @@ pub fn payload_bytes(frame_buf: &Bytes, payload: &[u8]) -> Bytes {
     } else {
         Bytes::copy_from_slice(payload)
     }
+}
+
+/// A rough upper estimate of `frame`'s encoded size, to allocate once.
+pub fn encoded_size_hint(frame: &Frame) -> usize {
+    size_hint(frame)
 }
 
 /// A rough upper estimate of the encoded size, to allocate once.

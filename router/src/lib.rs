@@ -20,8 +20,8 @@ mod mesh;
 pub mod spsc;
 
 pub use frame::{
-    decode, encode, payload_bytes, try_encode, ArchivedChangeMsg, ArchivedChangeOp, ArchivedFileRef, ArchivedFrame, ArchivedRefusal,
-    ArchivedRefusalCode, ArchivedSendMsg, ArchivedSeqPayload, ChangeMsg, ChangeOp, FileRef, Frame, FrameError, Refusal, RefusalCode,
-    SendMsg, SeqPayload, FRAME_VERSION,
+    decode, encode, encode_in, encoded_size_hint, payload_bytes, try_encode, ArchivedChangeMsg, ArchivedChangeOp, ArchivedFileRef,
+    ArchivedFrame, ArchivedRefusal, ArchivedRefusalCode, ArchivedSendMsg, ArchivedSeqPayload, ChangeMsg, ChangeOp, FileRef, Frame,
+    FrameError, Refusal, RefusalCode, SendMsg, SeqPayload, FRAME_VERSION,
 };
 pub use mesh::{mesh, Endpoint, Full};

@@ -49,7 +49,7 @@ mod types;
 pub use any::{migrate, AnyStore};
 pub use config::{StoreConfig, StoreKind};
 pub use error::{ErrorSource, Overloaded, StoreError};
-pub use msg_id::MsgId;
+pub use msg_id::{MsgId, SmallStr};
 pub use service::{spawn, spawn_with, Answer, Completion, Completions, Query, StoreHandle};
 pub use stats::{LatencyHistogram, StoreStats, StoreStatsSnapshot};
 pub use store::MessageStore;

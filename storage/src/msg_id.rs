@@ -1,31 +1,35 @@
-//! [`MsgId`]: a message id, kept inline.
+//! [`SmallStr`]: a short string kept inline, and [`MsgId`], the message id that is one.
 //!
 //! Every sent message gets an id (`<room hash>-<epoch>-<seq>` on one node,
 //! `<node>-<shard>-<n>` in a cluster), which travels with its ack, its
-//! dedupe entry and its stored row. Ids that fit in [`MsgId::INLINE`] bytes
+//! dedupe entry and its stored row. Ids that fit in [`SmallStr::INLINE`] bytes
 //! (all of one node's, and a cluster's unless its node ids are very long)
 //! live inside the value, so making, cloning and storing one allocates
 //! nothing; a longer id is kept on the heap, so any string is still a valid
-//! id.
+//! id. A request's id (at most 66 bytes of JSON text) is kept the same way
+//! while its answer waits.
 
 use std::fmt;
 use std::ops::Deref;
 
-/// A message id: a string, inline up to [`MsgId::INLINE`] bytes.
+/// A string, inline up to [`SmallStr::INLINE`] bytes, on the heap past that.
 #[derive(Clone)]
-pub struct MsgId(Repr);
+pub struct SmallStr(Repr);
+
+/// A message id.
+pub type MsgId = SmallStr;
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, buf: [u8; MsgId::INLINE] },
+    Inline { len: u8, buf: [u8; SmallStr::INLINE] },
     Heap(Box<str>),
 }
 
-impl MsgId {
-    /// The longest id kept inline, in bytes.
+impl SmallStr {
+    /// The longest string kept inline, in bytes.
     pub const INLINE: usize = 62;
 
-    /// Formats an id (as `format!` would) into the value, on the heap only when it is longer
+    /// Formats a string (as `format!` would) into the value, on the heap only when it is longer
     /// than [`Self::INLINE`].
     pub fn format(args: fmt::Arguments<'_>) -> Self {
         let mut w = Writer {
@@ -44,7 +48,7 @@ impl MsgId {
         }
     }
 
-    /// The id as a string slice.
+    /// The string slice.
     pub fn as_str(&self) -> &str {
         match &self.0 {
             // SAFETY: `buf[..len]` was written only from `&str`s, whole, by `Writer`, and
@@ -57,7 +61,7 @@ impl MsgId {
 
 struct Writer {
     len: usize,
-    buf: [u8; MsgId::INLINE],
+    buf: [u8; SmallStr::INLINE],
     spill: Option<String>,
 }
 
@@ -65,12 +69,12 @@ impl fmt::Write for Writer {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         if let Some(spill) = &mut self.spill {
             spill.push_str(s);
-        } else if self.len + s.len() <= MsgId::INLINE {
+        } else if self.len + s.len() <= SmallStr::INLINE {
             self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
             self.len += s.len();
         } else {
             let mut spill = String::with_capacity(self.len + s.len() + 16);
-            // SAFETY: as in `MsgId::as_str`: whole `&str`s only.
+            // SAFETY: as in `SmallStr::as_str`: whole `&str`s only.
             spill.push_str(unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len]) });
             spill.push_str(s);
             self.spill = Some(spill);
@@ -79,7 +83,7 @@ impl fmt::Write for Writer {
     }
 }
 
-impl Deref for MsgId {
+impl Deref for SmallStr {
     type Target = str;
 
     fn deref(&self) -> &str {
@@ -87,19 +91,19 @@ impl Deref for MsgId {
     }
 }
 
-impl AsRef<str> for MsgId {
+impl AsRef<str> for SmallStr {
     fn as_ref(&self) -> &str {
         self.as_str()
     }
 }
 
-impl From<&str> for MsgId {
+impl From<&str> for SmallStr {
     fn from(s: &str) -> Self {
         Self::format(format_args!("{s}"))
     }
 }
 
-impl From<String> for MsgId {
+impl From<String> for SmallStr {
     fn from(s: String) -> Self {
         if s.len() <= Self::INLINE {
             Self::from(s.as_str())
@@ -109,33 +113,33 @@ impl From<String> for MsgId {
     }
 }
 
-impl PartialEq for MsgId {
+impl PartialEq for SmallStr {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
     }
 }
 
-impl Eq for MsgId {}
+impl Eq for SmallStr {}
 
-impl PartialEq<str> for MsgId {
+impl PartialEq<str> for SmallStr {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
     }
 }
 
-impl PartialEq<&str> for MsgId {
+impl PartialEq<&str> for SmallStr {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
     }
 }
 
-impl fmt::Debug for MsgId {
+impl fmt::Debug for SmallStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
-impl fmt::Display for MsgId {
+impl fmt::Display for SmallStr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -147,17 +151,17 @@ mod tests {
 
     #[test]
     fn short_ids_stay_inline_and_long_ones_go_to_the_heap_unchanged() {
-        let id = MsgId::format(format_args!("{:016x}-{:x}-{}", u64::MAX, 1_764_600_000_000u64, u64::MAX));
-        assert!(id.len() <= MsgId::INLINE && matches!(id.0, Repr::Inline { .. }), "{id}");
+        let id = SmallStr::format(format_args!("{:016x}-{:x}-{}", u64::MAX, 1_764_600_000_000u64, u64::MAX));
+        assert!(id.len() <= SmallStr::INLINE && matches!(id.0, Repr::Inline { .. }), "{id}");
         assert_eq!(id, "ffffffffffffffff-19ada5b2e00-18446744073709551615");
-        let long = "n".repeat(MsgId::INLINE - 3) + "-ab-1234";
-        let spilled = MsgId::format(format_args!("{}-{}", &long[..MsgId::INLINE - 3], "ab-1234"));
+        let long = "n".repeat(SmallStr::INLINE - 3) + "-ab-1234";
+        let spilled = SmallStr::format(format_args!("{}-{}", &long[..SmallStr::INLINE - 3], "ab-1234"));
         assert!(matches!(spilled.0, Repr::Heap(_)));
         assert_eq!(spilled, long.as_str());
-        assert_eq!(MsgId::from(long.clone()), MsgId::from(long.as_str()));
-        assert_eq!(MsgId::from("é-ü-1").as_str(), "é-ü-1");
-        let exact = "x".repeat(MsgId::INLINE);
-        assert!(matches!(MsgId::from(exact.as_str()).0, Repr::Inline { .. }));
-        assert_eq!(format!("{:?}", MsgId::from("a\"b")), "\"a\\\"b\"");
+        assert_eq!(SmallStr::from(long.clone()), SmallStr::from(long.as_str()));
+        assert_eq!(SmallStr::from("é-ü-1").as_str(), "é-ü-1");
+        let exact = "x".repeat(SmallStr::INLINE);
+        assert!(matches!(SmallStr::from(exact.as_str()).0, Repr::Inline { .. }));
+        assert_eq!(format!("{:?}", SmallStr::from("a\"b")), "\"a\\\"b\"");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::MsgId;
+use crate::{MsgId, SmallStr};
 
 /// One chat message as stored: its identity, its metadata for lookups, and the exact frame sent to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,8 @@ pub struct StoredMessage {
     pub sender: Arc<str>,
     /// Server time of sequencing, milliseconds since the Unix epoch.
     pub ts_ms: u64,
-    /// The client's idempotency key, if it sent one.
-    pub client_id: Option<String>,
+    /// The client's idempotency key, if it sent one (inline up to 62 bytes).
+    pub client_id: Option<SmallStr>,
     /// The seq of the thread root it replies to, when it is a reply.
     pub reply_to: Option<u64>,
     /// The complete `message` JSON exactly as sent to clients; stored verbatim and returned verbatim.

@@ -426,7 +426,7 @@ fn stored(room: &str, seq: u64, q: Queued) -> Option<StoredMessage> {
         msg_id: q.msg_id,
         sender: q.user.into(),
         ts_ms: q.ts,
-        client_id: q.client_id,
+        client_id: q.client_id.map(Into::into),
         reply_to: q.reply_to,
         frame: router::payload_bytes(&frame, payload.as_slice()),
     })
@@ -457,7 +457,7 @@ fn original(room: &str, d: &Duplicate, q: Queued) -> Option<(AckInfo, Option<Sto
             msg_id: ack.msg_id.clone(),
             sender: q.user.as_str().into(),
             ts_ms: ack.ts,
-            client_id: q.client_id.clone(),
+            client_id: q.client_id.as_deref().map(Into::into),
             reply_to,
             frame: payload,
         })

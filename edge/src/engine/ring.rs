@@ -47,23 +47,30 @@ impl RecentRing {
         self
     }
 
-    fn pop_oldest(&mut self) {
-        if let Some((_, b)) = self.items.pop_front() {
-            self.bytes -= b.len();
-        }
+    fn pop_oldest(&mut self) -> Option<Bytes> {
+        let (_, b) = self.items.pop_front()?;
+        self.bytes -= b.len();
+        Some(b)
     }
 
     /// Keeps `seq` (above every seq held) and drops the oldest past the bound.
     pub fn push(&mut self, seq: u64, rendered: Bytes) {
+        self.push_then(seq, rendered, drop);
+    }
+
+    /// As [`push`](Self::push), handing each message it lets go (`rendered` itself when
+    /// the ring keeps none) to `evicted`.
+    pub fn push_then(&mut self, seq: u64, rendered: Bytes, mut evicted: impl FnMut(Bytes)) {
         debug_assert!(self.items.back().is_none_or(|(s, _)| *s < seq), "seqs are pushed ascending");
         if self.cap == 0 {
-            return;
+            return evicted(rendered);
         }
         if self.items.len() == self.cap {
-            self.pop_oldest();
+            self.pop_oldest().into_iter().for_each(&mut evicted);
         }
-        while !self.items.is_empty() && self.bytes + rendered.len() > self.max_bytes {
-            self.pop_oldest();
+        while self.bytes + rendered.len() > self.max_bytes {
+            let Some(old) = self.pop_oldest() else { break };
+            evicted(old);
             EVICTED_FOR_BYTES.fetch_add(1, Relaxed);
         }
         self.bytes += rendered.len();

@@ -2,9 +2,9 @@
 //! rendered once per message and shared by every recipient. `id` arguments
 //! are the raw JSON text of the request's id, inserted verbatim.
 
-use std::io::Write;
+use std::fmt::Write;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::ErrorCode;
 
@@ -62,15 +62,20 @@ pub struct FileOut<'a> {
 }
 
 /// A JSON object being written.
-struct Obj(Vec<u8>);
+struct Obj(BytesMut);
 
 impl Obj {
     fn new(ty: &str, cap: usize) -> Self {
-        let mut v = Vec::with_capacity(cap + 16);
-        v.extend_from_slice(b"{\"type\":\"");
-        v.extend_from_slice(ty.as_bytes());
-        v.push(b'"');
-        Self(v)
+        Self::into_buf(BytesMut::with_capacity(cap + 16), ty)
+    }
+
+    /// An object written into `buf` (emptied first): a pooled buffer, see [`FramePool`].
+    fn into_buf(mut buf: BytesMut, ty: &str) -> Self {
+        buf.clear();
+        buf.extend_from_slice(b"{\"type\":\"");
+        buf.extend_from_slice(ty.as_bytes());
+        buf.put_u8(b'"');
+        Self(buf)
     }
 
     fn key(&mut self, k: &str) -> &mut Self {
@@ -82,14 +87,14 @@ impl Obj {
 
     fn str(&mut self, k: &str, v: &str) -> &mut Self {
         self.key(k);
-        // Writing a &str into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.0, v);
+        // Writing a &str into a BytesMut cannot fail.
+        let _ = serde_json::to_writer((&mut self.0).writer(), v);
         self
     }
 
     fn num(&mut self, k: &str, v: u64) -> &mut Self {
         self.key(k);
-        let _ = write!(self.0, "{v}");
+        self.0.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
         self
     }
 
@@ -107,8 +112,8 @@ impl Obj {
     }
 
     fn done(&mut self) -> Bytes {
-        self.0.push(b'}');
-        Bytes::from(std::mem::take(&mut self.0))
+        self.0.put_u8(b'}');
+        std::mem::take(&mut self.0).freeze()
     }
 }
 
@@ -176,7 +181,17 @@ pub fn left(id: Option<&str>, room: &str) -> Bytes {
 
 /// `ack` of a send.
 pub fn ack(id: Option<&str>, room: &str, seq: u64, msg_id: &str, ts: u64) -> Bytes {
-    Obj::new("ack", 96 + room.len() + msg_id.len())
+    ack_into(BytesMut::with_capacity(ack_cap(id, room, msg_id)), id, room, seq, msg_id, ts)
+}
+
+/// Room for an `ack` frame: its fixed text and two full-width numbers (95 bytes), and slack.
+pub fn ack_cap(id: Option<&str>, room: &str, msg_id: &str) -> usize {
+    112 + id.map_or(0, str::len) + room.len() + msg_id.len()
+}
+
+/// `ack` of a send, written into `buf` (a [`FramePool`]'s).
+pub fn ack_into(buf: BytesMut, id: Option<&str>, room: &str, seq: u64, msg_id: &str, ts: u64) -> Bytes {
+    Obj::into_buf(buf, "ack")
         .id(id)
         .str("room", room)
         .num("seq", seq)
@@ -188,6 +203,11 @@ pub fn ack(id: Option<&str>, room: &str, seq: u64, msg_id: &str, ts: u64) -> Byt
 /// `message`: rendered once, shared by all recipients.
 pub fn message(m: &MessageOut<'_>) -> Bytes {
     render_message(m, false, None)
+}
+
+/// `message`, written into `buf` (a [`FramePool`]'s).
+pub fn message_into(buf: BytesMut, m: &MessageOut<'_>) -> Bytes {
+    render_into(Obj::into_buf(buf, "message"), m, false, None)
 }
 
 /// `message` for the cluster: the seq is a 20-space slot that Redis's sequencing script
@@ -206,8 +226,20 @@ pub struct Changed {
 }
 
 fn render_message(m: &MessageOut<'_>, seq_slot: bool, changed: Option<Changed>) -> Bytes {
-    let cap = 128 + m.room.len() + m.msg_id.len() + m.from.len() + m.body.len() + m.file.map_or(0, |f| 64 + f.url.len() + f.name.len());
-    let mut o = Obj::new("message", cap);
+    render_into(
+        Obj::into_buf(BytesMut::with_capacity(message_cap(m)), "message"),
+        m,
+        seq_slot,
+        changed,
+    )
+}
+
+/// Room for a `message` frame's usual rendering (escapes may take more).
+pub fn message_cap(m: &MessageOut<'_>) -> usize {
+    144 + m.room.len() + m.msg_id.len() + m.from.len() + m.body.len() + m.file.map_or(0, |f| 64 + f.url.len() + f.name.len())
+}
+
+fn render_into(mut o: Obj, m: &MessageOut<'_>, seq_slot: bool, changed: Option<Changed>) -> Bytes {
     o.str("room", m.room);
     if seq_slot {
         o.raw("seq", &" ".repeat(router::bridge::SEQ_SLOT_WIDTH));
@@ -222,11 +254,11 @@ fn render_message(m: &MessageOut<'_>, seq_slot: bool, changed: Option<Changed>) 
     o.str("kind", m.kind);
     if let Some(f) = m.file.filter(|_| !deleted) {
         o.key("file");
-        o.0.push(b'{');
+        o.0.put_u8(b'{');
         o.0.extend_from_slice(b"\"url\":");
-        let _ = serde_json::to_writer(&mut o.0, f.url);
+        let _ = serde_json::to_writer((&mut o.0).writer(), f.url);
         o.str("name", f.name).num("size", f.size).str("mime", f.mime);
-        o.0.push(b'}');
+        o.0.put_u8(b'}');
     }
     if let Some(r) = m.reply_to {
         o.num("reply_to", r);
@@ -241,21 +273,23 @@ fn render_message(m: &MessageOut<'_>, seq_slot: bool, changed: Option<Changed>) 
 }
 
 mod changes;
+mod pool;
 pub use changes::{reaction, update, with_extras, StoredView};
+pub use pool::FramePool;
 
 /// `history`: a page of stored `message` frames (oldest first), inserted verbatim.
 pub fn history(id: Option<&str>, room: &str, messages: &[Bytes], next_before: Option<u64>) -> Bytes {
     let cap = 64 + room.len() + messages.iter().map(|m| m.len() + 1).sum::<usize>();
     let mut o = Obj::new("history", cap);
     o.id(id).str("room", room).key("messages");
-    o.0.push(b'[');
+    o.0.put_u8(b'[');
     for (i, m) in messages.iter().enumerate() {
         if i > 0 {
-            o.0.push(b',');
+            o.0.put_u8(b',');
         }
         o.0.extend_from_slice(m);
     }
-    o.0.push(b']');
+    o.0.put_u8(b']');
     match next_before {
         Some(n) => o.num("next_before", n),
         None => o.raw("next_before", "null"),
@@ -268,16 +302,16 @@ pub fn history(id: Option<&str>, room: &str, messages: &[Bytes], next_before: Op
 pub fn presence_list(id: Option<&str>, room: &str, online: &[(String, u64)], count: usize) -> Bytes {
     let mut o = Obj::new("presence", 64 + room.len() + online.len() * 48);
     o.id(id).str("room", room).key("online");
-    o.0.push(b'[');
+    o.0.put_u8(b'[');
     for (i, (user, since)) in online.iter().enumerate() {
         if i > 0 {
-            o.0.push(b',');
+            o.0.put_u8(b',');
         }
         o.0.extend_from_slice(b"{\"user\":");
-        let _ = serde_json::to_writer(&mut o.0, user.as_str());
+        let _ = serde_json::to_writer((&mut o.0).writer(), user.as_str());
         let _ = write!(o.0, ",\"since\":{since}}}");
     }
-    o.0.push(b']');
+    o.0.put_u8(b']');
     o.num("count", count as u64).done()
 }
 
@@ -295,20 +329,20 @@ pub fn presence_event(room: &str, user: &str, online: bool, ts_ms: u64) -> Bytes
 pub fn sync(id: Option<&str>, rooms: &[storage::UserRoom]) -> Bytes {
     let mut o = Obj::new("sync", 32 + rooms.len() * 96);
     o.id(id).key("rooms");
-    o.0.push(b'[');
+    o.0.put_u8(b'[');
     for (i, r) in rooms.iter().enumerate() {
         if i > 0 {
-            o.0.push(b',');
+            o.0.put_u8(b',');
         }
         o.0.extend_from_slice(b"{\"room\":");
-        let _ = serde_json::to_writer(&mut o.0, r.room.as_str());
+        let _ = serde_json::to_writer((&mut o.0).writer(), r.room.as_str());
         let _ = write!(
             o.0,
             ",\"seq\":{},\"read\":{},\"delivered\":{},\"unread\":{}}}",
             r.seq, r.read, r.delivered, r.unread
         );
     }
-    o.0.push(b']');
+    o.0.put_u8(b']');
     o.done()
 }
 
@@ -328,14 +362,14 @@ pub fn receipt(room: &str, user: &str, seq: u64, status: &str) -> Bytes {
 pub fn receipt_users(room: &str, users: &[String], seq: u64, status: &str) -> Bytes {
     let mut o = Obj::new("receipt", 80 + room.len() + users.iter().map(|u| u.len() + 3).sum::<usize>());
     o.str("room", room).key("users");
-    o.0.push(b'[');
+    o.0.put_u8(b'[');
     for (i, u) in users.iter().enumerate() {
         if i > 0 {
-            o.0.push(b',');
+            o.0.put_u8(b',');
         }
-        let _ = serde_json::to_writer(&mut o.0, u.as_str());
+        let _ = serde_json::to_writer((&mut o.0).writer(), u.as_str());
     }
-    o.0.push(b']');
+    o.0.put_u8(b']');
     o.num("seq", seq).str("status", status).done()
 }
 

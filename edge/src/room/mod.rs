@@ -284,8 +284,14 @@ impl OwnedRoom {
 
     /// Marks `seq` as fanned out and keeps its rendering in the recent ring (bounded).
     pub fn publish(&mut self, seq: u64, rendered: Bytes) {
+        self.publish_then(seq, rendered, drop);
+    }
+
+    /// As [`publish`](Self::publish), handing each message the ring lets go to `evicted`
+    /// (the renderer's [`FramePool`](crate::protocol::server::FramePool) takes them back).
+    pub fn publish_then(&mut self, seq: u64, rendered: Bytes, evicted: impl FnMut(Bytes)) {
         self.published = self.published.max(seq);
-        self.record(seq, rendered);
+        self.recent.push_then(seq, rendered, evicted);
     }
 
     /// Marks `seq` as given up (its write failed): members are told with a `gap`.

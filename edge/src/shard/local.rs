@@ -114,13 +114,8 @@ impl Shard {
                 if shard == self.id {
                     return self.member_deliver(&room, seq, &payload, at_us);
                 }
-                let frame = Frame::Deliver {
-                    room: room.as_ref().to_owned(),
-                    seq,
-                    payload: payload.to_vec(),
-                    at_us,
-                };
-                self.send_frame(shard, &frame);
+                let frame = self.mesh_out.borrow_mut().deliver(&room, seq, &payload, at_us);
+                self.send_encoded(shard, frame);
             }
             Effect::Event {
                 shard,

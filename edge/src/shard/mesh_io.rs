@@ -71,7 +71,12 @@ impl Shard {
 
     /// Sends a frame that must not be lost; spills when the ring is full.
     pub(super) fn send_frame(&self, to: usize, frame: &Frame) {
-        let bytes = router::encode(frame);
+        let bytes = self.mesh_out.borrow_mut().encode(frame);
+        self.send_encoded(to, bytes);
+    }
+
+    /// Sends an encoded frame that must not be lost; spills when the ring is full.
+    pub(super) fn send_encoded(&self, to: usize, bytes: Bytes) {
         let mut spill = self.spill.borrow_mut();
         if spill[to].is_empty() {
             match self.mesh.try_send(to, bytes) {
@@ -121,10 +126,19 @@ impl Shard {
 
     /// Sends a client request unless the ring to `to` is congested.
     pub(super) fn try_request(&self, to: usize, frame: &Frame) -> bool {
-        if !self.spill.borrow()[to].is_empty() || self.mesh.free_slots(to) < self.cfg.mesh_ring_capacity / 2 {
+        self.has_room_for_request(to) && self.try_request_encoded(to, self.mesh_out.borrow_mut().encode(frame))
+    }
+
+    fn has_room_for_request(&self, to: usize) -> bool {
+        self.spill.borrow()[to].is_empty() && self.mesh.free_slots(to) >= self.cfg.mesh_ring_capacity / 2
+    }
+
+    /// As [`try_request`](Self::try_request), for a frame already encoded.
+    pub(super) fn try_request_encoded(&self, to: usize, frame: Bytes) -> bool {
+        if !self.has_room_for_request(to) {
             return false;
         }
-        match self.mesh.try_send(to, router::encode(frame)) {
+        match self.mesh.try_send(to, frame) {
             Ok(()) => {
                 ShardStats::inc(&self.stats().mesh_frames_out_total);
                 true
@@ -315,9 +329,4 @@ impl Shard {
             thread: thread.as_ref().map(|t| t.to_native()),
         });
     }
-}
-
-/// The mesh frame of a send for the room's owner on another shard.
-pub(super) fn send_frame(a: &SendArgs<'_>) -> Frame {
-    Frame::Send(a.to_msg())
 }

@@ -32,6 +32,7 @@ mod latency;
 mod local;
 mod members;
 mod mesh_io;
+pub mod mesh_out;
 pub mod outbox;
 mod publish;
 mod requests;
@@ -147,6 +148,8 @@ pub(crate) struct Shard {
     drain_retry_ms_max: Cell<u64>,
     /// Frames whose ring was full, per destination, oldest first.
     spill: RefCell<Vec<VecDeque<Bytes>>>,
+    /// Frames to other shards: scratch frames and the buffers they are encoded into.
+    mesh_out: RefCell<mesh_out::MeshOut>,
     spill_waker: Cell<Option<std::task::Waker>>,
     /// Frames in `spill`, over every destination, and whether they reached
     /// `mesh_spill_max_frames` (until they fall to half of it: new work is refused meanwhile).
@@ -256,6 +259,7 @@ impl Shard {
             drain_waker: Cell::new(None),
             drain_retry_ms_max: Cell::new(0),
             spill: RefCell::new(vec![VecDeque::new(); threads]),
+            mesh_out: RefCell::new(mesh_out::MeshOut::new()),
             spill_waker: Cell::new(None),
             spilled: Cell::new(0),
             spill_full: Cell::new(false),

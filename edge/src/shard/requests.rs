@@ -12,7 +12,6 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::Bytes;
-use router::Frame;
 
 use super::{Conn, Shard};
 use crate::engine::owner::SendArgs;
@@ -177,7 +176,7 @@ impl Shard {
         if owner == self.id {
             return self.seq_send(&args);
         }
-        if !self.try_request(owner, &super::mesh_io::send_frame(&args)) {
+        if !self.try_request_encoded(owner, self.mesh_out.borrow_mut().send(&args)) {
             self.overloaded(conn, id);
         }
     }
@@ -201,12 +200,7 @@ impl Shard {
             }
             return;
         }
-        self.send_frame(
-            shard,
-            &Frame::Reply {
-                conn,
-                payload: payload.to_vec(),
-            },
-        );
+        let frame = self.mesh_out.borrow_mut().reply(conn, &payload);
+        self.send_encoded(shard, frame);
     }
 }

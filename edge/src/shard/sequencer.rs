@@ -111,7 +111,7 @@ impl Shard {
             return false;
         }
         if let Some(me) = self.rc() {
-            me.cluster_reply_send(conn, root, owner, super::mesh_io::send_frame(a));
+            me.cluster_reply_send(conn, root, owner, router::Frame::Send(a.to_msg()));
         }
         true
     }

@@ -62,7 +62,7 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<(StoredMessage, i64, i64,
         msg_id: row.get::<_, String>(2)?.into(),
         sender: row.get(3)?,
         ts_ms: 0,
-        client_id: row.get(5)?,
+        client_id: row.get::<_, Option<String>>(5)?.map(Into::into),
         frame: Bytes::from(frame),
         reply_to: None,
     };
@@ -106,7 +106,7 @@ pub(super) fn write_batch(conn: &mut Connection, msgs: &[StoredMessage]) -> Resu
                     m.msg_id.as_str(),
                     m.sender,
                     ts_ms,
-                    m.client_id,
+                    m.client_id.as_deref(),
                     &m.frame[..],
                     reply_to
                 ])

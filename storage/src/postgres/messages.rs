@@ -108,7 +108,7 @@ fn message_from_row(row: &Row) -> Result<StoredMessage, StoreError> {
         msg_id: get::<&str>(row, 2, CTX)?.into(),
         sender: get::<&str>(row, 3, CTX)?.into(),
         ts_ms: to_u64("ts_ms", get(row, 4, CTX)?)?,
-        client_id: get(row, 5, CTX)?,
+        client_id: get::<Option<&str>>(row, 5, CTX)?.map(Into::into),
         frame: Bytes::copy_from_slice(frame),
         reply_to: get::<Option<i64>>(row, 7, CTX)?.map(|r| to_u64("reply_to", r)).transpose()?,
     })

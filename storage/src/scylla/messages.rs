@@ -45,7 +45,7 @@ fn to_row(m: &StoredMessage) -> Result<MessageRow, StoreError> {
         msg_id: m.msg_id.to_string(),
         sender: m.sender.to_string(),
         ts_ms: to_i64("ts_ms", m.ts_ms)?,
-        client_id: m.client_id.clone(),
+        client_id: m.client_id.as_deref().map(str::to_owned),
         frame: m.frame.clone(),
         reply_to: m.reply_to.map(|r| to_i64("reply_to", r)).transpose()?,
     })
@@ -58,7 +58,7 @@ pub(super) fn from_row(r: MessageRow) -> Result<StoredMessage, StoreError> {
         room: r.room.into(),
         msg_id: r.msg_id.into(),
         sender: r.sender.into(),
-        client_id: r.client_id,
+        client_id: r.client_id.map(Into::into),
         frame: r.frame,
         reply_to: r.reply_to.map(|v| to_u64("reply_to", v)).transpose()?,
     })

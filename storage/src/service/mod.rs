@@ -178,6 +178,8 @@ impl Completion {
     }
 }
 
+// `Shutdown` is sent once: boxing `Write` to shrink the enum would allocate per message.
+#[allow(clippy::large_enum_variant)]
 enum WriteCmd {
     Write { shard: usize, msg: StoredMessage, ticket: u64 },
     Shutdown,

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use router::{ArchivedSendMsg, FileRef, SendMsg};
 
 use crate::protocol::client::SendReq;
-use crate::protocol::server::{self, FileOut, MessageOut};
+use crate::protocol::server::{self, FileOut, FramePool, MessageOut};
 
 /// A send, as the owner receives it (from a local connection or a mesh frame).
 #[derive(Debug, Clone, Copy)]
@@ -141,7 +141,15 @@ pub struct HistoryArgs<'a> {
 
 /// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).
 pub fn render_message(a: &SendArgs<'_>, seq: Option<u64>, msg_id: &str, ts: u64) -> Bytes {
-    let m = MessageOut {
+    let m = message_out(a, seq, msg_id, ts);
+    match seq {
+        Some(_) => server::message(&m),
+        None => server::message_unsequenced(&m),
+    }
+}
+
+fn message_out<'a>(a: &SendArgs<'a>, seq: Option<u64>, msg_id: &'a str, ts: u64) -> MessageOut<'a> {
+    MessageOut {
         room: a.room,
         seq: seq.unwrap_or(0),
         msg_id,
@@ -151,10 +159,42 @@ pub fn render_message(a: &SendArgs<'_>, seq: Option<u64>, msg_id: &str, ts: u64)
         kind: a.kind,
         file: a.file,
         reply_to: a.reply_to,
-    };
-    match seq {
-        Some(_) => server::message(&m),
-        None => server::message_unsequenced(&m),
+    }
+}
+
+/// How many retired frames each of the owner's pools keeps.
+const POOLED_FRAMES: usize = 128;
+
+/// The owner's renderings of sends and acks, into buffers used again: a message's once the
+/// room's recent ring lets it go, an ack's once it is written (see [`FramePool`]). In the
+/// steady state a send allocates nothing for either.
+#[derive(Debug)]
+pub(super) struct Frames {
+    /// Messages evicted from the owner's recent rings.
+    pub(super) messages: FramePool,
+    acks: FramePool,
+}
+
+impl Frames {
+    pub(super) fn new() -> Self {
+        Self {
+            messages: FramePool::new(POOLED_FRAMES),
+            acks: FramePool::new(POOLED_FRAMES),
+        }
+    }
+
+    /// A sequenced send's `message`.
+    pub(super) fn message(&mut self, a: &SendArgs<'_>, seq: u64, msg_id: &str, ts: u64) -> Bytes {
+        let m = message_out(a, Some(seq), msg_id, ts);
+        server::message_into(self.messages.buffer(server::message_cap(&m)), &m)
+    }
+
+    /// A send's `ack`, retired at once: its buffer is used again once the connection wrote it.
+    pub(super) fn ack(&mut self, req: Option<&str>, room: &str, seq: u64, msg_id: &str, ts: u64) -> Bytes {
+        let buf = self.acks.buffer(server::ack_cap(req, room, msg_id));
+        let ack = server::ack_into(buf, req, room, seq, msg_id, ts);
+        self.acks.retire(&ack);
+        ack
     }
 }
 

@@ -245,14 +245,7 @@ impl<S: StorePort> Owner<S> {
                 self.read_deferred_pages(&room);
                 self.read_deferred_fetches(&room);
             }
-            (Wait::Durable(p), Completion::Written { result, .. }) => match result {
-                Ok(()) => self.publish_durable(*p),
-                Err(e) => {
-                    ShardStats::inc(&self.stats().store_write_failed_total);
-                    tracing::error!(shard = self.cfg.shard, room = %p.room, seq = p.ack.seq, error = %e, "durable write failed");
-                    self.fail_durable(*p, &Failure::Store(e));
-                }
-            },
+            (Wait::Durable, Completion::Written { result, .. }) => self.durable_written(ticket, result),
             (wait, Completion::Answered { result, .. }) => self.on_answer(wait, result, now_ms),
             (_, Completion::Written { .. }) => tracing::error!(shard = self.cfg.shard, ticket, "write completion for a query ticket"),
         }
@@ -319,7 +312,7 @@ impl<S: StorePort> Owner<S> {
                 };
                 self.finish_fetch(f, stored);
             }
-            (wait @ (Wait::Write { .. } | Wait::Durable(_)), result) => {
+            (wait @ (Wait::Write { .. } | Wait::Durable), result) => {
                 tracing::error!(shard = self.cfg.shard, ?wait, ?result, "query answer for a write ticket");
             }
         }

@@ -33,6 +33,7 @@ mod args;
 mod changes;
 mod config;
 mod delivered;
+mod durable;
 mod history;
 mod load;
 mod presence;
@@ -50,14 +51,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use storage::{MarkKind, Overloaded, Query, StoreError, StoredMessage};
+use storage::{MarkKind, Overloaded, Query, SmallStr, StoreError, StoredMessage};
 
 use super::subscriber::RoomPos;
 use super::{Busy, Failure};
 use crate::config::Durability;
 use crate::metrics::ShardStats;
 use crate::protocol::server;
-use crate::room::{AckInfo, OwnedRoom, Sequenced};
+use crate::room::{OwnedRoom, Sequenced};
 
 pub use args::{render_message, FetchArgs, HistoryArgs, SendArgs};
 pub use changes::{MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER};
@@ -130,19 +131,6 @@ pub enum Effect {
     },
 }
 
-/// A durable send waiting for its commit.
-#[derive(Debug)]
-struct PendingSend {
-    room: Rc<str>,
-    user: String,
-    client_id: Option<String>,
-    reply_to: Option<u64>,
-    ack: AckInfo,
-    rendered: Bytes,
-    /// Connections (and request ids) to ack once committed: the sender, and retries of its client id.
-    waiters: Vec<(u64, Option<String>)>,
-}
-
 /// What a store ticket is waiting for.
 #[derive(Debug)]
 enum Wait {
@@ -150,8 +138,8 @@ enum Wait {
     Load(load::Step),
     /// A fast-mode write (already published).
     Write { room: Rc<str>, seq: u64 },
-    /// A durable-mode write (published when committed).
-    Durable(Box<PendingSend>),
+    /// A durable-mode write (published when committed): its send waits in `Owner::durable`.
+    Durable,
     /// A history page for a connection: its older part from the store.
     History(Box<history::PageWait>),
     /// A history page's reactions.
@@ -215,6 +203,10 @@ pub struct Owner<S> {
     /// Catch-up reads waiting the same way: (the seq below which the store must hold
     /// everything, the member shard's fetch).
     deferred_fetches: HashMap<String, Vec<(u64, history::FetchWait)>>,
+    /// Buffers of sent acks and evicted messages, rendered into again.
+    frames: args::Frames,
+    /// Durable sends waiting for their commit, by store ticket.
+    durable: HashMap<u64, durable::PendingSend>,
 }
 
 impl<S: StorePort> Owner<S> {
@@ -239,6 +231,8 @@ impl<S: StorePort> Owner<S> {
             delivered_unstored: HashMap::new(),
             delivered_senders: HashMap::new(),
             delivered_flushed_ms: 0,
+            frames: args::Frames::new(),
+            durable: HashMap::new(),
         }
     }
 
@@ -456,9 +450,13 @@ impl<S: StorePort> Owner<S> {
         };
         let (name, durable) = (r.name(), self.cfg.durability == Durability::Durable);
         let (stored_room, sender) = (r.shared_name(), r.roster().name(a.user));
-        let rendered = render_message(a, Some(ack.seq), &ack.msg_id, ack.ts);
+        let rendered = self.frames.message(a, ack.seq, &ack.msg_id, ack.ts);
         // Fast mode acks at once, before the store has the message.
-        let fast_ack = (!durable).then(|| server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
+        let when = if durable {
+            durable::Publish::OnCommit(sender.clone())
+        } else {
+            durable::Publish::Now(self.frames.ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts))
+        };
         let msg_id = ack.msg_id.clone();
         let stored = StoredMessage {
             room: stored_room,
@@ -466,7 +464,7 @@ impl<S: StorePort> Owner<S> {
             msg_id,
             sender,
             ts_ms: ack.ts,
-            client_id: a.client_id.map(str::to_owned),
+            client_id: a.client_id.map(SmallStr::from),
             frame: rendered.clone(),
             reply_to: a.reply_to,
         };
@@ -482,22 +480,15 @@ impl<S: StorePort> Owner<S> {
         }
         ShardStats::inc(&self.stats().messages_total);
         let Some(r) = self.rooms.get_mut(a.room) else { return };
-        let Some(ack_now) = fast_ack else {
-            r.committing(ack.seq, ticket);
-            let pending = PendingSend {
-                room: name,
-                user: a.user.to_owned(),
-                client_id: a.client_id.map(str::to_owned),
-                reply_to: a.reply_to,
-                ack,
-                rendered,
-                waiters: vec![(a.conn, a.req.map(str::to_owned))],
-            };
-            self.waits.insert(ticket, Wait::Durable(Box::new(pending)));
-            return;
+        let ack_now = match when {
+            durable::Publish::Now(ack) => ack,
+            durable::Publish::OnCommit(user) => {
+                r.committing(ack.seq, ticket);
+                return self.await_commit(a, name, user, ack, rendered, ticket);
+            }
         };
         r.hold();
-        r.publish(ack.seq, rendered.clone());
+        r.publish_then(ack.seq, rendered.clone(), |old| self.frames.messages.retire(&old));
         if let Some(root) = a.reply_to {
             r.note_reply(ack.seq, root);
         }
@@ -506,51 +497,6 @@ impl<S: StorePort> Owner<S> {
         self.note_sender(a.room, a.user, now_ms);
         self.offer_to_users(a.room, ack.seq, &rendered);
         self.reply(a.conn, ack_now);
-    }
-
-    /// A retried `client_id`: the original ack, now or (durable, still committing) when the commit lands.
-    fn answer_duplicate(&mut self, a: &SendArgs<'_>, ack: &AckInfo, committing: Option<u64>) {
-        if let Some(Wait::Durable(p)) = committing.and_then(|t| self.waits.get_mut(&t)) {
-            p.waiters.push((a.conn, a.req.map(str::to_owned)));
-            return;
-        }
-        self.reply(a.conn, server::ack(a.req, a.room, ack.seq, &ack.msg_id, ack.ts));
-    }
-
-    /// Publishes a committed durable send: ring, fan-out, then every waiting ack.
-    fn publish_durable(&mut self, p: PendingSend) {
-        let Some(r) = self.rooms.get_mut(&*p.room) else { return };
-        r.committed(p.ack.seq);
-        r.stored(p.ack.seq);
-        r.publish(p.ack.seq, p.rendered.clone());
-        if let Some(root) = p.reply_to {
-            r.note_reply(p.ack.seq, root);
-        }
-        self.fan_out(&p.room, p.ack.seq, &p.rendered);
-        self.note_sender(&p.room, &p.user, p.ack.ts);
-        self.offer_to_users(&p.room, p.ack.seq, &p.rendered);
-        for (conn, req) in &p.waiters {
-            let ack = server::ack(req.as_deref(), &p.room, p.ack.seq, &p.ack.msg_id, p.ack.ts);
-            self.reply(*conn, ack);
-        }
-    }
-
-    /// A durable send whose batch failed: the seq is given up, members are told with `gap`,
-    /// the senders get the failure (`unavailable` when a retry may succeed), and the client id
-    /// may be retried.
-    fn fail_durable(&mut self, p: PendingSend, error: &Failure) {
-        let Some(r) = self.rooms.get_mut(&*p.room) else { return };
-        r.committed(p.ack.seq);
-        r.skip(p.ack.seq);
-        r.unstored(p.ack.seq);
-        if let Some(cid) = &p.client_id {
-            r.forget_client_id(&p.user, cid);
-        }
-        let gap = server::gap(&p.room, p.ack.seq, p.ack.seq);
-        self.fan_out(&p.room, p.ack.seq, &gap);
-        for (conn, req) in &p.waiters {
-            self.reply(*conn, error.reply(req.as_deref(), "message not stored"));
-        }
     }
 
     /// A DM room's message also goes to its two users' connections that did not join it.

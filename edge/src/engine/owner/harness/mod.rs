@@ -351,7 +351,7 @@ impl World {
         let result = if self.fail_writes && self.rng.random_bool(0.15) {
             if let Some(cid) = &msg.client_id {
                 self.unstored_ids
-                    .insert((msg.sender.to_string(), msg.room.to_string(), cid.clone()));
+                    .insert((msg.sender.to_string(), msg.room.to_string(), cid.to_string()));
             }
             Err(StoreError::Injected("write failed"))
         } else {
