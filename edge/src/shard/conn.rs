@@ -3,8 +3,9 @@
 //! the idle/heartbeat sweep, and the drain on shutdown.
 //!
 //! Memory: an idle connection holds no read buffer. The reader waits for
-//! readiness (a poll op, no buffer), reads into a fresh 4 KiB buffer, and
-//! frees it as soon as every complete frame in it is decoded. Its decoder (with
+//! readiness (a poll op, no buffer), reads with one non-blocking `recv` (no read op
+//! in the task's state, and no second trip through the runtime) into a fresh 4 KiB
+//! buffer, and frees it as soon as every complete frame in it is decoded. Its decoder (with
 //! tungstenite's own buffer) is kept in the connection, not in the reader task, and the
 //! once-a-second sweep drops it when the connection was silent since the sweep before
 //! and the decoder holds nothing partial (`Decoder::at_rest`); the next bytes get a new
@@ -17,8 +18,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use std::io::ErrorKind;
+
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
 use super::outbox::{self, Outbox};
@@ -99,12 +101,16 @@ enum Mode {
 async fn read_loop(
     shard: Rc<Shard>,
     conn: Rc<Conn>,
-    mut rd: OwnedReadHalf<TcpStream>,
+    rd: OwnedReadHalf<TcpStream>,
     mut buf: BytesMut,
     limits: Limits,
     mode: Mode,
     _slot: Option<SocketSlot>,
 ) {
+    let fd = {
+        // SAFETY: as in `readable`: a shared borrow of the stream, for its fd only.
+        unsafe { &*rd.0.get() }.as_raw_fd()
+    };
     'conn: loop {
         // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
         // then is as silent as one that sends nothing (`idle_timeout_ms`).
@@ -138,25 +144,61 @@ async fn read_loop(
         }
         if buf.is_empty() {
             buf = BytesMut::new(); // release the buffer while idle
-                                   // SAFETY: the read half is used by this task only; `readable` takes
-                                   // `&self` and only polls the fd, which outlives this borrow.
-            let stream = unsafe { &*rd.0.get() };
-            if stream.readable(true).await.is_err() {
+            if !readable(&rd).await {
                 break 'conn;
             }
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = rd.read(buf.slice_mut(len..cap)).await;
-        buf = slice.into_inner();
-        if matches!(res, Ok(0) | Err(_)) {
-            break 'conn;
+        // Readable, or a partial frame waits for more: one `recv` takes what is there, with
+        // no io_uring op and no second trip through the runtime; nothing there yet (a
+        // relaxed readiness, or the rest of a frame still on its way) waits again.
+        loop {
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            match recv_now(fd, &mut buf) {
+                Ok(0) => break 'conn,
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        buf = BytesMut::new();
+                    }
+                    if !readable(&rd).await {
+                        break 'conn;
+                    }
+                }
+                Err(_) => break 'conn,
+            }
         }
     }
     conn.out.reader_finished();
     shard.close_conn(&conn);
+}
+
+/// Waits until the socket is readable (a poll op, no buffer); false when it failed.
+///
+/// Not relaxed: on the epoll driver a relaxed wait returns at once while monoio's cached
+/// readiness is set, and only a monoio read that meets `EAGAIN` clears it; `recv_now`
+/// is not one, so the reader would spin. Strict, the epoll driver checks with `poll`
+/// and clears the readiness itself; io_uring's poll op is the same either way.
+async fn readable(rd: &OwnedReadHalf<TcpStream>) -> bool {
+    // SAFETY: the read half is used by its reader task only; `readable` takes `&self` and
+    // only polls the fd, which outlives this borrow.
+    let stream = unsafe { &*rd.0.get() };
+    stream.readable(false).await.is_ok()
+}
+
+/// Appends what the socket holds now to `buf`'s spare capacity, without waiting
+/// (`MSG_DONTWAIT`, whatever the fd's mode): `Ok(0)` is the peer's end of stream.
+fn recv_now(fd: RawFd, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `recv` writes at most `spare.len()` bytes at `spare`'s start, memory `buf`
+    // owns and does not read until `set_len` below covers exactly the bytes written.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+    let n = usize::try_from(n).map_err(|_| std::io::Error::last_os_error())?;
+    // SAFETY: the first `n` bytes of the spare capacity were written by `recv`.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Handles one message; false when the connection is done reading.
