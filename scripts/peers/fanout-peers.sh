@@ -27,12 +27,8 @@
 # The per-run JSON and output stay in OUT (default: a new /tmp/fanout-peers.* directory).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SECRET=bench-secret-0123456789abcdef-0123456789
 RATE=${RATE:-100}
 ROUNDS=${ROUNDS:-3}
-EDGE_BIN=${EDGE_BIN:-target/release/edge}
-LOADGEN_BIN=${LOADGEN_BIN:-target/release/loadgen}
-LG_CPUS=${LG_CPUS:-1}
 OUT=${OUT:-$(mktemp -d /tmp/fanout-peers.XXXXXX)}
 mkdir -p "$OUT"
 source scripts/peers/common.sh

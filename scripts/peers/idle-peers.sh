@@ -24,12 +24,8 @@
 # Example: EDGE_BIN=target/release/edge N=10000 ROUNDS=2 scripts/peers/idle-peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SECRET=bench-secret-0123456789abcdef-0123456789
 N=${N:-10000}
 ROUNDS=${ROUNDS:-2}
-EDGE_BIN=${EDGE_BIN:-target/release/edge}
-LOADGEN_BIN=${LOADGEN_BIN:-target/release/loadgen}
-LG_CPUS=${LG_CPUS:-1}
 source scripts/peers/common.sh
 
 echo "idle-peers: N=$N ROUNDS=$ROUNDS EDGE_BIN=$EDGE_BIN LOADGEN_BIN=$LOADGEN_BIN LG_CPUS=$LG_CPUS"

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use router::bridge::{BridgeError, Duplicate, PreparedMessage, SeqFloor, SeqRange, Sequenced};
 use storage::StoredMessage;
 
-use super::owner::{render_message, SendArgs};
+use super::owner::{render_unsequenced, SendArgs};
 use super::{Busy, Failure};
 use crate::metrics::ShardStats;
 use crate::protocol::server;
@@ -244,7 +244,7 @@ impl Publisher {
         }
         self.next_id += 1;
         let msg_id = storage::MsgId::format(format_args!("{}-{:x}-{:x}", self.cfg.node_id, self.cfg.shard, self.next_id));
-        let payload = render_message(a, None, &msg_id, now_ms);
+        let payload = render_unsequenced(a, &msg_id, now_ms);
         let prepared = PreparedMessage::new(a.room, payload.to_vec()).map(|m| match a.client_id {
             Some(cid) => m.with_dedupe(a.user, cid, &format!("{msg_id} {now_ms}")),
             None => m,

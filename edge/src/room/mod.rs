@@ -282,13 +282,9 @@ impl OwnedRoom {
         self.dedupe.remove(user, client_id);
     }
 
-    /// Marks `seq` as fanned out and keeps its rendering in the recent ring (bounded).
-    pub fn publish(&mut self, seq: u64, rendered: Bytes) {
-        self.publish_then(seq, rendered, drop);
-    }
-
-    /// As [`publish`](Self::publish), handing each message the ring lets go to `evicted`
-    /// (the renderer's [`FramePool`](crate::protocol::server::FramePool) takes them back).
+    /// Marks `seq` as fanned out and keeps its rendering in the recent ring (bounded),
+    /// handing each message the ring lets go to `evicted` (the renderer's
+    /// [`FramePool`](crate::protocol::server::FramePool) takes them back).
     pub fn publish_then(&mut self, seq: u64, rendered: Bytes, evicted: impl FnMut(Bytes)) {
         self.published = self.published.max(seq);
         self.recent.push_then(seq, rendered, evicted);
@@ -494,7 +490,7 @@ mod tests {
             let Sequenced::New(a) = r.sequence("u", None, 0) else {
                 panic!("new")
             };
-            r.publish(a.seq, Bytes::from(a.seq.to_string()));
+            r.publish_then(a.seq, Bytes::from(a.seq.to_string()), drop);
         }
         let got: Vec<_> = r.recent_after(3).expect("held").cloned().collect();
         assert_eq!(got, [Bytes::from("4"), Bytes::from("5")]);
@@ -532,7 +528,7 @@ mod tests {
             matches!(r.sequence("u", Some("c"), 0), Sequenced::New(b) if b.seq == 1),
             "retry gets a fresh seq"
         );
-        r.publish(1, Bytes::from("1"));
+        r.publish_then(1, Bytes::from("1"), drop);
         assert!(!r.unsequence(1, "u", Some("c")), "a published seq stays");
     }
 
@@ -549,7 +545,7 @@ mod tests {
         assert!(!r.is_evictable(), "commits pending");
         assert_eq!(r.commit_ticket(2), Some(101));
         assert!(r.committed(1));
-        r.publish(1, Bytes::from("1"));
+        r.publish_then(1, Bytes::from("1"), drop);
         assert!(r.committed(2));
         assert!(!r.committed(2), "once");
         r.skip(2);
@@ -566,7 +562,7 @@ mod tests {
         let mut r = OwnedRoom::new("r", 1, 0, 8, 5);
         for seq in 1..=8 {
             r.sequence("u", None, 0);
-            r.publish(seq, Bytes::from(seq.to_string()));
+            r.publish_then(seq, Bytes::from(seq.to_string()), drop);
         }
         // Ring holds 4..=8.
         let (page, next) = r.recent_page(None, 3).expect("newest page held");
@@ -578,7 +574,7 @@ mod tests {
         assert_eq!(fresh.recent_page(None, 50), Some((Vec::new(), None)));
         let mut small = OwnedRoom::new("r", 1, 0, 8, 5);
         small.sequence("u", None, 0);
-        small.publish(1, Bytes::from("1"));
+        small.publish_then(1, Bytes::from("1"), drop);
         assert_eq!(small.recent_page(None, 50), Some((vec![(1, Bytes::from("1"))], None)));
     }
 }

@@ -126,18 +126,19 @@ impl Shard {
 
     /// Sends a client request unless the ring to `to` is congested.
     pub(super) fn try_request(&self, to: usize, frame: &Frame) -> bool {
-        self.has_room_for_request(to) && self.try_request_encoded(to, self.mesh_out.borrow_mut().encode(frame))
+        self.has_room_for_request(to) && self.push_request(to, self.mesh_out.borrow_mut().encode(frame))
+    }
+
+    /// As [`try_request`](Self::try_request), for a frame already encoded.
+    pub(super) fn try_request_encoded(&self, to: usize, frame: Bytes) -> bool {
+        self.has_room_for_request(to) && self.push_request(to, frame)
     }
 
     fn has_room_for_request(&self, to: usize) -> bool {
         self.spill.borrow()[to].is_empty() && self.mesh.free_slots(to) >= self.cfg.mesh_ring_capacity / 2
     }
 
-    /// As [`try_request`](Self::try_request), for a frame already encoded.
-    pub(super) fn try_request_encoded(&self, to: usize, frame: Bytes) -> bool {
-        if !self.has_room_for_request(to) {
-            return false;
-        }
+    fn push_request(&self, to: usize, frame: Bytes) -> bool {
         match self.mesh.try_send(to, frame) {
             Ok(()) => {
                 ShardStats::inc(&self.stats().mesh_frames_out_total);

@@ -139,19 +139,15 @@ pub struct HistoryArgs<'a> {
     pub thread: Option<u64>,
 }
 
-/// The `message` JSON of a send, rendered once; `seq: None` leaves the slot Redis fills (cluster mode).
-pub fn render_message(a: &SendArgs<'_>, seq: Option<u64>, msg_id: &str, ts: u64) -> Bytes {
-    let m = message_out(a, seq, msg_id, ts);
-    match seq {
-        Some(_) => server::message(&m),
-        None => server::message_unsequenced(&m),
-    }
+/// The `message` JSON of a cluster's send, rendered once, with the seq slot Redis fills.
+pub fn render_unsequenced(a: &SendArgs<'_>, msg_id: &str, ts: u64) -> Bytes {
+    server::message_unsequenced(&message_out(a, 0, msg_id, ts))
 }
 
-fn message_out<'a>(a: &SendArgs<'a>, seq: Option<u64>, msg_id: &'a str, ts: u64) -> MessageOut<'a> {
+fn message_out<'a>(a: &SendArgs<'a>, seq: u64, msg_id: &'a str, ts: u64) -> MessageOut<'a> {
     MessageOut {
         room: a.room,
-        seq: seq.unwrap_or(0),
+        seq,
         msg_id,
         from: a.user,
         ts,
@@ -185,7 +181,7 @@ impl Frames {
 
     /// A sequenced send's `message`.
     pub(super) fn message(&mut self, a: &SendArgs<'_>, seq: u64, msg_id: &str, ts: u64) -> Bytes {
-        let m = message_out(a, Some(seq), msg_id, ts);
+        let m = message_out(a, seq, msg_id, ts);
         server::message_into(self.messages.buffer(server::message_cap(&m)), &m)
     }
 
@@ -222,7 +218,8 @@ mod tests {
             file: Some(file),
             reply_to: Some(9),
         };
-        let render = |a: &SendArgs<'_>| render_message(a, Some(5), "m", 1);
+        let mut frames = Frames::new();
+        let mut render = |a: &SendArgs<'_>| frames.message(a, 5, "m", 1);
         let msg = a.to_msg();
         assert_eq!(render(&SendArgs::of_msg(&msg)), render(&a), "the load queue's copy");
         let buf = router::encode(&router::Frame::Send(msg));

@@ -60,7 +60,7 @@ use crate::metrics::ShardStats;
 use crate::protocol::server;
 use crate::room::{OwnedRoom, Sequenced};
 
-pub use args::{render_message, FetchArgs, HistoryArgs, SendArgs};
+pub use args::{render_unsequenced, FetchArgs, HistoryArgs, SendArgs};
 pub use changes::{MAX_EMOJIS_PER_MESSAGE, MAX_EMOJIS_PER_USER};
 pub use config::OwnerConfig;
 pub use delivered::SENDER_WINDOW_MS;
