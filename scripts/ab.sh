@@ -7,6 +7,8 @@
 #   RATE=10 ROUNDS=3 OLD=... scripts/ab.sh
 #   CORES=2 OLD=... scripts/ab.sh   # two shards, both on CPU 0: a room's members on both, so
 #                                   # every delivery to the other shard crosses the mesh
+#   THREADS=1 OLD=... scripts/ab.sh # also the server's CPU per thread over 8 s of the steady
+#                                   # state (scripts/thread-cpu.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OLD:?set OLD to the baseline edge binary}"
@@ -25,7 +27,10 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "== $bin round $round"
     taskset -c 1 target/release/loadgen fanout --url "ws://127.0.0.1:$port/ws" --jwt-secret "$SECRET" --cpus 1 --server-cpus 0 \
       --server-pid "$EP" --first-source "127.0.0.$src" --rooms 10 --members 100 --senders 1 --rate-per-sender "$RATE" \
-      --warmup-s 2 --duration-s 10 2>/dev/null | grep -E "latency|CPU"
+      --warmup-s 2 --duration-s 10 2>/dev/null | grep -E "latency|CPU" &
+    LG=$!
+    if [ "${THREADS:-0}" = 1 ]; then sleep 4; scripts/thread-cpu.sh "$EP" 8; fi
+    wait "$LG"
     kill "$EP"; wait "$EP" 2>/dev/null || true; rm -rf "$D"; src=$((src + 5))
   done
 done

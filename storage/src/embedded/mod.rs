@@ -56,6 +56,8 @@ struct Inner {
     // Declared first so it stops before the connections close.
     _checkpointer: checkpoint::Checkpointer,
     writer: Mutex<Connection>,
+    /// The writer's commits and bytes, followed by the checkpointer.
+    growth: Arc<checkpoint::WalGrowth>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
 }
@@ -85,11 +87,13 @@ impl EmbeddedStore {
         let readers = (0..readers)
             .map(|_| schema::open_reader(&path, reader_cache).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let checkpointer = checkpoint::Checkpointer::start(&path)?;
+        let growth = Arc::new(checkpoint::WalGrowth::default());
+        let checkpointer = checkpoint::Checkpointer::start(&path, Arc::clone(&growth))?;
         let inner = Inner {
             path,
             _checkpointer: checkpointer,
             writer: Mutex::new(writer),
+            growth,
             readers,
             next_reader: AtomicUsize::new(0),
         };
@@ -116,12 +120,24 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.on_writer_sized(0, f).await
+    }
+
+    /// Runs `f` on the writer connection on a blocking thread, counting its commit and the
+    /// `bytes` of messages it writes for the checkpointer.
+    async fn on_writer_sized<T, F>(&self, bytes: u64, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let inner = Arc::clone(&self.inner);
         run_blocking(move || {
             // A poisoned lock means an earlier call panicked; SQLite rolled its transaction back when the
             // `Transaction` was dropped during unwinding, so the connection is still usable.
             let mut conn = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn)
+            let result = f(&mut conn);
+            inner.growth.wrote(bytes);
+            result
         })
         .await
     }
@@ -161,8 +177,9 @@ impl MessageStore for EmbeddedStore {
             return Ok(());
         }
         // The closure must own its input: copy the batch (the frames are shared `Bytes`, not copied).
+        let bytes = msgs.iter().map(|m| m.frame.len() as u64).sum();
         let msgs = msgs.to_vec();
-        self.on_writer(move |c| ops::write_batch(c, &msgs)).await
+        self.on_writer_sized(bytes, move |c| ops::write_batch(c, &msgs)).await
     }
 
     async fn room_state(&self, room: &str, new_epoch: u64) -> Result<RoomState, StoreError> {
