@@ -46,6 +46,29 @@ async fn flushes_on_size_before_the_timer() {
 }
 
 #[tokio::test]
+async fn a_write_that_fills_a_waiting_batch_wakes_the_writer() {
+    let (_dir, probe, log) = embedded_probe();
+    // A 10 s window: the writer sleeps on the first message's batch, off the channel.
+    let (h, comps) = spawn(probe, &cfg(8, 10_000_000), 1).expect("spawn");
+    h.write(0, message("fill", 1), 1).expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Six more leave the batch one short: it keeps waiting.
+    for seq in 2..=7 {
+        h.write(0, message("fill", seq), seq).expect("write");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(log.batch_sizes().is_empty(), "a batch one short of batch_max waits for its window");
+    // The eighth fills it: written now, not when the 10 s window ends.
+    h.write(0, message("fill", 8), 8).expect("write");
+    let done = tokio::time::timeout(std::time::Duration::from_secs(5), collect(&comps[0], 8))
+        .await
+        .expect("the filling write woke the writer");
+    assert_all_written_ok(&done);
+    assert_eq!(log.batch_sizes(), vec![8]);
+    h.shutdown().expect("shutdown");
+}
+
+#[tokio::test]
 async fn flushes_on_time_a_lone_message() {
     let (_dir, probe, log) = embedded_probe();
     let (h, comps) = spawn(probe, &cfg(1000, 20_000), 1).expect("spawn");

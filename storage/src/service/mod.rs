@@ -201,6 +201,8 @@ type StoreThread = (JoinHandle<()>, std::sync::mpsc::Receiver<Result<(), StoreEr
 
 struct Shared {
     write_tx: UnboundedSender<WriteCmd>,
+    /// Wakes the writer when a write fills its batch (it sleeps to the batch's deadline).
+    fill: Arc<writer::Fill>,
     query_tx: UnboundedSender<QueryCmd>,
     stats: Arc<StoreStats>,
     shards: usize,
@@ -260,6 +262,7 @@ impl StoreHandle {
             s.stats.write_queue_depth.fetch_sub(1, Ordering::Relaxed);
             return Err(Overloaded);
         }
+        s.fill.queued(s.stats.write_queue_depth.load(Ordering::SeqCst));
         Ok(())
     }
 
@@ -351,6 +354,7 @@ where
     let (write_tx, write_rx) = unbounded_channel();
     let (query_tx, query_rx) = unbounded_channel();
     let shutdown_requested = Arc::new(AtomicBool::new(false));
+    let fill = Arc::new(writer::Fill::default());
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
     let ctx = thread::Ctx {
@@ -362,6 +366,7 @@ where
             stats: Arc::clone(&stats),
         }),
         shutdown_requested: Arc::clone(&shutdown_requested),
+        fill: Arc::clone(&fill),
     };
     let join = std::thread::Builder::new()
         .name("store".into())
@@ -380,6 +385,7 @@ where
     };
     let shared = Shared {
         write_tx,
+        fill,
         query_tx,
         stats,
         shards,

@@ -35,6 +35,7 @@ pub(super) struct Ctx {
     pub(super) node_id: String,
     pub(super) outbox: Arc<Outbox>,
     pub(super) shutdown_requested: Arc<AtomicBool>,
+    pub(super) fill: Arc<writer::Fill>,
 }
 
 pub(super) fn main<S, F, Fut>(
@@ -98,7 +99,13 @@ async fn serve<S: MessageStore>(
     write_rx: UnboundedReceiver<WriteCmd>,
     query_rx: UnboundedReceiver<QueryCmd>,
 ) -> Result<(), StoreError> {
-    let w = writer::Writer::new(Arc::clone(&store), write_rx, Arc::clone(&ctx.outbox), ctx.writer);
+    let w = writer::Writer::new(
+        Arc::clone(&store),
+        write_rx,
+        Arc::clone(&ctx.outbox),
+        ctx.writer,
+        Arc::clone(&ctx.fill),
+    );
     let writer_task = tokio::spawn(w.run());
     let query_task = tokio::spawn(queries::run(
         Arc::clone(&store),
