@@ -38,11 +38,6 @@ const READ_CHUNK: usize = 4096;
 /// the URL is welcomed now, else `auth` is awaited until `auth_timeout_ms`), and its reader
 /// task, which holds `slot` (its count in `max_conns`) until the connection ends.
 /// `joins` are the rooms of `?room=` / `?resume=` (with their `since`).
-///
-/// The reader task is `read_loop` itself, not an `async fn` around it: a task's state is
-/// kept for the connection's life, sized by its largest await point, and a wrapping
-/// future would hold its arguments (the stream, the claims, the joins) and a second copy
-/// of the reader's state for nothing (results/idle-breakdown-20261205.txt).
 pub(super) fn start_connection(
     shard: Rc<Shard>,
     stream: TcpStream,
@@ -67,27 +62,33 @@ pub(super) fn start_connection(
             monoio::spawn(auth_deadline(shard.clone(), conn.clone()));
         }
     }
-    let limits = Limits {
-        max_frame_bytes: shard.cfg.max_frame_bytes,
-        max_message_bytes: shard.cfg.max_message_bytes,
-    };
-    monoio::spawn(read_loop(shard, conn, rd, rest, limits, Mode::Chat, Some(slot)));
+    monoio::spawn(Reader::task(Reader {
+        shard,
+        conn,
+        rd,
+        buf: rest,
+        mode: Mode::Chat,
+        _slot: Some(slot),
+    }));
 }
 
 /// Starts a connection of the conformance endpoint: echoes every message through the
 /// same framing path.
 pub(super) fn start_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
-    let max = shard.cfg.echo_max_message_bytes;
     // An echo peer may have a whole large message in flight while it is
     // still sending the next: the queue holds a few of the largest.
+    let max = shard.cfg.echo_max_message_bytes;
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
     let conn = shard.open_conn(fd, wr, max.saturating_mul(4), Vec::new());
-    let limits = Limits {
-        max_frame_bytes: max,
-        max_message_bytes: max,
-    };
-    monoio::spawn(read_loop(shard, conn, rd, rest, limits, Mode::Echo, None));
+    monoio::spawn(Reader::task(Reader {
+        shard,
+        conn,
+        rd,
+        buf: rest,
+        mode: Mode::Echo,
+        _slot: None,
+    }));
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -96,96 +97,162 @@ enum Mode {
     Echo,
 }
 
-/// A connection's reader task, to the connection's end (then closed here); `_slot`: the
-/// connection's count in `max_conns`, released with the task.
-async fn read_loop(
+/// A connection's reader: its task's state, kept for the connection's life.
+///
+/// The task is an `async` block that owns this struct and awaits [`Reader::run`] on it,
+/// not an `async fn` with these as arguments: an `async fn`'s state keeps its arguments
+/// twice (as given, and moved into its body), and a task's state is kept, sized by its
+/// largest await point, for as long as the connection lives
+/// (results/idle-breakdown-20261205.txt, part 7).
+struct Reader {
     shard: Rc<Shard>,
     conn: Rc<Conn>,
     rd: OwnedReadHalf<TcpStream>,
-    mut buf: BytesMut,
-    limits: Limits,
+    /// Bytes read and not yet decoded; empty, with no capacity, while idle.
+    buf: BytesMut,
     mode: Mode,
+    /// The connection's count in `max_conns`, released with the task.
     _slot: Option<SocketSlot>,
-) {
-    let fd = {
+}
+
+/// What one `recv` found.
+#[derive(PartialEq, Eq)]
+enum Recv {
+    Got,
+    Nothing,
+    End,
+}
+
+impl Reader {
+    /// The reader task: reads to the connection's end, then closes it here.
+    // Not an `async fn`: that would keep `r` twice in the task's state (see the type's doc).
+    #[allow(clippy::manual_async_fn)]
+    fn task(mut r: Self) -> impl std::future::Future<Output = ()> {
+        async move {
+            r.run().await;
+            r.conn.out.reader_finished();
+            r.shard.close_conn(&r.conn);
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        match self.mode {
+            Mode::Chat => Limits {
+                max_frame_bytes: self.shard.cfg.max_frame_bytes,
+                max_message_bytes: self.shard.cfg.max_message_bytes,
+            },
+            Mode::Echo => Limits {
+                max_frame_bytes: self.shard.cfg.echo_max_message_bytes,
+                max_message_bytes: self.shard.cfg.echo_max_message_bytes,
+            },
+        }
+    }
+
+    fn fd(&self) -> RawFd {
         // SAFETY: as in `readable`: a shared borrow of the stream, for its fd only.
-        unsafe { &*rd.0.get() }.as_raw_fd()
-    };
-    'conn: loop {
-        // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
-        // then is as silent as one that sends nothing (`idle_timeout_ms`).
-        let mut complete = false;
-        if !buf.is_empty() {
-            // The decoder lives in the connection between reads (the sweep may drop a
-            // silent connection's); none is kept in this task's state.
-            let mut dec = conn.decoder.take().unwrap_or_else(|| Box::new(Decoder::new(limits)));
+        unsafe { &*self.rd.0.get() }.as_raw_fd()
+    }
+
+    /// Reads until the peer's end, a socket error, a close or a protocol violation.
+    async fn run(&mut self) {
+        loop {
+            if !self.decode() {
+                return;
+            }
+            if self.buf.is_empty() {
+                self.buf = BytesMut::new(); // release the buffer while idle
+                if !self.readable().await {
+                    return;
+                }
+            }
+            // Readable, or a partial frame waits for more: one `recv` takes what is there,
+            // with no io_uring op and no second trip through the runtime; nothing there yet
+            // (a relaxed readiness, or the rest of a frame still on its way) waits again.
             loop {
-                match dec.decode(&mut buf) {
-                    Ok(Some(msg)) => {
-                        complete = true;
-                        if !on_message(&shard, &conn, msg, mode) {
-                            break 'conn;
+                match self.recv() {
+                    Recv::Got => break,
+                    Recv::End => return,
+                    Recv::Nothing => {
+                        if self.buf.is_empty() {
+                            self.buf = BytesMut::new();
+                        }
+                        if !self.readable().await {
+                            return;
                         }
                     }
-                    Ok(None) => break,
-                    Err(v) => {
-                        tracing::debug!(conn = conn.id, code = v.code, reason = v.reason, "protocol violation");
-                        conn.out.close(v.code, v.reason);
-                        break 'conn;
-                    }
                 }
-            }
-            conn.decoder.set(Some(dec));
-        }
-        if complete {
-            let mut l = conn.liveness.get();
-            l.heard(Shard::now_ms());
-            conn.liveness.set(l);
-        }
-        if buf.is_empty() {
-            buf = BytesMut::new(); // release the buffer while idle
-            if !readable(&rd).await {
-                break 'conn;
-            }
-        }
-        // Readable, or a partial frame waits for more: one `recv` takes what is there, with
-        // no io_uring op and no second trip through the runtime; nothing there yet (a
-        // relaxed readiness, or the rest of a frame still on its way) waits again.
-        loop {
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
-            }
-            match recv_now(fd, &mut buf) {
-                Ok(0) => break 'conn,
-                Ok(_) => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if buf.is_empty() {
-                        buf = BytesMut::new();
-                    }
-                    if !readable(&rd).await {
-                        break 'conn;
-                    }
-                }
-                Err(_) => break 'conn,
             }
         }
     }
-    conn.out.reader_finished();
-    shard.close_conn(&conn);
-}
 
-/// Waits until the socket is readable (a poll op, no buffer); false when it failed.
-///
-/// Not relaxed: on the epoll driver a relaxed wait returns at once while monoio's cached
-/// readiness is set, and only a monoio read that meets `EAGAIN` clears it; `recv_now`
-/// is not one, so the reader would spin. Strict, the epoll driver checks with `poll`
-/// and clears the readiness itself; io_uring's poll op is the same either way.
-async fn readable(rd: &OwnedReadHalf<TcpStream>) -> bool {
-    // SAFETY: the read half is used by its reader task only; `readable` takes `&self` and
-    // only polls the fd, which outlives this borrow.
-    let stream = unsafe { &*rd.0.get() };
-    stream.readable(false).await.is_ok()
+    /// Decodes and handles every complete message in the buffer; false when the connection
+    /// is done reading.
+    fn decode(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
+        // then is as silent as one that sends nothing (`idle_timeout_ms`).
+        let mut complete = false;
+        // The decoder lives in the connection between reads (the sweep may drop a silent
+        // connection's); none is kept in this task's state.
+        let mut dec = self.conn.decoder.take().unwrap_or_else(|| Box::new(Decoder::new(self.limits())));
+        let go_on = loop {
+            match dec.decode(&mut self.buf) {
+                Ok(Some(msg)) => {
+                    complete = true;
+                    if !on_message(&self.shard, &self.conn, msg, self.mode) {
+                        break false;
+                    }
+                }
+                Ok(None) => break true,
+                Err(v) => {
+                    tracing::debug!(conn = self.conn.id, code = v.code, reason = v.reason, "protocol violation");
+                    self.conn.out.close(v.code, v.reason);
+                    break false;
+                }
+            }
+        };
+        if go_on {
+            self.conn.decoder.set(Some(dec));
+        }
+        if complete {
+            let mut l = self.conn.liveness.get();
+            l.heard(Shard::now_ms());
+            self.conn.liveness.set(l);
+        }
+        go_on
+    }
+
+    /// One non-blocking `recv` into the buffer.
+    fn recv(&mut self) -> Recv {
+        let fd = self.fd();
+        loop {
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            return match recv_now(fd, &mut self.buf) {
+                Ok(0) => Recv::End,
+                Ok(_) => Recv::Got,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Recv::Nothing,
+                Err(_) => Recv::End,
+            };
+        }
+    }
+
+    /// Waits until the socket is readable (a poll op, no buffer); false when it failed.
+    ///
+    /// Not relaxed: on the epoll driver a relaxed wait returns at once while monoio's cached
+    /// readiness is set, and only a monoio read that meets `EAGAIN` clears it; `recv_now`
+    /// is not one, so the reader would spin. Strict, the epoll driver checks with `poll`
+    /// and clears the readiness itself; io_uring's poll op is the same either way.
+    async fn readable(&self) -> bool {
+        // SAFETY: the read half is used by its reader task only; `readable` takes `&self` and
+        // only polls the fd, which outlives this borrow.
+        let stream = unsafe { &*self.rd.0.get() };
+        stream.readable(false).await.is_ok()
+    }
 }
 
 /// Appends what the socket holds now to `buf`'s spare capacity, without waiting
