@@ -107,11 +107,8 @@ pub struct Outbox {
     swept: Cell<(u64, u64)>,
     /// `writes_done` at the sweep before, for [`Outbox::release_idle`].
     idle_seen: Cell<u64>,
-    /// The writer's batch between writes: kept here, not in the writer task, so the sweep
-    /// can free an idle connection's (the writer takes it for each write).
-    batch: Cell<WriteBatch>,
     state: Cell<State>,
-    /// The parked writer task's waker.
+    /// The parked writer task's waker: waiting for frames, or, at the end, for the reader.
     writer: Cell<Option<Waker>>,
     /// The socket's write half while no writer task runs (it goes with the task).
     half: Cell<Option<OwnedWriteHalf<TcpStream>>>,
@@ -128,7 +125,6 @@ pub struct Outbox {
     fresh: Cell<bool>,
     reader_done: Cell<bool>,
     slow: Cell<bool>,
-    reader_waiter: Cell<Option<Waker>>,
     /// The delivery-latency sample followed to its write (see [`Sample`]); 0: none.
     sample: Cell<u64>,
     max_bytes: usize,
@@ -158,7 +154,6 @@ impl Outbox {
             writes_done: Cell::new(0),
             swept: Cell::new((0, 0)),
             idle_seen: Cell::new(0),
-            batch: Cell::new(WriteBatch::default()),
             state: Cell::new(State::Open),
             writer: Cell::new(None),
             half: Cell::new(None),
@@ -169,7 +164,6 @@ impl Outbox {
             fresh: Cell::new(true),
             reader_done: Cell::new(false),
             slow: Cell::new(false),
-            reader_waiter: Cell::new(None),
             sample: Cell::new(0),
             max_bytes,
             max_frames,
@@ -295,14 +289,12 @@ impl Outbox {
         if queue.is_empty() && queue.capacity() > 0 {
             *queue = VecDeque::new();
         }
-        drop(queue);
-        drop(self.batch.take());
     }
 
     /// Called by the reader when it has stopped reading for good.
     pub fn reader_finished(&self) {
         self.reader_done.set(true);
-        if let Some(w) = self.reader_waiter.take() {
+        if let Some(w) = self.writer.take() {
             w.wake();
         }
         if self.state.get() == State::Open {
@@ -402,7 +394,7 @@ impl Outbox {
             if self.reader_done.get() {
                 return Poll::Ready(());
             }
-            self.reader_waiter.set(Some(cx.waker().clone()));
+            self.writer.set(Some(cx.waker().clone()));
             Poll::Pending
         })
         .await;
@@ -448,6 +440,8 @@ impl Outbox {
 /// half back: an idle connection holds no writer task (its state is sized by its largest
 /// await point, a `writev`), and the next frame starts one again.
 async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
+    // The batch's buffers live as long as this task: an idle connection has neither.
+    let mut batch = WriteBatch::default();
     loop {
         out.ready().await;
         if !out.has_queued() {
@@ -460,12 +454,10 @@ async fn run_writer(mut half: OwnedWriteHalf<TcpStream>, out: Rc<Outbox>) {
             }
             break; // closing with nothing left, or done
         }
-        let mut batch = out.batch.take();
         out.take_into(&mut batch);
         let ok;
         (ok, batch) = write_all(&mut half, batch, &out).await;
         batch.clear();
-        out.batch.set(batch);
         if out.fresh.replace(false) {
             // The welcome (with a URL's joins) is often all a connection gets for a while:
             // its buffers and this task go now, while the allocator can hand them to the
