@@ -362,7 +362,7 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         exp: now_s().saturating_add(a.ttl_s),
         nbf: None,
         rooms: a.rooms.map(patterns),
-        name: a.name,
+        name: a.name.map(String::into_boxed_str),
         moderator: a.moderator.map(patterns),
     };
     let token = auth::mint_claims_hs256(&secret, &claims).map_err(|e| anyhow::anyhow!("--user {:?}: {e}", a.user))?;

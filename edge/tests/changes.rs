@@ -30,7 +30,7 @@ fn moderator(s: &Server) -> Member {
         nbf: None,
         rooms: None,
         name: None,
-        moderator: Some(vec![ROOM.into()]),
+        moderator: Some([ROOM.into()].into()),
     };
     let token = edge::auth::mint_claims_hs256(SECRET, &claims).expect("mint");
     let mut c = Client::connect_raw_query(&s.addr, &format!("token={token}")).expect("upgrade");

@@ -90,14 +90,14 @@ pub struct Claims {
     pub nbf: Option<u64>,
     /// Room patterns the holder may join (see [`may_join`](super::may_join)); absent = all public rooms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rooms: Option<Vec<String>>,
+    pub rooms: Option<Box<[String]>>,
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     /// Room patterns (as `rooms`) where the holder moderates: may edit and delete anyone's
     /// messages. Never applies to DM rooms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub moderator: Option<Vec<String>>,
+    pub moderator: Option<Box<[String]>>,
 }
 
 /// Why a token was refused, or why settings or minting failed.
@@ -264,9 +264,9 @@ impl Verifier {
             sub,
             exp,
             nbf,
-            rooms: raw.rooms,
-            name: raw.name,
-            moderator: raw.moderator,
+            rooms: raw.rooms.map(Vec::into_boxed_slice),
+            name: raw.name.map(String::into_boxed_str),
+            moderator: raw.moderator.map(Vec::into_boxed_slice),
         })
     }
 

@@ -51,7 +51,7 @@ fn hs256_round_trip() {
     assert_eq!(c.sub, "alice");
     assert_eq!(c.exp, NOW + 60);
     assert_eq!(c.nbf, Some(NOW - 1));
-    assert_eq!(c.rooms, Some(vec!["lobby".to_owned()]));
+    assert_eq!(c.rooms.as_deref(), Some(&["lobby".to_owned()][..]));
     assert_eq!(c.name.as_deref(), Some("Alice"));
 }
 
@@ -234,7 +234,7 @@ fn rs256_verification() {
     let v = pk_verifier(JwtAlgorithm::Rs256, RSA_PUBLIC_PEM);
     let c = v.verify(&token, NOW).expect("valid");
     assert_eq!(c.sub, "alice");
-    assert_eq!(c.rooms, Some(vec!["team:*".to_owned()]));
+    assert_eq!(c.rooms.as_deref(), Some(&["team:*".to_owned()][..]));
     assert_eq!(v.verify(&token, NOW + 60), Err(AuthError::Expired));
 
     let other = EncodingKey::from_rsa_pem(OTHER_RSA_PRIVATE_PEM.as_bytes()).expect("key");

@@ -34,8 +34,8 @@ pub fn mint_hs256(
         sub: user.to_owned(),
         exp: now_s.saturating_add(ttl_s),
         nbf: None,
-        rooms,
-        name,
+        rooms: rooms.map(Vec::into_boxed_slice),
+        name: name.map(String::into_boxed_str),
         moderator: None,
     };
     mint_claims_hs256(secret, &claims)
@@ -110,7 +110,7 @@ mod tests {
         assert_eq!(c.sub, "alice");
         assert_eq!(c.exp, NOW + 60);
         assert_eq!(c.nbf, None);
-        assert_eq!(c.rooms, Some(vec!["team:*".to_owned()]));
+        assert_eq!(c.rooms.as_deref(), Some(&["team:*".to_owned()][..]));
         assert_eq!(c.name.as_deref(), Some("Alice"));
         assert_eq!(v.verify(&token, NOW + 60), Err(AuthError::Expired));
     }

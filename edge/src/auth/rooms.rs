@@ -152,10 +152,10 @@ mod tests {
     fn moderators_moderate_the_rooms_their_claim_names_and_no_dm() {
         let mut c = claims("mod", None);
         assert!(!may_moderate(&c, "lobby"), "no claim, no moderation");
-        c.moderator = Some(vec!["team:*".into(), "lobby".into()]);
+        c.moderator = Some(["team:*".into(), "lobby".into()].into());
         assert!(may_moderate(&c, "lobby") && may_moderate(&c, "team:eng"));
         assert!(!may_moderate(&c, "lobby2") && !may_moderate(&c, "other"));
-        c.moderator = Some(vec!["*".into()]);
+        c.moderator = Some(["*".into()].into());
         assert!(may_moderate(&c, "anything"));
         assert!(!may_moderate(&c, "dm:a:mod"), "a DM room has no moderator");
     }

@@ -61,7 +61,7 @@ impl SessionCtx {
             nbf: None,
             rooms: None,
             name: None,
-            moderator: moderator.then(|| vec!["*".to_owned()]),
+            moderator: moderator.then(|| ["*".to_owned()].into()),
         };
         mint_claims_hs256(SECRET, &claims).expect("token")
     }

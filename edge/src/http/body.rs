@@ -148,8 +148,8 @@ pub fn token_claims(req: TokenReq, now_s: u64) -> Result<Claims, ApiError> {
         sub: req.user,
         exp: now_s.saturating_add(ttl),
         nbf: None,
-        rooms: req.rooms,
-        name: req.name,
-        moderator: req.moderator,
+        rooms: req.rooms.map(Vec::into_boxed_slice),
+        name: req.name.map(String::into_boxed_str),
+        moderator: req.moderator.map(Vec::into_boxed_slice),
     })
 }

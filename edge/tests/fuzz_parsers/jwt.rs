@@ -113,9 +113,9 @@ fn claims() -> impl Strategy<Value = Claims> {
             sub,
             exp,
             nbf,
-            rooms,
-            name,
-            moderator,
+            rooms: rooms.map(Vec::into_boxed_slice),
+            name: name.map(String::into_boxed_str),
+            moderator: moderator.map(Vec::into_boxed_slice),
         })
 }
 
@@ -176,9 +176,9 @@ fn rule_for_json(p: &Map<String, Value>, now: u64) -> Result<Claims, AuthError> 
         sub,
         exp,
         nbf,
-        rooms,
-        name,
-        moderator,
+        rooms: rooms.map(Vec::into_boxed_slice),
+        name: name.map(String::into_boxed_str),
+        moderator: moderator.map(Vec::into_boxed_slice),
     };
     let ok = rule(&claims, now)?;
     if is_valid_user_id(&ok.sub) {
