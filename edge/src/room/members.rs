@@ -3,20 +3,25 @@
 //!
 //! Lists are plain vectors: iterating them is the hot path (every delivery),
 //! removal is a linear scan (a leave), which is cheap at the room sizes one
-//! core serves; see ARCHITECTURE.md.
+//! core serves; see ARCHITECTURE.md. Up to two ids are held inline (a user's
+//! one or two connections in the user index, a DM's two members), and keys
+//! are boxed strings: an entry is 40 bytes and most allocate nothing but
+//! their key (results/idle-breakdown-20261205.txt, part 9).
 
 use std::collections::HashMap;
+
+use smallvec::SmallVec;
 
 /// room -> local connection ids.
 #[derive(Debug, Default)]
 pub struct MemberIndex {
-    rooms: HashMap<String, Vec<u64>>,
+    rooms: HashMap<Box<str>, SmallVec<[u64; 2]>>,
 }
 
 impl MemberIndex {
     /// Adds `conn` to `room`; returns false when it was already there.
     pub fn insert(&mut self, room: &str, conn: u64) -> bool {
-        let list = self.rooms.entry(room.to_owned()).or_default();
+        let list = self.rooms.entry(room.into()).or_default();
         if list.contains(&conn) {
             return false;
         }
@@ -39,12 +44,12 @@ impl MemberIndex {
 
     /// Local members of `room`.
     pub fn get(&self, room: &str) -> &[u64] {
-        self.rooms.get(room).map_or(&[], Vec::as_slice)
+        self.rooms.get(room).map_or(&[], |ids| ids.as_slice())
     }
 
     /// The keys with at least one local member (rooms, or users in the user index).
     pub fn keys(&self) -> Vec<String> {
-        self.rooms.keys().cloned().collect()
+        self.rooms.keys().map(|k| k.to_string()).collect()
     }
 
     /// Rooms with at least one local member.

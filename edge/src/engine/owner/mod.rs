@@ -193,7 +193,7 @@ pub struct Owner<S> {
     /// When delivered marks were last flushed to the store.
     delivered_flushed_ms: u64,
     /// Users whose home shard this is and who are online: the shards holding a connection of each.
-    seen: HashMap<String, Vec<usize>>,
+    seen: HashMap<Box<str>, smallvec::SmallVec<[usize; 2]>>,
     /// Last-seen times the store has not taken yet (its queue was full, or the write failed):
     /// user → time, written again at the next ticks.
     seen_unstored: HashMap<String, u64>,

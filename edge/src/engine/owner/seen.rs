@@ -28,7 +28,7 @@ impl<S: StorePort> Owner<S> {
     /// Shard `shard` holds its first connection of `user` (`online`), or closed its last one
     /// at `now_ms`.
     pub fn user_seen(&mut self, user: &str, shard: usize, online: bool, now_ms: u64) {
-        let shards = self.seen.entry(user.to_owned()).or_default();
+        let shards = self.seen.entry(user.into()).or_default();
         let at = shards.binary_search(&shard);
         match (online, at) {
             (true, Err(i)) => shards.insert(i, shard),
