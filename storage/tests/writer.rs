@@ -301,11 +301,18 @@ async fn a_panicking_store_still_completes_every_ticket() {
 async fn shutdown_flushes_and_records_a_clean_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let open = || EmbeddedStore::open(dir.path(), &EmbeddedOptions::default()).expect("open");
-    let (h, comps) = spawn(open(), &cfg(1000, 5_000_000), 2).expect("spawn");
+    // Shutdown may wait 2 s: waiting for the 5 s window would fail it.
+    let c = StoreConfig {
+        shutdown_timeout_ms: 2_000,
+        ..cfg(1000, 5_000_000)
+    };
+    let (h, comps) = spawn(open(), &c, 2).expect("spawn");
     assert!(h.previous_run_clean(), "a first run counts as clean");
     for seq in 1..=10 {
         h.write((seq % 2) as usize, message("bye", seq), seq).expect("write");
     }
+    // The writer is asleep on the batch's window, off the channel, when the shutdown comes.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     h.shutdown().expect("shutdown flushes without waiting for the 5 s timer");
     assert_eq!(h.write(0, message("bye", 11), 11), Err(Overloaded), "no writes after shutdown");
     h.shutdown().expect("a second shutdown is a no-op");

@@ -309,6 +309,8 @@ impl StoreHandle {
         s.shutdown_requested.store(true, Ordering::Release);
         // Send errors mean the thread is already gone; the join below reports it.
         let _ = s.write_tx.send(WriteCmd::Shutdown);
+        // The writer may be sleeping to a batch's deadline, off the channel.
+        s.fill.wake();
         let _ = s.query_tx.send(QueryCmd::Shutdown);
         let Some((join, done)) = s.thread.lock().unwrap_or_else(PoisonError::into_inner).take() else {
             return Ok(());

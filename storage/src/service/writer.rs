@@ -94,6 +94,11 @@ impl Fill {
             self.full.notify_one();
         }
     }
+
+    /// Ends the writer's wait for its batch now (a shutdown was queued: it commits at once).
+    pub(super) fn wake(&self) {
+        self.full.notify_one();
+    }
 }
 
 /// One batch being collected: the messages and, in the same order, who to answer.
