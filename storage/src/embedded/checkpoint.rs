@@ -16,9 +16,11 @@
 //! nothing written never. A checkpoint's cost is mostly fixed (two fsyncs of
 //! which the disk's write-back is most), so under a trickle of commits one
 //! every 50 ms was most of the store's CPU (results/light-load-profile-20261205.txt).
-//! Durability does not depend on it: with `synchronous=NORMAL` a commit
-//! survives a process crash once it is in the WAL, and with FULL it is synced
-//! at commit.
+//! The promised durability does not depend on it: with `synchronous=NORMAL` a
+//! commit survives a process crash once it is in the WAL, and with FULL it is
+//! synced at commit. What NORMAL does not promise, surviving an OS crash or a
+//! power loss, depends on the WAL's sync, which SQLite does at checkpoints: under
+//! a trickle of commits that window is now up to [`MAX_DELAY`], not 50 ms.
 //!
 //! Invariants: the thread owns its own connection; dropping [`Checkpointer`]
 //! stops and joins it.
