@@ -389,6 +389,7 @@ impl Shard {
             liveness: Cell::new(Liveness::new(now)),
             user_counted: Cell::new(false),
             decoder: Cell::new(None),
+            read: super::conn::ReadSide::none(),
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         self.api_conns.set(self.api_conns.get() + 1);

@@ -1,16 +1,19 @@
-//! A connection after its upgrade: the reader loop that turns socket bytes
-//! into WebSocket messages and requests, the echo mode for conformance tests,
-//! the idle/heartbeat sweep, and the drain on shutdown.
+//! A connection after its upgrade: its read side, which turns socket bytes into WebSocket
+//! messages and requests, the echo mode for conformance tests, the idle/heartbeat sweep,
+//! and the drain on shutdown.
 //!
-//! Memory: an idle connection holds no read buffer. The reader waits for
-//! readiness (a poll op, no buffer), reads with one non-blocking `recv` (no read op
-//! in the task's state, and no second trip through the runtime) into a fresh 4 KiB
-//! buffer, and frees it as soon as every complete frame in it is decoded. Its decoder (with
-//! tungstenite's own buffer) is kept in the connection, not in the reader task, and the
-//! once-a-second sweep drops it when the connection was silent since the sweep before
-//! and the decoder holds nothing partial (`Decoder::at_rest`); the next bytes get a new
-//! one. The sweep also has the outbox give back its queue's and write batch's buffers
-//! when nothing was written since the sweep before (`Outbox::release_idle`).
+//! A connection has no reader task: its socket is in the shard's epoll set
+//! (`readiness.rs`), and each time it is ready the shard's one reader task calls
+//! [`on_readable`] on it: one non-blocking `recv`, then every complete frame decoded and
+//! handled, synchronously (nothing in reading waits on anything but readiness).
+//!
+//! Memory: an idle connection holds no read buffer. A `recv` reads into a fresh 4 KiB
+//! buffer, freed as soon as every complete frame in it is decoded. Its decoder (with
+//! tungstenite's own buffer) is kept in the connection, and the once-a-second sweep drops
+//! it when the connection was silent since the sweep before and the decoder holds nothing
+//! partial (`Decoder::at_rest`); the next bytes get a new one. The sweep also has the
+//! outbox give back its queue's and write batch's buffers when nothing was written since
+//! the sweep before (`Outbox::release_idle`).
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
@@ -35,8 +38,8 @@ use crate::ws::codec::{self, Decoder, Limits, Message};
 const READ_CHUNK: usize = 4096;
 
 /// Starts an upgraded connection: its state, its writer task, its session (a token in
-/// the URL is welcomed now, else `auth` is awaited until `auth_timeout_ms`), and its reader
-/// task, which holds `slot` (its count in `max_conns`) until the connection ends.
+/// the URL is welcomed now, else `auth` is awaited until `auth_timeout_ms`), and its
+/// reading, which holds `slot` (its count in `max_conns`) until the connection ends.
 /// `joins` are the rooms of `?room=` / `?resume=` (with their `since`).
 pub(super) fn start_connection(
     shard: Rc<Shard>,
@@ -48,9 +51,10 @@ pub(super) fn start_connection(
 ) {
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
+    let read = ReadSide::new(rd, rest, Mode::Chat, Some(slot));
     // The writer task starts with the first frame queued (the welcome, or an answer to
     // `auth`), and leaves while the connection is idle (`outbox.rs`).
-    let conn = shard.open_conn(fd, wr, shard.cfg.outbound_queue_max_bytes, joins);
+    let conn = shard.open_conn(fd, wr, shard.cfg.outbound_queue_max_bytes, joins, read);
     // A token in the URL was counted for its user before the upgrade (`accept`).
     conn.user_counted.set(claims.is_some());
     match claims {
@@ -62,14 +66,7 @@ pub(super) fn start_connection(
             monoio::spawn(auth_deadline(shard.clone(), conn.clone()));
         }
     }
-    monoio::spawn(Reader::task(Reader {
-        shard,
-        conn,
-        rd,
-        buf: rest,
-        mode: Mode::Chat,
-        _slot: Some(slot),
-    }));
+    start_reading(&shard, &conn);
 }
 
 /// Starts a connection of the conformance endpoint: echoes every message through the
@@ -80,15 +77,9 @@ pub(super) fn start_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
     let max = shard.cfg.echo_max_message_bytes;
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    let conn = shard.open_conn(fd, wr, max.saturating_mul(4), Vec::new());
-    monoio::spawn(Reader::task(Reader {
-        shard,
-        conn,
-        rd,
-        buf: rest,
-        mode: Mode::Echo,
-        _slot: None,
-    }));
+    let read = ReadSide::new(rd, rest, Mode::Echo, None);
+    let conn = shard.open_conn(fd, wr, max.saturating_mul(4), Vec::new(), read);
+    start_reading(&shard, &conn);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -97,22 +88,37 @@ enum Mode {
     Echo,
 }
 
-/// A connection's reader: its task's state, kept for the connection's life.
-///
-/// The task is an `async` block that owns this struct and awaits [`Reader::run`] on it,
-/// not an `async fn` with these as arguments: an `async fn`'s state keeps its arguments
-/// twice (as given, and moved into its body), and a task's state is kept, sized by its
-/// largest await point, for as long as the connection lives
-/// (results/idle-breakdown-20261205.txt, part 7).
-struct Reader {
-    shard: Rc<Shard>,
-    conn: Rc<Conn>,
-    rd: OwnedReadHalf<TcpStream>,
+/// A connection's read side, kept in its `Conn` for its life (no task of its own).
+pub(super) struct ReadSide {
+    /// The socket's read half, until reading ends: it keeps the socket open while the fd
+    /// is in the shard's epoll set. None for a connection with no socket (an API request's).
+    rd: Cell<Option<OwnedReadHalf<TcpStream>>>,
     /// Bytes read and not yet decoded; empty, with no capacity, while idle.
-    buf: BytesMut,
+    buf: Cell<BytesMut>,
+    /// The connection's count in `max_conns`, released when reading ends.
+    slot: Cell<Option<SocketSlot>>,
     mode: Mode,
-    /// The connection's count in `max_conns`, released with the task.
-    _slot: Option<SocketSlot>,
+}
+
+impl ReadSide {
+    fn new(rd: OwnedReadHalf<TcpStream>, rest: BytesMut, mode: Mode, slot: Option<SocketSlot>) -> Self {
+        Self {
+            rd: Cell::new(Some(rd)),
+            buf: Cell::new(rest),
+            slot: Cell::new(slot),
+            mode,
+        }
+    }
+
+    /// The read side of a connection with no socket: nothing is ever read.
+    pub(super) fn none() -> Self {
+        Self {
+            rd: Cell::new(None),
+            buf: Cell::new(BytesMut::new()),
+            slot: Cell::new(None),
+            mode: Mode::Chat,
+        }
+    }
 }
 
 /// What one `recv` found.
@@ -123,135 +129,126 @@ enum Recv {
     End,
 }
 
-impl Reader {
-    /// The reader task: reads to the connection's end, then closes it here.
-    // Not an `async fn`: that would keep `r` twice in the task's state (see the type's doc).
-    #[allow(clippy::manual_async_fn)]
-    fn task(mut r: Self) -> impl std::future::Future<Output = ()> {
-        async move {
-            r.run().await;
-            r.conn.out.reader_finished();
-            r.shard.close_conn(&r.conn);
-        }
+/// Decodes what came with the upgrade, then puts the socket in the shard's epoll set.
+fn start_reading(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    let mut buf = conn.read.buf.take();
+    let go_on = decode(shard, conn, &mut buf);
+    keep(conn, buf);
+    if !go_on {
+        finish_reading(shard, conn, false);
+        return;
     }
-
-    fn limits(&self) -> Limits {
-        match self.mode {
-            Mode::Chat => Limits {
-                max_frame_bytes: self.shard.cfg.max_frame_bytes,
-                max_message_bytes: self.shard.cfg.max_message_bytes,
-            },
-            Mode::Echo => Limits {
-                max_frame_bytes: self.shard.cfg.echo_max_message_bytes,
-                max_message_bytes: self.shard.cfg.echo_max_message_bytes,
-            },
-        }
+    if let Err(e) = shard.readiness.add(conn.out.fd(), conn.id) {
+        // The set is bounded by the user's `max_user_watches` (about 4% of memory).
+        tracing::warn!(conn = conn.id, error = %e, "cannot watch the socket: closing it");
+        conn.out.close(1011, "server cannot watch the socket");
+        finish_reading(shard, conn, false);
     }
+}
 
-    fn fd(&self) -> RawFd {
-        // SAFETY: as in `readable`: a shared borrow of the stream, for its fd only.
-        unsafe { &*self.rd.0.get() }.as_raw_fd()
+/// The shard's reader found the socket ready: one `recv` takes what is there (one per
+/// turn, so a busy peer waits its turn behind the other ready sockets), then every
+/// complete message in the buffer is handled.
+/// Only sockets are in the set, and a connection leaves it (and the shard's map) when its
+/// reading ends, so `conn` has its read half.
+pub(super) fn on_readable(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    let mut buf = conn.read.buf.take();
+    let go_on = match recv(conn.out.fd(), &mut buf) {
+        Recv::Got => decode(shard, conn, &mut buf),
+        Recv::Nothing => true, // a spurious wakeup, or the rest of a frame still on its way
+        Recv::End => false,
+    };
+    keep(conn, buf);
+    if !go_on {
+        finish_reading(shard, conn, true);
     }
+}
 
-    /// Reads until the peer's end, a socket error, a close or a protocol violation.
-    async fn run(&mut self) {
-        loop {
-            if !self.decode() {
-                return;
-            }
-            if self.buf.is_empty() {
-                self.buf = BytesMut::new(); // release the buffer while idle
-                if !self.readable().await {
-                    return;
-                }
-            }
-            // Readable, or a partial frame waits for more: one `recv` takes what is there,
-            // with no io_uring op and no second trip through the runtime; nothing there yet
-            // (a relaxed readiness, or the rest of a frame still on its way) waits again.
-            loop {
-                match self.recv() {
-                    Recv::Got => break,
-                    Recv::End => return,
-                    Recv::Nothing => {
-                        if self.buf.is_empty() {
-                            self.buf = BytesMut::new();
-                        }
-                        if !self.readable().await {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
+/// Puts the undecoded bytes back; an empty buffer's memory is released while idle.
+fn keep(conn: &Conn, buf: BytesMut) {
+    conn.read.buf.set(if buf.is_empty() { BytesMut::new() } else { buf });
+}
+
+/// Reading ended (the peer's end, a socket error, a close or a protocol violation): the
+/// socket leaves the epoll set, the writer is told, the connection closes here, and the
+/// read half and the `max_conns` slot go.
+fn finish_reading(shard: &Shard, conn: &Rc<Conn>, watched: bool) {
+    if watched {
+        shard.readiness.remove(conn.out.fd());
     }
+    conn.out.reader_finished();
+    shard.close_conn(conn);
+    drop(conn.read.rd.take());
+    drop(conn.read.slot.take());
+    drop(conn.read.buf.take());
+}
 
-    /// Decodes and handles every complete message in the buffer; false when the connection
-    /// is done reading.
-    fn decode(&mut self) -> bool {
-        if self.buf.is_empty() {
-            return true;
-        }
-        // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
-        // then is as silent as one that sends nothing (`idle_timeout_ms`).
-        let mut complete = false;
-        // The decoder lives in the connection between reads (the sweep may drop a silent
-        // connection's); none is kept in this task's state.
-        let mut dec = self.conn.decoder.take().unwrap_or_else(|| Box::new(Decoder::new(self.limits())));
-        let go_on = loop {
-            match dec.decode(&mut self.buf) {
-                Ok(Some(msg)) => {
-                    complete = true;
-                    if !on_message(&self.shard, &self.conn, msg, self.mode) {
-                        break false;
-                    }
-                }
-                Ok(None) => break true,
-                Err(v) => {
-                    tracing::debug!(conn = self.conn.id, code = v.code, reason = v.reason, "protocol violation");
-                    self.conn.out.close(v.code, v.reason);
+fn limits(shard: &Shard, mode: Mode) -> Limits {
+    match mode {
+        Mode::Chat => Limits {
+            max_frame_bytes: shard.cfg.max_frame_bytes,
+            max_message_bytes: shard.cfg.max_message_bytes,
+        },
+        Mode::Echo => Limits {
+            max_frame_bytes: shard.cfg.echo_max_message_bytes,
+            max_message_bytes: shard.cfg.echo_max_message_bytes,
+        },
+    }
+}
+
+/// Decodes and handles every complete message in `buf`; false when the connection is
+/// done reading.
+fn decode(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let mode = conn.read.mode;
+    // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
+    // then is as silent as one that sends nothing (`idle_timeout_ms`).
+    let mut complete = false;
+    // The decoder lives in the connection between reads (the sweep may drop a silent
+    // connection's).
+    let mut dec = conn.decoder.take().unwrap_or_else(|| Box::new(Decoder::new(limits(shard, mode))));
+    let go_on = loop {
+        match dec.decode(buf) {
+            Ok(Some(msg)) => {
+                complete = true;
+                if !on_message(shard, conn, msg, mode) {
                     break false;
                 }
             }
-        };
-        if go_on {
-            self.conn.decoder.set(Some(dec));
-        }
-        if complete {
-            let mut l = self.conn.liveness.get();
-            l.heard(Shard::now_ms());
-            self.conn.liveness.set(l);
-        }
-        go_on
-    }
-
-    /// One non-blocking `recv` into the buffer.
-    fn recv(&mut self) -> Recv {
-        let fd = self.fd();
-        loop {
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            Ok(None) => break true,
+            Err(v) => {
+                tracing::debug!(conn = conn.id, code = v.code, reason = v.reason, "protocol violation");
+                conn.out.close(v.code, v.reason);
+                break false;
             }
-            return match recv_now(fd, &mut self.buf) {
-                Ok(0) => Recv::End,
-                Ok(_) => Recv::Got,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => Recv::Nothing,
-                Err(_) => Recv::End,
-            };
         }
+    };
+    if go_on {
+        conn.decoder.set(Some(dec));
     }
+    if complete {
+        let mut l = conn.liveness.get();
+        l.heard(Shard::now_ms());
+        conn.liveness.set(l);
+    }
+    go_on
+}
 
-    /// Waits until the socket is readable (a poll op, no buffer); false when it failed.
-    ///
-    /// Not relaxed: on the epoll driver a relaxed wait returns at once while monoio's cached
-    /// readiness is set, and only a monoio read that meets `EAGAIN` clears it; `recv_now`
-    /// is not one, so the reader would spin. Strict, the epoll driver checks with `poll`
-    /// and clears the readiness itself; io_uring's poll op is the same either way.
-    async fn readable(&self) -> bool {
-        // SAFETY: the read half is used by its reader task only; `readable` takes `&self` and
-        // only polls the fd, which outlives this borrow.
-        let stream = unsafe { &*self.rd.0.get() };
-        stream.readable(false).await.is_ok()
+/// One non-blocking `recv` into `buf`.
+fn recv(fd: RawFd, buf: &mut BytesMut) -> Recv {
+    loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        return match recv_now(fd, buf) {
+            Ok(0) => Recv::End,
+            Ok(_) => Recv::Got,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Recv::Nothing,
+            Err(_) => Recv::End,
+        };
     }
 }
 
@@ -364,7 +361,14 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
 
 impl Shard {
     /// A connection's state, with the `?room=`/`?resume=` joins its session runs after `auth`.
-    fn open_conn(&self, fd: RawFd, wr: OwnedWriteHalf<TcpStream>, max_queued_bytes: usize, joins: Vec<(String, Option<u64>)>) -> Rc<Conn> {
+    fn open_conn(
+        &self,
+        fd: RawFd,
+        wr: OwnedWriteHalf<TcpStream>,
+        max_queued_bytes: usize,
+        joins: Vec<(String, Option<u64>)>,
+        read: ReadSide,
+    ) -> Rc<Conn> {
         let out = Outbox::for_socket(wr, fd, max_queued_bytes, self.cfg.outbound_queue_max_frames);
         let now = Self::now_ms();
         let conn = Rc::new(Conn {
@@ -374,6 +378,7 @@ impl Shard {
             liveness: Cell::new(Liveness::new(now)),
             user_counted: Cell::new(false),
             decoder: Cell::new(None),
+            read,
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         ShardStats::set(

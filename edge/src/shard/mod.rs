@@ -7,7 +7,8 @@
 //! across an `.await`.
 //!
 //! Files: `accept` (listener, HTTP routing, upgrade, handoff), `conn` (a
-//! connection's reader: WebSocket frames to requests), `requests` (client
+//! connection's reading: WebSocket frames to requests), `readiness` (the
+//! shard's one reader task over an epoll set of its sockets), `requests` (client
 //! requests), `members` (the member side around `engine::subscriber`, both
 //! modes), `sequencer` (the one mode choice), `local` (the owner side
 //! around `engine::owner`, and calls to it), `cluster`/`publish` (the same
@@ -35,6 +36,7 @@ mod mesh_io;
 pub mod mesh_out;
 pub mod outbox;
 mod publish;
+mod readiness;
 mod requests;
 mod sequencer;
 mod users;
@@ -117,6 +119,8 @@ pub(crate) struct Conn {
     /// holds nothing partial, and the reader makes one again for the next bytes
     /// (`conn.rs`).
     pub(crate) decoder: Cell<Option<Box<crate::ws::codec::Decoder>>>,
+    /// Its read half, buffer and `max_conns` slot while it reads (`conn.rs`).
+    read: conn::ReadSide,
 }
 
 impl Conn {
@@ -177,12 +181,14 @@ pub(crate) struct Shard {
     /// Rooms whose messages reached this shard's connections since the last tick, with the
     /// highest seq (`delivered.rs`).
     delivered: RefCell<HashMap<String, u64>>,
+    /// Its connections' sockets, for the one reader task (`readiness.rs`).
+    readiness: readiness::Readiness,
     /// This shard itself, for handlers that spawn tasks.
     me: Weak<Self>,
 }
 
 impl Shard {
-    fn new(s: ShardSetup, me: Weak<Self>) -> Self {
+    fn new(s: ShardSetup, readiness: readiness::Readiness, me: Weak<Self>) -> Self {
         let threads = s.mesh.threads();
         let admission = Admission::new(s.cfg.admission_rate_per_shard, s.cfg.admission_burst, s.cfg.admission_retry_max_ms);
         let sequencer = match s.bridge {
@@ -275,6 +281,7 @@ impl Shard {
             typing: RefCell::new(typing),
             typing_timer: Cell::new(0),
             delivered: RefCell::new(HashMap::new()),
+            readiness,
             me,
         }
     }
@@ -329,7 +336,14 @@ impl Shard {
 
 /// Runs one shard on the current thread until it has drained.
 pub fn run(setup: ShardSetup, listener: std::net::TcpListener, admin: Option<std::net::TcpListener>) {
-    let shard = Rc::new_cyclic(|me| Shard::new(setup, me.clone()));
+    let readiness = match readiness::Readiness::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(shard = setup.id, error = %e, "shard cannot create its epoll set");
+            return;
+        }
+    };
+    let shard = Rc::new_cyclic(|me| Shard::new(setup, readiness, me.clone()));
     let id = shard.id;
     crate::metrics::set_thread_shard(shard.all_stats.clone(), id);
     let driver = shard.driver;
@@ -367,6 +381,7 @@ async fn main_task(shard: Rc<Shard>, listener: std::net::TcpListener, admin: Opt
     monoio::spawn(mesh_io::run_spill(shard.clone()));
     monoio::spawn(local::run_completions(shard.clone()));
     monoio::spawn(conn::run_idle_sweep(shard.clone()));
+    monoio::spawn(readiness::run_readers(shard.clone()));
     tracing::info!(shard = shard.id, driver = shard.driver, "shard started");
     accept::run_accept(shard.clone(), listener).await;
     shard.drain().await;

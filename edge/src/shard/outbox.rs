@@ -88,8 +88,8 @@ enum State {
     Done,
 }
 
-/// The outbound side of one connection, shared by its reader and writer
-/// tasks and by the shard's fan-out (all on one thread).
+/// The outbound side of one connection, shared by its reading (`conn.rs`), its writer
+/// task and the shard's fan-out (all on one thread).
 pub struct Outbox {
     queue: RefCell<VecDeque<OutFrame>>,
     /// Bytes of live frames queued (the 4008 bound).
@@ -233,6 +233,11 @@ impl Outbox {
         self.wake_writer();
     }
 
+    /// The socket's fd (-1 for a queue with no socket of its own).
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// True once a close is queued or the socket is gone.
     pub fn is_closing(&self) -> bool {
         self.state.get() != State::Open
@@ -303,7 +308,7 @@ impl Outbox {
         }
     }
 
-    /// Cuts the socket in both directions: the reader's pending wait ends.
+    /// Cuts the socket in both directions: the reader sees its end at the next readiness.
     pub fn shutdown_socket(&self) {
         // SAFETY: `fd` is the connection's socket, alive while either half is;
         // shutdown(2) on it only changes socket state and cannot touch memory.
