@@ -356,6 +356,8 @@ pub(super) async fn run_idle_sweep(shard: Rc<Shard>) {
                 }
             }
         }
+        // What the sweep (and the last second) freed goes back to the OS once its purge delay passed.
+        crate::heap::collect_freed();
     }
 }
 
