@@ -7,8 +7,9 @@
 //! [`on_readable`] on it: one non-blocking `recv`, then every complete frame decoded and
 //! handled, synchronously (nothing in reading waits on anything but readiness).
 //!
-//! Memory: an idle connection holds no read buffer. A `recv` reads into a fresh 4 KiB
-//! buffer, freed as soon as every complete frame in it is decoded. Its decoder (with
+//! Memory: a connection holds no read buffer. A `recv` reads into the shard reader's one
+//! buffer (4 KiB), and decoding uses it all up: tungstenite keeps a partial frame to
+//! itself, in the decoder. The decoder (with
 //! tungstenite's own buffer) is kept in the connection, and the once-a-second sweep drops
 //! it when the connection was silent since the sweep before and the decoder holds nothing
 //! partial (`Decoder::at_rest`); the next bytes get a new one. The sweep also has the
@@ -51,7 +52,7 @@ pub(super) fn start_connection(
 ) {
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    let read = ReadSide::new(rd, rest, Mode::Chat, Some(slot));
+    let read = ReadSide::new(rd, Mode::Chat, Some(slot));
     // The writer task starts with the first frame queued (the welcome, or an answer to
     // `auth`), and leaves while the connection is idle (`outbox.rs`).
     let conn = shard.open_conn(fd, wr, shard.cfg.outbound_queue_max_bytes, joins, read);
@@ -66,7 +67,7 @@ pub(super) fn start_connection(
             monoio::spawn(auth_deadline(shard.clone(), conn.clone()));
         }
     }
-    start_reading(&shard, &conn);
+    start_reading(&shard, &conn, rest);
 }
 
 /// Starts a connection of the conformance endpoint: echoes every message through the
@@ -77,9 +78,9 @@ pub(super) fn start_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
     let max = shard.cfg.echo_max_message_bytes;
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    let read = ReadSide::new(rd, rest, Mode::Echo, None);
+    let read = ReadSide::new(rd, Mode::Echo, None);
     let conn = shard.open_conn(fd, wr, max.saturating_mul(4), Vec::new(), read);
-    start_reading(&shard, &conn);
+    start_reading(&shard, &conn, rest);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,18 +94,15 @@ pub(super) struct ReadSide {
     /// The socket's read half, until reading ends: it keeps the socket open while the fd
     /// is in the shard's epoll set. None for a connection with no socket (an API request's).
     rd: Cell<Option<OwnedReadHalf<TcpStream>>>,
-    /// Bytes read and not yet decoded; empty, with no capacity, while idle.
-    buf: Cell<BytesMut>,
     /// The connection's count in `max_conns`, released when reading ends.
     slot: Cell<Option<SocketSlot>>,
     mode: Mode,
 }
 
 impl ReadSide {
-    fn new(rd: OwnedReadHalf<TcpStream>, rest: BytesMut, mode: Mode, slot: Option<SocketSlot>) -> Self {
+    fn new(rd: OwnedReadHalf<TcpStream>, mode: Mode, slot: Option<SocketSlot>) -> Self {
         Self {
             rd: Cell::new(Some(rd)),
-            buf: Cell::new(rest),
             slot: Cell::new(slot),
             mode,
         }
@@ -114,7 +112,6 @@ impl ReadSide {
     pub(super) fn none() -> Self {
         Self {
             rd: Cell::new(None),
-            buf: Cell::new(BytesMut::new()),
             slot: Cell::new(None),
             mode: Mode::Chat,
         }
@@ -129,12 +126,9 @@ enum Recv {
     End,
 }
 
-/// Decodes what came with the upgrade, then puts the socket in the shard's epoll set.
-fn start_reading(shard: &Rc<Shard>, conn: &Rc<Conn>) {
-    let mut buf = conn.read.buf.take();
-    let go_on = decode(shard, conn, &mut buf);
-    keep(conn, buf);
-    if !go_on {
+/// Decodes what came with the upgrade (`rest`), then puts the socket in the shard's epoll set.
+fn start_reading(shard: &Rc<Shard>, conn: &Rc<Conn>, mut rest: BytesMut) {
+    if !decode(shard, conn, &mut rest) {
         finish_reading(shard, conn, false);
         return;
     }
@@ -148,25 +142,23 @@ fn start_reading(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 
 /// The shard's reader found the socket ready: one `recv` takes what is there (one per
 /// turn, so a busy peer waits its turn behind the other ready sockets), then every
-/// complete message in the buffer is handled.
+/// complete message in it is handled. `buf` is the shard reader's, empty on entry and left
+/// empty.
+///
 /// Only sockets are in the set, and a connection leaves it (and the shard's map) when its
 /// reading ends, so `conn` has its read half.
-pub(super) fn on_readable(shard: &Rc<Shard>, conn: &Rc<Conn>) {
-    let mut buf = conn.read.buf.take();
-    let go_on = match recv(conn.out.fd(), &mut buf) {
-        Recv::Got => decode(shard, conn, &mut buf),
-        Recv::Nothing => true, // a spurious wakeup, or the rest of a frame still on its way
+pub(super) fn on_readable(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) {
+    let go_on = match recv(conn.out.fd(), buf) {
+        Recv::Got => decode(shard, conn, buf),
+        Recv::Nothing => true, // a spurious wakeup
         Recv::End => false,
     };
-    keep(conn, buf);
+    // Decoding used every byte (see `decode`); anything left is past the peer's close,
+    // which the decoder would drop too.
+    buf.clear();
     if !go_on {
         finish_reading(shard, conn, true);
     }
-}
-
-/// Puts the undecoded bytes back; an empty buffer's memory is released while idle.
-fn keep(conn: &Conn, buf: BytesMut) {
-    conn.read.buf.set(if buf.is_empty() { BytesMut::new() } else { buf });
 }
 
 /// Reading ended (the peer's end, a socket error, a close or a protocol violation): the
@@ -180,7 +172,6 @@ fn finish_reading(shard: &Shard, conn: &Rc<Conn>, watched: bool) {
     shard.close_conn(conn);
     drop(conn.read.rd.take());
     drop(conn.read.slot.take());
-    drop(conn.read.buf.take());
 }
 
 fn limits(shard: &Shard, mode: Mode) -> Limits {
@@ -197,7 +188,8 @@ fn limits(shard: &Shard, mode: Mode) -> Limits {
 }
 
 /// Decodes and handles every complete message in `buf`; false when the connection is
-/// done reading.
+/// done reading. It uses `buf` up: the decoder returns nothing more only once its input is
+/// empty (tungstenite keeps a partial frame in the decoder) or it has closed.
 fn decode(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> bool {
     if buf.is_empty() {
         return true;

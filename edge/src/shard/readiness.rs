@@ -5,7 +5,7 @@
 //! [`EVENTS_PER_TURN`] ready sockets with a non-blocking `epoll_wait`, and gives each one
 //! `recv` and its decode (`conn::on_readable`), synchronously. Nothing in a connection's
 //! reading waits on anything but readiness, so it needs no task of its own: an idle
-//! connection keeps its read side in its `Conn` (about 60 bytes) rather than a task
+//! connection keeps its read side in its `Conn` (48 bytes) rather than a task
 //! (296 bytes, with monoio's poll op in it; results/idle-breakdown-20261205.txt, part 10).
 //!
 //! The wait itself is monoio's: on io_uring a poll op on the epoll fd, on the epoll driver
@@ -20,6 +20,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use super::{conn, Shard};
 
@@ -97,6 +99,8 @@ pub(super) async fn run_readers(shard: Rc<Shard>) {
         }
     };
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_TURN];
+    // Every socket's `recv` lands here, and its decode uses it up: no connection holds a buffer.
+    let mut buf = BytesMut::new();
     loop {
         let waited = match &waiter {
             Some(w) => w.readable(false).await,
@@ -113,7 +117,7 @@ pub(super) async fn run_readers(shard: Rc<Shard>) {
             let token = ev.u64;
             // A connection closed earlier in this turn is gone from the map (and the set).
             if let Some(c) = shard.conn(token) {
-                conn::on_readable(&shard, &c);
+                conn::on_readable(&shard, &c, &mut buf);
             }
         }
     }
