@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -140,13 +140,22 @@ pub struct ConnTable {
 #[derive(Debug)]
 pub struct SocketSlot {
     table: Arc<ConnTable>,
-    ip: IpAddr,
+    /// The counted address (canonical), an IPv4 one IPv4-mapped: 16 bytes where an
+    /// `IpAddr` takes 17, so the slot, kept for a connection's life, takes 24 bytes, not 32.
+    ip: Ipv6Addr,
+}
+
+impl SocketSlot {
+    /// The address counted, as `open_socket` counted it.
+    fn ip(&self) -> IpAddr {
+        IpAddr::V6(self.ip).to_canonical()
+    }
 }
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         self.table.total.fetch_sub(1, Ordering::Relaxed);
-        lock(&self.table.ips).remove(&self.ip);
+        lock(&self.table.ips).remove(&self.ip());
     }
 }
 
@@ -161,8 +170,10 @@ impl ConnTable {
         self.limits
     }
 
-    /// Counts a socket about to be upgraded, from client address `ip`.
+    /// Counts a socket about to be upgraded, from client address `ip`. An IPv4 client seen
+    /// through a dual-stack socket (`::ffff:a.b.c.d`) counts as its IPv4 address.
     pub fn open_socket(self: &Arc<Self>, ip: IpAddr) -> Result<SocketSlot, ConnRefusal> {
+        let ip = ip.to_canonical();
         let mut ips = lock(&self.ips);
         let max = self.limits.max_total;
         if max > 0 && self.total.load(Ordering::Relaxed) >= max {
@@ -173,6 +184,10 @@ impl ConnTable {
         }
         // Under the `ips` lock, so the check above and this increment are one step.
         self.total.fetch_add(1, Ordering::Relaxed);
+        let ip = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
         Ok(SocketSlot { table: self.clone(), ip })
     }
 
@@ -252,6 +267,27 @@ mod tests {
         let a3 = t.open_socket(ip(1)).expect("a slot came back");
         drop((a2, a3, b1));
         assert_eq!(t.total(), 0);
+        assert!(lock(&t.ips).is_empty());
+    }
+
+    #[test]
+    fn an_ipv4_client_through_a_dual_stack_socket_counts_as_its_ipv4_address() {
+        let t = Arc::new(ConnTable::new(ConnLimits {
+            max_total: 0,
+            max_per_ip: 2,
+            max_per_user: 0,
+        }));
+        let mapped = IpAddr::V6(std::net::Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let a = t.open_socket(ip(1)).expect("first");
+        let b = t.open_socket(mapped).expect("second, the same address");
+        assert_eq!(t.open_socket(ip(1)).unwrap_err(), ConnRefusal::Ip);
+        assert_eq!(t.open_socket(mapped).unwrap_err(), ConnRefusal::Ip);
+        let c = t.open_socket(v6).expect("::1 is another address");
+        assert_eq!((a.ip(), b.ip(), c.ip()), (ip(1), ip(1), v6));
+        drop(b);
+        assert_eq!(lock(&t.ips).get(&ip(1)), 1, "the mapped slot released the IPv4 count");
+        drop((a, c));
         assert!(lock(&t.ips).is_empty());
     }
 

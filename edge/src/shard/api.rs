@@ -390,6 +390,7 @@ impl Shard {
             user_counted: Cell::new(false),
             decoder: Cell::new(None),
             read: super::conn::ReadSide::none(),
+            mode: super::conn::Mode::Chat,
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         self.api_conns.set(self.api_conns.get() + 1);

@@ -52,10 +52,10 @@ pub(super) fn start_connection(
 ) {
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    let read = ReadSide::new(rd, Mode::Chat, Some(slot));
+    let read = ReadSide::new(rd, Some(slot));
     // The writer task starts with the first frame queued (the welcome, or an answer to
     // `auth`), and leaves while the connection is idle (`outbox.rs`).
-    let conn = shard.open_conn(fd, wr, shard.cfg.outbound_queue_max_bytes, joins, read);
+    let conn = shard.open_conn(fd, wr, shard.cfg.outbound_queue_max_bytes, joins, read, Mode::Chat);
     // A token in the URL was counted for its user before the upgrade (`accept`).
     conn.user_counted.set(claims.is_some());
     match claims {
@@ -78,13 +78,14 @@ pub(super) fn start_echo(shard: Rc<Shard>, stream: TcpStream, rest: BytesMut) {
     let max = shard.cfg.echo_max_message_bytes;
     let fd = stream.as_raw_fd();
     let (rd, wr) = stream.into_split();
-    let read = ReadSide::new(rd, Mode::Echo, None);
-    let conn = shard.open_conn(fd, wr, max.saturating_mul(4), Vec::new(), read);
+    let read = ReadSide::new(rd, None);
+    let conn = shard.open_conn(fd, wr, max.saturating_mul(4), Vec::new(), read, Mode::Echo);
     start_reading(&shard, &conn, rest);
 }
 
+/// What a connection's messages are for: chat requests, or the conformance endpoint's echo.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     Chat,
     Echo,
 }
@@ -96,15 +97,13 @@ pub(super) struct ReadSide {
     rd: Cell<Option<OwnedReadHalf<TcpStream>>>,
     /// The connection's count in `max_conns`, released when reading ends.
     slot: Cell<Option<SocketSlot>>,
-    mode: Mode,
 }
 
 impl ReadSide {
-    fn new(rd: OwnedReadHalf<TcpStream>, mode: Mode, slot: Option<SocketSlot>) -> Self {
+    fn new(rd: OwnedReadHalf<TcpStream>, slot: Option<SocketSlot>) -> Self {
         Self {
             rd: Cell::new(Some(rd)),
             slot: Cell::new(slot),
-            mode,
         }
     }
 
@@ -113,7 +112,6 @@ impl ReadSide {
         Self {
             rd: Cell::new(None),
             slot: Cell::new(None),
-            mode: Mode::Chat,
         }
     }
 }
@@ -194,7 +192,7 @@ fn decode(shard: &Rc<Shard>, conn: &Rc<Conn>, buf: &mut BytesMut) -> bool {
     if buf.is_empty() {
         return true;
     }
-    let mode = conn.read.mode;
+    let mode = conn.mode;
     // Liveness counts complete frames, not bytes: a peer that trickles a byte now and
     // then is as silent as one that sends nothing (`idle_timeout_ms`).
     let mut complete = false;
@@ -362,6 +360,7 @@ impl Shard {
         max_queued_bytes: usize,
         joins: Vec<(String, Option<u64>)>,
         read: ReadSide,
+        mode: Mode,
     ) -> Rc<Conn> {
         let out = Outbox::for_socket(wr, fd, max_queued_bytes, self.cfg.outbound_queue_max_frames);
         let now = Self::now_ms();
@@ -373,6 +372,7 @@ impl Shard {
             user_counted: Cell::new(false),
             decoder: Cell::new(None),
             read,
+            mode,
         });
         self.conns.borrow_mut().insert(conn.id, conn.clone());
         ShardStats::set(

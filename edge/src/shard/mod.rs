@@ -121,6 +121,7 @@ pub(crate) struct Conn {
     pub(crate) decoder: Cell<Option<Box<crate::ws::codec::Decoder>>>,
     /// Its read half, buffer and `max_conns` slot while it reads (`conn.rs`).
     read: conn::ReadSide,
+    mode: conn::Mode,
 }
 
 impl Conn {

@@ -5,7 +5,7 @@
 //! [`EVENTS_PER_TURN`] ready sockets with a non-blocking `epoll_wait`, and gives each one
 //! `recv` and its decode (`conn::on_readable`), synchronously. Nothing in a connection's
 //! reading waits on anything but readiness, so it needs no task of its own: an idle
-//! connection keeps its read side in its `Conn` (48 bytes) rather than a task
+//! connection keeps its read side in its `Conn` (32 bytes) rather than a task
 //! (296 bytes, with monoio's poll op in it; results/idle-breakdown-20261205.txt, part 10).
 //!
 //! The wait itself is monoio's: on io_uring a poll op on the epoll fd, on the epoll driver
