@@ -21,7 +21,11 @@ pub struct MemberIndex {
 impl MemberIndex {
     /// Adds `conn` to `room`; returns false when it was already there.
     pub fn insert(&mut self, room: &str, conn: u64) -> bool {
-        let list = self.rooms.entry(room.into()).or_default();
+        // Looked up first: the key is allocated only for a room new to the index.
+        let Some(list) = self.rooms.get_mut(room) else {
+            self.rooms.insert(room.into(), SmallVec::from_elem(conn, 1));
+            return true;
+        };
         if list.contains(&conn) {
             return false;
         }

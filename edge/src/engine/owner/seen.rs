@@ -28,7 +28,15 @@ impl<S: StorePort> Owner<S> {
     /// Shard `shard` holds its first connection of `user` (`online`), or closed its last one
     /// at `now_ms`.
     pub fn user_seen(&mut self, user: &str, shard: usize, online: bool, now_ms: u64) {
-        let shards = self.seen.entry(user.into()).or_default();
+        // Looked up first: the key is allocated only for a user new to the set.
+        let Some(shards) = self.seen.get_mut(user) else {
+            if online {
+                self.seen.insert(user.into(), smallvec::SmallVec::from_elem(shard, 1));
+            } else {
+                self.store_last_seen(user, now_ms);
+            }
+            return;
+        };
         let at = shards.binary_search(&shard);
         match (online, at) {
             (true, Err(i)) => shards.insert(i, shard),
