@@ -101,14 +101,16 @@ pub(super) async fn run_readers(shard: Rc<Shard>) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_TURN];
     // Every socket's `recv` lands here, and its decode uses it up: no connection holds a buffer.
     let mut buf = BytesMut::new();
+    let mut warned = false;
     loop {
         let waited = match &waiter {
             Some(w) => w.readable(false).await,
             None => Err(io::ErrorKind::Unsupported.into()),
         };
         if let Err(e) = waited {
-            if waiter.is_some() {
-                tracing::warn!(shard = shard.id, error = %e, "waiting on the epoll set failed");
+            // Logged once: while the wait keeps failing, the set is polled every 10 ms.
+            if waiter.is_some() && !std::mem::replace(&mut warned, true) {
+                tracing::warn!(shard = shard.id, error = %e, "waiting on the epoll set failed: polling it every 10 ms");
             }
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
