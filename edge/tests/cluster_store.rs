@@ -56,18 +56,32 @@ fn history_beyond_the_redis_stream_comes_from_the_shared_store_on_every_node() {
         "the stream holds {kept} of {SENT}: older history, and the catch-up's start, must come from the store"
     );
 
-    // Every node pages the whole history back to seq 1: the newest 20 from the stream, the
-    // rest from PostgreSQL (the writes land within a batch interval; give them a moment).
+    // Every node pages the whole history back to seq 1: the newest from the stream, the
+    // rest from PostgreSQL. Each node writes its own senders' messages, within a batch
+    // interval: wait until everything below the stream is in the store (a page of it can
+    // still be on its way from one node while older ones from the others are in).
+    let below_stream = SENT - kept;
     let mut reader = Member::connect(&nodes[2], "n3", "reader");
+    let mut probe = 0;
     let complete = eventually(Duration::from_secs(10), || {
-        let page = reader.request(
-            json!({"type": "history", "room": ROOM, "before": 21, "limit": 20}),
-            "probe",
-            Duration::from_secs(10),
-        );
-        page["messages"].as_array().is_some_and(|m| m.len() == 20)
+        let mut stored = 0;
+        let mut before = below_stream + 1;
+        loop {
+            probe += 1;
+            let page = reader.request(
+                json!({"type": "history", "room": ROOM, "before": before, "limit": 100}),
+                &format!("probe{probe}"),
+                Duration::from_secs(10),
+            );
+            stored += page["messages"].as_array().map_or(0, Vec::len) as u64;
+            match page["next_before"].as_u64() {
+                Some(b) => before = b,
+                None => break,
+            }
+        }
+        stored == below_stream
     });
-    assert!(complete, "the oldest messages reach the store");
+    assert!(complete, "the {below_stream} messages older than the stream reach the store");
     for (n, node) in nodes.iter().enumerate() {
         let mut m = Member::connect(node, &format!("n{}", n + 1), &format!("r{n}"));
         let mut seqs: Vec<u64> = Vec::new();
